@@ -1,0 +1,222 @@
+"""BlockLayout: which key blocks each query block computes, as packed index lists.
+
+The layout never holds an L x L tensor. ``kv_indices[b, h, i, :kv_counts[b, h, i]]`` are the key blocks that query
+block ``i`` attends to; entries past the count are padding (their value is ignored, we keep them in range so a kernel
+may prefetch them safely). This is the form FlashAttention-4 (``full_block_cnt/idx``), FlexAttention
+(``kv_num_blocks/kv_indices``) and our Triton kernel consume without conversion.
+
+Blocks are fixed-size (``block_q`` / ``block_kv`` tokens, the last one ragged) unless ``q_block_starts`` /
+``kv_block_starts`` are given: then block ``i`` spans tokens ``[starts[..., i], starts[..., i + 1])`` and no block is
+longer than ``block_q`` / ``block_kv`` (variable-size, cluster-aligned blocks of the semantic pattern).
+
+A layout may carry token permutations (``q_perm``, ``kv_perm``, each [B, H, L] or [B, 1, L]): then the block lists refer
+to the permuted sequence ``x.gather(2, perm)``, and the front door scatters the output back to the original order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclasses.dataclass
+class BlockLayout:
+    """Block-sparse attention layout as packed per-row index lists.
+
+    Args:
+        kv_indices (`torch.Tensor` int32 [B, H, Nq, Kmax]): selected key blocks per query block, packed left.
+        kv_counts (`torch.Tensor` int32 [B, H, Nq]): how many entries of ``kv_indices`` are valid.
+        block_q (`int`): query block size (the maximum size when ``q_block_starts`` is given).
+        block_kv (`int`): key block size (the maximum size when ``kv_block_starts`` is given).
+        seq_len_q (`int`): number of query tokens.
+        seq_len_kv (`int`): number of key tokens.
+        q_block_starts / kv_block_starts (`torch.Tensor` int32 [B or 1, H or 1, N + 1], optional): variable block
+            boundaries; the last entry equals the sequence length.
+        q_perm / kv_perm (`torch.Tensor` int64 [B or 1, H or 1, L], optional): token permutation applied before the
+            kernel (the block lists index the permuted sequence).
+        kv_valid_len (`torch.Tensor` int32 [B], optional): keys at positions ``>= kv_valid_len[b]`` are masked out
+            (HunyuanVideo's text padding, which always sits at the end of the joint sequence).
+    """
+
+    kv_indices: torch.Tensor
+    kv_counts: torch.Tensor
+    block_q: int
+    block_kv: int
+    seq_len_q: int
+    seq_len_kv: int
+    q_block_starts: Optional[torch.Tensor] = None
+    kv_block_starts: Optional[torch.Tensor] = None
+    q_perm: Optional[torch.Tensor] = None
+    kv_perm: Optional[torch.Tensor] = None
+    kv_valid_len: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        if self.kv_indices.dim() != 4:
+            raise ValueError(f"kv_indices must be [B, H, Nq, Kmax], got shape {tuple(self.kv_indices.shape)}")
+        if self.kv_counts.shape != self.kv_indices.shape[:3]:
+            raise ValueError(
+                f"kv_counts shape {tuple(self.kv_counts.shape)} must equal kv_indices.shape[:3] "
+                f"{tuple(self.kv_indices.shape[:3])}"
+            )
+        if self.block_q <= 0 or self.block_kv <= 0:
+            raise ValueError(f"block sizes must be positive, got block_q={self.block_q}, block_kv={self.block_kv}")
+        if self.q_block_starts is None and self.num_q_blocks != cdiv(self.seq_len_q, self.block_q):
+            raise ValueError(
+                f"layout has {self.num_q_blocks} query blocks but seq_len_q={self.seq_len_q} with block_q={self.block_q} "
+                f"needs {cdiv(self.seq_len_q, self.block_q)}"
+            )
+
+    # ------------------------------------------------------------------ shape helpers
+    @property
+    def num_q_blocks(self) -> int:
+        return self.kv_indices.shape[2]
+
+    @property
+    def num_kv_blocks(self) -> int:
+        if self.kv_block_starts is not None:
+            return self.kv_block_starts.shape[-1] - 1
+        return cdiv(self.seq_len_kv, self.block_kv)
+
+    @property
+    def batch_size(self) -> int:
+        return self.kv_indices.shape[0]
+
+    @property
+    def num_heads(self) -> int:
+        return self.kv_indices.shape[1]
+
+    @property
+    def is_variable(self) -> bool:
+        return self.q_block_starts is not None or self.kv_block_starts is not None
+
+    @property
+    def has_permutation(self) -> bool:
+        return self.q_perm is not None or self.kv_perm is not None
+
+    @property
+    def kind(self) -> str:
+        """A short tag for backend selection: 'fixed' or 'variable' blocks."""
+        return "variable" if self.is_variable else "fixed"
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_block_mask(
+        cls,
+        mask: torch.Tensor,
+        block_q: int,
+        block_kv: int,
+        seq_len_q: int,
+        seq_len_kv: int,
+        **extra,
+    ) -> "BlockLayout":
+        """Packs a boolean block mask [B, H, Nq, Nk] into index lists (vectorised, no host sync but the Kmax size).
+
+        Args:
+            mask (`torch.Tensor` bool [B, H, Nq, Nk]): ``mask[b, h, i, j]`` keeps key block ``j`` for query block ``i``.
+            block_q, block_kv (`int`): block sizes in tokens.
+            seq_len_q, seq_len_kv (`int`): sequence lengths in tokens.
+
+        Returns:
+            `BlockLayout` whose ``kv_indices`` lists the kept blocks of each row in increasing order.
+        """
+        if mask.dim() != 4:
+            raise ValueError(f"mask must be a bool tensor [B, H, Nq, Nk] of blocks, got shape {tuple(mask.shape)}")
+        if mask.dtype != torch.bool:
+            mask = mask != 0
+        nk = mask.shape[-1]
+        if extra.get("kv_block_starts") is None and nk != cdiv(seq_len_kv, block_kv):
+            raise ValueError(
+                f"mask has {nk} key blocks but seq_len_kv={seq_len_kv} with block_kv={block_kv} needs "
+                f"{cdiv(seq_len_kv, block_kv)}"
+            )
+        counts = mask.sum(-1, dtype=torch.int32)
+        # Stable sort of (not kept, index) puts the kept blocks first in increasing order.
+        order = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
+        # Kmax is static for the kernels' shapes; one host read here is on the pattern's slow path, not per kernel.
+        kmax = max(int(counts.max().item()) if counts.numel() else 0, 1)
+        indices = order[..., :kmax].contiguous()
+        # Padding entries repeat the last valid index so they stay in range.
+        pos = torch.arange(kmax, device=mask.device, dtype=torch.int32)
+        last = indices.gather(-1, (counts.clamp(min=1) - 1).long().unsqueeze(-1))
+        indices = torch.where(pos < counts.unsqueeze(-1), indices, last)
+        return cls(indices.contiguous(), counts.contiguous(), block_q, block_kv, seq_len_q, seq_len_kv, **extra)
+
+    @classmethod
+    def dense(
+        cls, batch: int, heads: int, seq_len_q: int, seq_len_kv: int, block_q: int = 128, block_kv: int = 128,
+        device=None,
+    ) -> "BlockLayout":
+        """Layout that computes every block (equals dense attention)."""
+        nq, nk = cdiv(seq_len_q, block_q), cdiv(seq_len_kv, block_kv)
+        idx = torch.arange(nk, device=device, dtype=torch.int32).expand(batch, heads, nq, nk).contiguous()
+        cnt = torch.full((batch, heads, nq), nk, device=device, dtype=torch.int32)
+        return cls(idx, cnt, block_q, block_kv, seq_len_q, seq_len_kv)
+
+    # ------------------------------------------------------------------ conversions and statistics
+    def to_block_mask(self) -> torch.Tensor:
+        """The boolean block mask [B, H, Nq, Nk] (for tests and plots; small: blocks, not tokens)."""
+        b, h, nq, kmax = self.kv_indices.shape
+        mask = torch.zeros(b, h, nq, self.num_kv_blocks + 1, dtype=torch.bool, device=self.kv_indices.device)
+        valid = torch.arange(kmax, device=mask.device) < self.kv_counts.unsqueeze(-1)
+        idx = torch.where(valid, self.kv_indices.long(), torch.full_like(self.kv_indices.long(), self.num_kv_blocks))
+        mask.scatter_(-1, idx, True)
+        return mask[..., :-1]
+
+    def density(self) -> torch.Tensor:
+        """Fraction of key blocks computed, averaged over batch, heads and query blocks (a 0-dim tensor, no sync).
+
+        For variable-size blocks the fraction is token-weighted (query tokens x key tokens computed / L_q x L_kv).
+        """
+        if not self.is_variable:
+            return self.kv_counts.float().mean() / max(self.num_kv_blocks, 1)
+        kv_sizes = self._block_sizes(self.kv_block_starts, self.seq_len_kv, self.block_kv, self.num_kv_blocks)
+        q_sizes = self._block_sizes(self.q_block_starts, self.seq_len_q, self.block_q, self.num_q_blocks)
+        b, h = self.kv_indices.shape[:2]
+        kv_sizes = kv_sizes.expand(b, h, -1)
+        valid = torch.arange(self.kv_indices.shape[-1], device=self.kv_indices.device) < self.kv_counts.unsqueeze(-1)
+        picked = kv_sizes.gather(-1, self.kv_indices.long().flatten(2)).view_as(self.kv_indices) * valid
+        per_row = picked.sum(-1).float()  # keys per query block
+        total = (per_row * q_sizes.expand(b, h, -1)).sum((-1,)) / (self.seq_len_q * self.seq_len_kv)
+        return total.mean()
+
+    def _block_sizes(self, starts, seq_len, block, n) -> torch.Tensor:
+        if starts is not None:
+            return (starts[..., 1:] - starts[..., :-1]).float()
+        sizes = torch.full((n,), float(block), device=self.kv_indices.device)
+        sizes[-1] = seq_len - block * (n - 1)
+        return sizes.view(1, 1, n)
+
+    def density_per_head(self) -> torch.Tensor:
+        """Fraction of key blocks computed per (batch, head) [B, H] (fixed-size blocks)."""
+        return self.kv_counts.float().mean(-1) / max(self.num_kv_blocks, 1)
+
+    def to(self, device) -> "BlockLayout":
+        fields = {}
+        for f in dataclasses.fields(self):
+            val = getattr(self, f.name)
+            fields[f.name] = val.to(device) if isinstance(val, torch.Tensor) else val
+        return BlockLayout(**fields)
+
+    def select_batch(self, index) -> "BlockLayout":
+        """The layout restricted to batch entries ``index`` (a slice or index tensor); broadcast fields are kept."""
+        fields = {}
+        for f in dataclasses.fields(self):
+            val = getattr(self, f.name)
+            if isinstance(val, torch.Tensor) and val.dim() >= 1 and val.shape[0] == self.batch_size:
+                val = val[index]
+            fields[f.name] = val
+        return BlockLayout(**fields)
+
+    def validate(self) -> None:
+        """Checks index ranges (host sync; for tests and debugging, not the hot path)."""
+        nk = self.num_kv_blocks
+        if (self.kv_counts < 0).any() or (self.kv_counts > nk).any():
+            raise ValueError(f"kv_counts must be in [0, {nk}]")
+        if (self.kv_indices < 0).any() or (self.kv_indices >= max(nk, 1)).any():
+            raise ValueError(f"kv_indices must be in [0, {nk})")
