@@ -1,0 +1,220 @@
+"""Configuration dataclasses: one per method, sharing the schedule fields.
+
+Every config validates itself on construction and raises ``ValueError`` naming the field and the allowed range, so a
+typo fails at ``apply_sparse_attention`` time rather than twenty minutes into a generation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar, Dict, Optional, Tuple, Type, Union
+
+BACKEND_NAMES = ("auto", "fa4", "triton", "flex", "reference")
+
+
+def _check_range(name: str, value, lo=None, hi=None, lo_open=False, hi_open=False, kind=(int, float)):
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    lo_bad = lo is not None and (value <= lo if lo_open else value < lo)
+    hi_bad = hi is not None and (value >= hi if hi_open else value > hi)
+    if lo_bad or hi_bad:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        rng = f"{left}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}{right}"
+        raise ValueError(f"{name}={value!r} is out of range; allowed: {rng}")
+
+
+def _check_int(name: str, value, lo: int, hi: Optional[int] = None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+    _check_range(name, value, lo, hi)
+
+
+@dataclass
+class SparseConfig:
+    """Schedule and kernel settings shared by every method.
+
+    Args:
+        dense_steps (`int` or `float`, defaults to 0.2):
+            The first denoising steps run dense attention, because early steps set the layout of the video. An int
+            is a number of steps; a float in [0, 1] is a fraction of the run's steps (it needs the scheduler: pass the
+            pipeline to `apply_sparse_attention`, or use an int).
+        dense_layers (`int`, defaults to 1): the first N transformer blocks always run dense.
+        refresh_every (`int`, defaults to 1): dynamic patterns are recomputed every N sparse steps and reused from a
+            cache in between (1 = recomputed every step). Static patterns (radial) ignore it.
+        backend (`str`, defaults to "auto"): kernel engine, "auto" | "fa4" | "triton" | "flex" | "reference".
+        block_size (`int`, defaults to 128): tokens per query and key block.
+    """
+
+    method: ClassVar[str] = "base"
+
+    dense_steps: Union[int, float] = 0.2
+    dense_layers: int = 1
+    refresh_every: int = 1
+    backend: str = "auto"
+    block_size: int = 128
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        ds = self.dense_steps
+        if isinstance(ds, bool) or not isinstance(ds, (int, float)):
+            raise ValueError(f"dense_steps must be an int >= 0 or a float in [0, 1], got {ds!r}")
+        if isinstance(ds, float):
+            _check_range("dense_steps", ds, 0.0, 1.0)
+        else:
+            _check_int("dense_steps", ds, 0)
+        _check_int("dense_layers", self.dense_layers, 0)
+        _check_int("refresh_every", self.refresh_every, 1)
+        if self.backend not in BACKEND_NAMES:
+            raise ValueError(f"backend={self.backend!r} is not known; allowed: {', '.join(BACKEND_NAMES)}")
+        _check_int("block_size", self.block_size, 16, 1024)
+        if self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size={self.block_size} must be a power of two in [16, 1024] (64 or 128 are fast)")
+
+    def resolve_dense_steps(self, total_steps: Optional[int]) -> int:
+        """Number of dense steps for a run of ``total_steps`` steps."""
+        if isinstance(self.dense_steps, int):
+            return self.dense_steps
+        if total_steps is None:
+            raise ValueError(
+                f"dense_steps={self.dense_steps} is a fraction of the run's steps, but the step count is unknown: pass "
+                "the pipeline (not only its transformer) to apply_sparse_attention, call "
+                "dit_sparse.set_num_inference_steps(transformer, n), or give dense_steps as an int"
+            )
+        return int(round(self.dense_steps * total_steps))
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["method"] = self.method
+        return d
+
+
+@dataclass
+class DenseConfig(SparseConfig):
+    """Dense attention through our processors (the exact counterpart of every sparse method)."""
+
+    method: ClassVar[str] = "dense"
+
+
+@dataclass
+class RadialConfig(SparseConfig):
+    """Radial Attention: a static spatio-temporal energy-decay block mask, O(n log n).
+
+    Args:
+        decay (`float`, optional): scales the spatial windows of far frame pairs (larger is denser). `None` = the
+            model's default, as in the reference scripts: 0.2 for Wan, 0.95 for HunyuanVideo.
+        sink (`bool`, optional): every query also attends the first frame (attention sink). `None` = the model's
+            default (on for Wan, off for HunyuanVideo).
+        spatial (`str`, defaults to "raster"): how in-frame distance is measured: "raster" (flattened index, as the
+            published code) or "2d" (Chebyshev distance on the height x width grid with the window's equal area).
+    """
+
+    method: ClassVar[str] = "radial"
+
+    decay: Optional[float] = None
+    sink: Optional[bool] = None
+    spatial: str = "raster"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.decay is not None:
+            _check_range("decay", self.decay, 0.0, 16.0, lo_open=True)
+        if self.sink is not None and not isinstance(self.sink, bool):
+            raise ValueError(f"sink must be True, False or None (model default), got {self.sink!r}")
+        if self.spatial not in ("raster", "2d"):
+            raise ValueError(f"spatial={self.spatial!r} is not known; allowed: 'raster', '2d'")
+
+
+@dataclass
+class SemanticConfig(SparseConfig):
+    """Sparse VideoGen2's semantic-aware permutation: k-means on q and k, top-p selection of cluster pairs.
+
+    Args:
+        top_p (`float`, defaults to 0.9): per query cluster, key clusters are kept until their attention mass
+            reaches ``top_p`` (in (0, 1]; 1.0 = dense).
+        q_clusters (`int`, defaults to 100): number of query clusters per (batch, head).
+        kv_clusters (`int`, defaults to 500): number of key clusters per (batch, head).
+        min_kv_ratio (`float`, defaults to 0.1): keep at least this fraction of key clusters per query cluster.
+        kmeans_iters (`int`, defaults to 20): k-means iterations on the first call (cold start).
+        warm_iters (`int`, defaults to 2): iterations when warm-started from the cached centroids of the last step.
+    """
+
+    method: ClassVar[str] = "semantic"
+
+    top_p: float = 0.9
+    q_clusters: int = 100
+    kv_clusters: int = 500
+    min_kv_ratio: float = 0.1
+    kmeans_iters: int = 20
+    warm_iters: int = 2
+
+    def validate(self) -> None:
+        super().validate()
+        _check_range("top_p", self.top_p, 0.0, 1.0, lo_open=True)
+        _check_int("q_clusters", self.q_clusters, 1)
+        _check_int("kv_clusters", self.kv_clusters, 1)
+        _check_range("min_kv_ratio", self.min_kv_ratio, 0.0, 1.0)
+        _check_int("kmeans_iters", self.kmeans_iters, 1)
+        _check_int("warm_iters", self.warm_iters, 0)
+
+
+@dataclass
+class DraftConfig(SparseConfig):
+    """DraftAttention: a low-resolution pooled attention map chooses the key blocks.
+
+    Args:
+        density (`float`, defaults to 0.25): fraction of key blocks computed per query block, in (0, 1].
+        pool (`tuple[int, int]`, optional): pooled tile (height, width) in tokens; `None` = one tile per block of
+            tokens (8 x 16 for 128-token blocks).
+        global_budget (`bool`, defaults to False): select the top blocks per head over the whole map instead of per
+            query block (the diagonal block is kept either way).
+    """
+
+    method: ClassVar[str] = "draft"
+
+    density: float = 0.25
+    pool: Optional[Tuple[int, int]] = None
+    global_budget: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        _check_range("density", self.density, 0.0, 1.0, lo_open=True)
+        if self.pool is not None:
+            if (
+                not isinstance(self.pool, (tuple, list))
+                or len(self.pool) != 2
+                or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 1 for p in self.pool)
+            ):
+                raise ValueError(f"pool must be a pair of positive ints (height, width) or None, got {self.pool!r}")
+            self.pool = tuple(self.pool)
+
+
+CONFIGS: Dict[str, Type[SparseConfig]] = {
+    "dense": DenseConfig,
+    "radial": RadialConfig,
+    "semantic": SemanticConfig,
+    "draft": DraftConfig,
+}
+
+
+def make_config(method: str, **options) -> SparseConfig:
+    """Builds the config of ``method`` ("dense", "radial", "semantic", "draft") from keyword options.
+
+    Args:
+        method (`str`): the method name.
+        **options: fields of that method's config (unknown fields raise `ValueError` listing the known ones).
+
+    Returns:
+        `SparseConfig`: the validated config.
+    """
+    if method not in CONFIGS:
+        raise ValueError(f"unknown method {method!r}; known methods: {', '.join(CONFIGS)}")
+    cls = CONFIGS[method]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no option(s) {', '.join(unknown)}; known options: {', '.join(sorted(known))}")
+    return cls(**options)

@@ -1,0 +1,1 @@
+"""Evaluators: frame-level fidelity metrics (PSNR, SSIM, LPIPS), video I/O and a VBench runner."""

@@ -1,0 +1,33 @@
+"""The pattern interface: which key blocks each query block computes.
+
+A pattern sees only video tokens (B, H, L_video, D) and the token grid; the processor core adds text tokens and the
+schedule. A *static* pattern depends on the geometry alone (built once per geometry, shared by all layers and steps);
+a dynamic one reads q and k and is recomputed on the schedule's refresh steps, reusing ``cache`` (one dict per layer
+and CFG branch) to carry state such as k-means centroids between steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import torch
+
+from ..config import SparseConfig
+from ..geometry import VideoGeometry
+from ..layout import BlockLayout
+
+
+class Pattern:
+    """Base class of block-selection patterns."""
+
+    name: str = "base"
+    static: bool = False
+
+    def __init__(self, config: SparseConfig):
+        self.config = config
+
+    def plan(
+        self, q: torch.Tensor, k: torch.Tensor, geometry: VideoGeometry, cache: Dict[str, Any]
+    ) -> BlockLayout:  # pragma: no cover - interface
+        """Returns the layout for video queries/keys q, k of shape (B, H, L, D)."""
+        raise NotImplementedError

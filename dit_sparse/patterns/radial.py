@@ -1,0 +1,144 @@
+"""Radial Attention: a static spatio-temporal energy-decay mask (Li et al., 2025), computed at block level.
+
+Token pair (query in frame i, key in frame j), temporal distance d = |i - j|:
+- d <= 1: the whole frame is attended;
+- otherwise a spatial window of half-width ``w(d) = decay * 2**bit_length(HW) / 2**bit_length(d)`` tokens, which
+  halves each time d doubles; when ``w(d)`` falls below one block, the window is one block wide and only every
+  ``block / w(d)``-th frame distance is kept (far frame pairs are thinned instead of narrowed below a block);
+- with the attention sink (Wan), every query also attends all of frame 0.
+
+The block mask is computed analytically from per-block token segments (a block of raster tokens touches a few frames,
+and in each a contiguous raster range), so no token-level L x L mask is ever built: a block pair is kept when any of
+its token pairs is inside the mask. Built once per (geometry, block size, options) with vectorised torch on the device.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+
+from ..config import RadialConfig
+from ..geometry import VideoGeometry
+from ..layout import BlockLayout, cdiv
+from .base import Pattern
+
+
+def _segments(geometry: VideoGeometry, block: int, device) -> Tuple[torch.Tensor, ...]:
+    """Per block, the frames it touches and the in-frame raster range in each: tensors [N, S]."""
+    hw = geometry.tokens_per_frame
+    length = geometry.num_tokens
+    n = cdiv(length, block)
+    starts = torch.arange(n, device=device) * block
+    ends = (starts + block).clamp(max=length)
+    f0 = starts // hw
+    f1 = (ends - 1) // hw
+    s_max = int(cdiv(block, hw) + 1)
+    frame = f0.unsqueeze(1) + torch.arange(s_max, device=device)  # [N, S]
+    valid = frame <= f1.unsqueeze(1)
+    r0 = (torch.maximum(starts.unsqueeze(1), frame * hw) - frame * hw).clamp(min=0)
+    r1 = torch.minimum(ends.unsqueeze(1), (frame + 1) * hw) - frame * hw  # exclusive
+    return frame, r0, r1 - 1, valid
+
+
+def radial_window(d: torch.Tensor, tokens_per_frame: int, decay: float, block: int):
+    """Half-width of the spatial window (raster tokens) and whether distance d is kept, for d >= 2."""
+    base = 2.0 ** int(tokens_per_frame).bit_length()
+    # bit_length(d) for a tensor: floor(log2(d)) + 1
+    group = torch.floor(torch.log2(d.clamp(min=1).double())) + 1
+    width = base / torch.pow(2.0, group) * decay
+    split = torch.clamp(torch.floor(block / width.clamp(min=1e-9)), min=1)
+    keep = torch.where(width >= block, torch.ones_like(d, dtype=torch.bool), (d % split.long()) == 0)
+    return width.clamp(min=block), keep
+
+
+def radial_block_mask(
+    geometry: VideoGeometry, block: int, decay: float = 1.0, sink: bool = False, spatial: str = "raster", device=None
+) -> torch.Tensor:
+    """Boolean block mask [Nq, Nk] of the radial pattern for one video geometry (video tokens only)."""
+    frame, r0, r1, valid = _segments(geometry, block, device)
+    n, s = frame.shape
+    # Pairs of segments: [Nq, S, 1, 1] against [1, 1, Nk, S]
+    fq, fk = frame.view(n, s, 1, 1), frame.view(1, 1, n, s)
+    d = (fq - fk).abs()
+    ok = valid.view(n, s, 1, 1) & valid.view(1, 1, n, s)
+    width, keep_d = radial_window(d, geometry.tokens_per_frame, decay, block)
+    if spatial == "raster":
+        gap = torch.maximum(r0.view(1, 1, n, s) - r1.view(n, s, 1, 1), r0.view(n, s, 1, 1) - r1.view(1, 1, n, s))
+        near = gap.clamp(min=0) <= width
+    else:
+        # Equal-area square: a raster band of 2w+1 tokens becomes a (2r+1)^2 window on the grid.
+        radius = (torch.sqrt(2 * width + 1) - 1) / 2
+        wdt = geometry.width
+        y0, y1 = r0 // wdt, r1 // wdt
+        one_row = y0 == y1
+        x0 = torch.where(one_row, r0 % wdt, torch.zeros_like(r0))
+        x1 = torch.where(one_row, r1 % wdt, torch.full_like(r1, wdt - 1))
+
+        def interval_gap(a0, a1):
+            return torch.maximum(a0.view(1, 1, n, s) - a1.view(n, s, 1, 1), a0.view(n, s, 1, 1) - a1.view(1, 1, n, s))
+
+        near = (interval_gap(y0, y1).clamp(min=0) <= radius) & (interval_gap(x0, x1).clamp(min=0) <= radius)
+    pair = (d <= 1) | (keep_d & near)
+    if sink:
+        pair = pair | (fk == 0)
+    return (pair & ok).any(dim=(1, 3))
+
+
+def radial_density(geometry: VideoGeometry, block: int = 128, **kwargs) -> float:
+    """Fraction of blocks kept by the radial mask (for docs and tests)."""
+    return float(radial_block_mask(geometry, block, **kwargs).float().mean())
+
+
+# The reference scripts' decay factors (Radial Attention): Wan 0.2, HunyuanVideo 0.95.
+MODEL_DEFAULT_DECAY = {"wan": 0.2, "hunyuan_video": 0.95}
+
+
+class RadialPattern(Pattern):
+    """Static radial mask, cached per geometry (the cache lives in the pattern, keyed by geometry and device)."""
+
+    name = "radial"
+    static = True
+
+    def __init__(self, config: RadialConfig):
+        super().__init__(config)
+        self._cache: Dict[tuple, BlockLayout] = {}
+
+    def sink_for(self, geometry: VideoGeometry) -> bool:
+        if self.config.sink is not None:
+            return self.config.sink
+        return geometry.model == "wan"
+
+    def decay_for(self, geometry: VideoGeometry) -> float:
+        if self.config.decay is not None:
+            return self.config.decay
+        return MODEL_DEFAULT_DECAY.get(geometry.model, 1.0)
+
+    def plan(self, q, k, geometry: VideoGeometry, cache) -> BlockLayout:
+        bs = self.config.block_size
+        key = (geometry.key, geometry.model, bs, str(q.device))
+        layout = self._cache.get(key)
+        if layout is None:
+            mask = radial_block_mask(
+                geometry, bs, self.decay_for(geometry), self.sink_for(geometry), self.config.spatial, device=q.device
+            )
+            length = geometry.num_tokens
+            layout = BlockLayout.from_block_mask(mask.view(1, 1, *mask.shape), bs, bs, length, length)
+            # One geometry at a time is the common case; keep a few so CFG/resolution switches do not rebuild.
+            if len(self._cache) >= 8:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = layout
+        return layout
+
+
+def expected_density_table(shapes: Dict[str, Tuple[int, int, int]], block: int = 128, **kwargs) -> Dict[str, float]:
+    """Densities of the radial mask for named token grids (used to generate the README table)."""
+    return {
+        name: radial_density(VideoGeometry(*grid, model="hunyuan_video" if "hunyuan" in name.lower() else "wan"), block,
+                             **kwargs)
+        for name, grid in shapes.items()
+    }
+
+
+__all__ = ["RadialPattern", "radial_block_mask", "radial_density", "radial_window", "expected_density_table"]
+

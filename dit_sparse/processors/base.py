@@ -1,0 +1,129 @@
+"""The shared core of our attention processors: schedule decision, pattern, kernel, text tokens.
+
+Model processors build q, k, v exactly as the stock Diffusers processor does and hand them here in Diffusers' layout
+(B, L, H, D). Dense decisions go through ``dispatch_attention_fn`` (the user's attention backend and parallel config
+apply). Sparse decisions run the pattern on the video tokens and our block-sparse kernel; text tokens that sit after
+the video tokens in joint attention (HunyuanVideo) stay dense in both directions: video queries attend the text keys
+in a second, dense kernel call whose result is merged through the log-sum-exp, and text queries attend every key.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+from ..kernels import block_sparse_attention, resolve_backend
+from ..layout import BlockLayout
+from ..schedule import CACHED, DENSE, FRESH, STATIC, SparseState
+
+logger = logging.getLogger(__name__)
+
+
+def merge_attention(o1: torch.Tensor, lse1: torch.Tensor, o2: torch.Tensor, lse2: torch.Tensor):
+    """Combines two attention results over disjoint key sets (B, H, L, D) with their LSEs [B, H, L]."""
+    lse = torch.logaddexp(lse1, lse2)
+    # Rows with no keys at all have lse = -inf in both; give them zeros rather than NaN.
+    safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    w1 = torch.exp(lse1 - safe).unsqueeze(-1)
+    w2 = torch.exp(lse2 - safe).unsqueeze(-1)
+    out = o1.float() * w1 + o2.float() * w2
+    return out.to(o1.dtype), lse
+
+
+class SparseAttentionCore:
+    """Decides, plans and computes one attention call for block ``layer`` of the transformer tagged ``model_index``."""
+
+    def __init__(self, state: SparseState, layer: int, name: str, model_index: int = 0):
+        self.state = state
+        self.layer = layer
+        self.name = name
+        self.model_index = model_index
+        self._warned = False
+
+    def __call__(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        *,
+        attn_mask: Optional[torch.Tensor] = None,
+        text_len: int = 0,
+        attention_backend=None,
+        parallel_config=None,
+    ) -> torch.Tensor:
+        state = self.state
+        geometry = state.geometry
+        if geometry is None:
+            raise RuntimeError(
+                "dit_sparse processors need the step hook on the transformer to know the video geometry; use "
+                "apply_sparse_attention(pipe, config) or transformer.set_attn_processor(sparse_attn_processors("
+                "transformer, config)), which attach it"
+            )
+        video_len = query.shape[1] - text_len
+        if parallel_config is not None and getattr(parallel_config, "context_parallel_config", None) is not None:
+            cp = parallel_config.context_parallel_config
+            if getattr(cp, "ring_degree", 1) and cp.ring_degree > 1:
+                raise ValueError(
+                    "dit_sparse does not support ring attention (the sequence is split across ranks, so a pattern "
+                    "cannot see the whole video); use ContextParallelConfig(ulysses_degree=N) instead"
+                )
+        cache_key = (self.model_index, self.layer, state.branch, geometry.key, query.shape[0])
+        static = bool(getattr(state.pattern, "static", False))
+        decision = state.decide(self.layer, static, cache_key)
+        if decision != DENSE and video_len != geometry.num_tokens:
+            if not self._warned:
+                logger.warning(
+                    "%s: %d video tokens but the grid %s has %d; running dense", self.name, video_len, geometry.key,
+                    geometry.num_tokens,
+                )
+                self._warned = True
+            decision = DENSE
+        if decision == DENSE:
+            state.record(self.name, True)
+            return dispatch_attention_fn(
+                query, key, value, attn_mask=attn_mask, dropout_p=0.0, is_causal=False,
+                backend=attention_backend, parallel_config=parallel_config,
+            )
+
+        q = query.transpose(1, 2)
+        k = key.transpose(1, 2)
+        v = value.transpose(1, 2)
+        qv, kv, vv = q[:, :, :video_len], k[:, :, :video_len], v[:, :, :video_len]
+        if decision == CACHED:
+            layout = state.caches[cache_key]["layout"]
+        else:
+            cache = state.caches.setdefault(cache_key, {}) if decision == FRESH else {}
+            layout = state.pattern.plan(qv, kv, geometry, cache)
+            if decision == FRESH:
+                cache["layout"] = layout
+        backend = state.config.backend
+        state.backend_used = resolve_backend(backend, q.device, q.dtype, q.shape[-1], layout.kind)
+        state.record(self.name, False, layout.density())
+
+        if text_len == 0:
+            out = block_sparse_attention(qv, kv, vv, layout, backend=backend)
+            return out.transpose(1, 2)
+
+        o_video, lse_video = block_sparse_attention(qv, kv, vv, layout, backend=backend, return_lse=True)
+        text_valid = None
+        if attn_mask is not None:
+            # Diffusers' HunyuanVideo mask is [B, 1, 1, L] over keys; text padding sits at the end.
+            text_valid = attn_mask.reshape(attn_mask.shape[0], -1)[:, video_len:].sum(-1, dtype=torch.int32)
+        bs = state.config.block_size
+        text_layout = BlockLayout.dense(1, 1, video_len, text_len, bs, bs, device=q.device)
+        text_layout.kv_valid_len = text_valid
+        o_text, lse_text = block_sparse_attention(
+            qv, k[:, :, video_len:], v[:, :, video_len:], text_layout, backend=backend, return_lse=True
+        )
+        out_video, _ = merge_attention(o_video, lse_video, o_text, lse_text)
+        out_text_rows = dispatch_attention_fn(
+            query[:, video_len:], key, value, attn_mask=attn_mask, dropout_p=0.0, is_causal=False,
+            backend=attention_backend, parallel_config=None,
+        )
+        return torch.cat([out_video.transpose(1, 2), out_text_rows.to(out_video.dtype)], dim=1)
+
+
+__all__ = ["SparseAttentionCore", "merge_attention", "STATIC"]
