@@ -80,8 +80,8 @@ class SparseConfig:
             return self.dense_steps
         if total_steps is None:
             raise ValueError(
-                f"dense_steps={self.dense_steps} is a fraction of the run's steps, but the step count is unknown: pass "
-                "the pipeline (not only its transformer) to apply_sparse_attention, call "
+                f"dense_steps={self.dense_steps} is a fraction of the run's steps, but the step count is unknown: "
+                "pass the pipeline (not only its transformer) to apply_sparse_attention, call "
                 "dit_sparse.set_num_inference_steps(transformer, n), or give dense_steps as an int"
             )
         return int(round(self.dense_steps * total_steps))
@@ -216,5 +216,7 @@ def make_config(method: str, **options) -> SparseConfig:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise ValueError(f"{cls.__name__} has no option(s) {', '.join(unknown)}; known options: {', '.join(sorted(known))}")
+        raise ValueError(
+            f"{cls.__name__} has no option(s) {', '.join(unknown)}; known options: {', '.join(sorted(known))}"
+        )
     return cls(**options)

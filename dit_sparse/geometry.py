@@ -47,11 +47,14 @@ class VideoGeometry:
         return (self.frames, self.height, self.width)
 
     @classmethod
-    def from_latents(cls, hidden_states: torch.Tensor, patch_size: Tuple[int, int, int], model: str) -> "VideoGeometry":
+    def from_latents(
+        cls, hidden_states: torch.Tensor, patch_size: Tuple[int, int, int], model: str
+    ) -> "VideoGeometry":
         """Token grid from latents (B, C, F, H, W) and the model's (t, h, w) patch size."""
         if hidden_states.dim() != 5:
             raise ValueError(
-                f"expected video latents (batch, channels, frames, height, width), got shape {tuple(hidden_states.shape)}"
+                "expected video latents (batch, channels, frames, height, width), "
+                f"got shape {tuple(hidden_states.shape)}"
             )
         _, _, f, h, w = hidden_states.shape
         pt, ph, pw = patch_size

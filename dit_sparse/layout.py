@@ -9,7 +9,7 @@ Blocks are fixed-size (``block_q`` / ``block_kv`` tokens, the last one ragged) u
 ``kv_block_starts`` are given: then block ``i`` spans tokens ``[starts[..., i], starts[..., i + 1])`` and no block is
 longer than ``block_q`` / ``block_kv`` (variable-size, cluster-aligned blocks of the semantic pattern).
 
-A layout may carry token permutations (``q_perm``, ``kv_perm``, each [B, H, L] or [B, 1, L]): then the block lists refer
+A layout may carry token permutations (``q_perm``, ``kv_perm``, [B, H, L] or [B, 1, L]): then the block lists refer
 to the permuted sequence ``x.gather(2, perm)``, and the front door scatters the output back to the original order.
 """
 
@@ -68,7 +68,8 @@ class BlockLayout:
             raise ValueError(f"block sizes must be positive, got block_q={self.block_q}, block_kv={self.block_kv}")
         if self.q_block_starts is None and self.num_q_blocks != cdiv(self.seq_len_q, self.block_q):
             raise ValueError(
-                f"layout has {self.num_q_blocks} query blocks but seq_len_q={self.seq_len_q} with block_q={self.block_q} "
+                f"layout has {self.num_q_blocks} query blocks but seq_len_q={self.seq_len_q} "
+                f"with block_q={self.block_q} "
                 f"needs {cdiv(self.seq_len_q, self.block_q)}"
             )
 
@@ -118,7 +119,7 @@ class BlockLayout:
         """Packs a boolean block mask [B, H, Nq, Nk] into index lists (vectorised, no host sync but the Kmax size).
 
         Args:
-            mask (`torch.Tensor` bool [B, H, Nq, Nk]): ``mask[b, h, i, j]`` keeps key block ``j`` for query block ``i``.
+            mask (`torch.Tensor` bool [B, H, Nq, Nk]): ``mask[b, h, i, j]`` keeps key block j for query block i.
             block_q, block_kv (`int`): block sizes in tokens.
             seq_len_q, seq_len_kv (`int`): sequence lengths in tokens.
 
@@ -149,7 +150,13 @@ class BlockLayout:
 
     @classmethod
     def dense(
-        cls, batch: int, heads: int, seq_len_q: int, seq_len_kv: int, block_q: int = 128, block_kv: int = 128,
+        cls,
+        batch: int,
+        heads: int,
+        seq_len_q: int,
+        seq_len_kv: int,
+        block_q: int = 128,
+        block_kv: int = 128,
         device=None,
     ) -> "BlockLayout":
         """Layout that computes every block (equals dense attention)."""

@@ -113,7 +113,8 @@ def resolve_backend(backend: str, device, dtype, head_dim: int, kind: str = "fix
 def _check_inputs(q, k, v, layout: BlockLayout):
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
-            f"q, k, v must be (batch, heads, seq_len, head_dim); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+            "q, k, v must be (batch, heads, seq_len, head_dim); "
+            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
     b, h, lq, d = q.shape
     if k.shape[:2] != (b, h) or v.shape[:3] != k.shape[:3] or k.shape[-1] != d:
@@ -166,7 +167,7 @@ def block_sparse_attention(
         k = _gather_tokens(k, layout.kv_perm)
         v = _gather_tokens(v, layout.kv_perm)
     result = _BACKENDS[name].run(q.contiguous(), k.contiguous(), v.contiguous(), layout, scale, return_lse)
-    out, lse = (result if return_lse else (result, None))
+    out, lse = result if return_lse else (result, None)
     if layout.q_perm is not None:
         perm = layout.q_perm.expand(out.shape[0], out.shape[1], -1)
         out = torch.empty_like(out).scatter_(2, perm.unsqueeze(-1).expand_as(out), out)

@@ -39,7 +39,9 @@ class SparseStepHook(ModelHook):
         hidden_states = kwargs.get("hidden_states", args[0] if len(args) > 0 else None)
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         if hidden_states is None or timestep is None:
-            raise ValueError("dit_sparse's step hook expects the transformer to be called with hidden_states and timestep")
+            raise ValueError(
+                "dit_sparse's step hook expects the transformer to be called with hidden_states and timestep"
+            )
         geometry = VideoGeometry.from_latents(hidden_states, self.patch_size, self.model)
         self.state.on_forward(_timestep_value(timestep), geometry)
         return args, kwargs

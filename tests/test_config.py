@@ -1,0 +1,55 @@
+import pytest
+
+from dit_sparse import DenseConfig, DraftConfig, RadialConfig, SemanticConfig, make_config
+
+
+def test_defaults_validate():
+    for cls in (DenseConfig, RadialConfig, SemanticConfig, DraftConfig):
+        cfg = cls()
+        assert cfg.block_size == 128 and cfg.backend == "auto"
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, field",
+    [
+        (RadialConfig, {"dense_steps": -1}, "dense_steps"),
+        (RadialConfig, {"dense_steps": 1.5}, "dense_steps"),
+        (RadialConfig, {"dense_steps": "3"}, "dense_steps"),
+        (RadialConfig, {"dense_layers": -2}, "dense_layers"),
+        (RadialConfig, {"refresh_every": 0}, "refresh_every"),
+        (RadialConfig, {"backend": "cuda"}, "backend"),
+        (RadialConfig, {"block_size": 100}, "block_size"),
+        (RadialConfig, {"decay": 0.0}, "decay"),
+        (RadialConfig, {"spatial": "3d"}, "spatial"),
+        (SemanticConfig, {"top_p": 0.0}, "top_p"),
+        (SemanticConfig, {"top_p": 1.2}, "top_p"),
+        (SemanticConfig, {"q_clusters": 0}, "q_clusters"),
+        (SemanticConfig, {"kv_clusters": 2.5}, "kv_clusters"),
+        (SemanticConfig, {"kmeans_iters": 0}, "kmeans_iters"),
+        (SemanticConfig, {"min_kv_ratio": -0.1}, "min_kv_ratio"),
+        (DraftConfig, {"density": 0.0}, "density"),
+        (DraftConfig, {"density": 1.01}, "density"),
+        (DraftConfig, {"pool": (8,)}, "pool"),
+    ],
+)
+def test_bad_values_name_the_field(cls, kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        cls(**kwargs)
+
+
+def test_make_config():
+    cfg = make_config("radial", decay=0.5, dense_steps=3)
+    assert isinstance(cfg, RadialConfig) and cfg.decay == 0.5 and cfg.dense_steps == 3
+    assert isinstance(make_config("dense"), DenseConfig)
+    with pytest.raises(ValueError, match="known methods: dense, radial, semantic, draft"):
+        make_config("sliding")
+    with pytest.raises(ValueError, match="no option"):
+        make_config("radial", top_p=0.9)
+
+
+def test_fraction_of_steps():
+    cfg = RadialConfig(dense_steps=0.25)
+    assert cfg.resolve_dense_steps(50) == 12 or cfg.resolve_dense_steps(50) == 13
+    assert RadialConfig(dense_steps=4).resolve_dense_steps(None) == 4
+    with pytest.raises(ValueError, match="step count is unknown"):
+        cfg.resolve_dense_steps(None)
