@@ -102,8 +102,11 @@ class BlockLayout:
 
     @property
     def kind(self) -> str:
-        """A short tag for backend selection: 'fixed' or 'variable' blocks."""
-        return "variable" if self.is_variable else "fixed"
+        """A short tag for backend selection: 'variable' blocks, 'masked' (fixed blocks with ``kv_valid_len``) or
+        'fixed'."""
+        if self.is_variable:
+            return "variable"
+        return "masked" if self.kv_valid_len is not None else "fixed"
 
     # ------------------------------------------------------------------ constructors
     @classmethod

@@ -166,7 +166,8 @@ def block_sparse_attention(
     if layout.kv_perm is not None:
         k = _gather_tokens(k, layout.kv_perm)
         v = _gather_tokens(v, layout.kv_perm)
-    result = _BACKENDS[name].run(q.contiguous(), k.contiguous(), v.contiguous(), layout, scale, return_lse)
+    # No copies here: q, k, v are usually transposed views of Diffusers' (B, L, H, D) tensors; engines read strides.
+    result = _BACKENDS[name].run(q, k, v, layout, scale, return_lse)
     out, lse = result if return_lse else (result, None)
     if layout.q_perm is not None:
         perm = layout.q_perm.expand(out.shape[0], out.shape[1], -1)

@@ -1,0 +1,531 @@
+"""Benchmarks that write JSON under ``bench/results/``: ``kernel``, ``pattern`` and ``e2e``.
+
+Protocol (see GPU.md): correctness first (each sparse run is checked against the exact reference on sampled query
+blocks), CUDA-event timing after warm-up, median of repeated runs, dense baselines measured in the same process.
+
+    python -m dit_sparse.eval.bench kernel [--shapes wan1.3b-480p,...] [--densities 1,0.5,0.25,0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from ..layout import BlockLayout, cdiv
+
+# name -> (tokens, heads, head_dim)
+KERNEL_SHAPES = {
+    "wan1.3b-480p": (32760, 12, 128),
+    "wan14b-720p": (75600, 40, 128),
+    "hunyuan-720p": (119056, 24, 128),
+    "tiny": (1000, 2, 64),
+}
+
+RESULTS_DIR = Path("bench/results")
+
+
+# ---------------------------------------------------------------------------------------------------------- helpers
+def git_commit() -> str:
+    env = os.environ.get("DIT_SPARSE_COMMIT")
+    if env:
+        return env
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], stderr=subprocess.DEVNULL, text=True).strip()
+    except Exception:
+        return "unknown"
+
+
+def device_info() -> Dict[str, str]:
+    info = {"torch": torch.__version__, "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name()
+        info["capability"] = "sm%d%d" % torch.cuda.get_device_capability()
+    else:
+        info["device"] = "cpu"
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except Exception:
+        pass
+    return info
+
+
+def time_cuda(fn: Callable[[], object], warmup: int = 2, reps: int = 7) -> Dict[str, float]:
+    """Median / min milliseconds of ``fn`` with CUDA events (wall clock on the CPU)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if torch.cuda.is_available():
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        import time
+
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return {"median_ms": times[len(times) // 2], "min_ms": times[0], "reps": reps}
+
+
+def random_layout(batch, heads, length, density, block, device, seed=0) -> BlockLayout:
+    """Random block selection at ``density`` (the same count in every row; the diagonal block always kept)."""
+    n = cdiv(length, block)
+    keep = max(1, int(round(density * n)))
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    scores = torch.rand(batch, heads, n, n, generator=g)
+    scores.diagonal(dim1=-2, dim2=-1).fill_(2.0)
+    order = scores.argsort(dim=-1, descending=True)[..., :keep]
+    mask = torch.zeros(batch, heads, n, n, dtype=torch.bool).scatter_(-1, order, True)
+    return BlockLayout.from_block_mask(mask.to(device), block, block, length, length)
+
+
+def sampled_reference_error(q, k, v, layout: BlockLayout, out: torch.Tensor, rows: int = 4, seed: int = 0) -> float:
+    """Max abs error of ``out`` against exact fp32 attention on a few sampled query blocks (all heads)."""
+    from ..kernels.reference import reference_block_sparse_attention
+
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    nq = layout.num_q_blocks
+    picks = torch.randperm(nq, generator=g)[:rows].tolist()
+    worst = 0.0
+    for i in picks:
+        sub = BlockLayout(
+            layout.kv_indices[:, :, i : i + 1].contiguous(), layout.kv_counts[:, :, i : i + 1].contiguous(),
+            layout.block_q, layout.block_kv, min(layout.block_q, layout.seq_len_q - i * layout.block_q),
+            layout.seq_len_kv,
+        )
+        s, e = i * layout.block_q, min((i + 1) * layout.block_q, layout.seq_len_q)
+        ref = reference_block_sparse_attention(q[:, :, s:e], k, v, sub, 1.0 / math.sqrt(q.shape[-1]))
+        worst = max(worst, float((ref.float() - out[:, :, s:e].float()).abs().max()))
+    return worst
+
+
+def write_result(kind: str, payload: dict, out: Optional[str] = None) -> Path:
+    info = payload.setdefault("env", device_info())
+    if out:
+        path = Path(out)
+    else:
+        dev = info.get("device", "cpu").replace(" ", "-").replace("/", "-")
+        date = _dt.datetime.utcnow().strftime("%Y-%m-%d")
+        path = RESULTS_DIR / f"{date}_{dev}_{kind}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------- kernel
+def _dense_baselines(q, k, v) -> Dict[str, Callable[[], torch.Tensor]]:
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    fns = {}
+    if q.is_cuda:
+
+        def cudnn():
+            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                return F.scaled_dot_product_attention(q, k, v)
+
+        fns["cudnn_sdpa"] = cudnn
+        try:
+            from flash_attn.cute.interface import flash_attn_func
+
+            qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            fns["fa4_dense"] = lambda: flash_attn_func(qt, kt, vt)[0]
+        except Exception:
+            pass
+    else:
+        fns["sdpa"] = lambda: F.scaled_dot_product_attention(q, k, v)
+    return fns
+
+
+def bench_kernel(args) -> dict:
+    from ..kernels import available_backends, block_sparse_attention
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    densities = [float(x) for x in args.densities.split(",")]
+    results: Dict[str, dict] = {}
+    for shape_name in args.shapes.split(","):
+        length, heads, head_dim = KERNEL_SHAPES[shape_name]
+        torch.manual_seed(0)
+        # Diffusers' layout (B, L, H, D), viewed as (B, H, L, D) as our processors hand it to the kernels.
+        q, k, v = (torch.randn(1, length, heads, head_dim, device=device, dtype=dtype).transpose(1, 2)
+                   for _ in range(3))
+        flops_dense = 4.0 * length * length * heads * head_dim
+        entry: Dict[str, dict] = {"tokens": length, "heads": heads, "head_dim": head_dim, "dtype": str(dtype),
+                                  "dense": {}, "sparse": {}}
+        for name, fn in _dense_baselines(q, k, v).items():
+            try:
+                t = time_cuda(fn, reps=args.reps)
+                t["tflops"] = flops_dense / t["median_ms"] / 1e9
+                entry["dense"][name] = t
+            except Exception as err:  # a baseline that cannot run here is reported, not fatal
+                entry["dense"][name] = {"error": repr(err)[:300]}
+            print(shape_name, name, entry["dense"][name], flush=True)
+        backends = [b for b in args.backends.split(",")]
+        avail = available_backends(device, dtype, head_dim)
+        for backend in backends:
+            if avail.get(backend) != "ok":
+                entry["sparse"][backend] = {"unavailable": avail.get(backend, "unknown backend")}
+                print(shape_name, backend, entry["sparse"][backend], flush=True)
+                continue
+            rows = {}
+            for d in densities:
+                layout = random_layout(1, heads, length, d, args.block, device)
+                real_d = float(layout.density())
+                try:
+                    out = block_sparse_attention(q, k, v, layout, backend=backend)
+                    err = sampled_reference_error(q, k, v, layout, out)
+                    t = time_cuda(lambda: block_sparse_attention(q, k, v, layout, backend=backend), reps=args.reps)
+                    t["density"] = real_d
+                    t["effective_tflops"] = flops_dense * real_d / t["median_ms"] / 1e9
+                    t["max_abs_err_vs_reference"] = err
+                    t["ok"] = bool(err < 3e-2)
+                except Exception as e:
+                    t = {"density": real_d, "error": repr(e)[:500]}
+                rows[str(d)] = t
+                print(shape_name, backend, d, t, flush=True)
+            entry["sparse"][backend] = rows
+        results[shape_name] = entry
+        q = k = v = None  # free the inputs before the next shape
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    payload = {
+        "benchmark": "kernel",
+        "command": "python -m dit_sparse.eval.bench " + " ".join(sys.argv[1:]),
+        "commit": git_commit(),
+        "date": _dt.datetime.utcnow().isoformat(timespec="seconds"),
+        "block_size": args.block,
+        "selection": "random blocks per row, diagonal kept",
+        "results": results,
+    }
+    path = write_result("kernel", payload, args.out)
+    print("wrote", path)
+    return payload
+
+
+# ---------------------------------------------------------------------------------------------------------- e2e
+# Full-size transformer configs (random weights: no download). Token grids after patching.
+E2E_MODELS = {
+    "wan1.3b-480p": dict(
+        family="wan", latent=(16, 21, 60, 104), text=(512, 4096),
+        config=dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+                    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+                    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
+        flow_shift=3.0,
+    ),
+    "wan14b-720p": dict(
+        family="wan", latent=(16, 21, 90, 160), text=(512, 4096),
+        config=dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16,
+                    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
+                    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024),
+        flow_shift=5.0,
+    ),
+    "hunyuan-720p": dict(
+        family="hunyuan_video", latent=(16, 33, 90, 160), text=(256, 4096), config=dict(), flow_shift=7.0,
+    ),
+    # CPU-sized smoke configuration (tests and `--model tiny`).
+    "tiny": dict(
+        family="wan", latent=(4, 5, 16, 16), text=(8, 32),
+        config=dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=64, in_channels=4,
+                    out_channels=4, text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, rope_max_seq_len=64),
+        flow_shift=3.0,
+    ),
+}
+
+
+def _build_transformer(spec, device, dtype):
+    if spec["family"] == "wan":
+        from diffusers import WanTransformer3DModel as cls
+    else:
+        from diffusers import HunyuanVideoTransformer3DModel as cls
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = cls(**spec["config"])
+    return model.to(dtype).eval()
+
+
+def _denoise(model, spec, timesteps, device, dtype, guidance: float, seed: int, cache_contexts: bool):
+    """A CFG denoising loop with the scheduler's timesteps (Euler flow-matching update); returns final latents."""
+    c, f, h, w = spec["latent"]
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    latents = torch.randn(1, c, f, h, w, generator=g).to(device, dtype)
+    n_text, d_text = spec["text"]
+    cond = torch.randn(1, n_text, d_text, generator=g).to(device, dtype)
+    uncond = torch.randn(1, n_text, d_text, generator=g).to(device, dtype)
+    extra = {}
+    if spec["family"] == "hunyuan_video":
+        extra = {"encoder_attention_mask": torch.ones(1, n_text, device=device, dtype=torch.long),
+                 "pooled_projections": torch.randn(1, 768, generator=g).to(device, dtype),
+                 "guidance": torch.tensor([6000.0], device=device, dtype=dtype)}
+    sigmas = list(timesteps / 1000.0) + [0.0]
+    with torch.no_grad():
+        for i, t in enumerate(timesteps):
+            tt = torch.full((1,), float(t), device=device)
+            outs = []
+            branches = [("cond", cond)] if spec["family"] == "hunyuan_video" else [("cond", cond), ("uncond", uncond)]
+            for name, text in branches:
+                if cache_contexts:
+                    with model.cache_context(name):
+                        outs.append(model(latents, tt, text, return_dict=False, **extra)[0])
+                else:
+                    outs.append(model(latents, tt, text, return_dict=False, **extra)[0])
+            noise_pred = outs[0] if len(outs) == 1 else outs[1] + guidance * (outs[0] - outs[1])
+            latents = latents + (sigmas[i + 1] - sigmas[i]) * noise_pred
+    return latents.float()
+
+
+def _attention_share(model, spec, device, dtype) -> float:
+    """Share of one dense forward's time spent in self-attention (measured: SDPA at the model's shape x layers)."""
+    import torch.nn.functional as F
+
+    c, f, h, w = spec["latent"]
+    if spec["family"] == "wan":
+        heads, dim = model.config.num_attention_heads, model.config.attention_head_dim
+        tokens = f * (h // 2) * (w // 2)
+        layers = model.config.num_layers
+    else:
+        heads, dim = model.config.num_attention_heads, model.config.attention_head_dim
+        tokens = f * (h // 2) * (w // 2) + spec["text"][0]
+        layers = model.config.num_layers + model.config.num_single_layers
+    q = torch.randn(1, tokens, heads, dim, device=device, dtype=dtype).transpose(1, 2)
+    t_attn = time_cuda(lambda: F.scaled_dot_product_attention(q, q, q), reps=3)["median_ms"]
+    g = torch.Generator(device="cpu").manual_seed(1)
+    x = torch.randn(1, c, f, h, w, generator=g).to(device, dtype)
+    n_text, d_text = spec["text"]
+    text = torch.randn(1, n_text, d_text, generator=g).to(device, dtype)
+    extra = {}
+    if spec["family"] == "hunyuan_video":
+        extra = {"encoder_attention_mask": torch.ones(1, n_text, device=device, dtype=torch.long),
+                 "pooled_projections": torch.randn(1, 768, generator=g).to(device, dtype),
+                 "guidance": torch.tensor([6000.0], device=device, dtype=dtype)}
+    tt = torch.full((1,), 500.0, device=device)
+    with torch.no_grad():
+        t_fwd = time_cuda(lambda: model(x, tt, text, return_dict=False, **extra), warmup=1, reps=3)["median_ms"]
+    return min(1.0, layers * t_attn / t_fwd)
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    rng = float(a.max() - a.min()) or 1.0
+    mse = float(((a - b) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * math.log10(rng**2 / mse)
+
+
+def bench_e2e(args) -> dict:
+    import time
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    import dit_sparse as ds
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    spec = E2E_MODELS[args.model]
+    model = _build_transformer(spec, device, dtype)
+    sched = FlowMatchEulerDiscreteScheduler(shift=spec["flow_shift"])
+    sched.set_timesteps(args.steps, device="cpu")
+    timesteps = sched.timesteps.float()
+    model_defaults = {"wan": {"radial": {}, "draft": {"density": 0.25}, "semantic": {}},
+                      "hunyuan_video": {"radial": {}, "draft": {"density": 0.1}, "semantic": {}}}[spec["family"]]
+    methods = args.methods.split(",")
+    share = _attention_share(model, spec, device, dtype) if device == "cuda" else None
+    runs = {}
+    reference = None
+
+    def run_once(cache_contexts=False):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = _denoise(model, spec, timesteps, device, dtype, args.guidance, args.seed, cache_contexts)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out, time.perf_counter() - t0
+
+    for method in ["dense"] + [m for m in methods if m != "dense"]:
+        entry = {}
+        try:
+            if method != "dense":
+                opts = dict(model_defaults.get(method, {}))
+                cfg = ds.make_config(method, dense_steps=args.dense_steps, dense_layers=args.dense_layers,
+                                     backend=args.backend, **opts)
+                ds.apply_sparse_attention(model, cfg)
+                entry["config"] = cfg.to_dict()
+            if args.warmup and device == "cuda":
+                run_once()  # compile / autotune / build caches outside the timed run
+            out, seconds = run_once()
+            entry["seconds"] = seconds
+            if method == "dense":
+                reference = out
+            else:
+                info = ds.summary(model)
+                entry["mean_density"] = info["mean_density"]
+                entry["backend"] = info["backend"]
+                entry["sparse_calls"] = info["sparse_calls"]
+                entry["dense_calls"] = info["dense_calls"]
+                entry["psnr_latents_vs_dense"] = _psnr(reference, out)
+                entry["speedup"] = runs["dense"]["seconds"] / seconds
+                if share is not None and entry["mean_density"] is not None:
+                    calls = info["sparse_calls"] + info["dense_calls"]
+                    sparse_frac = info["sparse_calls"] / max(calls, 1)
+                    entry["amdahl_bound"] = 1.0 / (1.0 - share * sparse_frac)
+                    entry["amdahl_at_density"] = 1.0 / (1.0 - share * sparse_frac * (1.0 - entry["mean_density"]))
+                ds.remove_sparse_attention(model)
+        except Exception as err:
+            entry["error"] = repr(err)[:500]
+            try:
+                ds.remove_sparse_attention(model)
+            except Exception:
+                pass
+        runs[method] = entry
+        print(args.model, method, entry, flush=True)
+
+    if args.with_cache:
+        # Sparse attention composed with a Diffusers cache (FirstBlockCache): both must run together.
+        from diffusers.hooks import FirstBlockCacheConfig
+
+        entry = {}
+        try:
+            method = [m for m in methods if m != "dense"][0]
+            cfg = ds.make_config(method, dense_steps=args.dense_steps, dense_layers=args.dense_layers,
+                                 backend=args.backend, **model_defaults.get(method, {}))
+            model.enable_cache(FirstBlockCacheConfig(threshold=args.cache_threshold))
+            ds.apply_sparse_attention(model, cfg)
+            if args.warmup and device == "cuda":
+                run_once(cache_contexts=True)
+            out, seconds = run_once(cache_contexts=True)
+            info = ds.summary(model)
+            entry.update(method=method, cache="FirstBlockCache", threshold=args.cache_threshold, seconds=seconds,
+                         speedup=runs["dense"]["seconds"] / seconds, mean_density=info["mean_density"],
+                         sparse_calls=info["sparse_calls"], psnr_latents_vs_dense=_psnr(reference, out))
+            ds.remove_sparse_attention(model)
+            model.disable_cache()
+        except Exception as err:
+            entry["error"] = repr(err)[:500]
+        runs["cache+sparse"] = entry
+        print(args.model, "cache+sparse", entry, flush=True)
+
+    payload = {
+        "benchmark": "e2e",
+        "command": "python -m dit_sparse.eval.bench " + " ".join(sys.argv[1:]),
+        "commit": git_commit(),
+        "date": _dt.datetime.utcnow().isoformat(timespec="seconds"),
+        "model": args.model,
+        "latent_shape": list(spec["latent"]),
+        "steps": args.steps,
+        "cfg": spec["family"] == "wan",
+        "guidance": args.guidance,
+        "dense_steps": args.dense_steps,
+        "dense_layers": args.dense_layers,
+        "weights": "random (no download); PSNR is on final latents vs the dense run",
+        "attention_share": share,
+        "runs": runs,
+    }
+    path = write_result(f"e2e-{args.model}", payload, args.out)
+    print("wrote", path)
+    return payload
+
+
+# ---------------------------------------------------------------------------------------------------------- pattern
+def bench_pattern(args) -> dict:
+    """Pattern overhead (planning a layout) next to the sparse attention time it serves, per method."""
+    import dit_sparse as ds
+    from dit_sparse.geometry import VideoGeometry
+    from dit_sparse.kernels import block_sparse_attention
+    from dit_sparse.patterns import make_pattern
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    grids = {"wan1.3b-480p": ((21, 30, 52), 12, "wan"), "tiny": ((5, 8, 12), 2, "wan")}
+    (f, h, w), heads, model = grids[args.shape]
+    geometry = VideoGeometry(f, h, w, model)
+    length = geometry.num_tokens
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, length, heads, 128 if args.shape != "tiny" else 64, device=device, dtype=dtype)
+               .transpose(1, 2) for _ in range(3))
+    rows = {}
+    for method in args.methods.split(","):
+        entry = {}
+        try:
+            cfg = ds.make_config(method, dense_steps=0, dense_layers=0, backend=args.backend)
+            pattern = make_pattern(cfg)
+            cache: dict = {}
+            layout = pattern.plan(q, k, geometry, cache)
+            entry["cold_ms"] = time_cuda(lambda: pattern.plan(q, k, geometry, {}), warmup=1, reps=3)["median_ms"]
+            entry["plan_ms"] = time_cuda(lambda: pattern.plan(q, k, geometry, cache), reps=args.reps)["median_ms"]
+            entry["attention_ms"] = time_cuda(
+                lambda: block_sparse_attention(q, k, v, layout, backend=args.backend), reps=args.reps)["median_ms"]
+            entry["density"] = float(layout.density())
+            entry["overhead_ratio"] = entry["plan_ms"] / entry["attention_ms"]
+        except Exception as err:
+            entry["error"] = repr(err)[:500]
+        rows[method] = entry
+        print(args.shape, method, entry, flush=True)
+    payload = {"benchmark": "pattern", "command": "python -m dit_sparse.eval.bench " + " ".join(sys.argv[1:]),
+               "commit": git_commit(), "date": _dt.datetime.utcnow().isoformat(timespec="seconds"),
+               "shape": args.shape, "tokens": length, "heads": heads, "results": rows}
+    path = write_result(f"pattern-{args.shape}", payload, args.out)
+    print("wrote", path)
+    return payload
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dit_sparse.eval.bench")
+    sub = p.add_subparsers(dest="what", required=True)
+    k = sub.add_parser("kernel", help="block-sparse kernels vs dense baselines at several densities")
+    k.add_argument("--shapes", default="wan1.3b-480p,wan14b-720p,hunyuan-720p")
+    k.add_argument("--densities", default="1.0,0.5,0.25,0.1")
+    k.add_argument("--backends", default="fa4,triton,flex")
+    k.add_argument("--block", type=int, default=128)
+    k.add_argument("--reps", type=int, default=7)
+    k.add_argument("--out", default=None)
+    k.set_defaults(func=bench_kernel)
+    e = sub.add_parser("e2e", help="full-size random-weight transformer, CFG denoising loop, dense vs each method")
+    e.add_argument("--model", default="wan1.3b-480p", choices=sorted(E2E_MODELS))
+    e.add_argument("--methods", default="radial,draft,semantic")
+    e.add_argument("--steps", type=int, default=10)
+    e.add_argument("--dense-steps", type=int, default=2)
+    e.add_argument("--dense-layers", type=int, default=1)
+    e.add_argument("--guidance", type=float, default=5.0)
+    e.add_argument("--backend", default="auto")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--warmup", type=int, default=1)
+    e.add_argument("--with-cache", action="store_true", help="also run FirstBlockCache together with sparse attention")
+    e.add_argument("--cache-threshold", type=float, default=0.05)
+    e.add_argument("--out", default=None)
+    e.set_defaults(func=bench_e2e)
+    pt = sub.add_parser("pattern", help="pattern planning overhead vs the sparse attention it serves")
+    pt.add_argument("--shape", default="wan1.3b-480p", choices=["wan1.3b-480p", "tiny"])
+    pt.add_argument("--methods", default="radial,draft,semantic")
+    pt.add_argument("--backend", default="auto")
+    pt.add_argument("--reps", type=int, default=7)
+    pt.add_argument("--out", default=None)
+    pt.set_defaults(func=bench_pattern)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Turns ``bench/results/*.json`` into README tables and plots under ``docs/`` (never typed by hand).
+
+    python -m dit_sparse.eval.report [--results bench/results] [--readme README.md] [--docs docs]
+
+README sections live between ``<!-- BEGIN:name -->`` and ``<!-- END:name -->`` markers and are replaced in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+
+def load_results(results_dir: str = "bench/results") -> List[dict]:
+    out = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        data["_path"] = path
+        out.append(data)
+    return out
+
+
+def _latest(results: List[dict], kind: str) -> List[dict]:
+    """The newest result per (benchmark, model/shape) — files are named by date, so sorted order is time order."""
+    chosen: Dict[str, dict] = {}
+    for r in results:
+        if r.get("benchmark") != kind:
+            continue
+        key = r.get("model") or r.get("shape") or "all"
+        chosen[key] = r
+    return list(chosen.values())
+
+
+def _fmt(x, nd=2):
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def kernel_table(results: List[dict]) -> str:
+    lines = []
+    for r in _latest(results, "kernel"):
+        dev = r.get("env", {}).get("device", "?")
+        lines.append(f"Device: {dev}, commit `{r.get('commit', '?')[:10]}`, block {r.get('block_size')}, "
+                     f"{r.get('selection', '')}; `{r.get('command', '')}`\n")
+        lines.append("| shape | engine | density | time (ms) | effective TFLOP/s | × dense cuDNN time | max err |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for shape, e in r["results"].items():
+            dense = e["dense"]
+            dense_ms = dense.get("cudnn_sdpa", {}).get("median_ms") or dense.get("sdpa", {}).get("median_ms")
+            for name, t in e["dense"].items():
+                if "median_ms" in t:
+                    lines.append(f"| {shape} ({e['tokens']}×{e['heads']}) | {name} (dense) | 1.00 | "
+                                 f"{t['median_ms']:.2f} | {t['tflops']:.0f} | 1.00 | — |")
+            for backend, rows in e["sparse"].items():
+                if "unavailable" in rows:
+                    lines.append(f"| {shape} | {backend} | — | unavailable: {rows['unavailable']} | | | |")
+                    continue
+                for d, t in rows.items():
+                    if "median_ms" not in t:
+                        lines.append(f"| {shape} | {backend} | {d} | error: {t.get('error', '')[:80]} | | | |")
+                        continue
+                    ratio = t["median_ms"] / dense_ms if dense_ms else None
+                    lines.append(f"| {shape} | {backend} | {t['density']:.2f} | {t['median_ms']:.2f} | "
+                                 f"{t['effective_tflops']:.0f} | {_fmt(ratio)} | {t['max_abs_err_vs_reference']:.1e} |")
+        lines.append("")
+    return "\n".join(lines) if lines else "_no kernel results yet_"
+
+
+def e2e_table(results: List[dict]) -> str:
+    lines = []
+    for r in _latest(results, "e2e"):
+        dev = r.get("env", {}).get("device", "?")
+        share = r.get("attention_share")
+        lines.append(f"**{r['model']}** on {dev}, {r['steps']} steps (dense steps {r['dense_steps']}, dense layers "
+                     f"{r['dense_layers']}), CFG {r['cfg']}, attention share of a dense forward "
+                     f"{_fmt(share)}; commit `{r.get('commit', '?')[:10]}`; `{r.get('command', '')}`\n")
+        lines.append("| method | seconds | speedup | Amdahl bound (free attention) | Amdahl at density | density | "
+                     "backend | PSNR latents vs dense |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for m, e in r["runs"].items():
+            if "error" in e:
+                lines.append(f"| {m} | error: {e['error'][:100]} | | | | | | |")
+                continue
+            speedup = e.get("speedup", 1.0 if m == "dense" else None)
+            lines.append(f"| {m} | {_fmt(e.get('seconds'))} | {_fmt(speedup)} | "
+                         f"{_fmt(e.get('amdahl_bound'))} | {_fmt(e.get('amdahl_at_density'))} | "
+                         f"{_fmt(e.get('mean_density'))} | {e.get('backend', '—')} | "
+                         f"{_fmt(e.get('psnr_latents_vs_dense'), 1)} |")
+        lines.append("")
+    return "\n".join(lines) if lines else "_no end-to-end results yet_"
+
+
+def pattern_table(results: List[dict]) -> str:
+    lines = []
+    for r in _latest(results, "pattern"):
+        dev = r.get("env", {}).get("device", "?")
+        lines.append(f"{r['shape']} ({r['tokens']} tokens × {r['heads']} heads) on {dev}; `{r.get('command', '')}`\n")
+        lines.append("| method | plan (ms, warm) | plan (ms, cold) | sparse attention (ms) | overhead | density |")
+        lines.append("|---|---|---|---|---|---|")
+        for m, e in r["results"].items():
+            if "error" in e:
+                lines.append(f"| {m} | error: {e['error'][:100]} | | | | |")
+                continue
+            lines.append(f"| {m} | {e['plan_ms']:.2f} | {e['cold_ms']:.2f} | {e['attention_ms']:.2f} | "
+                         f"{100 * e['overhead_ratio']:.1f} % | {e['density']:.2f} |")
+        lines.append("")
+    return "\n".join(lines) if lines else "_no pattern results yet_"
+
+
+# ---------------------------------------------------------------------------------------------------------- plots
+def plot_layout(layout, batch: int = 0, head: int = 0, path: Optional[str] = None, title: Optional[str] = None):
+    """Draws the block mask of one (batch, head) of a ``BlockLayout``; returns the matplotlib figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mask = layout.to_block_mask()[min(batch, layout.batch_size - 1), min(head, layout.num_heads - 1)]
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.imshow(mask.cpu().numpy(), cmap="Blues", interpolation="nearest", vmin=0, vmax=1)
+    ax.set_xlabel("key block")
+    ax.set_ylabel("query block")
+    ax.set_title(title or f"density {float(mask.float().mean()):.2f}")
+    fig.tight_layout()
+    if path:
+        fig.savefig(path)
+    return fig
+
+
+def plot_kernel_speed(results: List[dict], path: str) -> Optional[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = _latest(results, "kernel")
+    if not runs:
+        return None
+    r = runs[-1]
+    shapes = list(r["results"])
+    fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4), squeeze=False)
+    for ax, shape in zip(axes[0], shapes):
+        e = r["results"][shape]
+        for backend, rows in e["sparse"].items():
+            pts = [(t["density"], t["effective_tflops"]) for t in rows.values() if "effective_tflops" in t]
+            if pts:
+                ax.plot(*zip(*sorted(pts)), marker="o", label=backend)
+        for name, t in e["dense"].items():
+            if "tflops" in t:
+                ax.axhline(t["tflops"], linestyle="--", color="gray" if "cudnn" in name else "black", label=name)
+        ax.set_title(shape)
+        ax.set_xlabel("density")
+        ax.set_ylabel("effective TFLOP/s")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_e2e(results: List[dict], path: str) -> Optional[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = _latest(results, "e2e")
+    if not runs:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    labels, speed, bound = [], [], []
+    for r in runs:
+        for m, e in r["runs"].items():
+            if m == "dense" or "speedup" not in e:
+                continue
+            labels.append(f"{r['model']}\n{m}")
+            speed.append(e["speedup"])
+            bound.append(e.get("amdahl_at_density") or 0.0)
+    xs = range(len(labels))
+    ax.bar([x - 0.2 for x in xs], speed, width=0.4, label="measured speedup")
+    ax.bar([x + 0.2 for x in xs], bound, width=0.4, label="Amdahl at achieved density")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylabel("× dense")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------- README
+def replace_section(text: str, name: str, body: str) -> str:
+    begin, end = f"<!-- BEGIN:{name} -->", f"<!-- END:{name} -->"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        return head + block + tail
+    return text.rstrip() + "\n\n" + block + "\n"
+
+
+def update_readme(readme: str, results_dir: str, docs: str) -> Dict[str, str]:
+    results = load_results(results_dir)
+    Path(docs).mkdir(parents=True, exist_ok=True)
+    sections = {"kernel": kernel_table(results), "e2e": e2e_table(results), "pattern": pattern_table(results)}
+    img = plot_kernel_speed(results, os.path.join(docs, "kernel_speed.png"))
+    if img:
+        sections["kernel"] += f"\n![speed vs density]({img})\n"
+    img = plot_e2e(results, os.path.join(docs, "e2e_speedup.png"))
+    if img:
+        sections["e2e"] += f"\n![speedup vs Amdahl]({img})\n"
+    path = Path(readme)
+    text = path.read_text() if path.exists() else ""
+    for name, body in sections.items():
+        text = replace_section(text, name, body)
+    path.write_text(text)
+    return sections
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dit_sparse.eval.report")
+    p.add_argument("--results", default="bench/results")
+    p.add_argument("--readme", default="README.md")
+    p.add_argument("--docs", default="docs")
+    args = p.parse_args(argv)
+    sections = update_readme(args.readme, args.results, args.docs)
+    for name, body in sections.items():
+        print(f"## {name}\n{body}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
