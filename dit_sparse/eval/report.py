@@ -71,8 +71,9 @@ def kernel_table(results: List[dict]) -> str:
                         lines.append(f"| {shape} | {backend} | {d} | error: {t.get('error', '')[:80]} | | | |")
                         continue
                     ratio = t["median_ms"] / dense_ms if dense_ms else None
+                    err = t["max_abs_err_vs_reference"]
                     lines.append(f"| {shape} | {backend} | {t['density']:.2f} | {t['median_ms']:.2f} | "
-                                 f"{t['effective_tflops']:.0f} | {_fmt(ratio)} | {t['max_abs_err_vs_reference']:.1e} |")
+                                 f"{t['effective_tflops']:.0f} | {_fmt(ratio)} | {err:.1e} |")
         lines.append("")
     return "\n".join(lines) if lines else "_no kernel results yet_"
 

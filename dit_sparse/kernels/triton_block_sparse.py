@@ -140,57 +140,60 @@ def _attn_fwd(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, DV_TILE], dtype=tl.float32)
 
-    for j in tl.range(0, count, num_stages=NUM_STAGES):
-        kb = tl.load(idx_ptr + j * stride_ik)
+    # A key block wider than the tile (block_kv > 128, or a smaller tuned BLOCK_N) is walked in BLOCK_N slices. One
+    # flat loop over (listed block, slice) lets the pipeliner buffer single slices: shared memory per stage stays
+    # BLOCK_N rows of K and V whatever block_kv is.
+    kv_sub = (BLOCK_KV + BLOCK_N - 1) // BLOCK_N
+    for t in tl.range(0, count * kv_sub, num_stages=NUM_STAGES):
+        kb = tl.load(idx_ptr + (t // kv_sub) * stride_ik)
         if VAR_KV:
             kv_start = tl.load(ks_ptr + kb * stride_ksk)
             kv_end = tl.minimum(tl.load(ks_ptr + (kb + 1) * stride_ksk), kv_limit)
         else:
             kv_start = kb * BLOCK_KV
             kv_end = tl.minimum(kv_start + BLOCK_KV, kv_limit)
-        # A key block wider than the tile is walked in BLOCK_N slices (block_kv > 128, or a smaller tuned tile).
-        for sub in tl.static_range(0, BLOCK_KV, BLOCK_N):
-            offs_n = kv_start + sub + offs_n0
-            n_ok = offs_n < kv_end
-            if USE_TMA:
-                k = k_desc.load([(kv_start + sub).to(tl.int32), 0])
-            elif MASK_KV:
-                k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :],
-                            mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-            elif D_TILE != HEAD_DIM:
-                k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=d_ok[None, :], other=0.0)
-            else:
-                k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :])
-            if IEEE:
-                qk = tl.dot(q, tl.trans(k), input_precision="ieee")
-            else:
-                qk = tl.dot(q, tl.trans(k))
-            if MASK_KV:
-                qk = tl.where(n_ok[None, :], qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-            if MASK_KV:
-                # A row may have seen only masked keys so far; subtracting -inf would give NaN.
-                m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-            else:
-                m_ref = m_new
-            alpha = tl.math.exp2(m_i - m_ref)
-            p = tl.math.exp2(qk * qk_scale - m_ref[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
-            if USE_TMA:
-                v = v_desc.load([(kv_start + sub).to(tl.int32), 0])
-            elif MASK_KV:
-                v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :],
-                            mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
-            elif DV_TILE != HEAD_DIM_V:
-                v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :], mask=dv_ok[None, :], other=0.0)
-            else:
-                v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :])
-            if IEEE:
-                acc = tl.dot(p.to(v.dtype), v, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(p.to(v.dtype), v, acc)
-            m_i = m_new
+        n_start = kv_start + (t % kv_sub) * BLOCK_N
+        offs_n = n_start + offs_n0
+        n_ok = offs_n < kv_end
+        if USE_TMA:
+            k = k_desc.load([n_start.to(tl.int32), 0])
+        elif MASK_KV:
+            k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :],
+                        mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        elif D_TILE != HEAD_DIM:
+            k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :], mask=d_ok[None, :], other=0.0)
+        else:
+            k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :])
+        if IEEE:
+            qk = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            qk = tl.dot(q, tl.trans(k))
+        if MASK_KV:
+            qk = tl.where(n_ok[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        if MASK_KV:
+            # A row may have seen only masked keys so far; subtracting -inf would give NaN.
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_ref = m_new
+        alpha = tl.math.exp2(m_i - m_ref)
+        p = tl.math.exp2(qk * qk_scale - m_ref[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if USE_TMA:
+            v = v_desc.load([n_start.to(tl.int32), 0])
+        elif MASK_KV:
+            v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :],
+                        mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
+        elif DV_TILE != HEAD_DIM_V:
+            v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :], mask=dv_ok[None, :], other=0.0)
+        else:
+            v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :])
+        if IEEE:
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(p.to(v.dtype), v, acc)
+        m_i = m_new
 
     # Rows without any unmasked key keep l_i == 0: they return zeros and lse = -inf instead of 0/0.
     empty = l_i == 0.0
@@ -214,24 +217,40 @@ def _autotune_configs():
     return configs
 
 
+def _smem_bytes(block_m: int, block_n: int, d_tile: int, dv_tile: int, elem: int, stages: int) -> int:
+    # Q stays resident; the pipeliner keeps `stages` copies of one K and one V tile (matches what triton reports
+    # for sm90 to the byte, e.g. 229,376 B for 128x128 tiles, head_dim 128, bf16, 3 stages).
+    return elem * (block_m * d_tile + stages * block_n * (d_tile + dv_tile))
+
+
+@lru_cache(maxsize=None)
+def _max_smem(device_index: int) -> int:
+    try:
+        return int(triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"])
+    except Exception:
+        return 232448  # H100 / H200 opt-in maximum per block
+
+
 def _prune_configs(configs, named_args, **kwargs):
     args = {**named_args, **kwargs}
     tile_kv = _tile(args["BLOCK_KV"])
-    big = args["BLOCK_M"] * max(args["D_TILE"], args["DV_TILE"]) > 128 * 128
+    q = args["Q"]
+    limit = _max_smem(q.device.index if q.device.index is not None else torch.cuda.current_device())
     kept, seen = [], set()
     for cfg in configs:
         block_n = min(cfg.kwargs["BLOCK_N"], tile_kv)
-        # With head_dim 256 and 128-row tiles, 4 stages of K/V do not fit in shared memory on any current GPU.
-        if big and cfg.num_stages > 3:
-            continue
         key = (block_n, cfg.num_warps, cfg.num_stages)
         if key in seen:
             continue
         seen.add(key)
-        kept.append(
-            triton.Config({**cfg.kwargs, "BLOCK_N": block_n}, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        )
-    return kept
+        smem = _smem_bytes(args["BLOCK_M"], block_n, args["D_TILE"], args["DV_TILE"], q.element_size(),
+                           cfg.num_stages)
+        kept.append((smem > limit, smem, triton.Config({**cfg.kwargs, "BLOCK_N": block_n}, num_warps=cfg.num_warps,
+                                                       num_stages=cfg.num_stages)))
+    # Configs that cannot fit would only fail to compile; keep the smallest one if nothing fits, so the error is
+    # triton's own rather than an empty config list.
+    fitting = [c for over, _, c in kept if not over]
+    return fitting or [min(kept, key=lambda x: x[1])[2]]
 
 
 @lru_cache(maxsize=None)
@@ -296,7 +315,10 @@ def _forward(q, k, v, kv_indices, kv_counts, q_block_starts, kv_block_starts, kv
     out = torch.empty(bsz, heads, lq, dv, device=device, dtype=q.dtype)
     lse = torch.empty(bsz, heads, lq, device=device, dtype=torch.float32)
 
-    block_m = _tile(block_q)
+    d_tile, dv_tile = max(_next_pow2(d), _MIN_TILE), max(_next_pow2(dv), _MIN_TILE)
+    # head_dim > 128: a 128-row tile's accumulator and Q alone would fill the registers and most of shared memory,
+    # so large query blocks are split over programs (Q_SUB) instead.
+    block_m = min(_tile(block_q), 64 if max(d_tile, dv_tile) > 128 else _MAX_TILE)
     q_sub = -(-block_q // block_m)
     if out.numel() == 0 or nq == 0:
         return out.zero_(), lse.fill_(float("-inf"))
@@ -319,7 +341,7 @@ def _forward(q, k, v, kv_indices, kv_counts, q_block_starts, kv_block_starts, kv
     vl_stride = 0 if kv_valid_len is None or kv_valid_len.numel() == 1 else kv_valid_len.stride(0)
 
     meta = dict(
-        HEAD_DIM=d, HEAD_DIM_V=dv, D_TILE=max(_next_pow2(d), _MIN_TILE), DV_TILE=max(_next_pow2(dv), _MIN_TILE),
+        HEAD_DIM=d, HEAD_DIM_V=dv, D_TILE=d_tile, DV_TILE=dv_tile,
         BLOCK_Q=block_q, BLOCK_KV=block_kv, BLOCK_M=block_m, Q_SUB=q_sub,
         VAR_Q=var_q, VAR_KV=var_kv, HAS_VALID=has_valid, HAS_ORDER=order is not None,
         MASK_KV=mask_kv, IEEE=q.dtype == torch.float32, USE_TMA=use_tma,
@@ -328,11 +350,16 @@ def _forward(q, k, v, kv_indices, kv_counts, q_block_starts, kv_block_starts, kv
     if interpret or not autotune:
         tile_kv = _tile(block_kv)
         # Full-width tiles: fewest interpreted steps on CPU, and FlashAttention's usual 128x128 choice on GPU.
-        default_n = tile_kv if interpret or meta["D_TILE"] <= 128 else 64
-        meta["BLOCK_N"] = min(DEFAULT_CONFIG["BLOCK_N"] or default_n, tile_kv)
-        meta["NUM_STAGES"] = DEFAULT_CONFIG["NUM_STAGES"]
+        block_n = min(DEFAULT_CONFIG["BLOCK_N"] or (tile_kv if interpret or d_tile <= 128 else 64), tile_kv)
+        stages = DEFAULT_CONFIG["NUM_STAGES"]
+        if not interpret:
+            limit = _max_smem(q.device.index if q.device.index is not None else torch.cuda.current_device())
+            while stages > 1 and _smem_bytes(block_m, block_n, d_tile, dv_tile, q.element_size(), stages) > limit:
+                stages -= 1
+        meta["BLOCK_N"] = block_n
+        meta["NUM_STAGES"] = stages
         meta["num_warps"] = DEFAULT_CONFIG["num_warps"] or (4 if block_m <= 64 else 8)
-        meta["num_stages"] = DEFAULT_CONFIG["NUM_STAGES"]
+        meta["num_stages"] = stages
 
     grid = (nq * q_sub, bsz * heads)
     _kernel(interpret, autotune)[grid](
@@ -408,8 +435,7 @@ def available(device: torch.device, dtype: torch.dtype, head_dim: int, kind: str
         return f"dtype {dtype} is not supported by the triton kernel (use float16, bfloat16 or float32)"
     if not head_dim_supported(head_dim):
         return f"head_dim {head_dim} is not supported by the triton kernel (needs a multiple of 8 in [16, 256])"
-    if kind not in ("fixed", "variable"):
-        return f"layout kind {kind!r} is not supported by the triton kernel"
+    # Every layout kind ("fixed", "masked", "variable") is handled: the kernel reads all BlockLayout fields.
     return None
 
 
