@@ -17,6 +17,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from ..kernels import block_sparse_attention, resolve_backend
 from ..layout import BlockLayout
+from ..parallel import heads_to_seq, seq_to_heads, ulysses_group
 from ..schedule import CACHED, DENSE, FRESH, STATIC, SparseState
 
 logger = logging.getLogger(__name__)
@@ -62,14 +63,11 @@ class SparseAttentionCore:
                 "apply_sparse_attention(pipe, config) or transformer.set_attn_processor(sparse_attn_processors("
                 "transformer, config)), which attach it"
             )
-        video_len = query.shape[1] - text_len
-        if parallel_config is not None and getattr(parallel_config, "context_parallel_config", None) is not None:
-            cp = parallel_config.context_parallel_config
-            if getattr(cp, "ring_degree", 1) and cp.ring_degree > 1:
-                raise ValueError(
-                    "dit_sparse does not support ring attention (the sequence is split across ranks, so a pattern "
-                    "cannot see the whole video); use ContextParallelConfig(ulysses_degree=N) instead"
-                )
+        ulysses = ulysses_group(parallel_config)
+        if ulysses is not None and text_len:
+            raise ValueError("Ulysses context parallelism with joint text tokens is not supported by dit_sparse yet")
+        # Under Ulysses the local shard holds 1/N of the tokens; the sparse path first gathers the whole sequence.
+        video_len = query.shape[1] * (ulysses[1] if ulysses is not None else 1) - text_len
         cache_key = (self.model_index, self.layer, state.branch, geometry.key, query.shape[0])
         static = bool(getattr(state.pattern, "static", False))
         decision = state.decide(self.layer, static, cache_key)
@@ -88,6 +86,9 @@ class SparseAttentionCore:
                 backend=attention_backend, parallel_config=parallel_config,
             )
 
+        if ulysses is not None:
+            group, world = ulysses
+            query, key, value = (seq_to_heads(x, group, world) for x in (query, key, value))
         q = query.transpose(1, 2)
         k = key.transpose(1, 2)
         v = value.transpose(1, 2)
@@ -104,8 +105,10 @@ class SparseAttentionCore:
         state.record(self.name, False, layout.density())
 
         if text_len == 0:
-            out = block_sparse_attention(qv, kv, vv, layout, backend=backend)
-            return out.transpose(1, 2)
+            out = block_sparse_attention(qv, kv, vv, layout, backend=backend).transpose(1, 2)
+            if ulysses is not None:
+                out = heads_to_seq(out, *ulysses)
+            return out
 
         o_video, lse_video = block_sparse_attention(qv, kv, vv, layout, backend=backend, return_lse=True)
         text_valid = None

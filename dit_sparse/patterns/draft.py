@@ -1,0 +1,260 @@
+"""DraftAttention: a pooled, low-resolution attention map chooses the key blocks (Shen et al., 2025).
+
+Each frame is cut into spatial tiles of ``ph x pw`` tokens (by default one tile per block: 8 x 16 for 128-token
+blocks). q and k are average-pooled per tile, the pooled logits give a draft map of N x N tiles per (batch, head), and
+the most attended key tiles of every query tile are computed exactly by the block-sparse kernel. A fixed token
+permutation (frame-major, then tile row, tile column, then raster inside the tile) makes every tile contiguous, so a
+tile is one block of the kernel.
+
+Differences from the published code, on purpose:
+- Any grid works: tiles at the right and bottom edges are partial, which makes them shorter than a block; the layout
+  then uses variable block boundaries (one block per tile). When every tile has exactly ``block_size`` tokens the
+  layout has fixed blocks, which every kernel (FlashAttention-4 included) runs.
+- The diagonal tile of each query tile is always kept, so no query block is left without keys.
+- The budget is counted in tokens, not tiles, so ``layout.density()`` (token-weighted) matches ``density`` when edge
+  tiles are partial; with equal tiles this is exactly the top ``ceil(density * N)`` tiles per row.
+- The draft map weights each pooled key by its tile size (a tile of s tokens carries about s times the attention mass
+  of one of its tokens); the ranking score is the estimated attention probability per key *token*, i.e. the mass a
+  block buys per unit of compute. With equal tiles both reduce to the published ranking.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from ..config import DraftConfig
+from ..geometry import VideoGeometry
+from ..layout import BlockLayout, cdiv
+from .base import Pattern
+
+
+def default_pool(block_size: int) -> Tuple[int, int]:
+    """Tile (height, width) in tokens with ``ph * pw == block_size``, powers of two, ``pw >= ph`` (128 -> 8 x 16).
+
+    Videos are wider than tall, so the longer side of a non-square tile goes along the width.
+    """
+    if block_size < 1 or block_size & (block_size - 1):
+        raise ValueError(f"block_size={block_size} must be a power of two to derive the default draft pool")
+    ph = 1 << ((block_size.bit_length() - 1) // 2)
+    return ph, block_size // ph
+
+
+@dataclasses.dataclass
+class DraftTiles:
+    """The tiling of one token grid: permutation, tile boundaries and sizes (built once per geometry and device).
+
+    Args:
+        pool (`Tuple[int, int]`): tile (height, width) in tokens.
+        grid (`Tuple[int, int, int]`): tiles along (frames, height, width).
+        perm (`torch.Tensor` int64 [1, 1, L], optional): ``x.gather(2, perm)`` puts each tile's tokens together;
+            `None` when the raster order already does (a tile spans the whole frame width).
+        starts (`torch.Tensor` int32 [1, 1, N + 1]): token offset of every tile in the permuted order.
+        sizes (`torch.Tensor` int64 [N]): tokens per tile.
+        row_sizes / col_sizes (`torch.Tensor` int64 [nth] / [ntw]): tile heights and widths (edges partial).
+        uniform (`bool`): every tile has exactly ``block_size`` tokens, so fixed-size blocks describe the tiling.
+    """
+
+    pool: Tuple[int, int]
+    grid: Tuple[int, int, int]
+    perm: Optional[torch.Tensor]
+    starts: torch.Tensor
+    sizes: torch.Tensor
+    row_sizes: torch.Tensor
+    col_sizes: torch.Tensor
+    uniform: bool
+
+    @property
+    def num_tiles(self) -> int:
+        return self.sizes.shape[0]
+
+    def full_perm(self) -> torch.Tensor:
+        """The permutation, the identity included (for tests and plots)."""
+        if self.perm is not None:
+            return self.perm
+        return torch.arange(int(self.starts[..., -1]), device=self.starts.device).view(1, 1, -1)
+
+
+def tile_grid(geometry: VideoGeometry, pool: Tuple[int, int], block_size: int, device=None) -> DraftTiles:
+    """Tiles ``geometry`` into ``pool``-sized tiles (edges partial) and builds the permutation that makes them
+    contiguous.
+
+    Args:
+        geometry (`VideoGeometry`): the token grid.
+        pool (`Tuple[int, int]`): tile (height, width) in tokens.
+        block_size (`int`): kernel block size; tiles must not be longer.
+        device: where the tensors live.
+
+    Returns:
+        `DraftTiles`.
+    """
+    ph, pw = pool
+    if ph * pw > block_size:
+        raise ValueError(
+            f"draft pool {ph} x {pw} = {ph * pw} tokens is larger than block_size={block_size}: a tile must fit in "
+            f"one kernel block; use a pool with ph * pw <= {block_size} (e.g. {default_pool(block_size)}) or a larger "
+            "block_size"
+        )
+    f, h, w = geometry.key
+    nth, ntw = cdiv(h, ph), cdiv(w, pw)
+    row_sizes = (h - torch.arange(nth, device=device) * ph).clamp(max=ph)
+    col_sizes = (w - torch.arange(ntw, device=device) * pw).clamp(max=pw)
+    sizes = (row_sizes[:, None] * col_sizes[None, :]).flatten().repeat(f)
+    starts = torch.zeros(sizes.numel() + 1, dtype=torch.int64, device=device)
+    starts[1:] = sizes.cumsum(0)
+
+    perm = None
+    if ntw > 1:
+        coords = geometry.token_coords(device)
+        fr, r, c = coords.unbind(-1)
+        tc = c // pw
+        tile = (fr * nth + r // ph) * ntw + tc
+        # Raster order inside a tile; partial edge tiles are narrower, hence the per-column tile width.
+        pos = starts[tile] + (r % ph) * col_sizes[tc] + c % pw
+        perm = torch.empty_like(pos).scatter_(0, pos, torch.arange(pos.numel(), device=device)).view(1, 1, -1)
+
+    uniform = h % ph == 0 and w % pw == 0 and ph * pw == block_size
+    return DraftTiles(
+        pool=(ph, pw),
+        grid=(f, nth, ntw),
+        perm=perm,
+        starts=starts.to(torch.int32).view(1, 1, -1),
+        sizes=sizes,
+        row_sizes=row_sizes,
+        col_sizes=col_sizes,
+        uniform=uniform,
+    )
+
+
+def _group_sum(x: torch.Tensor, dim: int, size: int, p: int) -> torch.Tensor:
+    """Float32 sums over consecutive groups of ``p`` along ``dim`` (the last group partial), without copying x."""
+    full = size // p * p
+    parts = []
+    if full:
+        parts.append(x.narrow(dim, 0, full).unflatten(dim, (full // p, p)).sum(dim + 1, dtype=torch.float32))
+    if full < size:
+        parts.append(x.narrow(dim, full, size - full).sum(dim, keepdim=True, dtype=torch.float32))
+    return torch.cat(parts, dim) if len(parts) > 1 else parts[0]
+
+
+def pool_tiles(x: torch.Tensor, geometry: VideoGeometry, tiles: DraftTiles) -> torch.Tensor:
+    """Mean of x (B, H, L, D) over each tile, float32 [B, H, N, D] in the tiles' order.
+
+    Reads x in its raster order (no permuted copy): the width is reduced first, which shrinks the tensor ``pw``-fold
+    before anything is materialised.
+    """
+    f, h, w = geometry.key
+    ph, pw = tiles.pool
+    grid = x.unflatten(2, (f, h, w))  # [B, H, F, h, w, D]
+    sums = _group_sum(_group_sum(grid, 4, w, pw), 3, h, ph)  # [B, H, F, nth, ntw, D]
+    area = (tiles.row_sizes[:, None] * tiles.col_sizes[None, :]).to(torch.float32)
+    return (sums / area[..., None]).flatten(2, 4)
+
+
+def draft_map(
+    q: torch.Tensor, k: torch.Tensor, geometry: VideoGeometry, tiles: DraftTiles, scale: Optional[float] = None
+) -> torch.Tensor:
+    """The draft attention map [B, H, N, N] (float32): per query tile, the estimated share of its attention that
+    falls on each key tile.
+
+    Args:
+        q, k (`torch.Tensor` (B, H, L, D)): video queries and keys in raster order.
+        geometry (`VideoGeometry`): their token grid.
+        tiles (`DraftTiles`): the tiling (see `tile_grid`).
+        scale (`float`, optional): softmax scale, default ``1 / sqrt(D)``.
+    """
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    qp = pool_tiles(q, geometry, tiles)
+    kp = pool_tiles(k, geometry, tiles)
+    logits = torch.matmul(qp, kp.transpose(-1, -2)) * scale
+    # A key tile of s tokens collects about s times the mass of its mean token; equal tiles make this a constant.
+    return torch.softmax(logits + tiles.sizes.to(torch.float32).log(), dim=-1)
+
+
+def select_tiles(dmap: torch.Tensor, sizes: torch.Tensor, density: float, global_budget: bool = False) -> torch.Tensor:
+    """Boolean tile mask [B, H, N, N] from a draft map, keeping about ``density`` of the token pairs.
+
+    Tiles are ranked by estimated attention per key token (``dmap / size``) and taken greedily until the token budget
+    is spent: per query tile ``density * L`` key tokens, or with ``global_budget`` ``density * L * L`` token pairs per
+    head over the whole map. The diagonal is ranked first, so every row keeps its own tile.
+
+    Args:
+        dmap (`torch.Tensor` [B, H, N, N]): the draft map (see `draft_map`).
+        sizes (`torch.Tensor` int64 [N]): tokens per tile.
+        density (`float`): fraction of token pairs to keep, in (0, 1].
+        global_budget (`bool`): one budget per head instead of one per query tile.
+    """
+    n = dmap.shape[-1]
+    length = sizes.sum()  # stays on the device: the budget compares tensors, no host read
+    score = dmap / sizes.to(dmap.dtype)
+    score.diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
+    if not global_budget:
+        order = score.argsort(dim=-1, descending=True)
+        cost = sizes[order]
+        budget = length
+    else:
+        order = score.flatten(2).argsort(dim=-1, descending=True)
+        cost = (sizes[:, None] * sizes[None, :]).flatten()[order]
+        budget = length * length
+    spent_before = cost.cumsum(-1) - cost
+    # cum < density * budget <=> cum < ceil(density * budget) for integers; the ceil keeps density 1.0 exact.
+    keep = spent_before < torch.ceil(budget.double() * density).to(torch.int64)
+    mask = torch.zeros_like(keep).scatter_(-1, order, keep)
+    return mask.view(*dmap.shape[:2], n, n)
+
+
+class DraftPattern(Pattern):
+    """DraftAttention's dynamic tile selection; the tiling is cached in the pattern, keyed by geometry and device."""
+
+    name = "draft"
+    static = False
+
+    def __init__(self, config: DraftConfig):
+        super().__init__(config)
+        self.pool = tuple(config.pool) if config.pool is not None else default_pool(config.block_size)
+        ph, pw = self.pool
+        if ph * pw > config.block_size:
+            raise ValueError(
+                f"DraftConfig.pool={self.pool} has {ph * pw} tokens per tile, more than block_size="
+                f"{config.block_size}: a tile must fit in one kernel block; use a pool with ph * pw <= "
+                f"{config.block_size} (default {default_pool(config.block_size)}) or a larger block_size"
+            )
+        self._tiles: Dict[tuple, DraftTiles] = {}
+
+    def tiles_for(self, geometry: VideoGeometry, device) -> DraftTiles:
+        """The cached tiling of ``geometry`` on ``device``."""
+        bs = self.config.block_size
+        key = (geometry.key, bs, self.pool, str(device))
+        tiles = self._tiles.get(key)
+        if tiles is None:
+            tiles = tile_grid(geometry, self.pool, bs, device=device)
+            # Resolution switches are rare; a few entries cover CFG batches and a second resolution.
+            if len(self._tiles) >= 8:
+                self._tiles.pop(next(iter(self._tiles)))
+            self._tiles[key] = tiles
+        return tiles
+
+    def plan(self, q: torch.Tensor, k: torch.Tensor, geometry: VideoGeometry, cache) -> BlockLayout:
+        """Selects key tiles from the draft map of q, k (B, H, L, D); returns a per-(batch, head) layout over the
+        tile-permuted sequence."""
+        length = geometry.num_tokens
+        if q.shape[2] != length or k.shape[2] != length:
+            raise ValueError(
+                f"draft pattern got {q.shape[2]} query and {k.shape[2]} key tokens but the grid {geometry.key} has "
+                f"{length}; pass video tokens only"
+            )
+        tiles = self.tiles_for(geometry, q.device)
+        dmap = draft_map(q, k, geometry, tiles)
+        mask = select_tiles(dmap, tiles.sizes, self.config.density, self.config.global_budget)
+        bs = self.config.block_size
+        extra = {"q_perm": tiles.perm, "kv_perm": tiles.perm}
+        if not tiles.uniform:
+            extra.update(q_block_starts=tiles.starts, kv_block_starts=tiles.starts)
+        return BlockLayout.from_block_mask(mask, bs, bs, length, length, **extra)
+
+
+__all__ = ["DraftPattern", "DraftTiles", "default_pool", "draft_map", "pool_tiles", "select_tiles", "tile_grid"]

@@ -1,0 +1,211 @@
+import math
+
+import pytest
+import torch
+from tiny_models import hunyuan_inputs, tiny_hunyuan, tiny_wan, wan_inputs
+
+import dit_sparse as ds
+from dit_sparse import DraftConfig, VideoGeometry
+from dit_sparse.kernels import block_sparse_attention
+from dit_sparse.patterns.draft import DraftPattern, default_pool, draft_map, pool_tiles, select_tiles, tile_grid
+
+
+def qk(geometry, batch=1, heads=2, dim=64, seed=0, v=False):
+    g = torch.Generator().manual_seed(seed)
+    # Diffusers hands the pattern transposed views of (B, L, H, D) tensors; test that layout, not a contiguous copy.
+    shape = (batch, geometry.num_tokens, heads, dim)
+    return [torch.randn(shape, generator=g).transpose(1, 2) for _ in range(3 if v else 2)]
+
+
+def dense_attention(q, k, v, mask=None):
+    s = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    return torch.softmax(s, -1) @ v
+
+
+def tile_of_token(tiles):
+    """Tile id of every token in the original (raster) order, [L]."""
+    perm = tiles.full_perm().view(-1)
+    in_perm = torch.repeat_interleave(torch.arange(tiles.num_tiles), tiles.sizes)
+    return torch.empty_like(in_perm).scatter_(0, perm, in_perm)
+
+
+def plan(geometry, density=0.5, block=16, pool=None, seed=0, **kw):
+    pattern = DraftPattern(DraftConfig(density=density, block_size=block, pool=pool, **kw))
+    q, k, v = qk(geometry, seed=seed, v=True)
+    return pattern, (q, k, v), pattern.plan(q, k, geometry, {})
+
+
+def test_default_pool_and_oversized_pool_error():
+    assert default_pool(128) == (8, 16)
+    assert default_pool(64) == (8, 8)
+    assert default_pool(32) == (4, 8)
+    assert default_pool(16) == (4, 4)
+    with pytest.raises(ValueError, match="must fit in one kernel block"):
+        DraftPattern(DraftConfig(block_size=64, pool=(8, 16)))
+
+
+@pytest.mark.parametrize("grid,block,pool,variable", [((5, 9, 13), 16, (4, 4), True), ((4, 8, 16), 32, None, False)])
+def test_full_density_equals_dense(grid, block, pool, variable):
+    g = VideoGeometry(*grid)
+    _, (q, k, v), layout = plan(g, density=1.0, block=block, pool=pool)
+    assert layout.is_variable == variable
+    assert layout.has_permutation
+    assert float(layout.density()) == 1.0
+    out = block_sparse_attention(q, k, v, layout, backend="reference")
+    torch.testing.assert_close(out, dense_attention(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "grid,pool", [((5, 9, 13), (4, 4)), ((3, 8, 16), (4, 8)), ((2, 7, 5), (2, 8)), ((1, 3, 3), (4, 4))]
+)
+def test_permutation_round_trip_and_tiles_contiguous(grid, pool):
+    g = VideoGeometry(*grid)
+    tiles = tile_grid(g, pool, 32)
+    perm = tiles.full_perm()
+    assert perm.shape == (1, 1, g.num_tokens) and perm.dtype == torch.int64
+    assert torch.equal(perm.view(-1).sort().values, torch.arange(g.num_tokens))
+    x = torch.randn(2, 3, g.num_tokens, 4)
+    idx = perm.expand(2, 3, -1).unsqueeze(-1).expand_as(x)
+    xp = x.gather(2, idx)
+    assert torch.equal(torch.empty_like(xp).scatter_(2, idx, xp), x)
+    # Each tile is one frame's ph x pw box (edges partial), in raster order inside the box.
+    coords = g.token_coords()[perm.view(-1)]
+    starts = tiles.starts.view(-1).tolist()
+    assert starts[-1] == g.num_tokens and int(tiles.sizes.max()) <= pool[0] * pool[1]
+    for t in range(tiles.num_tiles):
+        c = coords[starts[t] : starts[t + 1]]
+        assert (c[:, 0] == c[0, 0]).all()
+        assert (c[:, 1] // pool[0] == c[0, 1] // pool[0]).all() and (c[:, 2] // pool[1] == c[0, 2] // pool[1]).all()
+        raster = c[:, 1] * g.width + c[:, 2]
+        assert (raster[1:] > raster[:-1]).all()
+    assert sum(b - a for a, b in zip(starts, starts[1:])) == g.num_tokens
+
+
+def test_pooling_matches_permuted_segment_means():
+    g = VideoGeometry(3, 9, 13)
+    tiles = tile_grid(g, (4, 4), 16)
+    (q, _) = qk(g, batch=2)
+    tid = tile_of_token(tiles)
+    want = torch.zeros(2, 2, tiles.num_tiles, 64).index_add_(2, tid, q) / tiles.sizes[:, None].float()
+    torch.testing.assert_close(pool_tiles(q, g, tiles), want, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("density", [0.2, 0.3, 0.5])
+def test_requested_density_met_and_diagonal_kept(density):
+    g = VideoGeometry(13, 8, 16)
+    _, _, layout = plan(g, density=density, block=32)  # pool (4, 8): 52 full tiles, fixed blocks
+    assert not layout.is_variable
+    assert abs(float(layout.density()) - density) <= 0.05
+    n = layout.num_q_blocks
+    assert (layout.kv_counts == math.ceil(density * n)).all()
+    mask = layout.to_block_mask()
+    assert mask.diagonal(dim1=-2, dim2=-1).all()
+    # Partial edge tiles: the budget counts tokens, so the token-weighted density still matches.
+    _, _, odd = plan(VideoGeometry(13, 9, 13), density=density, block=32)
+    assert odd.is_variable
+    assert abs(float(odd.density()) - density) <= 0.05
+    assert odd.to_block_mask().diagonal(dim1=-2, dim2=-1).all()
+
+
+def test_global_budget_density_and_no_empty_row():
+    for grid in [(13, 8, 16), (13, 9, 13)]:
+        _, _, layout = plan(VideoGeometry(*grid), density=0.3, block=32, global_budget=True)
+        assert abs(float(layout.density()) - 0.3) <= 0.05
+        assert (layout.kv_counts >= 1).all()
+        assert layout.to_block_mask().diagonal(dim1=-2, dim2=-1).all()
+        # A global budget lets rows differ in length, which per-row budgets never do on uniform tiles.
+        assert layout.kv_counts.min() < layout.kv_counts.max()
+
+
+def test_draft_map_finds_planted_key_tiles():
+    g = VideoGeometry(4, 8, 16)
+    tiles = tile_grid(g, (4, 8), 32)
+    n = tiles.num_tiles
+    tid = tile_of_token(tiles)
+    target = (torch.arange(n) + 5) % n  # no tile prefers itself
+    eye = torch.eye(64)
+    k = (4.0 * eye[tid] + 0.1 * torch.randn(g.num_tokens, 64)).expand(1, 2, -1, -1)
+    q = (4.0 * eye[target[tid]] + 0.1 * torch.randn(g.num_tokens, 64)).expand(1, 2, -1, -1)
+    dmap = draft_map(q, k, g, tiles)
+    torch.testing.assert_close(dmap.sum(-1), torch.ones(1, 2, n))
+    mask = select_tiles(dmap, tiles.sizes, 2 / n)
+    assert (mask.sum(-1) == 2).all()
+    assert mask[..., torch.arange(n), target].all() and mask.diagonal(dim1=-2, dim2=-1).all()
+
+
+def test_batch2_gets_per_sample_layouts():
+    g = VideoGeometry(5, 9, 13)
+    pattern = DraftPattern(DraftConfig(density=0.3, block_size=16, pool=(4, 4)))
+    q, k = qk(g, batch=2, seed=3)
+    layout = pattern.plan(q, k, g, {})
+    assert layout.batch_size == 2 and layout.num_heads == 2
+    mask = layout.to_block_mask()
+    assert not torch.equal(mask[0], mask[1])
+    single = pattern.plan(q[1:], k[1:], g, {}).to_block_mask()
+    assert torch.equal(single[0], mask[1])
+    # The tiling is cached: the second call reused the same tensors.
+    assert len(pattern._tiles) == 1
+
+
+def test_odd_grid_matches_token_level_masked_attention():
+    g = VideoGeometry(5, 9, 13)
+    pattern, (q, k, v), layout = plan(g, density=0.5, block=16, pool=(4, 4))
+    assert layout.is_variable and 0.4 < float(layout.density()) < 0.6
+    tid = tile_of_token(pattern.tiles_for(g, "cpu"))
+    block = layout.to_block_mask()  # [B, H, N, N]
+    token_mask = block[:, :, tid][:, :, :, tid]
+    out = block_sparse_attention(q, k, v, layout, backend="reference")
+    torch.testing.assert_close(out, dense_attention(q, k, v, token_mask), atol=1e-5, rtol=1e-5)
+    assert (out - dense_attention(q, k, v)).abs().max() > 1e-3
+
+
+def test_low_precision_inputs():
+    g = VideoGeometry(3, 9, 13)
+    pattern = DraftPattern(DraftConfig(density=0.4, block_size=16, pool=(4, 4)))
+    q, k = qk(g)
+    a = pattern.plan(q, k, g, {})
+    b = pattern.plan(q.bfloat16(), k.bfloat16(), g, {})
+    assert abs(float(a.density()) - float(b.density())) < 0.05
+
+
+def run_wan(model, **kw):
+    with torch.no_grad():
+        return model(**wan_inputs(**kw))[0]
+
+
+@pytest.mark.parametrize("size", [(16, 16), (12, 20)])
+def test_wan_full_density_equals_dense(size):
+    model = tiny_wan()
+    kw = dict(frames=5, height=size[0], width=size[1])
+    ref = run_wan(model, **kw)
+    ds.apply_sparse_attention(model, DraftConfig(density=1.0, dense_steps=0, dense_layers=0, block_size=16))
+    out = run_wan(model, **kw)
+    s = ds.summary(model)
+    assert s["sparse_calls"] == 3 and s["mean_density"] == 1.0
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_wan_sparse_is_finite_and_sparse():
+    model = tiny_wan()
+    ref = run_wan(model, frames=5, height=16, width=16)
+    ds.apply_sparse_attention(model, DraftConfig(density=0.3, dense_steps=0, dense_layers=0, block_size=16))
+    out = run_wan(model, frames=5, height=16, width=16)
+    s = ds.summary(model)
+    assert torch.isfinite(out).all()
+    assert s["sparse_calls"] == 3 and s["mean_density"] < 0.5
+    assert (out - ref).abs().max() > 0
+
+
+def test_hunyuan_full_density_equals_dense():
+    model = tiny_hunyuan()
+    kw = dict(batch=2, valid=(6, 2), frames=5, height=6, width=10)
+    with torch.no_grad():
+        ref = model(**hunyuan_inputs(**kw))[0]
+    ds.apply_sparse_attention(model, DraftConfig(density=1.0, dense_steps=0, dense_layers=0, block_size=16))
+    with torch.no_grad():
+        out = model(**hunyuan_inputs(**kw))[0]
+    s = ds.summary(model)
+    assert s["sparse_calls"] == 4 and s["mean_density"] == 1.0
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
