@@ -18,7 +18,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, method, result_path):
+def _worker(rank, world, port, method, result_path, model_name="wan"):
     import sys
 
     sys.path.insert(0, os.path.dirname(__file__))
@@ -26,19 +26,17 @@ def _worker(rank, world, port, method, result_path):
     torch.accelerator.device_count = lambda: 1
     import torch.distributed as dist
     from diffusers import ContextParallelConfig
-    from tiny_models import tiny_wan, wan_inputs
 
     import dit_sparse as ds
 
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        model = tiny_wan()
+        model, x, plan = _model_and_inputs(model_name)
         cfg = ds.make_config(method, dense_steps=0, dense_layers=0, block_size=16)
         if method == "radial":
             cfg.decay = 0.3
         ds.apply_sparse_attention(model, cfg)
-        model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
-        x = wan_inputs(frames=9, height=8, width=12)
+        model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world), cp_plan=plan)
         with torch.no_grad():
             out = model(**x)[0]
         if rank == 0:
@@ -47,22 +45,31 @@ def _worker(rank, world, port, method, result_path):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("method", ["dense", "radial"])
-def test_ulysses_two_ranks_equal_single_process(method, tmp_path):
-    from tiny_models import tiny_wan, wan_inputs
+def _model_and_inputs(name):
+    from tiny_models import hunyuan_inputs, tiny_hunyuan, tiny_wan, wan_inputs
 
+    if name == "wan":
+        return tiny_wan(), wan_inputs(frames=9, height=8, width=12), None
+    from dit_sparse.processors.hunyuan_video import context_parallel_plan
+
+    return tiny_hunyuan(), hunyuan_inputs(batch=2, valid=(6, 3), frames=9, height=4, width=6), context_parallel_plan()
+
+
+@pytest.mark.parametrize("model_name,method", [("wan", "dense"), ("wan", "radial"), ("hunyuan", "radial")])
+def test_ulysses_two_ranks_equal_single_process(model_name, method, tmp_path):
     import dit_sparse as ds
 
-    model = tiny_wan()
+    model, x, _ = _model_and_inputs(model_name)
     cfg = ds.make_config(method, dense_steps=0, dense_layers=0, block_size=16)
     if method == "radial":
         cfg.decay = 0.3
     ds.apply_sparse_attention(model, cfg)
     with torch.no_grad():
-        ref = model(**wan_inputs(frames=9, height=8, width=12))[0]
+        ref = model(**x)[0]
     result = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(2, _free_port(), method, str(result)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), method, str(result), model_name), nprocs=2, join=True)
     got = torch.load(result)
     torch.testing.assert_close(got["out"], ref, atol=1e-5, rtol=1e-5)
     if method == "radial":
-        assert got["summary"]["sparse_calls"] == 3 and got["summary"]["mean_density"] < 1.0
+        summary = got["summary"]
+        assert summary["sparse_calls"] == {"wan": 3, "hunyuan": 4}[model_name] and summary["mean_density"] < 1.0

@@ -13,6 +13,7 @@ import logging
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from ..kernels import block_sparse_attention, resolve_backend
@@ -55,19 +56,42 @@ class SparseAttentionCore:
         attention_backend=None,
         parallel_config=None,
     ) -> torch.Tensor:
-        state = self.state
-        geometry = state.geometry
-        if geometry is None:
+        if self.state.geometry is None:
             raise RuntimeError(
                 "dit_sparse processors need the step hook on the transformer to know the video geometry; use "
                 "apply_sparse_attention(pipe, config) or transformer.set_attn_processor(sparse_attn_processors("
                 "transformer, config)), which attach it"
             )
         ulysses = ulysses_group(parallel_config)
-        if ulysses is not None and text_len:
-            raise ValueError("Ulysses context parallelism with joint text tokens is not supported by dit_sparse yet")
-        # Under Ulysses the local shard holds 1/N of the tokens; the sparse path first gathers the whole sequence.
-        video_len = query.shape[1] * (ulysses[1] if ulysses is not None else 1) - text_len
+        if ulysses is None:
+            return self._attend(query, key, value, attn_mask, text_len, attention_backend, parallel_config)
+        # Ulysses: video tokens arrive as this rank's sequence shard (all heads); text tokens, when present, are
+        # replicated on every rank. Exchange to (all tokens, H/N heads), attend as one process would, exchange back.
+        group, world = ulysses
+        rank = dist.get_rank(group)
+        local_video = query.shape[1] - text_len
+        heads_local = query.shape[2] // world
+
+        def gather(x):
+            video = seq_to_heads(x[:, :local_video], group, world)
+            if not text_len:
+                return video
+            text = x[:, local_video:, rank * heads_local : (rank + 1) * heads_local]
+            return torch.cat([video, text], dim=1)
+
+        out = self._attend(gather(query), gather(key), gather(value), attn_mask, text_len, attention_backend, None)
+        video_out = heads_to_seq(out[:, : out.shape[1] - text_len].contiguous(), group, world)
+        if not text_len:
+            return video_out
+        text_out = out[:, out.shape[1] - text_len :].contiguous()
+        parts = [torch.empty_like(text_out) for _ in range(world)]
+        dist.all_gather(parts, text_out, group=group)
+        return torch.cat([video_out, torch.cat(parts, dim=2)], dim=1)
+
+    def _attend(self, query, key, value, attn_mask, text_len, attention_backend, parallel_config) -> torch.Tensor:
+        state = self.state
+        geometry = state.geometry
+        video_len = query.shape[1] - text_len
         cache_key = (self.model_index, self.layer, state.branch, geometry.key, query.shape[0])
         static = bool(getattr(state.pattern, "static", False))
         decision = state.decide(self.layer, static, cache_key)
@@ -86,9 +110,6 @@ class SparseAttentionCore:
                 backend=attention_backend, parallel_config=parallel_config,
             )
 
-        if ulysses is not None:
-            group, world = ulysses
-            query, key, value = (seq_to_heads(x, group, world) for x in (query, key, value))
         q = query.transpose(1, 2)
         k = key.transpose(1, 2)
         v = value.transpose(1, 2)
@@ -105,10 +126,7 @@ class SparseAttentionCore:
         state.record(self.name, False, layout.density())
 
         if text_len == 0:
-            out = block_sparse_attention(qv, kv, vv, layout, backend=backend).transpose(1, 2)
-            if ulysses is not None:
-                out = heads_to_seq(out, *ulysses)
-            return out
+            return block_sparse_attention(qv, kv, vv, layout, backend=backend).transpose(1, 2)
 
         o_video, lse_video = block_sparse_attention(qv, kv, vv, layout, backend=backend, return_lse=True)
         text_valid = None

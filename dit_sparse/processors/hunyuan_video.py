@@ -99,6 +99,28 @@ class HunyuanVideoSparseAttnProcessor:
         return hidden_states, encoder_hidden_states
 
 
+def context_parallel_plan() -> dict:
+    """A Ulysses context-parallel plan for ``HunyuanVideoTransformer3DModel`` (Diffusers ships none).
+
+    Video tokens are split over ranks after patch embedding (and the RoPE tables with them); text tokens stay whole
+    on every rank, and our processors exchange video shards for head shards inside attention. Use with
+    ``transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=N), cp_plan=context_parallel_plan())``
+    after ``apply_sparse_attention`` (dense configs included: the stock processor cannot handle this plan).
+    """
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    return {
+        "rope": {
+            0: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True),
+            1: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True),
+        },
+        "transformer_blocks.0": {
+            "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
+        },
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
+
+
 def patch_size(transformer) -> Tuple[int, int, int]:
     cfg = transformer.config
     return (cfg.patch_size_t, cfg.patch_size, cfg.patch_size)
