@@ -119,6 +119,31 @@ def pattern_table(results: List[dict]) -> str:
     return "\n".join(lines) if lines else "_no pattern results yet_"
 
 
+RADIAL_GRIDS = {
+    "Wan 480p 81f (21×30×52)": ((21, 30, 52), "wan"),
+    "Wan 720p 81f (21×45×80)": ((21, 45, 80), "wan"),
+    "HunyuanVideo 720p 129f (33×45×80)": ((33, 45, 80), "hunyuan_video"),
+}
+
+
+def radial_table(block: int = 128) -> str:
+    """Densities of the radial mask, computed (not typed) for the models' real token grids."""
+    from ..geometry import VideoGeometry
+    from ..patterns.radial import MODEL_DEFAULT_DECAY, radial_density
+
+    lines = [f"Block {block}×{block}; decay = the model default (Wan 0.2, HunyuanVideo 0.95); sink on for Wan.\n",
+             "| token grid | tokens | raster (default) | 2-D window | decay 0.5, raster | decay 1.0, raster |",
+             "|---|---|---|---|---|---|"]
+    for name, (grid, model) in RADIAL_GRIDS.items():
+        g = VideoGeometry(*grid, model=model)
+        sink = model == "wan"
+        cells = [radial_density(g, block, decay=MODEL_DEFAULT_DECAY[model], sink=sink, spatial=sp)
+                 for sp in ("raster", "2d")]
+        cells += [radial_density(g, block, decay=d, sink=sink) for d in (0.5, 1.0)]
+        lines.append(f"| {name} | {g.num_tokens} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------------------- plots
 def plot_layout(layout, batch: int = 0, head: int = 0, path: Optional[str] = None, title: Optional[str] = None):
     """Draws the block mask of one (batch, head) of a ``BlockLayout``; returns the matplotlib figure."""
@@ -213,7 +238,8 @@ def replace_section(text: str, name: str, body: str) -> str:
 def update_readme(readme: str, results_dir: str, docs: str) -> Dict[str, str]:
     results = load_results(results_dir)
     Path(docs).mkdir(parents=True, exist_ok=True)
-    sections = {"kernel": kernel_table(results), "e2e": e2e_table(results), "pattern": pattern_table(results)}
+    sections = {"kernel": kernel_table(results), "e2e": e2e_table(results), "pattern": pattern_table(results),
+                "radial": radial_table()}
     img = plot_kernel_speed(results, os.path.join(docs, "kernel_speed.png"))
     if img:
         sections["kernel"] += f"\n![speed vs density]({img})\n"
