@@ -1,9 +1,10 @@
 """Forward block-sparse attention in Triton, over exactly the key blocks a `BlockLayout` lists.
 
-One program computes one query tile (a query block, or a ``BLOCK_M`` slice of one when ``block_q > 128``) of one
-(batch, head): it reads ``kv_counts`` and walks ``kv_indices`` with a FlashAttention-style online softmax (exp2 with
-the scale pre-multiplied by log2(e), fp32 accumulators). Block boundaries are either fixed (``block_q``/``block_kv``,
-last block ragged) or read from ``q_block_starts``/``kv_block_starts``; ``kv_valid_len`` masks trailing text padding.
+One program computes one query tile (a query block, or a ``BLOCK_M`` slice of one when ``block_q > 128`` or
+``head_dim > 128``) of one (batch, head): it reads ``kv_counts`` and walks ``kv_indices`` with a FlashAttention-style
+online softmax (exp2 with the scale pre-multiplied by log2(e), fp32 accumulators). Block boundaries are either fixed
+(``block_q``/``block_kv``, last block ragged) or read from ``q_block_starts``/``kv_block_starts``; ``kv_valid_len``
+masks trailing text padding. The grid is (query tiles, batch * heads); programs start longest rows first.
 
 It also runs under ``TRITON_INTERPRET=1`` on CPU (fp16/fp32), which is how the tests exercise it without a GPU.
 
@@ -206,15 +207,13 @@ def _attn_fwd(
 
 
 def _autotune_configs():
-    configs = []
-    for block_n in (64, 128):
-        for num_warps in (4, 8):
-            for num_stages in (2, 3, 4):
-                configs.append(
-                    triton.Config({"BLOCK_N": block_n, "NUM_STAGES": num_stages}, num_warps=num_warps,
-                                  num_stages=num_stages)
-                )
-    return configs
+    # Eight configs span num_warps 4/8, num_stages 2/3/4 and 64/128-key tiles; each costs a compile (seconds) on the
+    # first call per key, so the list stays short. BLOCK_N is clamped to the layout's key tile by the pruner.
+    grid = [(128, 8, 2), (128, 8, 3), (128, 4, 2), (128, 4, 3), (64, 4, 3), (64, 4, 4), (64, 8, 3), (64, 8, 4)]
+    return [
+        triton.Config({"BLOCK_N": block_n, "NUM_STAGES": stages}, num_warps=warps, num_stages=stages)
+        for block_n, warps, stages in grid
+    ]
 
 
 def _smem_bytes(block_m: int, block_n: int, d_tile: int, dv_tile: int, elem: int, stages: int) -> int:
@@ -223,19 +222,25 @@ def _smem_bytes(block_m: int, block_n: int, d_tile: int, dv_tile: int, elem: int
     return elem * (block_m * d_tile + stages * block_n * (d_tile + dv_tile))
 
 
-@lru_cache(maxsize=None)
-def _max_smem(device_index: int) -> int:
-    try:
-        return int(triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"])
-    except Exception:
+def _max_smem(device: torch.device) -> int:
+    if device.type != "cuda":
         return 232448  # H100 / H200 opt-in maximum per block
+    return _cuda_max_smem(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@lru_cache(maxsize=None)
+def _cuda_max_smem(index: int) -> int:
+    try:
+        return int(triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"])
+    except Exception:
+        return 232448
 
 
 def _prune_configs(configs, named_args, **kwargs):
     args = {**named_args, **kwargs}
     tile_kv = _tile(args["BLOCK_KV"])
     q = args["Q"]
-    limit = _max_smem(q.device.index if q.device.index is not None else torch.cuda.current_device())
+    limit = _max_smem(q.device)
     kept, seen = [], set()
     for cfg in configs:
         block_n = min(cfg.kwargs["BLOCK_N"], tile_kv)
@@ -353,7 +358,7 @@ def _forward(q, k, v, kv_indices, kv_counts, q_block_starts, kv_block_starts, kv
         block_n = min(DEFAULT_CONFIG["BLOCK_N"] or (tile_kv if interpret or d_tile <= 128 else 64), tile_kv)
         stages = DEFAULT_CONFIG["NUM_STAGES"]
         if not interpret:
-            limit = _max_smem(q.device.index if q.device.index is not None else torch.cuda.current_device())
+            limit = _max_smem(q.device)
             while stages > 1 and _smem_bytes(block_m, block_n, d_tile, dv_tile, q.element_size(), stages) > limit:
                 stages -= 1
         meta["BLOCK_N"] = block_n
