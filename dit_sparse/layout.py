@@ -1,7 +1,8 @@
 """BlockLayout: which key blocks each query block computes, as packed index lists.
 
 The layout never holds an L x L tensor. ``kv_indices[b, h, i, :kv_counts[b, h, i]]`` are the key blocks that query
-block ``i`` attends to; entries past the count are padding (their value is ignored, we keep them in range so a kernel
+block ``i`` attends to, in increasing order (kernels rely on it: the sequence's short last block, if listed, comes
+last, so only that one is masked); entries past the count are padding (their value is ignored, we keep them in range so a kernel
 may prefetch them safely). This is the form FlashAttention-4 (``full_block_cnt/idx``), FlexAttention
 (``kv_num_blocks/kv_indices``) and our Triton kernel consume without conversion.
 
@@ -230,3 +231,8 @@ class BlockLayout:
             raise ValueError(f"kv_counts must be in [0, {nk}]")
         if (self.kv_indices < 0).any() or (self.kv_indices >= max(nk, 1)).any():
             raise ValueError(f"kv_indices must be in [0, {nk})")
+        pos = torch.arange(self.kv_indices.shape[-1], device=self.kv_indices.device)
+        listed = pos[1:] < self.kv_counts.unsqueeze(-1)
+        if (listed & (self.kv_indices[..., 1:] <= self.kv_indices[..., :-1])).any():
+            raise ValueError("kv_indices must be strictly increasing within each row; build layouts with "
+                             "BlockLayout.from_block_mask")

@@ -81,7 +81,11 @@ def run(q, k, v, layout: BlockLayout, scale: float, return_lse: bool):
     if layout.block_q != layout.block_kv:
         raise ValueError("the flex backend needs block_q == block_kv")
     mask = layout_to_block_mask(layout, q.shape[0], q.shape[1])
-    out, lse = _compiled_flex()(q, k, v, block_mask=mask, scale=scale, return_lse=True)
+    options = None
+    if layout.block_q < 128:
+        # FlexAttention's default 128-token tiles must divide the block; smaller blocks need matching tiles.
+        options = {"BLOCK_M": layout.block_q, "BLOCK_N": layout.block_kv}
+    out, lse = _compiled_flex()(q, k, v, block_mask=mask, scale=scale, return_lse=True, kernel_options=options)
     # Rows with no keys: FlexAttention leaves zeros in out and -inf in lse, as our contract wants.
     return (out, lse.float()) if return_lse else out
 

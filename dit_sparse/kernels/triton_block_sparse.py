@@ -12,6 +12,7 @@ Knobs (environment variables, read per call):
     DIT_SPARSE_TRITON_AUTOTUNE=0   use one fixed launch config instead of autotuning on CUDA.
     DIT_SPARSE_TRITON_ORDER        program order: "head" (default; longest rows first within each head), "global"
                                    (longest rows first over all heads) or "none" (plain query-block order).
+    DIT_SPARSE_TRITON_TAIL=0       mask every key tile instead of only the sequence's short last block.
     DIT_SPARSE_TRITON_TMA=1        load K/V tiles through device-side TMA descriptors (off by default: not yet
                                    measured on Hopper here).
 """
@@ -62,90 +63,15 @@ def head_dim_supported(head_dim: int) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------- the kernel
-def _attn_fwd(
-    Q, K, V, Out, Lse,
-    KvIdx, KvCnt, QStarts, KvStarts, ValidLen, Order,
-    stride_qb, stride_qh, stride_qm,
-    stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn,
-    stride_ob, stride_oh, stride_om,
-    stride_lb, stride_lh,
-    stride_ib, stride_ih, stride_im, stride_ik,
-    stride_cb, stride_ch, stride_cm,
-    stride_qsb, stride_qsh, stride_qsk,
-    stride_ksb, stride_ksh, stride_ksk,
-    stride_vl,
-    H, NQ, LQ, LK, qk_scale,
+def _attn_inner(
+    m_i, l_i, acc, q, k_base, v_base, idx_ptr, ks_ptr, t_lo, t_hi, kv_sub, kv_limit,
+    stride_kn, stride_vn, stride_ik, stride_ksk, qk_scale, offs_d, offs_dv, d_ok, dv_ok, offs_n0,
+    k_desc, v_desc,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, D_TILE: tl.constexpr, DV_TILE: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_KV: tl.constexpr, BLOCK_M: tl.constexpr, Q_SUB: tl.constexpr,
-    VAR_Q: tl.constexpr, VAR_KV: tl.constexpr, HAS_VALID: tl.constexpr, HAS_ORDER: tl.constexpr,
-    MASK_KV: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr,
+    BLOCK_KV: tl.constexpr, VAR_KV: tl.constexpr, MASK_KV: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr,
     BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    if HAS_ORDER:
-        # CTAs are issued in linear-id order, so reading the row from a sorted list starts the longest rows first
-        # and leaves the short ones to fill the tail of the last wave.
-        lin = pid_bh.to(tl.int64) * (NQ * Q_SUB) + pid_m
-        row = tl.load(Order + lin // Q_SUB)
-        q_sub = lin % Q_SUB
-        bh = row // NQ
-        qblk = row % NQ
-    else:
-        bh = pid_bh
-        qblk = pid_m // Q_SUB
-        q_sub = pid_m % Q_SUB
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-
-    if VAR_Q:
-        qs_ptr = QStarts + b * stride_qsb + h * stride_qsh
-        blk_start = tl.load(qs_ptr + qblk * stride_qsk)
-        blk_end = tl.minimum(tl.load(qs_ptr + (qblk + 1) * stride_qsk), LQ)
-    else:
-        blk_start = qblk * BLOCK_Q
-        blk_end = tl.minimum(blk_start + BLOCK_Q, LQ)
-    m_start = blk_start + q_sub * BLOCK_M
-    m_end = tl.minimum(blk_end, m_start + BLOCK_M)
-
-    offs_m = m_start + tl.arange(0, BLOCK_M)
-    m_ok = offs_m < m_end
-    offs_d = tl.arange(0, D_TILE)
-    offs_dv = tl.arange(0, DV_TILE)
-    d_ok = offs_d < HEAD_DIM
-    dv_ok = offs_dv < HEAD_DIM_V
-    offs_n0 = tl.arange(0, BLOCK_N)
-
-    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-
-    k_base = K + b * stride_kb + h * stride_kh
-    v_base = V + b * stride_vb + h * stride_vh
-    if USE_TMA:
-        # Out-of-range rows come back as zeros (like the masked loads); in-range rows of a neighbouring block are
-        # excluded by the score mask below.
-        k_desc = tl.make_tensor_descriptor(k_base, shape=[LK, HEAD_DIM], strides=[stride_kn, 1],
-                                           block_shape=[BLOCK_N, D_TILE])
-        v_desc = tl.make_tensor_descriptor(v_base, shape=[LK, HEAD_DIM_V], strides=[stride_vn, 1],
-                                           block_shape=[BLOCK_N, DV_TILE])
-
-    idx_ptr = KvIdx + b * stride_ib + h * stride_ih + qblk * stride_im
-    count = tl.load(KvCnt + b * stride_cb + h * stride_ch + qblk * stride_cm)
-    kv_limit = LK
-    if HAS_VALID:
-        kv_limit = tl.minimum(tl.load(ValidLen + b * stride_vl), LK)
-    ks_ptr = KvStarts + b * stride_ksb + h * stride_ksh
-
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, DV_TILE], dtype=tl.float32)
-
-    # A key block wider than the tile (block_kv > 128, or a smaller tuned BLOCK_N) is walked in BLOCK_N slices. One
-    # flat loop over (listed block, slice) lets the pipeliner buffer single slices: shared memory per stage stays
-    # BLOCK_N rows of K and V whatever block_kv is.
-    kv_sub = (BLOCK_KV + BLOCK_N - 1) // BLOCK_N
-    for t in tl.range(0, count * kv_sub, num_stages=NUM_STAGES):
+    for t in tl.range(t_lo, t_hi, num_stages=NUM_STAGES):
         kb = tl.load(idx_ptr + (t // kv_sub) * stride_ik)
         if VAR_KV:
             kv_start = tl.load(ks_ptr + kb * stride_ksk)
@@ -195,6 +121,115 @@ def _attn_fwd(
         else:
             acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
+
+    return m_i, l_i, acc
+
+
+def _attn_fwd(
+    Q, K, V, Out, Lse,
+    KvIdx, KvCnt, QStarts, KvStarts, ValidLen, Order,
+    stride_qb, stride_qh, stride_qm,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_om,
+    stride_lb, stride_lh,
+    stride_ib, stride_ih, stride_im, stride_ik,
+    stride_cb, stride_ch, stride_cm,
+    stride_qsb, stride_qsh, stride_qsk,
+    stride_ksb, stride_ksh, stride_ksk,
+    stride_vl,
+    H, NQ, LQ, LK, qk_scale,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, D_TILE: tl.constexpr, DV_TILE: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_KV: tl.constexpr, BLOCK_M: tl.constexpr, Q_SUB: tl.constexpr,
+    VAR_Q: tl.constexpr, VAR_KV: tl.constexpr, HAS_VALID: tl.constexpr, HAS_ORDER: tl.constexpr,
+    MASK_KV: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr, RAGGED_TAIL: tl.constexpr,
+    BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    if HAS_ORDER:
+        # CTAs are issued in linear-id order, so reading the row from a sorted list starts the longest rows first
+        # and leaves the short ones to fill the tail of the last wave.
+        lin = pid_bh.to(tl.int64) * (NQ * Q_SUB) + pid_m
+        row = tl.load(Order + lin // Q_SUB)
+        q_sub = lin % Q_SUB
+        bh = row // NQ
+        qblk = row % NQ
+    else:
+        bh = pid_bh
+        qblk = pid_m // Q_SUB
+        q_sub = pid_m % Q_SUB
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+
+    if VAR_Q:
+        qs_ptr = QStarts + b * stride_qsb + h * stride_qsh
+        blk_start = tl.load(qs_ptr + qblk * stride_qsk)
+        blk_end = tl.minimum(tl.load(qs_ptr + (qblk + 1) * stride_qsk), LQ)
+    else:
+        blk_start = qblk * BLOCK_Q
+        blk_end = tl.minimum(blk_start + BLOCK_Q, LQ)
+    m_start = blk_start + q_sub * BLOCK_M
+    m_end = tl.minimum(blk_end, m_start + BLOCK_M)
+
+    offs_m = m_start + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < m_end
+    offs_d = tl.arange(0, D_TILE)
+    offs_dv = tl.arange(0, DV_TILE)
+    d_ok = offs_d < HEAD_DIM
+    dv_ok = offs_dv < HEAD_DIM_V
+    offs_n0 = tl.arange(0, BLOCK_N)
+
+    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    if USE_TMA:
+        # Out-of-range rows come back as zeros (like the masked loads); in-range rows of a neighbouring block are
+        # excluded by the score mask below.
+        k_desc = tl.make_tensor_descriptor(k_base, shape=[LK, HEAD_DIM], strides=[stride_kn, 1],
+                                           block_shape=[BLOCK_N, D_TILE])
+        v_desc = tl.make_tensor_descriptor(v_base, shape=[LK, HEAD_DIM_V], strides=[stride_vn, 1],
+                                           block_shape=[BLOCK_N, DV_TILE])
+    else:
+        k_desc = k_base  # unused placeholders: USE_TMA is a compile-time branch
+        v_desc = v_base
+
+    idx_ptr = KvIdx + b * stride_ib + h * stride_ih + qblk * stride_im
+    count = tl.load(KvCnt + b * stride_cb + h * stride_ch + qblk * stride_cm)
+    kv_limit = LK
+    if HAS_VALID:
+        kv_limit = tl.minimum(tl.load(ValidLen + b * stride_vl), LK)
+    ks_ptr = KvStarts + b * stride_ksb + h * stride_ksh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, DV_TILE], dtype=tl.float32)
+
+    # A key block wider than the tile (block_kv > 128, or a smaller tuned BLOCK_N) is walked in BLOCK_N slices. One
+    # flat loop over (listed block, slice) lets the pipeliner buffer single slices: shared memory per stage stays
+    # BLOCK_N rows of K and V whatever block_kv is.
+    kv_sub = (BLOCK_KV + BLOCK_N - 1) // BLOCK_N
+    n_main = count
+    if RAGGED_TAIL:
+        # Only the sequence's last key block is short. Listed blocks are in increasing order, so it can only be the
+        # last entry: the main loop runs unmasked and the short block gets its own masked pass.
+        last = tl.load(idx_ptr + tl.maximum(count - 1, 0) * stride_ik)
+        n_main = count - ((count > 0) & (last == (LK - 1) // BLOCK_KV)).to(tl.int32)
+    m_i, l_i, acc = _attn_inner(
+        m_i, l_i, acc, q, k_base, v_base, idx_ptr, ks_ptr, 0, n_main * kv_sub, kv_sub, kv_limit,
+        stride_kn, stride_vn, stride_ik, stride_ksk, qk_scale, offs_d, offs_dv, d_ok, dv_ok, offs_n0,
+        k_desc, v_desc,
+        HEAD_DIM, HEAD_DIM_V, D_TILE, DV_TILE, BLOCK_KV, VAR_KV, MASK_KV, IEEE, USE_TMA, BLOCK_N, NUM_STAGES,
+    )
+    if RAGGED_TAIL:
+        m_i, l_i, acc = _attn_inner(
+            m_i, l_i, acc, q, k_base, v_base, idx_ptr, ks_ptr, n_main * kv_sub, count * kv_sub, kv_sub, kv_limit,
+            stride_kn, stride_vn, stride_ik, stride_ksk, qk_scale, offs_d, offs_dv, d_ok, dv_ok, offs_n0,
+            k_desc, v_desc,
+            HEAD_DIM, HEAD_DIM_V, D_TILE, DV_TILE, BLOCK_KV, VAR_KV, True, IEEE, USE_TMA, BLOCK_N, 1,
+        )
 
     # Rows without any unmasked key keep l_i == 0: they return zeros and lse = -inf instead of 0/0.
     empty = l_i == 0.0
@@ -267,7 +302,7 @@ def _kernel(interpret: bool, autotune: bool):
         return jitted
     return triton.autotune(
         configs=_autotune_configs(),
-        key=["HEAD_DIM", "HEAD_DIM_V", "BLOCK_M", "BLOCK_KV", "VAR_KV", "MASK_KV", "USE_TMA"],
+        key=["HEAD_DIM", "HEAD_DIM_V", "BLOCK_M", "BLOCK_KV", "VAR_KV", "MASK_KV", "USE_TMA", "RAGGED_TAIL"],
         prune_configs_by={"early_config_prune": _prune_configs},
     )(jitted)
 
@@ -342,6 +377,11 @@ def _forward(q, k, v, kv_indices, kv_counts, q_block_starts, kv_block_starts, kv
     var_q, var_kv, has_valid = q_block_starts is not None, kv_block_starts is not None, kv_valid_len is not None
     # Keys need masking unless every listed block is full: fixed blocks tiling the sequence exactly, no padding.
     mask_kv = var_kv or has_valid or lk % block_kv != 0 or _next_pow2(block_kv) != block_kv or block_kv < _MIN_TILE
+    # The common ragged case (fixed power-of-two blocks, only the sequence's last block short) masks that block alone.
+    ragged_tail = (mask_kv and not var_kv and not has_valid and _next_pow2(block_kv) == block_kv
+                   and block_kv >= _MIN_TILE and os.environ.get("DIT_SPARSE_TRITON_TAIL", "1") == "1")
+    if ragged_tail:
+        mask_kv = False
     dummy = kv_counts  # any int32 tensor on the device stands in for an absent optional input
     vl_stride = 0 if kv_valid_len is None or kv_valid_len.numel() == 1 else kv_valid_len.stride(0)
 
@@ -349,7 +389,7 @@ def _forward(q, k, v, kv_indices, kv_counts, q_block_starts, kv_block_starts, kv
         HEAD_DIM=d, HEAD_DIM_V=dv, D_TILE=d_tile, DV_TILE=dv_tile,
         BLOCK_Q=block_q, BLOCK_KV=block_kv, BLOCK_M=block_m, Q_SUB=q_sub,
         VAR_Q=var_q, VAR_KV=var_kv, HAS_VALID=has_valid, HAS_ORDER=order is not None,
-        MASK_KV=mask_kv, IEEE=q.dtype == torch.float32, USE_TMA=use_tma,
+        MASK_KV=mask_kv, IEEE=q.dtype == torch.float32, USE_TMA=use_tma, RAGGED_TAIL=ragged_tail,
     )
     autotune = not interpret and os.environ.get("DIT_SPARSE_TRITON_AUTOTUNE", "1") != "0"
     if interpret or not autotune:
