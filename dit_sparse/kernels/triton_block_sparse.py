@@ -63,7 +63,7 @@ def head_dim_supported(head_dim: int) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------- the kernel
-def _attn_inner(
+def _attn_inner_py(
     m_i, l_i, acc, q, k_base, v_base, idx_ptr, ks_ptr, t_lo, t_hi, kv_sub, kv_limit,
     stride_kn, stride_vn, stride_ik, stride_ksk, qk_scale, offs_d, offs_dv, d_ok, dv_ok, offs_n0,
     k_desc, v_desc,
@@ -123,6 +123,11 @@ def _attn_inner(
         m_i = m_new
 
     return m_i, l_i, acc
+
+
+# The kernel calls `_attn_inner` by name: the interpreter runs the plain function, a compiled kernel needs a
+# JITFunction. `_kernel` points the name at the right one for the mode it builds (see there).
+_attn_inner = _attn_inner_py
 
 
 def _attn_fwd(
@@ -293,8 +298,22 @@ def _prune_configs(configs, named_args, **kwargs):
     return fitting or [min(kept, key=lambda x: x[1])[2]]
 
 
-@lru_cache(maxsize=None)
+_INNER_JIT = None
+
+
 def _kernel(interpret: bool, autotune: bool):
+    global _attn_inner, _INNER_JIT
+    if interpret:
+        _attn_inner = _attn_inner_py
+    else:
+        if _INNER_JIT is None:
+            _INNER_JIT = triton.jit(_attn_inner_py)
+        _attn_inner = _INNER_JIT
+    return _build_kernel(interpret, autotune)
+
+
+@lru_cache(maxsize=None)
+def _build_kernel(interpret: bool, autotune: bool):
     # Built lazily: triton.jit decides between compiled and interpreted at decoration time, so building here lets
     # TRITON_INTERPRET set after import (as the tests do) still take effect.
     jitted = triton.jit(_attn_fwd)
