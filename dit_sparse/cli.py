@@ -74,11 +74,28 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--width", type=int, default=96)
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=quickcheck)
+
+    from .pipelines import demo, generate
+
+    gen = sub.add_parser(
+        "generate",
+        help="text-to-video with sparse attention (Wan, HunyuanVideo, or the offline 'tiny' model)",
+        description="Generate a video with sparse attention; --compare-dense also runs the dense baseline with the "
+        "same seed and reports speedup, PSNR and SSIM.",
+    )
+    generate.add_generate_arguments(gen)
+    gen.set_defaults(func=lambda args: generate.run_cli(args, gen))
+
+    dem = sub.add_parser("demo", help="Gradio app: dense vs sparse side by side (pip install 'dit-sparse[demo]')")
+    demo.add_demo_arguments(dem)
+    dem.set_defaults(func=lambda args: demo.run_cli(args, dem))
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv[1:]
     return args.func(args)
 
 

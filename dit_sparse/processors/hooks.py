@@ -47,7 +47,9 @@ class SparseStepHook(ModelHook):
         return args, kwargs
 
     def reset_state(self, module):
-        self.state.reset()
+        # Diffusers resets stateful hooks at the end of every pipeline call; keep the statistics so summary(pipe)
+        # still describes the run that just finished. The next call starts a new run (and clears them) by itself.
+        self.state.last_timestep = None
         return module
 
 

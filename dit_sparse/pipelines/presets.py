@@ -1,0 +1,311 @@
+"""Per-model presets: which pipeline class, native resolution and schedule, and tuned sparse settings per method.
+
+The sparse settings follow the published recipes: Radial Attention keeps 12 of 50 steps dense (0.25) and the first
+layer dense on Wan with decay 0.2, and uses decay 0.95 with no dense layer on HunyuanVideo; Sparse VideoGen2
+(semantic) and DraftAttention keep the first 20-30 % of steps and the first layer dense.
+
+Frame counts: the Wan and HunyuanVideo VAEs compress time 4x causally, so a video has ``4k + 1`` frames; heights and
+widths must be multiples of 16 (8x VAE compression times the 2x2 patch). `check_video_size` says which nearby values
+work instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+METHODS = ("dense", "radial", "semantic", "draft")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """Everything the CLI and the demo need to know about one model.
+
+    Args:
+        name (`str`): short name (``wan2.1-1.3b``, ``tiny``, ...).
+        model_id (`str`): Hub id, local path or ``tiny``.
+        family (`str`): ``"wan"`` or ``"hunyuan_video"``.
+        pipeline_class (`str`): the Diffusers pipeline class name.
+        height, width, frames, steps (`int`): the model's native generation settings.
+        guidance (`float`): ``guidance_scale`` (HunyuanVideo: the embedded guidance, no second CFG pass).
+        guidance_2 (`float`, *optional*): Wan 2.2's ``guidance_scale_2`` for the low-noise expert.
+        flow_shift (`float`, *optional*): scheduler shift set at load time; `None` keeps the shipped scheduler config.
+        dtype (`str`): dtype of the transformer (``"bfloat16"`` for the real models).
+        vae_dtype (`str`): dtype of the VAE (float32 for Wan as Diffusers recommends, float16 for HunyuanVideo).
+        fps (`int`): frame rate of the written mp4.
+        frame_step (`int`): frames must be ``frame_step * k + 1``.
+        size_multiple (`int`): height and width must be multiples of this.
+        sparse (`dict`): per method, the recommended `dit_sparse.make_config` options.
+        negative_prompt (`str`): default negative prompt.
+    """
+
+    name: str
+    model_id: str
+    family: str
+    pipeline_class: str
+    height: int
+    width: int
+    frames: int
+    steps: int
+    guidance: float
+    guidance_2: Optional[float] = None
+    flow_shift: Optional[float] = None
+    dtype: str = "bfloat16"
+    vae_dtype: str = "float32"
+    fps: int = 16
+    frame_step: int = 4
+    size_multiple: int = 16
+    sparse: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    negative_prompt: str = ""
+
+    def sparse_options(self, method: str) -> Dict[str, Any]:
+        """The recommended `make_config` options of ``method`` for this model (a fresh dict)."""
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; known methods: {', '.join(METHODS)}")
+        return dict(self.sparse.get(method, {}))
+
+    def replace(self, **changes) -> "ModelPreset":
+        return dataclasses.replace(self, **changes)
+
+
+# Wan's default negative prompt (from the Wan 2.1 reference code, English translation used in Diffusers' examples).
+WAN_NEGATIVE_PROMPT = (
+    "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, overall "
+    "gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, poorly drawn hands, "
+    "poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, messy background, three "
+    "legs, many people in the background, walking backwards"
+)
+
+WAN_SPARSE = {
+    "dense": {},
+    "radial": {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.2},
+    "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9},
+    "draft": {"dense_steps": 0.3, "dense_layers": 1, "density": 0.25},
+}
+HUNYUAN_SPARSE = {
+    "dense": {},
+    "radial": {"dense_steps": 0.25, "dense_layers": 0, "decay": 0.95},
+    "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9},
+    "draft": {"dense_steps": 0.3, "dense_layers": 1, "density": 0.1},
+}
+# The tiny model has 3 blocks and 80-576 tokens: 16-token blocks (one latent frame at 64x64) and a few clusters keep
+# the patterns meaningful at that size.
+TINY_SPARSE = {
+    "dense": {},
+    "radial": {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.2, "block_size": 16},
+    "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "q_clusters": 4, "kv_clusters": 8,
+                 "block_size": 16},
+    "draft": {"dense_steps": 0.3, "dense_layers": 1, "density": 0.25, "block_size": 16},
+}
+
+PRESETS: Dict[str, ModelPreset] = {
+    "tiny": ModelPreset(
+        name="tiny",
+        model_id="tiny",
+        family="wan",
+        pipeline_class="WanPipeline",
+        height=64,
+        width=64,
+        frames=17,
+        steps=8,
+        guidance=5.0,
+        flow_shift=3.0,
+        dtype="float32",
+        sparse=TINY_SPARSE,
+    ),
+    "wan2.1-1.3b": ModelPreset(
+        name="wan2.1-1.3b",
+        model_id="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+        family="wan",
+        pipeline_class="WanPipeline",
+        height=480,
+        width=832,
+        frames=81,
+        steps=50,
+        guidance=5.0,
+        flow_shift=3.0,  # 3.0 for 480p, 5.0 for 720p (Diffusers' Wan docs)
+        sparse=WAN_SPARSE,
+        negative_prompt=WAN_NEGATIVE_PROMPT,
+    ),
+    "wan2.1-14b": ModelPreset(
+        name="wan2.1-14b",
+        model_id="Wan-AI/Wan2.1-T2V-14B-Diffusers",
+        family="wan",
+        pipeline_class="WanPipeline",
+        height=720,
+        width=1280,
+        frames=81,
+        steps=50,
+        guidance=5.0,
+        flow_shift=5.0,
+        sparse=WAN_SPARSE,
+        negative_prompt=WAN_NEGATIVE_PROMPT,
+    ),
+    "wan2.2-a14b": ModelPreset(
+        name="wan2.2-a14b",
+        model_id="Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+        family="wan",
+        pipeline_class="WanPipeline",
+        height=720,
+        width=1280,
+        frames=81,
+        steps=40,
+        guidance=4.0,
+        guidance_2=3.0,
+        flow_shift=None,  # keep the shipped scheduler (tuned together with the expert boundary)
+        sparse=WAN_SPARSE,
+        negative_prompt=WAN_NEGATIVE_PROMPT,
+    ),
+    "hunyuanvideo": ModelPreset(
+        name="hunyuanvideo",
+        model_id="hunyuanvideo-community/HunyuanVideo",
+        family="hunyuan_video",
+        pipeline_class="HunyuanVideoPipeline",
+        height=720,
+        width=1280,
+        frames=129,
+        steps=50,
+        guidance=6.0,
+        flow_shift=7.0,
+        vae_dtype="float16",
+        fps=24,
+        sparse=HUNYUAN_SPARSE,
+    ),
+}
+
+# Generic presets for a local folder or an unlisted Hub id, by pipeline class.
+_GENERIC = {
+    "WanPipeline": PRESETS["wan2.1-1.3b"].replace(name="wan", flow_shift=None),
+    "HunyuanVideoPipeline": PRESETS["hunyuanvideo"].replace(name="hunyuanvideo", flow_shift=None),
+}
+
+
+def _by_model_id() -> Dict[str, ModelPreset]:
+    return {p.model_id.lower(): p for p in PRESETS.values()}
+
+
+def known_models() -> Tuple[str, ...]:
+    """Hub ids and short names that have a preset."""
+    return tuple(p.model_id for p in PRESETS.values()) + tuple(k for k in PRESETS if k != "tiny")
+
+
+def _read_model_index(path: Path) -> Optional[dict]:
+    index = path / "model_index.json"
+    if not index.is_file():
+        return None
+    try:
+        return json.loads(index.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def preset_for(model: str) -> ModelPreset:
+    """The preset of ``model``: a short name, a listed Hub id, a local pipeline folder, or an unlisted Hub id.
+
+    A local folder's ``model_index.json`` decides the pipeline class (a Wan folder with ``transformer_2`` gets the
+    Wan 2.2 preset); an unlisted ``owner/name`` Hub id is treated as HunyuanVideo when its name says so, else as Wan,
+    and loading it later says so if that guess is wrong.
+
+    Raises:
+        ValueError: ``model`` is none of the above (the message lists the known models).
+    """
+    key = model.strip()
+    if key.lower() in PRESETS:
+        return PRESETS[key.lower()]
+    if key.lower() in _by_model_id():
+        return _by_model_id()[key.lower()]
+    path = Path(os.path.expanduser(key))
+    if path.is_dir():
+        index = _read_model_index(path)
+        if index is None:
+            raise ValueError(
+                f"{key} is a folder but has no readable model_index.json, so it is not a Diffusers pipeline folder "
+                "(save one with pipe.save_pretrained(path), or pass a Hub id)"
+            )
+        cls = index.get("_class_name")
+        if cls not in _GENERIC:
+            raise ValueError(f"{key} holds a {cls}; supported pipelines: {', '.join(_GENERIC)}")
+        if cls == "WanPipeline" and index.get("transformer_2") and index["transformer_2"][0] is not None:
+            return PRESETS["wan2.2-a14b"].replace(name="wan2.2", model_id=str(path), flow_shift=None)
+        return _GENERIC[cls].replace(model_id=str(path))
+    if looks_like_hub_id(key):
+        cls = "HunyuanVideoPipeline" if "hunyuan" in key.lower() else "WanPipeline"
+        return _GENERIC[cls].replace(model_id=key)
+    raise ValueError(
+        f"unknown model {model!r}: it is not 'tiny', not a known short name ({', '.join(PRESETS)}), not an "
+        f"existing local folder and not a Hub id of the form owner/name. Known Hub ids: "
+        f"{', '.join(p.model_id for p in PRESETS.values() if p.model_id != 'tiny')}"
+    )
+
+
+def looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return (
+        len(parts) == 2
+        and all(parts)
+        and not text.startswith((".", "~"))
+        and all(c.isalnum() or c in "-_." for c in text.replace("/", ""))
+    )
+
+
+def valid_frame_counts(frames: int, step: int = 4) -> Tuple[int, int]:
+    """The valid counts ``step * k + 1`` just below and just above ``frames`` (the lower one is at least 1)."""
+    frames = max(int(frames), 1)
+    lower = frames - (frames - 1) % step
+    return lower, lower + step
+
+
+def check_video_size(preset: ModelPreset, height: int, width: int, frames: int) -> None:
+    """Raises `ValueError` naming valid nearby values when the model cannot generate this size.
+
+    Args:
+        preset (`ModelPreset`): the model.
+        height, width (`int`): pixels, multiples of ``preset.size_multiple``.
+        frames (`int`): ``preset.frame_step * k + 1`` frames.
+    """
+    step = preset.frame_step
+    if frames < 1 or (frames - 1) % step:
+        lower, upper = valid_frame_counts(max(frames, 1), step)
+        candidates = [c for c in (lower, upper) if c != frames] or [upper]
+        raise ValueError(
+            f"{preset.name} cannot generate {frames} frames: the VAE compresses time {step}x, so the frame count "
+            f"must be {step}k+1 (e.g. 17, 33, 49, 81). Nearest valid counts: "
+            f"{' or '.join(str(c) for c in candidates)}"
+        )
+    m = preset.size_multiple
+    for name, value in (("height", height), ("width", width)):
+        if value < m or value % m:
+            down = max(m, value // m * m)
+            up = down + m if down < value else down
+            near = sorted({down, up} - {value}) or [m]
+            raise ValueError(
+                f"{name}={value} does not work with {preset.name}: it must be a positive multiple of {m}; nearest "
+                f"valid: {' or '.join(str(v) for v in near)}"
+            )
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose from {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+__all__ = [
+    "DTYPES",
+    "METHODS",
+    "ModelPreset",
+    "PRESETS",
+    "check_video_size",
+    "known_models",
+    "looks_like_hub_id",
+    "preset_for",
+    "resolve_dtype",
+    "valid_frame_counts",
+]
