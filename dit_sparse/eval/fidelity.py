@@ -796,6 +796,13 @@ def _synthetic_defaults() -> dict:
     return {p.name: p.default for p in params if p.name not in skip}
 
 
+def _cli_method_options(geometry: VideoGeometry, args) -> Dict[str, dict]:
+    options = {} if args.package_default_clusters else default_method_options(geometry.num_tokens)
+    if args.radial_spatial != "raster":
+        options = {**options, "radial": {**options.get("radial", {}), "spatial": args.radial_spatial}}
+    return options
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dit_sparse.eval.fidelity", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="bench/results/fidelity.json", help="JSON output path ('' = none)")
@@ -813,6 +820,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         action="store_true",
         help="run semantic with the config's default cluster counts instead of scaling them to the grid",
     )
+    parser.add_argument("--radial-spatial", default="raster", choices=["raster", "2d"],
+                        help="in-frame distance of the radial mask (compare the two variants)")
     args = parser.parse_args(argv)
 
     f, h, w = (int(x) for x in args.geometry.lower().split("x"))
@@ -831,7 +840,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         methods,
         args.block_size,
         args.seed,
-        method_options={} if args.package_default_clusters else None,
+        method_options=_cli_method_options(geometry, args),
         progress=log,
         info=info,
     )

@@ -119,6 +119,22 @@ def pattern_table(results: List[dict]) -> str:
     return "\n".join(lines) if lines else "_no pattern results yet_"
 
 
+def fidelity_section(results_dir: str) -> str:
+    """The synthetic attention-fidelity tables written by ``python -m dit_sparse.eval.fidelity --out ...``."""
+    from .fidelity import markdown_table
+
+    parts = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "fidelity*.json"))):
+        data = json.loads(Path(path).read_text())
+        settings = data.get("settings", {})
+        parts.append(f"`{data.get('command', 'python -m dit_sparse.eval.fidelity')}` ({Path(path).name}; "
+                     f"grid {settings.get('geometry', '?')}, {settings.get('heads', '?')} heads, block "
+                     f"{settings.get('block_size', '?')})\n")
+        parts.append(markdown_table(data["rows"]))
+        parts.append("")
+    return "\n".join(parts) if parts else "_no fidelity results yet_"
+
+
 RADIAL_GRIDS = {
     "Wan 480p 81f (21×30×52)": ((21, 30, 52), "wan"),
     "Wan 720p 81f (21×45×80)": ((21, 45, 80), "wan"),
@@ -239,7 +255,7 @@ def update_readme(readme: str, results_dir: str, docs: str) -> Dict[str, str]:
     results = load_results(results_dir)
     Path(docs).mkdir(parents=True, exist_ok=True)
     sections = {"kernel": kernel_table(results), "e2e": e2e_table(results), "pattern": pattern_table(results),
-                "radial": radial_table()}
+                "radial": radial_table(), "fidelity": fidelity_section(results_dir)}
     img = plot_kernel_speed(results, os.path.join(docs, "kernel_speed.png"))
     if img:
         sections["kernel"] += f"\n![speed vs density]({img})\n"
