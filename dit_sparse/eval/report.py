@@ -124,7 +124,9 @@ def fidelity_section(results_dir: str) -> str:
     from .fidelity import markdown_table
 
     parts = []
-    for path in sorted(glob.glob(os.path.join(results_dir, "fidelity*.json"))):
+    # The main table first, variants (e.g. the 2-D radial window) after it.
+    paths = sorted(glob.glob(os.path.join(results_dir, "fidelity*.json")), key=lambda p: ("synthetic" not in p, p))
+    for path in paths:
         data = json.loads(Path(path).read_text())
         settings = data.get("settings", {})
         parts.append(f"`{data.get('command', 'python -m dit_sparse.eval.fidelity')}` ({Path(path).name}; "
