@@ -1,0 +1,282 @@
+"""Sparse VideoGen 2's semantic-aware permutation (Yang et al., 2025): k-means clusters of queries and keys.
+
+Per (batch, head), queries and keys are clustered separately by batched k-means (`dit_sparse.patterns.kmeans`). The
+attention mass between a query cluster and a key cluster is estimated from the centroids,
+``softmax_c(q_a . k_c * scale + log |c|)`` (a key cluster of n tokens with the same centroid gets n times the mass),
+and each query cluster keeps its most massive key clusters until their mass reaches ``top_p`` (the crossing one
+kept), and at least ``ceil(min_kv_ratio * kv_clusters)``. Empty clusters are never kept.
+
+Queries are permuted by cluster label and keys/values by theirs (a stable argsort), so every cluster is a contiguous
+run of the permuted sequence; the layout carries the permutations and the kernel front door gathers and scatters.
+
+Blocks (default, ``fixed_blocks=False``): variable-size, cluster-aligned. Every cluster is cut into pieces of at most
+``block_size`` tokens; a query piece computes exactly the key pieces of its cluster's selected key clusters, so the
+kernel computes the selection and nothing else. The number of pieces varies per (batch, head) but is bounded by
+``floor((L + K (block - 1)) / block)`` (at most ``ceil(L / block) + K``), a static bound: layouts are padded to it with
+empty blocks (start == end, no keys), with no host synchronisation. The only host read of a plan is the width of
+``kv_indices`` (see ``STATIC_KMAX``).
+
+Blocks (``fixed_blocks=True``): fixed ``block_size`` blocks over the permuted sequence; a block pair is computed when
+any of the query clusters touching the query block selected any of the key clusters touching the key block. This is a
+superset of the selection (blocks straddle cluster boundaries), usable by fixed-block kernels (FlashAttention-4,
+FlexAttention), and the comparison point for the variable layout at equal density.
+
+k-means is warm-started from the previous step's centroids, kept in the per-(layer, CFG branch) ``cache``:
+``kmeans_iters`` iterations on the first call of a run (from evenly strided tokens, deterministic),
+``warm_iters`` afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from ..config import SemanticConfig
+from ..geometry import VideoGeometry
+from ..layout import BlockLayout, cdiv
+from .base import Pattern
+from .kmeans import batched_kmeans
+
+# Default block kind of `SemanticPattern` when built by name (``make_pattern``): False = variable-size cluster-aligned
+# blocks, True = fixed blocks over the permuted sequence. A module-level switch so the two can be compared end to end
+# without a config field.
+FIXED_BLOCKS = False
+
+# Width of kv_indices. False (default): the largest kv_counts, read on the host once per plan and rounded up to a
+# multiple of 16 (few distinct shapes). True: the static bound (every key block), no host synchronisation at all
+# (CUDA graphs, torch.compile(fullgraph=True)), at the price of memory: [B, H, Nq, Nk] int32 is 13 MB per layer and
+# branch for Wan 1.3B 480p but ~140 MB for HunyuanVideo 720p, and the processor caches one layout per layer and branch.
+STATIC_KMAX = False
+_KMAX_ROUND = 16
+
+
+def max_pieces(length: int, clusters: int, block: int) -> int:
+    """Static bound on the number of pieces (<= ``block`` tokens) of ``clusters`` clusters of ``length`` tokens.
+
+    ``sum_c ceil(n_c / block) <= floor((length + clusters * (block - 1)) / block)``, and no piece is empty.
+    """
+    return max(1, min(length, (length + clusters * (block - 1)) // block))
+
+
+def cluster_order(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """The permutation (int64, same shape) that sorts ``labels`` in [0, k): clusters contiguous in label order.
+
+    A stable sort keeps the original token order inside every cluster (coalesced gathers, reproducible layouts); the
+    keys are narrowed to int16 when they fit, which makes the GPU radix sort cheaper (fewer passes).
+    """
+    keys = labels.to(torch.int16) if k <= torch.iinfo(torch.int16).max else labels.to(torch.int32)
+    return torch.sort(keys, dim=-1, stable=True).indices
+
+
+def select_clusters(
+    q_centroids: torch.Tensor,
+    k_centroids: torch.Tensor,
+    k_counts: torch.Tensor,
+    scale: float,
+    top_p: float,
+    min_keep: int,
+) -> torch.Tensor:
+    """Key clusters kept by every query cluster.
+
+    Args:
+        q_centroids (`torch.Tensor` [N, Kq, D]), k_centroids (`torch.Tensor` [N, Kk, D]): centroids.
+        k_counts (`torch.Tensor` [N, Kk]): tokens per key cluster (0 = empty, never kept).
+        scale (`float`): softmax scale of the attention.
+        top_p (`float`): attention mass to cover per query cluster, in (0, 1]; 1.0 keeps every non-empty cluster.
+        min_keep (`int`): key clusters kept at least (the most massive ones that are non-empty).
+
+    Returns:
+        `torch.Tensor` bool [N, Kq, Kk].
+    """
+    nonempty = (k_counts > 0).unsqueeze(1)  # [N, 1, Kk]
+    if top_p >= 1.0:
+        # Exactly dense: mass sums can round below 1 and underflowed clusters would otherwise be dropped.
+        return nonempty.expand(-1, q_centroids.shape[1], -1).contiguous()
+    logits = torch.bmm(q_centroids.float(), k_centroids.float().transpose(1, 2)) * scale
+    logits = logits + torch.log(k_counts.float()).unsqueeze(1)  # log 0 = -inf: empty clusters get no mass
+    probs = torch.softmax(logits, dim=-1)
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    mass_before = sorted_p.cumsum(-1) - sorted_p
+    rank = torch.arange(sorted_p.shape[-1], device=probs.device)
+    keep_sorted = (mass_before < top_p) | (rank < min_keep)
+    keep = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+    return keep & nonempty
+
+
+def cluster_pieces(counts: torch.Tensor, block: int, n_max: int, length: int) -> Tuple[torch.Tensor, ...]:
+    """Cuts clusters, contiguous in label order, into pieces of at most ``block`` tokens, padded to ``n_max`` pieces.
+
+    Args:
+        counts (`torch.Tensor` [N, K]): tokens per cluster (sums to ``length`` per row).
+        block (`int`): maximum piece length.
+        n_max (`int`): static number of pieces (`max_pieces`).
+        length (`int`): tokens per row.
+
+    Returns:
+        ``(starts, cluster, valid)``: int32 [N, n_max + 1] piece boundaries (monotone, padding pieces empty at the
+        end, last entry ``length``), int64 [N, n_max] cluster of every piece (clamped for padding pieces) and bool
+        [N, n_max] (the piece holds tokens).
+    """
+    n, k = counts.shape
+    counts = counts.long()
+    offsets = counts.cumsum(-1) - counts  # first token of every cluster
+    pieces = (counts + block - 1) // block
+    piece_end = pieces.cumsum(-1)  # pieces of clusters 0..c, inclusive
+    p = torch.arange(n_max, device=counts.device).expand(n, n_max).contiguous()
+    cluster = torch.searchsorted(piece_end, p, right=True)  # == k past the last piece
+    valid = cluster < k
+    cluster = cluster.clamp(max=k - 1)
+    local = p - (piece_end - pieces).gather(1, cluster)
+    start = offsets.gather(1, cluster) + local * block
+    start = torch.where(valid, start, torch.full_like(start, length))
+    starts = torch.cat([start, torch.full_like(start[:, :1], length)], dim=1)
+    return starts.to(torch.int32), cluster, valid
+
+
+def pack_mask(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Packs a bool mask [..., M] into left-aligned indices [..., M] (int32) and counts [...] (int32), no host sync.
+
+    Entries past the count repeat the last valid index (0 for empty rows), so they stay in range.
+    """
+    m = mask.shape[-1]
+    counts = mask.sum(-1)
+    pos = mask.long().cumsum(-1) - 1
+    target = torch.where(mask, pos, torch.full_like(pos, m))  # unselected entries go to a dump column
+    src = torch.arange(m, device=mask.device).expand_as(pos)
+    idx = torch.zeros(*mask.shape[:-1], m + 1, dtype=torch.long, device=mask.device).scatter_(-1, target, src)
+    idx = idx[..., :m]
+    last = idx.gather(-1, (counts - 1).clamp(min=0).unsqueeze(-1))
+    idx = torch.where(torch.arange(m, device=mask.device) < counts.unsqueeze(-1), idx, last)
+    return idx.to(torch.int32).contiguous(), counts.to(torch.int32).contiguous()
+
+
+def _overlap(counts: torch.Tensor, block: int, length: int) -> torch.Tensor:
+    """bool [N, ceil(L / block), K]: fixed block i of the permuted sequence holds tokens of cluster c."""
+    offsets = (counts.cumsum(-1) - counts).unsqueeze(1)
+    ends = offsets + counts.unsqueeze(1)
+    b0 = (torch.arange(cdiv(length, block), device=counts.device) * block).view(1, -1, 1)
+    b1 = (b0 + block).clamp(max=length)
+    return (counts.unsqueeze(1) > 0) & (offsets < b1) & (ends > b0)
+
+
+class SemanticPattern(Pattern):
+    """Sparse VideoGen 2's k-means permutation with top-p cluster selection.
+
+    Args:
+        config (`SemanticConfig`): clusters, top-p, iterations and block size.
+        fixed_blocks (`bool`, optional): fixed ``block_size`` blocks over the permuted sequence instead of
+            variable-size cluster-aligned blocks (see the module docstring); `None` = the module's ``FIXED_BLOCKS``.
+        static_kmax (`bool`, optional): size ``kv_indices`` by the static bound instead of one host read of the
+            largest count; `None` = the module's ``STATIC_KMAX``.
+    """
+
+    name = "semantic"
+    static = False
+
+    def __init__(
+        self, config: SemanticConfig, fixed_blocks: Optional[bool] = None, static_kmax: Optional[bool] = None
+    ):
+        super().__init__(config)
+        self.fixed_blocks = FIXED_BLOCKS if fixed_blocks is None else bool(fixed_blocks)
+        self.static_kmax = STATIC_KMAX if static_kmax is None else bool(static_kmax)
+
+    def _trim(self, idx: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """kv_indices narrowed to the largest count (rounded up), unless ``static_kmax``."""
+        if self.static_kmax:
+            return idx
+        # The one host read of the plan (after all k-means work is queued): it keeps layouts small.
+        kmax = int(counts.max()) if counts.numel() else 1
+        kmax = min(idx.shape[-1], max(1, -(-kmax // _KMAX_ROUND) * _KMAX_ROUND))
+        return idx[..., :kmax]
+
+    # ------------------------------------------------------------------ clustering
+    def cluster(
+        self, x: torch.Tensor, k: int, cache: Dict[str, Any], which: str
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """k-means of x (B, H, L, D) per (batch, head), warm-started from ``cache[which + "_centroids"]``.
+
+        Returns labels int64 [B, H, L], centroids float32 [B, H, k, D] and counts float32 [B, H, k].
+        """
+        b, h, length, d = x.shape
+        key = f"{which}_centroids"
+        prev: Optional[torch.Tensor] = cache.get(key)
+        warm = prev is not None and prev.shape == (b, h, k, d) and prev.device == x.device
+        iters = self.config.warm_iters if warm else self.config.kmeans_iters
+        init = prev.reshape(b * h, k, d) if warm else None
+        labels, centroids, counts = batched_kmeans(x.reshape(b * h, length, d), k, iters, init)
+        cache[key] = centroids.view(b, h, k, d)
+        cache[f"{which}_iters"] = iters
+        return labels.view(b, h, length), centroids.view(b, h, k, d), counts.view(b, h, k)
+
+    # ------------------------------------------------------------------ planning
+    def plan(self, q: torch.Tensor, k: torch.Tensor, geometry: VideoGeometry, cache: Dict[str, Any]) -> BlockLayout:
+        cfg = self.config
+        b, h, lq, d = q.shape
+        lk = k.shape[2]
+        kq, kk = min(cfg.q_clusters, lq), min(cfg.kv_clusters, lk)
+        q_labels, q_cent, q_counts = self.cluster(q, kq, cache, "q")
+        k_labels, k_cent, k_counts = self.cluster(k, kk, cache, "k")
+        n = b * h
+        min_keep = math.ceil(cfg.min_kv_ratio * kk - 1e-9)
+        select = select_clusters(
+            q_cent.view(n, kq, d), k_cent.view(n, kk, d), k_counts.view(n, kk), 1.0 / math.sqrt(d), cfg.top_p, min_keep
+        )
+        q_perm, kv_perm = cluster_order(q_labels, kq), cluster_order(k_labels, kk)
+        qc, kc = q_counts.view(n, kq), k_counts.view(n, kk)
+        build = self._fixed_layout if self.fixed_blocks else self._variable_layout
+        fields = build(select, qc, kc, lq, lk)
+        kv_indices, kv_counts, q_starts, kv_starts = (
+            None if t is None else t.view(b, h, *t.shape[1:]) for t in fields
+        )
+        bs = cfg.block_size
+        return BlockLayout(
+            kv_indices,
+            kv_counts,
+            bs,
+            bs,
+            lq,
+            lk,
+            q_block_starts=q_starts,
+            kv_block_starts=kv_starts,
+            q_perm=q_perm,
+            kv_perm=kv_perm,
+        )
+
+    def _variable_layout(self, select, q_counts, k_counts, lq: int, lk: int):
+        """kv_indices, kv_counts, q_block_starts, kv_block_starts with a leading N = B * H dimension."""
+        bs = self.config.block_size
+        n, kq, kk = select.shape
+        nq_max, nk_max = max_pieces(lq, kq, bs), max_pieces(lk, kk, bs)
+        q_starts, q_cluster, q_valid = cluster_pieces(q_counts, bs, nq_max, lq)
+        kv_starts, k_cluster, k_valid = cluster_pieces(k_counts, bs, nk_max, lk)
+        # Per query cluster, the key pieces of its kept key clusters: [N, Kq, Nk_max].
+        piece_mask = select.gather(2, k_cluster.unsqueeze(1).expand(-1, kq, -1)) & k_valid.unsqueeze(1)
+        idx, cnt = pack_mask(piece_mask)
+        idx = self._trim(idx, cnt)
+        # Every query piece inherits its cluster's list; padding pieces compute nothing.
+        kv_indices = idx.gather(1, q_cluster.unsqueeze(-1).expand(-1, -1, idx.shape[-1]))
+        kv_counts = (cnt.gather(1, q_cluster) * q_valid).to(torch.int32)
+        return kv_indices.contiguous(), kv_counts, q_starts, kv_starts
+
+    def _fixed_layout(self, select, q_counts, k_counts, lq: int, lk: int):
+        """kv_indices, kv_counts (fixed blocks, no starts) with a leading N = B * H dimension."""
+        bs = self.config.block_size
+        mq = _overlap(q_counts, bs, lq).float()  # [N, nq, Kq]
+        mk = _overlap(k_counts, bs, lk).float()  # [N, nk, Kk]
+        mask = torch.bmm(torch.bmm(mq, select.float()), mk.transpose(1, 2)) > 0.5
+        idx, cnt = pack_mask(mask)
+        return self._trim(idx, cnt).contiguous(), cnt, None, None
+
+
+__all__ = [
+    "FIXED_BLOCKS",
+    "STATIC_KMAX",
+    "SemanticPattern",
+    "cluster_order",
+    "cluster_pieces",
+    "max_pieces",
+    "pack_mask",
+    "select_clusters",
+]

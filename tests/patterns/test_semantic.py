@@ -1,0 +1,439 @@
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import hunyuan_inputs, tiny_hunyuan, tiny_wan, wan_inputs
+
+import dit_sparse as ds
+from dit_sparse import SemanticConfig, VideoGeometry
+from dit_sparse.api import get_state
+from dit_sparse.kernels import block_sparse_attention
+from dit_sparse.patterns import make_pattern
+from dit_sparse.patterns import semantic as semantic_module
+from dit_sparse.patterns.kmeans import assign_clusters, batched_kmeans, inertia, strided_init
+from dit_sparse.patterns.semantic import SemanticPattern, max_pieces, pack_mask, select_clusters
+
+
+def dense_attention(q, k, v):
+    s = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    return torch.softmax(s, -1) @ v.float()
+
+
+def clustered(b, h, length, d, centers, seed, spread=0.3):
+    """Mixture of gaussians per (batch, head): q and k drawn around the same random centres."""
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(b, h, centers, d, generator=g) * 2.0
+
+    def draw():
+        lab = torch.randint(0, centers, (b, h, length), generator=g)
+        noise = spread * torch.randn(b, h, length, d, generator=g)
+        return mu.gather(2, lab.unsqueeze(-1).expand(-1, -1, -1, d)) + noise
+
+    return draw(), draw(), torch.randn(b, h, length, d, generator=g)
+
+
+def cfg(**kw):
+    base = dict(q_clusters=7, kv_clusters=13, block_size=16, kmeans_iters=10, warm_iters=2)
+    base.update(kw)
+    return SemanticConfig(**base)
+
+
+def check_layout(layout):
+    """Structural invariants of a variable layout: monotone starts ending at L, blocks <= block, padding empty."""
+    layout.validate()
+    for starts, block, length in (
+        (layout.q_block_starts, layout.block_q, layout.seq_len_q),
+        (layout.kv_block_starts, layout.block_kv, layout.seq_len_kv),
+    ):
+        sizes = starts[..., 1:] - starts[..., :-1]
+        assert (sizes >= 0).all() and (sizes <= block).all()
+        assert (starts[..., 0] == 0).all() and (starts[..., -1] == length).all()
+    q_sizes = layout.q_block_starts[..., 1:] - layout.q_block_starts[..., :-1]
+    assert (layout.kv_counts[q_sizes == 0] == 0).all()
+    # A kept key block is never an empty padding block.
+    kv_sizes = (layout.kv_block_starts[..., 1:] - layout.kv_block_starts[..., :-1]).long()
+    mask = layout.to_block_mask()
+    assert (mask & (kv_sizes == 0).unsqueeze(2)).sum() == 0
+
+
+# ---------------------------------------------------------------------------------------------------- k-means
+def test_kmeans_inertia_matches_sklearn():
+    sklearn = pytest.importorskip("sklearn.cluster")
+    q, _, _ = clustered(1, 3, 500, 8, centers=6, seed=0, spread=0.8)
+    x = q[0]  # [3, 500, 8]: three independent problems in one batched call
+    init = strided_init(x, 6)
+    for iters in (1, 5, 20):
+        labels, cent, counts = batched_kmeans(x, 6, iters)
+        # sklearn ends with one more assignment step; ours returns the clusters whose means are the centroids.
+        final = inertia(x, assign_clusters(x, cent), cent)
+        ours = inertia(x, labels, cent)
+        assert (final <= ours + 1e-3).all()
+        for i in range(3):
+            km = sklearn.KMeans(6, init=init[i].double().numpy(), n_init=1, max_iter=iters, algorithm="lloyd", tol=0)
+            km.fit(x[i].double().numpy())
+            assert abs(float(final[i]) - km.inertia_) <= 0.05 * km.inertia_, (iters, i, float(final[i]), km.inertia_)
+            if iters >= 20:
+                assert abs(float(ours[i]) - km.inertia_) <= 0.05 * km.inertia_, (iters, i, float(ours[i]))
+        assert torch.equal(counts.sum(-1), torch.full((3,), 500.0))
+        # Centroids are the means of the returned clusters.
+        for c in range(6):
+            sel = labels[0] == c
+            if sel.any():
+                torch.testing.assert_close(cent[0, c], x[0][sel].mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_kmeans_empty_clusters_keep_centroid_and_zero_iters_only_assigns():
+    x = torch.zeros(2, 40, 4)
+    x[:, 20:] = 1.0  # two distinct points, five clusters: three stay empty
+    labels, cent, counts = batched_kmeans(x, 5, 3)
+    assert int((counts > 0).sum()) == 4 and torch.isfinite(cent).all()
+    assert set(labels[0].tolist()) <= set(torch.nonzero(counts[0]).flatten().tolist())
+    init = torch.randn(2, 5, 4)
+    labels0, cent0, counts0 = batched_kmeans(x, 5, 0, init=init)
+    torch.testing.assert_close(cent0, init, atol=1e-6, rtol=0)
+    assert torch.equal(labels0, assign_clusters(x, init))
+    assert torch.equal(counts0.sum(-1), torch.full((2,), 40.0))
+
+
+_TRITON_CHECK = """
+import importlib.util, sys, torch
+spec = importlib.util.spec_from_file_location("km", sys.argv[1])
+km = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(km)
+torch.manual_seed(0)
+for n, length, k, d, iters in [(2, 300, 13, 16, 3), (3, 257, 70, 64, 0), (1, 130, 5, 32, 2)]:
+    x = torch.randn(n, length, d) + 3.0  # an offset: the kernel centres the points
+    c = torch.randn(n, k, d) + 3.0
+    assert torch.equal(km.assign_clusters(x, c, "torch"), km.assign_clusters(x, c, "triton"))
+    a = km.batched_kmeans(x, k, iters, backend="torch")
+    b = km.batched_kmeans(x, k, iters, backend="triton")
+    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
+    torch.testing.assert_close(a[1], b[1], atol=1e-5, rtol=1e-5)
+print("ok")
+"""
+
+
+def test_triton_kmeans_matches_torch_under_interpreter():
+    # The fused CUDA kernel, run by Triton's CPU interpreter in a fresh process (the flag must precede the import).
+    pytest.importorskip("triton")
+    path = Path(__file__).resolve().parents[2] / "dit_sparse" / "patterns" / "kmeans.py"
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", _TRITON_CHECK, str(path)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_select_clusters_top_p_min_keep_and_empty():
+    torch.manual_seed(0)
+    qc, kc = torch.randn(2, 3, 8), torch.randn(2, 5, 8) * 3
+    counts = torch.tensor([[10.0, 0.0, 3.0, 7.0, 1.0], [4.0, 4.0, 4.0, 4.0, 0.0]])
+    dense = select_clusters(qc, kc, counts, 0.35, 1.0, 0)
+    assert torch.equal(dense, (counts > 0).unsqueeze(1).expand(-1, 3, -1))
+    sel = select_clusters(qc, kc, counts, 0.35, 0.5, 2)
+    assert not sel[..., 1][0].any() and not sel[1, :, 4].any()  # empty clusters never kept
+    assert (sel.sum(-1) >= 2).all()
+    # Reference: the smallest prefix of the mass-sorted clusters whose mass reaches top_p.
+    logits = (qc @ kc.transpose(1, 2)) * 0.35 + counts.log().unsqueeze(1)
+    p = logits.softmax(-1)
+    for n in range(2):
+        for a in range(3):
+            order = p[n, a].argsort(descending=True).tolist()
+            keep, mass = set(), 0.0
+            for j in order:
+                if counts[n, j] == 0:
+                    continue
+                if mass < 0.5 or len(keep) < 2:
+                    keep.add(j)
+                    mass += float(p[n, a, j])
+            assert set(torch.nonzero(sel[n, a]).flatten().tolist()) == keep
+
+
+def test_pack_mask_and_static_bound():
+    mask = torch.tensor([[True, False, True, True], [False] * 4, [False, False, False, True]])
+    idx, cnt = pack_mask(mask)
+    assert cnt.tolist() == [3, 0, 1]
+    assert idx.tolist() == [[0, 2, 3, 3], [0, 0, 0, 0], [3, 3, 3, 3]]
+    # The bound holds for every split of L tokens into K clusters (random and adversarial).
+    g = torch.Generator().manual_seed(0)
+    for length, k, block in [(300, 7, 16), (1000, 50, 128), (129, 3, 64)]:
+        worst = [block + 1] * (length // (block + 1))
+        splits = [torch.multinomial(torch.ones(k), length, True, generator=g).bincount(minlength=k).tolist()]
+        if len(worst) < k:
+            splits.append(worst + [length - sum(worst)] + [0] * (k - len(worst) - 1))
+        for counts in splits:
+            assert sum(-(-c // block) for c in counts) <= max_pieces(length, k, block)
+
+
+# ---------------------------------------------------------------------------------------------------- pattern
+@pytest.mark.parametrize("fixed_blocks", [False, True])
+def test_top_p_one_equals_dense_on_odd_length(fixed_blocks):
+    geometry = VideoGeometry(3, 10, 10)  # L = 300, not a multiple of the block
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 300, 32) for _ in range(3))
+    layout = SemanticPattern(cfg(top_p=1.0), fixed_blocks=fixed_blocks).plan(q, k, geometry, {})
+    if not fixed_blocks:
+        check_layout(layout)
+        # The static bound pads with empty blocks here: the reference kernel must skip them.
+        sizes = layout.q_block_starts[..., 1:] - layout.q_block_starts[..., :-1]
+        assert (sizes == 0).any()
+    assert float(layout.density()) == pytest.approx(1.0)
+    out = block_sparse_attention(q, k, v, layout, backend="reference")
+    torch.testing.assert_close(out, dense_attention(q, k, v), atol=1e-5, rtol=1e-5)
+    out, lse = block_sparse_attention(q, k, v, layout, backend="reference", return_lse=True)
+    s = (q @ k.transpose(-1, -2)) / math.sqrt(32)
+    torch.testing.assert_close(lse, torch.logsumexp(s, -1), atol=1e-5, rtol=1e-5)
+
+
+def test_top_p_one_with_empty_clusters_is_dense():
+    geometry = VideoGeometry(2, 5, 7)
+    torch.manual_seed(1)
+    q = torch.zeros(1, 2, 70, 16)  # identical queries: one non-empty query cluster
+    k, v = torch.randn(1, 2, 70, 16), torch.randn(1, 2, 70, 16)
+    k[:, :, :40] = 0.5  # forty identical keys
+    layout = SemanticPattern(cfg(top_p=1.0, q_clusters=5, kv_clusters=20)).plan(q, k, geometry, {})
+    check_layout(layout)
+    out = block_sparse_attention(q, k, v, layout, backend="reference")
+    torch.testing.assert_close(out, dense_attention(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def cold_clusters(x, clusters, config):
+    """The labels and counts a cold-start plan computes (same deterministic k-means), [B, H, L] and [B, H, K]."""
+    b, h, length, d = x.shape
+    labels, _, counts = batched_kmeans(x.flatten(0, 1), min(clusters, length), config.kmeans_iters)
+    return labels.view(b, h, length), counts.view(b, h, -1)
+
+
+def test_sparse_selection_is_exactly_the_chosen_cluster_pairs():
+    geometry = VideoGeometry(13, 4, 6)
+    length, d = geometry.num_tokens, 16
+    q, k, v = clustered(1, 2, length, d, centers=6, seed=3)
+    config = cfg(top_p=0.5)
+    cache = {}
+    layout = SemanticPattern(config).plan(q, k, geometry, cache)
+    check_layout(layout)
+    q_lab, _ = cold_clusters(q, config.q_clusters, config)
+    k_lab, k_counts = cold_clusters(k, config.kv_clusters, config)
+    select = select_clusters(
+        cache["q_centroids"].flatten(0, 1),
+        cache["k_centroids"].flatten(0, 1),
+        k_counts.flatten(0, 1),
+        1 / math.sqrt(d),
+        0.5,
+        math.ceil(0.1 * 13),
+    )
+    select = select.view(1, 2, 7, 13)
+    # Token pair (i, j) is computed iff key cluster of j is kept by the query cluster of i.
+    token = select.gather(2, q_lab.unsqueeze(-1).expand(-1, -1, -1, 13))  # [1, 2, L, Kk]
+    token = token.gather(3, k_lab.unsqueeze(2).expand(-1, -1, length, -1))  # [1, 2, L, L]
+    assert 0.05 < token.float().mean() < 0.95
+    s = torch.where(token, q @ k.transpose(-1, -2) / math.sqrt(d), torch.tensor(float("-inf")))
+    expected = torch.softmax(s, -1) @ v
+    out = block_sparse_attention(q, k, v, layout, backend="reference")
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    # The variable layout computes exactly the selection: its token-weighted density is the token mask's.
+    assert float(layout.density()) == pytest.approx(float(token.float().mean()), abs=1e-6)
+
+
+def test_top_p_half_is_sparse_on_clustered_inputs():
+    geometry = VideoGeometry(13, 4, 6)  # 312 tokens
+    q, k, v = clustered(2, 2, geometry.num_tokens, 16, centers=8, seed=0)
+    densities = {}
+    for fixed in (False, True):
+        layout = SemanticPattern(cfg(top_p=0.5, q_clusters=8, kv_clusters=16), fixed_blocks=fixed).plan(
+            q, k, geometry, {}
+        )
+        densities[fixed] = float(layout.density())
+        out = block_sparse_attention(q, k, v, layout, backend="reference")
+        assert torch.isfinite(out).all()
+        # On well-separated clusters the selection keeps most of the attention output.
+        assert (out - dense_attention(q, k, v)).abs().mean() < 0.3
+    assert densities[False] < 0.85, densities
+    assert densities[True] < 1.0
+    assert densities[False] <= densities[True] + 1e-6  # cluster-aligned blocks never compute more than fixed ones
+
+
+@pytest.mark.parametrize("fixed_blocks", [False, True])
+def test_static_kmax_has_no_host_read_and_same_result(fixed_blocks):
+    geometry = VideoGeometry(13, 4, 6)
+    q, k, v = clustered(1, 2, geometry.num_tokens, 16, centers=6, seed=3)
+    config = cfg(top_p=0.3, min_kv_ratio=0.0, block_size=16)
+    trimmed = SemanticPattern(config, fixed_blocks=fixed_blocks).plan(q, k, geometry, {})
+    static = SemanticPattern(config, fixed_blocks=fixed_blocks, static_kmax=True).plan(q, k, geometry, {})
+    bound = static.num_kv_blocks
+    assert static.kv_indices.shape[-1] == bound
+    assert trimmed.kv_indices.shape[-1] < bound and trimmed.kv_indices.shape[-1] % 16 == 0
+    assert torch.equal(trimmed.kv_counts, static.kv_counts)
+    assert torch.equal(trimmed.to_block_mask(), static.to_block_mask())
+    out_t = block_sparse_attention(q, k, v, trimmed, backend="reference")
+    torch.testing.assert_close(out_t, block_sparse_attention(q, k, v, static, backend="reference"), atol=1e-6, rtol=0)
+
+
+def test_permutation_round_trip_and_labels_cluster_aligned():
+    geometry = VideoGeometry(5, 6, 7)
+    q, k, _ = clustered(2, 3, geometry.num_tokens, 16, centers=5, seed=4)
+    config = cfg(top_p=0.7)
+    layout = SemanticPattern(config).plan(q, k, geometry, {})
+    length = geometry.num_tokens
+    for perm, x, starts, which in (
+        (layout.q_perm, q, layout.q_block_starts, "q"),
+        (layout.kv_perm, k, layout.kv_block_starts, "k"),
+    ):
+        assert perm.dtype == torch.int64 and perm.shape == (2, 3, length)
+        assert torch.equal(perm.sort(-1).values, torch.arange(length).expand(2, 3, -1))  # a permutation
+        xp = x.gather(2, perm.unsqueeze(-1).expand(-1, -1, -1, 16))
+        back = torch.empty_like(xp).scatter_(2, perm.unsqueeze(-1).expand_as(xp), xp)
+        assert torch.equal(back, x)
+        clusters = config.q_clusters if which == "q" else config.kv_clusters
+        labels, counts = cold_clusters(x, clusters, config)
+        assert labels.min() >= 0 and labels.max() < clusters and (counts.sum(-1) == length).all()
+        lp = labels.gather(2, perm)
+        # Clusters are contiguous runs in permuted order, and every block holds tokens of one cluster.
+        assert (lp[..., 1:] >= lp[..., :-1]).all()
+        block = torch.searchsorted(
+            starts[..., 1:].long().contiguous(), torch.arange(length).expand(2, 3, -1).contiguous(), right=True
+        )
+        first = lp.gather(2, starts[..., :-1].long().clamp(max=length - 1)).gather(2, block)
+        assert torch.equal(first, lp)
+
+
+def test_warm_start_uses_cache_and_warm_iters():
+    geometry = VideoGeometry(4, 5, 6)
+    q, k, v = clustered(1, 2, geometry.num_tokens, 16, centers=4, seed=5)
+    cache = {}
+    SemanticPattern(cfg(kmeans_iters=30, warm_iters=3)).plan(q, k, geometry, cache)
+    assert cache["q_iters"] == 30 and cache["k_iters"] == 30
+    assert cache["q_centroids"].shape == (1, 2, 7, 16) and cache["k_centroids"].shape == (1, 2, 13, 16)
+    cached = {n: cache[n].clone() for n in ("q_centroids", "k_centroids")}
+    # warm_iters=0: the layout is the cached centroids' assignment, centroids unchanged.
+    layout = SemanticPattern(cfg(warm_iters=0)).plan(q, k, geometry, cache)
+    assert cache["q_iters"] == 0 and torch.equal(cache["q_centroids"], cached["q_centroids"])
+    labels = assign_clusters(q.flatten(0, 1), cached["q_centroids"].flatten(0, 1)).view(1, 2, -1)
+    assert torch.equal(layout.q_perm, torch.sort(labels, dim=-1, stable=True).indices)
+    # A shape change (other cluster count) is a cold start.
+    SemanticPattern(cfg(q_clusters=5)).plan(q, k, geometry, cache)
+    assert cache["q_iters"] == 10 and cache["k_iters"] == 2
+
+
+def test_make_pattern_and_clusters_clamp_to_length():
+    pattern = make_pattern(SemanticConfig())
+    assert isinstance(pattern, SemanticPattern) and pattern.name == "semantic" and not pattern.static
+    geometry = VideoGeometry(1, 3, 3)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 1, 9, 8) for _ in range(3))
+    cache = {}
+    layout = SemanticPattern(cfg(q_clusters=50, kv_clusters=100, top_p=1.0)).plan(q, k, geometry, cache)
+    assert cache["k_centroids"].shape[2] == 9
+    torch.testing.assert_close(
+        block_sparse_attention(q, k, v, layout, backend="reference"), dense_attention(q, k, v), atol=1e-5, rtol=1e-5
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- models
+def run_wan(model, **kw):
+    with torch.no_grad():
+        return model(**wan_inputs(**kw))[0]
+
+
+def semantic_keys(state):
+    return sorted(key for key, c in state.caches.items() if "q_centroids" in c)
+
+
+def test_wan_cache_warm_across_steps_and_reset_on_new_run():
+    model = tiny_wan()
+    config = SemanticConfig(
+        dense_steps=0, dense_layers=0, block_size=16, q_clusters=4, kv_clusters=8, kmeans_iters=6, warm_iters=1
+    )
+    ds.apply_sparse_attention(model, config)
+    kw = dict(frames=5, height=8, width=12)
+    run_wan(model, timestep=900.0, **kw)
+    state = get_state(model)
+    keys = semantic_keys(state)
+    assert len(keys) == 3 and all(key[2] == 0 for key in keys)  # 3 layers, branch 0
+    assert all(state.caches[key]["q_iters"] == 6 for key in keys)
+    first = {key: state.caches[key]["k_centroids"] for key in keys}
+    run_wan(model, timestep=800.0, **kw)
+    assert semantic_keys(state) == keys
+    for key in keys:
+        assert state.caches[key]["q_iters"] == 1 and state.caches[key]["k_iters"] == 1
+        assert state.caches[key]["k_centroids"] is not first[key]
+    run_wan(model, timestep=900.0, **kw)  # a larger timestep starts a new run: caches cleared, cold start
+    assert semantic_keys(state) == keys
+    assert all(state.caches[key]["q_iters"] == 6 for key in keys)
+    assert ds.summary(model)["sparse_calls"] == 3
+
+
+def test_wan_batch2_and_cfg_branches_have_own_caches():
+    model = tiny_wan()
+    config = SemanticConfig(dense_steps=0, dense_layers=0, block_size=16, q_clusters=4, kv_clusters=8, top_p=0.6)
+    ds.apply_sparse_attention(model, config)
+    kw = dict(batch=2, frames=5, height=8, width=12)
+    cond = run_wan(model, timestep=900.0, **kw)
+    run_wan(model, timestep=900.0, seed=7, **kw)  # the unconditional call of the same step
+    state = get_state(model)
+    keys = semantic_keys(state)
+    assert sorted({key[2] for key in keys}) == [0, 1] and len(keys) == 6
+    for key in keys:
+        assert key[4] == 2 and state.caches[key]["q_centroids"].shape == (2, 2, 4, 64)
+        assert state.caches[key]["layout"].kv_indices.shape[:2] == (2, 2)
+    c0 = state.caches[(0, 1, 0, (5, 4, 6), 2)]["k_centroids"]
+    c1 = state.caches[(0, 1, 1, (5, 4, 6), 2)]["k_centroids"]
+    assert not torch.equal(c0, c1)
+    # Batch entries are clustered independently: entry 1 of the batch equals a batch-1 run of it.
+    x = wan_inputs(**kw)
+    ds.reset_sparse_state(model)
+    with torch.no_grad():
+        single = model(x["hidden_states"][1:], x["timestep"][1:], x["encoder_hidden_states"][1:], return_dict=False)[0]
+    torch.testing.assert_close(cond[1:], single, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fixed_blocks", [False, True])
+def test_wan_end_to_end(fixed_blocks, monkeypatch):
+    model = tiny_wan()
+    kw = dict(batch=2, frames=7, height=6, width=10)
+    ref = run_wan(model, **kw)
+    if fixed_blocks:
+        monkeypatch.setattr(semantic_module, "FIXED_BLOCKS", True)
+    config = SemanticConfig(dense_steps=0, dense_layers=0, block_size=16, q_clusters=4, kv_clusters=8, top_p=1.0)
+    ds.apply_sparse_attention(model, config)
+    assert get_state(model).pattern.fixed_blocks is fixed_blocks
+    out = run_wan(model, **kw)
+    s = ds.summary(model)
+    assert s["sparse_calls"] == 3 and s["mean_density"] == pytest.approx(1.0) and s["backend"] == "reference"
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    ds.apply_sparse_attention(
+        model,
+        SemanticConfig(
+            dense_steps=0, dense_layers=0, block_size=16, q_clusters=4, kv_clusters=8, top_p=0.5, min_kv_ratio=0.0
+        ),
+    )
+    out = run_wan(model, **kw)
+    assert torch.isfinite(out).all() and ds.summary(model)["mean_density"] < 1.0
+
+
+def test_hunyuan_end_to_end():
+    model = tiny_hunyuan()
+    kw = dict(batch=2, valid=(6, 2), frames=3, height=6, width=10)
+    with torch.no_grad():
+        ref = model(**hunyuan_inputs(**kw))[0]
+    ds.apply_sparse_attention(
+        model, SemanticConfig(dense_steps=0, dense_layers=0, block_size=16, q_clusters=4, kv_clusters=8, top_p=1.0)
+    )
+    with torch.no_grad():
+        out = model(**hunyuan_inputs(**kw))[0]
+    s = ds.summary(model)
+    assert s["sparse_calls"] == 4 and s["mean_density"] == pytest.approx(1.0)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
+    ds.apply_sparse_attention(
+        model,
+        SemanticConfig(
+            dense_steps=0, dense_layers=0, block_size=16, q_clusters=4, kv_clusters=8, top_p=0.5, min_kv_ratio=0.0
+        ),
+    )
+    with torch.no_grad():
+        out = model(**hunyuan_inputs(**kw))[0]
+    assert torch.isfinite(out).all() and ds.summary(model)["mean_density"] < 1.0
