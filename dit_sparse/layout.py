@@ -2,8 +2,8 @@
 
 The layout never holds an L x L tensor. ``kv_indices[b, h, i, :kv_counts[b, h, i]]`` are the key blocks that query
 block ``i`` attends to, in increasing order (kernels rely on it: the sequence's short last block, if listed, comes
-last, so only that one is masked); entries past the count are padding (their value is ignored, we keep them in range so a kernel
-may prefetch them safely). This is the form FlashAttention-4 (``full_block_cnt/idx``), FlexAttention
+last, so only that one is masked); entries past the count are padding (their value is ignored, we keep them in
+range so a kernel may prefetch them safely). This is the form FlashAttention-4 (``full_block_cnt/idx``), FlexAttention
 (``kv_num_blocks/kv_indices``) and our Triton kernel consume without conversion.
 
 Blocks are fixed-size (``block_q`` / ``block_kv`` tokens, the last one ragged) unless ``q_block_starts`` /
