@@ -62,6 +62,16 @@ def quickcheck(args) -> int:
     return 0
 
 
+def _run_generate(args, parser, generate) -> int:
+    import os
+
+    argv = [a for a in (getattr(args, "_argv", None) or sys.argv[2:])]
+    args.argv = argv
+    if args.ulysses > 1 and "WORLD_SIZE" not in os.environ:
+        return generate.relaunch_with_torchrun(argv, args.ulysses)
+    return generate.run_cli(args, parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dit-sparse", description="Sparse attention for video diffusion transformers"
@@ -84,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "same seed and reports speedup, PSNR and SSIM.",
     )
     generate.add_generate_arguments(gen)
-    gen.set_defaults(func=lambda args: generate.run_cli(args, gen))
+    gen.set_defaults(func=lambda args: _run_generate(args, gen, generate))
 
     dem = sub.add_parser("demo", help="Gradio app: dense vs sparse side by side (pip install 'dit-sparse[demo]')")
     demo.add_demo_arguments(dem)

@@ -96,6 +96,12 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     )
     m.add_argument("--offload", action="store_true", help="enable_model_cpu_offload(): less GPU memory, slower")
     m.add_argument(
+        "--ulysses",
+        type=int,
+        default=1,
+        help="Ulysses context parallelism over N GPUs (relaunches itself through torchrun; heads must divide by N)",
+    )
+    m.add_argument(
         "--compile", action="store_true", help="torch.compile the transformer blocks (compile_repeated_blocks)"
     )
 
@@ -551,6 +557,8 @@ def generate(args: argparse.Namespace) -> Dict[str, Any]:
             compile=args.compile,
             seed=0,
         )
+        if getattr(args, "ulysses", 1) > 1:
+            enable_ulysses(pipe, args.ulysses, preset.family)
         dense = None
         if args.compare_dense:
             stage = "generating the dense video"
@@ -567,6 +575,8 @@ def generate(args: argparse.Namespace) -> Dict[str, Any]:
             exit_code=3,
         ) from err
 
+    if _rank() != 0:
+        return {}  # rank 0 writes the videos and the report
     write_video(out, sparse.frames, fps)
     dense_out = None
     metrics: Dict[str, Optional[float]] = {"psnr": None, "ssim": None}
@@ -678,12 +688,52 @@ def format_report(report: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def enable_ulysses(pipe, degree: int, family: str) -> None:
+    """Initialises torch.distributed (under torchrun) and Diffusers' Ulysses context parallelism on the transformers.
+
+    Our processors do the Ulysses exchange themselves for sparse calls, so each rank's pattern sees the whole video.
+    """
+    import torch.distributed as dist
+    from diffusers import ContextParallelConfig
+
+    if "WORLD_SIZE" not in os.environ:
+        raise GenerationError("--ulysses needs torchrun: run `dit-sparse generate --ulysses N ...`, which relaunches")
+    if int(os.environ["WORLD_SIZE"]) != degree:
+        raise GenerationError(f"--ulysses {degree} but torchrun started {os.environ['WORLD_SIZE']} processes")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    plan = None
+    if family == "hunyuan_video":
+        from dit_sparse.processors.hunyuan_video import context_parallel_plan
+
+        plan = context_parallel_plan()
+    for name in ("transformer", "transformer_2"):
+        transformer = getattr(pipe, name, None)
+        if transformer is not None:
+            transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=degree), cp_plan=plan)
+
+
+def relaunch_with_torchrun(argv: List[str], degree: int) -> int:
+    """``--ulysses N`` outside torchrun: start N processes of this same command through torchrun."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={degree}", "-m",
+           "dit_sparse.pipelines.generate", *argv]
+    return subprocess.call(cmd)
+
+
 def run_cli(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Runs ``args``; user errors go through ``parser.exit`` with the message (status 2, 3 for out of memory)."""
     try:
         report = generate(args)
     except GenerationError as err:
         parser.exit(err.exit_code, f"{parser.prog}: error: {err}\n")
+    if not report:  # a non-zero Ulysses rank: rank 0 reports
+        return 0
     print(format_report(report))
     if args.report:
         print(f"report: {args.report}")
@@ -696,6 +746,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
+    if args.ulysses > 1 and "WORLD_SIZE" not in os.environ:
+        return relaunch_with_torchrun(argv, args.ulysses)
     return run_cli(args, parser)
 
 
