@@ -119,6 +119,16 @@ def pattern_table(results: List[dict]) -> str:
     return "\n".join(lines) if lines else "_no pattern results yet_"
 
 
+def quality_section(results_dir: str) -> str:
+    from .quality import markdown_table
+
+    paths = sorted(glob.glob(os.path.join(results_dir, "quality*.json")))
+    if not paths:
+        return "_no quality results yet_"
+    data = json.loads(Path(paths[-1]).read_text())
+    return f"`{data.get('command', '')}`\n\n" + markdown_table(data["results"])
+
+
 def fidelity_section(results_dir: str) -> str:
     """The synthetic attention-fidelity tables written by ``python -m dit_sparse.eval.fidelity --out ...``."""
     from .fidelity import markdown_table
@@ -257,7 +267,8 @@ def update_readme(readme: str, results_dir: str, docs: str) -> Dict[str, str]:
     results = load_results(results_dir)
     Path(docs).mkdir(parents=True, exist_ok=True)
     sections = {"kernel": kernel_table(results), "e2e": e2e_table(results), "pattern": pattern_table(results),
-                "radial": radial_table(), "fidelity": fidelity_section(results_dir)}
+                "radial": radial_table(), "fidelity": fidelity_section(results_dir),
+                "quality": quality_section(results_dir)}
     img = plot_kernel_speed(results, os.path.join(docs, "kernel_speed.png"))
     if img:
         sections["kernel"] += f"\n![speed vs density]({img})\n"

@@ -36,18 +36,23 @@ def available(device: torch.device, dtype: torch.dtype, head_dim: int, kind: str
     return None
 
 
-def _fa4_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torch.Tensor, indices: torch.Tensor,
-    block_q: int, block_kv: int, scale: float,
-) -> List[torch.Tensor]:
-    # (B, H, L, D) -> (B, L, H, D) views; FA4 reads strides, so no copy when the memory is already (B, L, H, D).
-    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+def _sparse_tensors(counts: torch.Tensor, indices: torch.Tensor, block_q: int, block_kv: int):
     empty_cnt = torch.zeros_like(counts)
     empty_idx = torch.zeros(*indices.shape[:3], 1, dtype=torch.int32, device=indices.device)
-    sparse = BlockSparseTensorsTorch(
+    return BlockSparseTensorsTorch(
         mask_block_cnt=empty_cnt, mask_block_idx=empty_idx, full_block_cnt=counts, full_block_idx=indices,
         block_size=(block_q, block_kv),
     )
+
+
+def _fa4_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, counts: torch.Tensor, indices: torch.Tensor,
+    block_q: int, block_kv: int, scale: float, sparse=None,
+) -> List[torch.Tensor]:
+    # (B, H, L, D) -> (B, L, H, D) views; FA4 reads strides, so no copy when the memory is already (B, L, H, D).
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if sparse is None:
+        sparse = _sparse_tensors(counts, indices, block_q, block_kv)
     out, lse = flash_attn_func(qt, kt, vt, softmax_scale=scale, block_sparse_tensors=sparse, return_lse=True)
     return [out.transpose(1, 2), lse]
 
@@ -71,9 +76,19 @@ def _(q, k, v, counts, indices, block_q, block_kv, scale):
 
 
 def run(q, k, v, layout: BlockLayout, scale: float, return_lse: bool):
-    out, lse = fa4_block_sparse_fwd(
-        q, k, v, layout.kv_counts, layout.kv_indices, layout.block_q, layout.block_kv, float(scale)
-    )
+    if torch.compiler.is_compiling():
+        out, lse = fa4_block_sparse_fwd(
+            q, k, v, layout.kv_counts, layout.kv_indices, layout.block_q, layout.block_kv, float(scale)
+        )
+    else:
+        # Eager: skip the custom-op dispatch and reuse FA4's block tensors for a cached layout; both are host-side
+        # costs that show at low density, where the kernel itself takes about a millisecond.
+        sparse = getattr(layout, "_fa4_tensors", None)
+        if sparse is None:
+            sparse = _sparse_tensors(layout.kv_counts, layout.kv_indices, layout.block_q, layout.block_kv)
+            layout._fa4_tensors = sparse
+        out, lse = _fa4_forward(q, k, v, layout.kv_counts, layout.kv_indices, layout.block_q, layout.block_kv,
+                                float(scale), sparse)
     # Query blocks with no key blocks come back as zeros with lse = -inf (checked on the GPU by the kernel bench).
     return (out, lse) if return_lse else out
 
