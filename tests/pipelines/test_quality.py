@@ -9,8 +9,9 @@ import pytest
 
 from dit_sparse.eval.quality import PROMPTS, evaluate
 
-# method -> minimum PSNR (dB) against the dense video of the same seed
-THRESHOLDS = {"radial": 15.0, "draft": 12.0, "semantic": 10.0}
+# method -> minimum PSNR (dB) against the dense video of the same seed. Measured here (2026-11-23, torch 2.13 CPU):
+# radial 24.9 dB at density 0.64, draft 17.9 dB at 0.30, semantic 12.8 dB at 0.53.
+THRESHOLDS = {"radial": 21.0, "draft": 15.0, "semantic": 10.0}
 
 
 @pytest.fixture(scope="module")
