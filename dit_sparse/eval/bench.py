@@ -485,6 +485,51 @@ def bench_pattern(args) -> dict:
     return payload
 
 
+# ---------------------------------------------------------------------------------------------------------- layer
+def bench_layer(args) -> dict:
+    """One self-attention call as a processor makes it: pattern planning + kernel, against dense SDPA."""
+    import torch.nn.functional as F
+
+    import dit_sparse as ds
+    from dit_sparse.geometry import VideoGeometry
+    from dit_sparse.kernels import block_sparse_attention
+    from dit_sparse.patterns import make_pattern
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    grids = {"wan1.3b-480p": ((21, 30, 52), 12, 128), "tiny": ((5, 8, 12), 2, 64)}
+    (f, h, w), heads, dim = grids[args.shape]
+    geometry = VideoGeometry(f, h, w, "wan")
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, geometry.num_tokens, heads, dim, device=device, dtype=dtype).transpose(1, 2)
+               for _ in range(3))
+    dense_ms = time_cuda(lambda: F.scaled_dot_product_attention(q, k, v), reps=args.reps)["median_ms"]
+    rows = {"dense_sdpa": {"ms": dense_ms}}
+    for method in args.methods.split(","):
+        try:
+            cfg = ds.make_config(method, dense_steps=0, dense_layers=0, backend=args.backend)
+            pattern = make_pattern(cfg)
+            cache: dict = {}
+            pattern.plan(q, k, geometry, cache)  # cold start outside the timing (k-means init, caches)
+
+            def call():
+                layout = pattern.plan(q, k, geometry, cache)
+                return block_sparse_attention(q, k, v, layout, backend=args.backend)
+
+            ms = time_cuda(call, reps=args.reps)["median_ms"]
+            rows[method] = {"ms": ms, "speedup_vs_dense": dense_ms / ms,
+                            "density": float(pattern.plan(q, k, geometry, cache).density())}
+        except Exception as err:
+            rows[method] = {"error": repr(err)[:500]}
+        print(args.shape, method, rows[method], flush=True)
+    payload = {"benchmark": "layer", "command": "python -m dit_sparse.eval.bench " + " ".join(sys.argv[1:]),
+               "commit": git_commit(), "date": _dt.datetime.utcnow().isoformat(timespec="seconds"),
+               "shape": args.shape, "tokens": geometry.num_tokens, "heads": heads, "results": rows}
+    path = write_result(f"layer-{args.shape}", payload, args.out)
+    print("wrote", path)
+    return payload
+
+
 # ---------------------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dit_sparse.eval.bench")
@@ -518,6 +563,13 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--reps", type=int, default=7)
     pt.add_argument("--out", default=None)
     pt.set_defaults(func=bench_pattern)
+    ly = sub.add_parser("layer", help="one attention call including the pattern, vs dense SDPA")
+    ly.add_argument("--shape", default="wan1.3b-480p", choices=["wan1.3b-480p", "tiny"])
+    ly.add_argument("--methods", default="radial,draft,semantic")
+    ly.add_argument("--backend", default="auto")
+    ly.add_argument("--reps", type=int, default=7)
+    ly.add_argument("--out", default=None)
+    ly.set_defaults(func=bench_layer)
     return p
 
 

@@ -79,3 +79,16 @@ def test_plot_layout(tmp_path):
     layout = BlockLayout.dense(1, 2, 300, 300, 64, 64)
     fig = report.plot_layout(layout, head=1, path=str(tmp_path / "l.png"))
     assert fig is not None and (tmp_path / "l.png").exists()
+
+
+def test_bench_layer_tiny(tmp_path):
+    out = tmp_path / "layer.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dit_sparse.eval.bench", "layer", "--shape", "tiny", "--methods", "radial",
+         "--reps", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["results"]["dense_sdpa"]["ms"] > 0
+    assert 0 < data["results"]["radial"]["density"] < 1
