@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from dit_sparse.pipelines.presets import PRESETS
+
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -72,7 +74,7 @@ def test_demo_generates_dense_and_sparse_in_browser(demo_url):
         )
     from playwright.sync_api import expect, sync_playwright
 
-    prompt_text = "a red fox running through fresh snow"
+    prompt_text = "a red square moves left over a striped background"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
@@ -103,7 +105,7 @@ def test_demo_generates_dense_and_sparse_in_browser(demo_url):
                     "return [v.videoWidth, v.videoHeight]; }",
                     elem,
                 )
-                assert size == [64, 64], (elem, size)
+                assert size == [PRESETS["tiny"].height, PRESETS["tiny"].width], (elem, size)
             expect(page.locator("#layout_image img")).to_be_visible(timeout=30_000)
             # The prompt typed in the browser is the one the server generated from.
             assert prompt_text in (demo._dit_sparse_runner.last_settings or {}).get("prompt", "")
