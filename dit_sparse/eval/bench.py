@@ -443,22 +443,32 @@ def bench_e2e(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------- pattern
-def bench_pattern(args) -> dict:
-    """Pattern overhead (planning a layout) next to the sparse attention time it serves, per method."""
-    import dit_sparse as ds
+# name -> (token grid, heads, head_dim) for the pattern and layer benchmarks
+VIDEO_SHAPES = {"wan1.3b-480p": ((21, 30, 52), 12, 128), "tiny": ((5, 8, 12), 2, 64)}
+
+
+def _video_qkv(shape: str):
+    """Geometry and random q, k, v (B, H, L, D) as transposed views of Diffusers' (B, L, H, D) layout."""
     from dit_sparse.geometry import VideoGeometry
-    from dit_sparse.kernels import block_sparse_attention
-    from dit_sparse.patterns import make_pattern
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    grids = {"wan1.3b-480p": ((21, 30, 52), 12, "wan"), "tiny": ((5, 8, 12), 2, "wan")}
-    (f, h, w), heads, model = grids[args.shape]
-    geometry = VideoGeometry(f, h, w, model)
-    length = geometry.num_tokens
+    (f, h, w), heads, dim = VIDEO_SHAPES[shape]
+    geometry = VideoGeometry(f, h, w, "wan")
     torch.manual_seed(0)
-    q, k, v = (torch.randn(1, length, heads, 128 if args.shape != "tiny" else 64, device=device, dtype=dtype)
-               .transpose(1, 2) for _ in range(3))
+    q, k, v = (torch.randn(1, geometry.num_tokens, heads, dim, device=device, dtype=dtype).transpose(1, 2)
+               for _ in range(3))
+    return geometry, q, k, v
+
+
+def bench_pattern(args) -> dict:
+    """Pattern overhead (planning a layout) next to the sparse attention time it serves, per method."""
+    import dit_sparse as ds
+    from dit_sparse.kernels import block_sparse_attention
+    from dit_sparse.patterns import make_pattern
+
+    geometry, q, k, v = _video_qkv(args.shape)
+    length, heads = geometry.num_tokens, q.shape[1]
     rows = {}
     for method in args.methods.split(","):
         entry = {}
@@ -491,18 +501,11 @@ def bench_layer(args) -> dict:
     import torch.nn.functional as F
 
     import dit_sparse as ds
-    from dit_sparse.geometry import VideoGeometry
     from dit_sparse.kernels import block_sparse_attention
     from dit_sparse.patterns import make_pattern
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    grids = {"wan1.3b-480p": ((21, 30, 52), 12, 128), "tiny": ((5, 8, 12), 2, 64)}
-    (f, h, w), heads, dim = grids[args.shape]
-    geometry = VideoGeometry(f, h, w, "wan")
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(1, geometry.num_tokens, heads, dim, device=device, dtype=dtype).transpose(1, 2)
-               for _ in range(3))
+    geometry, q, k, v = _video_qkv(args.shape)
+    heads = q.shape[1]
     dense_ms = time_cuda(lambda: F.scaled_dot_product_attention(q, k, v), reps=args.reps)["median_ms"]
     rows = {"dense_sdpa": {"ms": dense_ms}}
     for method in args.methods.split(","):

@@ -19,9 +19,7 @@ import argparse
 import datetime as _dt
 import json
 import math
-import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -779,13 +777,9 @@ def markdown_table(rows: Sequence[dict]) -> str:
 
 # ---------------------------------------------------------------------------------------------------------- CLI
 def _git_commit() -> str:
-    env = os.environ.get("DIT_SPARSE_COMMIT")
-    if env:
-        return env
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], stderr=subprocess.DEVNULL, text=True).strip()
-    except Exception:
-        return "unknown"
+    from .bench import git_commit
+
+    return git_commit()
 
 
 def _synthetic_defaults() -> dict:
