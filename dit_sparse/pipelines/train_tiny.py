@@ -9,9 +9,10 @@ Every component is a stock Diffusers / transformers class, so the result is an o
 (``WanPipeline.from_pretrained(DIR)``) that runs the real generation path with a model that has learned something:
 
 * ``AutoencoderKLWan`` (base_dim 32, dim_mult (1, 2, 2, 2), z_dim 16, Wan's 4x temporal / 8x spatial compression),
-  trained first for reconstruction (L1 + a small KL term, posterior samples) on 9-frame 128x128 crops, after which
-  its ``latents_mean`` / ``latents_std`` config are set to the measured per-channel latent statistics (WanPipeline
-  normalises latents with them);
+  trained first for reconstruction (L1 + MSE + a small KL term, posterior samples; a re-initialisation that
+  trains from scratch, see :func:`init_vae_weights`) on 9-frame 128x128 crops, after which its ``latents_mean`` /
+  ``latents_std`` config are set to the measured per-channel latent statistics (WanPipeline normalises latents with
+  them);
 * ``WanTransformer3DModel`` (6 layers, 4 heads x 64 = 256, ffn 1024, patch (1, 2, 2)), trained by flow matching on
   VAE latents of the videos, encoded on the fly by the frozen encoder into a replay pool;
 * ``UMT5EncoderModel`` (d_model 128, 2 layers) over a word-level tokenizer built from
@@ -30,7 +31,9 @@ pipeline (bf16 weights, EMA of the transformer and text encoder) in ``DIR``, ``D
 curves, parameter counts, latent statistics, sample metrics), ``DIR/loss.png`` and ``DIR/samples.png`` (reference
 clips and generated clips for two captions). The metrics compare generated videos with the training distribution and
 with two noise baselines ("evidence that it learned"). ``--pack DIR2`` also writes the pipeline as a tar split into
-parts of at most 15 MiB (``cat DIR2/tiny_model.tar.part-* | tar -x -C DEST``) plus the log and images.
+parts of at most 15 MiB (``cat DIR2/tiny_model.tar.part-* | tar -x -C DEST``) plus the log and images, and
+``--init-from PIPELINE_DIR`` continues training from such a saved pipeline (VAE frozen, fresh optimizer) when the
+checkpoint is not at hand.
 
 Runs are reproducible from ``--seed`` given the same number of steps (the data stream, timesteps and noise are derived
 from the seed and the step; GPU kernels are not bitwise deterministic). ``--smoke`` runs a few steps of a much smaller
@@ -40,6 +43,7 @@ architecture on 5-frame 64x64 clips on a CPU in well under a minute (used by the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import io
 import json
@@ -225,9 +229,22 @@ def load_pipeline(path, device="cpu", dtype: torch.dtype = torch.float32):
     vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", **_dtype_kwarg(torch.float32))
     pipe = WanPipeline.from_pretrained(path, vae=vae, **_dtype_kwarg(dtype))
     pipe.to(device)
-    pipe.vae.to(torch.float32)
+    with _quiet_diffusers():
+        pipe.vae.to(torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@contextlib.contextmanager
+def _quiet_diffusers():
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
 
 
 # ------------------------------------------------------------------------------------- training-side conventions
@@ -730,9 +747,10 @@ class TinyTrainer:
         vae.register_to_config(latents_mean=[float(v) for v in self.latents_mean],
                                latents_std=[float(v) for v in self.latents_std])
         dtype = torch.float32 if self.args.save_fp32 else torch.bfloat16
-        pipe = WanPipeline(tokenizer=self.tokenizer, text_encoder=text_encoder.to(dtype).eval(),
-                           vae=vae.to(dtype).eval(), scheduler=build_scheduler(),
-                           transformer=transformer.to(dtype).eval())
+        with _quiet_diffusers():  # whole models cast to bf16 on purpose: no keep-in-fp32 warnings
+            pipe = WanPipeline(tokenizer=self.tokenizer, text_encoder=text_encoder.to(dtype).eval(),
+                               vae=vae.to(dtype).eval(), scheduler=build_scheduler(),
+                               transformer=transformer.to(dtype).eval())
         self.out.mkdir(parents=True, exist_ok=True)
         for part in PIPELINE_PARTS:  # drop a stale pipeline first
             p = self.out / part
@@ -1009,8 +1027,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "runs": trainer.history["runs"],
         "versions": _versions(),
     }
-    if trainer.cuda:
-        result["max_memory_gib"] = torch.cuda.max_memory_allocated(trainer.device) / 2**30
     save_loss_plot(out / "loss.png", trainer.history)
     (out / "train_log.json").write_text(json.dumps(result, indent=1) + "\n")
     try:
@@ -1019,8 +1035,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         result["samples"] = {"error": repr(exc)}
         log(f"evaluation failed: {exc!r}")
     result["total_seconds"] = time.monotonic() - trainer.t_start
+    if trainer.cuda:
+        result["max_memory_gib"] = torch.cuda.max_memory_allocated(trainer.device) / 2**30
     (out / "train_log.json").write_text(json.dumps(result, indent=1) + "\n")
     if "metrics" in result["samples"]:
+        result["evidence"] = learning_evidence(result)
+        (out / "train_log.json").write_text(json.dumps(result, indent=1) + "\n")
         m = result["samples"]["metrics"]
         log("metrics (temporal_ssim / palette_fraction / caption_color_agreement vs shuffled):")
         for name, v in m.items():
@@ -1028,8 +1048,32 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if args.pack:
         files = pack(out, Path(args.pack))
         log(f"packed {len(files)} files into {args.pack}")
-    log(f"done in {result['total_seconds']:.0f} s: {counts['total'] / 1e6:.2f} M params, {sizes['total']:.1f} MiB")
+    log(f"done in {result['total_seconds']:.0f} s: {counts['total'] / 1e6:.2f} M params, {sizes['total']:.1f} MiB"
+        + (f", peak GPU memory {result['max_memory_gib']:.1f} GiB" if trainer.cuda else ""))
     return result
+
+
+def learning_evidence(result: dict) -> dict:
+    """A compact summary of the signs that training worked (all inputs are in ``result``)."""
+    m = result["samples"]["metrics"]
+    gen, data, noise = m["generated"], m["data"], m["decoded_noise_latents"]
+    dit = result["loss_curves"]["dit"]
+    ev = {
+        "dit_loss_first": dit[0][1] if dit else None,
+        "dit_loss_last": dit[-1][1] if dit else None,
+        "vae_recon_psnr_db": result["vae"].get("recon_psnr_db"),
+        # share of pixels in the palette's colors: data ~ high, decoded noise latents ~ lower
+        "palette_fraction": {"generated": gen["palette_fraction"], "data": data["palette_fraction"],
+                             "decoded_noise_latents": noise["palette_fraction"]},
+        # text conditioning: colors named in the caption vs those of another caption (chance)
+        "caption_color_agreement": {"generated": gen.get("caption_color_agreement"),
+                                    "generated_vs_shuffled_captions": gen.get("caption_color_agreement_shuffled"),
+                                    "data": data.get("caption_color_agreement")},
+    }
+    if "temporal_ssim" in gen:
+        ev["temporal_ssim"] = {"generated": gen["temporal_ssim"], "data": data["temporal_ssim"],
+                               "pixel_noise": m["pixel_noise"]["temporal_ssim"]}
+    return ev
 
 
 def _versions() -> dict:
