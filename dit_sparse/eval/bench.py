@@ -262,6 +262,17 @@ def _build_transformer(spec, device, dtype):
     return model.to(dtype).eval()
 
 
+def _extra_inputs(spec, g, device, dtype) -> dict:
+    """The model-specific transformer inputs besides latents, timestep and text (HunyuanVideo's mask, pooled text
+    embedding and distilled guidance)."""
+    if spec["family"] != "hunyuan_video":
+        return {}
+    n_text = spec["text"][0]
+    return {"encoder_attention_mask": torch.ones(1, n_text, device=device, dtype=torch.long),
+            "pooled_projections": torch.randn(1, 768, generator=g).to(device, dtype),
+            "guidance": torch.tensor([6000.0], device=device, dtype=dtype)}
+
+
 def _denoise(model, spec, timesteps, device, dtype, guidance: float, seed: int, cache_contexts: bool):
     """A CFG denoising loop with the scheduler's timesteps (Euler flow-matching update); returns final latents."""
     c, f, h, w = spec["latent"]
@@ -270,11 +281,7 @@ def _denoise(model, spec, timesteps, device, dtype, guidance: float, seed: int, 
     n_text, d_text = spec["text"]
     cond = torch.randn(1, n_text, d_text, generator=g).to(device, dtype)
     uncond = torch.randn(1, n_text, d_text, generator=g).to(device, dtype)
-    extra = {}
-    if spec["family"] == "hunyuan_video":
-        extra = {"encoder_attention_mask": torch.ones(1, n_text, device=device, dtype=torch.long),
-                 "pooled_projections": torch.randn(1, 768, generator=g).to(device, dtype),
-                 "guidance": torch.tensor([6000.0], device=device, dtype=dtype)}
+    extra = _extra_inputs(spec, g, device, dtype)
     sigmas = list(timesteps / 1000.0) + [0.0]
     with torch.no_grad():
         for i, t in enumerate(timesteps):
@@ -297,25 +304,19 @@ def _attention_share(model, spec, device, dtype) -> float:
     import torch.nn.functional as F
 
     c, f, h, w = spec["latent"]
-    if spec["family"] == "wan":
-        heads, dim = model.config.num_attention_heads, model.config.attention_head_dim
-        tokens = f * (h // 2) * (w // 2)
-        layers = model.config.num_layers
-    else:
-        heads, dim = model.config.num_attention_heads, model.config.attention_head_dim
-        tokens = f * (h // 2) * (w // 2) + spec["text"][0]
-        layers = model.config.num_layers + model.config.num_single_layers
+    heads, dim = model.config.num_attention_heads, model.config.attention_head_dim
+    tokens = f * (h // 2) * (w // 2)
+    layers = model.config.num_layers
+    if spec["family"] == "hunyuan_video":  # joint attention over [video; text] in dual- and single-stream blocks
+        tokens += spec["text"][0]
+        layers += model.config.num_single_layers
     q = torch.randn(1, tokens, heads, dim, device=device, dtype=dtype).transpose(1, 2)
     t_attn = time_cuda(lambda: F.scaled_dot_product_attention(q, q, q), reps=3)["median_ms"]
     g = torch.Generator(device="cpu").manual_seed(1)
     x = torch.randn(1, c, f, h, w, generator=g).to(device, dtype)
     n_text, d_text = spec["text"]
     text = torch.randn(1, n_text, d_text, generator=g).to(device, dtype)
-    extra = {}
-    if spec["family"] == "hunyuan_video":
-        extra = {"encoder_attention_mask": torch.ones(1, n_text, device=device, dtype=torch.long),
-                 "pooled_projections": torch.randn(1, 768, generator=g).to(device, dtype),
-                 "guidance": torch.tensor([6000.0], device=device, dtype=dtype)}
+    extra = _extra_inputs(spec, g, device, dtype)
     tt = torch.full((1,), 500.0, device=device)
     with torch.no_grad():
         t_fwd = time_cuda(lambda: model(x, tt, text, return_dict=False, **extra), warmup=1, reps=3)["median_ms"]
