@@ -9,6 +9,7 @@ in a second, dense kernel call whose result is merged through the log-sum-exp, a
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Optional
 
@@ -33,6 +34,12 @@ def merge_attention(o1: torch.Tensor, lse1: torch.Tensor, o2: torch.Tensor, lse2
     w2 = torch.exp(lse2 - safe).unsqueeze(-1)
     out = o1.float() * w1 + o2.float() * w2
     return out.to(o1.dtype), lse
+
+
+@functools.lru_cache(maxsize=16)
+def _dense_layout(len_q: int, len_kv: int, block: int, device: torch.device) -> BlockLayout:
+    # Built once per shape instead of in every joint-attention call of every layer and step.
+    return BlockLayout.dense(1, 1, len_q, len_kv, block, block, device=device)
 
 
 class SparseAttentionCore:
@@ -134,8 +141,10 @@ class SparseAttentionCore:
             # Diffusers' HunyuanVideo mask is [B, 1, 1, L] over keys; text padding sits at the end.
             text_valid = attn_mask.reshape(attn_mask.shape[0], -1)[:, video_len:].sum(-1, dtype=torch.int32)
         bs = state.config.block_size
-        text_layout = BlockLayout.dense(1, 1, video_len, text_len, bs, bs, device=q.device)
-        text_layout.kv_valid_len = text_valid
+        text_layout = _dense_layout(video_len, text_len, bs, q.device)
+        # A fresh layout object per call (the valid lengths change); its index tensors are the cached ones.
+        text_layout = BlockLayout(text_layout.kv_indices, text_layout.kv_counts, bs, bs, video_len, text_len,
+                                  kv_valid_len=text_valid)
         o_text, lse_text = block_sparse_attention(
             qv, k[:, :, video_len:], v[:, :, video_len:], text_layout, backend=backend, return_lse=True
         )
