@@ -203,25 +203,11 @@ class BlockLayout:
         sizes[-1] = seq_len - block * (n - 1)
         return sizes.view(1, 1, n)
 
-    def density_per_head(self) -> torch.Tensor:
-        """Fraction of key blocks computed per (batch, head) [B, H] (fixed-size blocks)."""
-        return self.kv_counts.float().mean(-1) / max(self.num_kv_blocks, 1)
-
     def to(self, device) -> "BlockLayout":
         fields = {}
         for f in dataclasses.fields(self):
             val = getattr(self, f.name)
             fields[f.name] = val.to(device) if isinstance(val, torch.Tensor) else val
-        return BlockLayout(**fields)
-
-    def select_batch(self, index) -> "BlockLayout":
-        """The layout restricted to batch entries ``index`` (a slice or index tensor); broadcast fields are kept."""
-        fields = {}
-        for f in dataclasses.fields(self):
-            val = getattr(self, f.name)
-            if isinstance(val, torch.Tensor) and val.dim() >= 1 and val.shape[0] == self.batch_size:
-                val = val[index]
-            fields[f.name] = val
         return BlockLayout(**fields)
 
     def validate(self) -> None:

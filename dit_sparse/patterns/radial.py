@@ -131,14 +131,4 @@ class RadialPattern(Pattern):
         return layout
 
 
-def expected_density_table(shapes: Dict[str, Tuple[int, int, int]], block: int = 128, **kwargs) -> Dict[str, float]:
-    """Densities of the radial mask for named token grids (used to generate the README table)."""
-    return {
-        name: radial_density(
-            VideoGeometry(*grid, model="hunyuan_video" if "hunyuan" in name.lower() else "wan"), block, **kwargs
-        )
-        for name, grid in shapes.items()
-    }
-
-
-__all__ = ["RadialPattern", "radial_block_mask", "radial_density", "radial_window", "expected_density_table"]
+__all__ = ["RadialPattern", "radial_block_mask", "radial_density", "radial_window"]

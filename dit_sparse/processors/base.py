@@ -20,7 +20,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from ..kernels import block_sparse_attention, resolve_backend
 from ..layout import BlockLayout
 from ..parallel import heads_to_seq, seq_to_heads, ulysses_group
-from ..schedule import CACHED, DENSE, FRESH, STATIC, SparseState
+from ..schedule import CACHED, DENSE, FRESH, SparseState
 
 logger = logging.getLogger(__name__)
 
@@ -156,4 +156,4 @@ class SparseAttentionCore:
         return torch.cat([out_video.transpose(1, 2), out_text_rows.to(out_video.dtype)], dim=1)
 
 
-__all__ = ["SparseAttentionCore", "merge_attention", "STATIC"]
+__all__ = ["SparseAttentionCore", "merge_attention"]
