@@ -130,7 +130,10 @@ class SparseAttentionCore:
                 cache["layout"] = layout
         backend = state.config.backend
         state.backend_used = resolve_backend(backend, q.device, q.dtype, q.shape[-1], layout.kind)
-        state.record(self.name, False, layout.density())
+        density = getattr(layout, "_density", None)
+        if density is None:  # layouts are not modified after planning: one reduction per layout, not per call
+            density = layout._density = layout.density()
+        state.record(self.name, False, density)
 
         if text_len == 0:
             return block_sparse_attention(qv, kv, vv, layout, backend=backend).transpose(1, 2)
