@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Dict, List, Optional
 
 from .config import SparseConfig
@@ -134,6 +135,11 @@ def summary(pipe_or_transformer) -> Dict[str, Any]:
 
 def set_num_inference_steps(pipe_or_transformer, num_steps: int) -> None:
     """Tells a transformer-only setup the run's step count, for a fractional ``dense_steps``."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 1:
+        raise ValueError(
+            f"num_steps must be a positive int (the num_inference_steps of the run), got {num_steps!r}; "
+            "e.g. set_num_inference_steps(transformer, 50)"
+        )
     get_state(pipe_or_transformer).total_steps = int(num_steps)
 
 

@@ -1,12 +1,15 @@
 """Configuration dataclasses: one per method, sharing the schedule fields.
 
 Every config validates itself on construction and raises ``ValueError`` naming the field and the allowed range, so a
-typo fails at ``apply_sparse_attention`` time rather than twenty minutes into a generation.
+typo fails at ``apply_sparse_attention`` time rather than twenty minutes into a generation. Configs are read-only once
+constructed: a field set afterwards would skip that validation, so a changed copy is made with
+``dataclasses.replace(cfg, field=value)``, which validates again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Dict, Optional, Tuple, Type, Union
 
@@ -14,15 +17,31 @@ BACKEND_NAMES = ("auto", "fa4", "triton", "flex", "reference")
 
 
 def _check_range(name: str, value, lo=None, hi=None, lo_open=False, hi_open=False, kind=(int, float)):
+    left = "(" if lo_open else "["
+    right = ")" if hi_open else "]"
+    rng = f"{left}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}{right}"
     if isinstance(value, bool) or not isinstance(value, kind):
         raise ValueError(f"{name} must be a number, got {value!r}")
+    # NaN compares False with every bound, so the range test below would let it through.
+    if not math.isfinite(value):
+        raise ValueError(f"{name}={value!r} is not a finite number; give a number in {rng}")
     lo_bad = lo is not None and (value <= lo if lo_open else value < lo)
     hi_bad = hi is not None and (value >= hi if hi_open else value > hi)
     if lo_bad or hi_bad:
-        left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
-        rng = f"{left}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}{right}"
         raise ValueError(f"{name}={value!r} is out of range; allowed: {rng}")
+
+
+def _check_bool(name: str, value, allow_none: bool = False):
+    # A non-empty string or 0/1 would silently act as a flag ("no" is truthy): only real booleans are accepted.
+    if value is None and allow_none:
+        return
+    if not isinstance(value, bool):
+        allowed = "True, False or None (the default)" if allow_none else "True or False"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+class FrozenConfigError(dataclasses.FrozenInstanceError, ValueError):
+    """A field of a constructed config was assigned; the message gives the ``dataclasses.replace`` call to use."""
 
 
 def _check_int(name: str, value, lo: int, hi: Optional[int] = None):
@@ -57,6 +76,22 @@ class SparseConfig:
 
     def __post_init__(self):
         self.validate()
+        # Read-only from here on (validate() may still normalise fields above). Not a frozen dataclass, so that a
+        # subclass's validate() can normalise its own fields the same way.
+        object.__setattr__(self, "_constructed", True)
+
+    def __setattr__(self, name, value):
+        if getattr(self, "_constructed", False):
+            raise FrozenConfigError(
+                f"{type(self).__name__}.{name} cannot be changed after construction (the new value would not be "
+                f"validated); make a validated copy instead: dataclasses.replace(config, {name}={value!r})"
+            )
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        if getattr(self, "_constructed", False):
+            raise FrozenConfigError(f"{type(self).__name__}.{name} cannot be deleted: configs are read-only")
+        object.__delattr__(self, name)
 
     def validate(self) -> None:
         ds = self.dense_steps
@@ -122,8 +157,7 @@ class RadialConfig(SparseConfig):
         super().validate()
         if self.decay is not None:
             _check_range("decay", self.decay, 0.0, 16.0, lo_open=True)
-        if self.sink is not None and not isinstance(self.sink, bool):
-            raise ValueError(f"sink must be True, False or None (model default), got {self.sink!r}")
+        _check_bool("sink", self.sink, allow_none=True)
         if self.spatial not in ("raster", "2d"):
             raise ValueError(f"spatial={self.spatial!r} is not known; allowed: 'raster', '2d'")
 
@@ -190,6 +224,7 @@ class DraftConfig(SparseConfig):
             ):
                 raise ValueError(f"pool must be a pair of positive ints (height, width) or None, got {self.pool!r}")
             self.pool = tuple(self.pool)
+        _check_bool("global_budget", self.global_budget)
 
 
 CONFIGS: Dict[str, Type[SparseConfig]] = {

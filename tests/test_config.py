@@ -53,3 +53,57 @@ def test_fraction_of_steps():
     assert RadialConfig(dense_steps=4).resolve_dense_steps(None) == 4
     with pytest.raises(ValueError, match="step count is unknown"):
         cfg.resolve_dense_steps(None)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, field",
+    [
+        (DraftConfig, {"density": NAN}, "density"),
+        (DraftConfig, {"density": INF}, "density"),
+        (SemanticConfig, {"top_p": NAN}, "top_p"),
+        (SemanticConfig, {"min_kv_ratio": NAN}, "min_kv_ratio"),
+        (RadialConfig, {"decay": NAN}, "decay"),
+        (RadialConfig, {"decay": -INF}, "decay"),
+        (RadialConfig, {"dense_steps": NAN}, "dense_steps"),
+    ],
+)
+def test_nan_and_inf_are_rejected(cls, kwargs, field):
+    with pytest.raises(ValueError, match=rf"{field}=.*not a finite number; give a number in"):
+        cls(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, field",
+    [
+        (DraftConfig, {"global_budget": "no"}, "global_budget"),
+        (DraftConfig, {"global_budget": 1}, "global_budget"),
+        (RadialConfig, {"sink": "yes"}, "sink"),
+        (RadialConfig, {"sink": 0}, "sink"),
+    ],
+)
+def test_bool_fields_must_be_bool(cls, kwargs, field):
+    with pytest.raises(ValueError, match=rf"{field} must be True(,| or) False"):
+        cls(**kwargs)
+
+
+def test_configs_are_read_only_after_construction():
+    import dataclasses
+
+    cfg = RadialConfig(decay=0.5)
+    with pytest.raises(ValueError, match=r"RadialConfig.block_size cannot be changed .*dataclasses.replace"):
+        cfg.block_size = 100
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.decay = 0.3
+    assert cfg.block_size == 128 and cfg.decay == 0.5
+    # Copies go through dataclasses.replace, which validates again.
+    assert dataclasses.replace(cfg, decay=0.3).decay == 0.3
+    with pytest.raises(ValueError, match="block_size"):
+        dataclasses.replace(cfg, block_size=100)
+    # Construction-time normalisation still works, and the copy is read-only too.
+    draft = DraftConfig(pool=[8, 16])
+    assert draft.pool == (8, 16)
+    with pytest.raises(ValueError, match="pool"):
+        draft.pool = (4, 4)

@@ -32,9 +32,8 @@ def _worker(rank, world, port, method, result_path, model_name="wan"):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         model, x, plan = _model_and_inputs(model_name)
-        cfg = ds.make_config(method, dense_steps=0, dense_layers=0, block_size=16)
-        if method == "radial":
-            cfg.decay = 0.3
+        extra = {"decay": 0.3} if method == "radial" else {}
+        cfg = ds.make_config(method, dense_steps=0, dense_layers=0, block_size=16, **extra)
         ds.apply_sparse_attention(model, cfg)
         model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world), cp_plan=plan)
         with torch.no_grad():
@@ -60,9 +59,8 @@ def test_ulysses_two_ranks_equal_single_process(model_name, method, tmp_path):
     import dit_sparse as ds
 
     model, x, _ = _model_and_inputs(model_name)
-    cfg = ds.make_config(method, dense_steps=0, dense_layers=0, block_size=16)
-    if method == "radial":
-        cfg.decay = 0.3
+    extra = {"decay": 0.3} if method == "radial" else {}
+    cfg = ds.make_config(method, dense_steps=0, dense_layers=0, block_size=16, **extra)
     ds.apply_sparse_attention(model, cfg)
     with torch.no_grad():
         ref = model(**x)[0]
