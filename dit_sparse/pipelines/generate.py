@@ -132,7 +132,13 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     s.add_argument("--density", type=float, default=None, help="draft: fraction of key blocks kept")
     s.add_argument("--refresh-every", type=int, default=None, help="recompute dynamic patterns every N steps")
     s.add_argument("--backend", default=None, choices=["auto", "fa4", "triton", "flex", "reference"])
-    s.add_argument("--block-size", type=int, default=None, help="tokens per block (power of two, 64 or 128)")
+    s.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="tokens per block: a power of two in [16, 1024] (default: the model's preset, 128 for Wan and "
+        "HunyuanVideo, 32 for tiny)",
+    )
 
     o = parser.add_argument_group("output")
     o.add_argument("--out", default=None, help="mp4 path of the sparse video (default: outputs/<model>_<method>.mp4)")
@@ -205,26 +211,67 @@ def _short(err: BaseException, limit: int = 400) -> str:
     return f"{type(err).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
-def _load_wan(model_id: str, preset: ModelPreset, dtype: torch.dtype):
+def hub_access(model_id: str, pipeline_class: str = "the pipeline") -> Dict[str, Any]:
+    """Extra ``from_pretrained`` arguments for a Hub id, after checking that it can be loaded at all.
+
+    Without this check, no network and no cached copy show as five retried HEAD requests and then a misleading
+    "does not appear to have a file named config.json". Returns ``{"local_files_only": True}`` when the Hub cannot be
+    reached but the cache has the model (no retries then), else ``{}``.
+
+    Raises:
+        GenerationError: the model is not in the local cache and the Hub cannot be reached (or HF_HUB_OFFLINE is set).
+    """
+    from huggingface_hub import constants, get_session, try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(model_id, "model_index.json"), str)
+    fixes = (
+        f"download it once where there is network (`hf download {model_id}`, into {constants.HF_HUB_CACHE} or "
+        "$HF_HOME), pass a local folder written by pipe.save_pretrained(...), or use --model tiny (shipped, offline)"
+    )
+    where = f"could not load model {model_id!r}: tried {pipeline_class}.from_pretrained from the Hugging Face Hub"
+    if constants.HF_HUB_OFFLINE:
+        if cached:
+            return {}
+        raise GenerationError(
+            f"{where}, but HF_HUB_OFFLINE is set and there is no local copy in the cache {constants.HF_HUB_CACHE}. "
+            f"Unset HF_HUB_OFFLINE to download it, or: {fixes}"
+        )
+    try:
+        get_session().head(constants.ENDPOINT, timeout=10)  # one request, honouring proxies; no retries
+    except Exception as err:  # any failure to reach the endpoint (DNS, refused, timeout, proxy, TLS)
+        if cached:
+            logger.warning("%s is unreachable (%s): loading %s from the local cache", constants.ENDPOINT,
+                           _short(err, 120), model_id)
+            return {"local_files_only": True}
+        raise GenerationError(
+            f"{where}, but there is no network ({constants.ENDPOINT} cannot be reached: {_short(err, 160)}) and no "
+            f"local copy in the cache {constants.HF_HUB_CACHE}: {fixes}"
+        ) from err
+    return {}
+
+
+def _load_wan(model_id: str, preset: ModelPreset, dtype: torch.dtype, **hub):
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
 
     # The Wan VAE is run in float32, as Diffusers' Wan docs recommend (bf16 decoding shows artefacts).
-    vae = AutoencoderKLWan.from_pretrained(model_id, subfolder="vae", **dtype_kwarg(resolve_dtype(preset.vae_dtype)))
-    pipe = WanPipeline.from_pretrained(model_id, vae=vae, **dtype_kwarg(dtype))
+    vae = AutoencoderKLWan.from_pretrained(
+        model_id, subfolder="vae", **dtype_kwarg(resolve_dtype(preset.vae_dtype)), **hub
+    )
+    pipe = WanPipeline.from_pretrained(model_id, vae=vae, **dtype_kwarg(dtype), **hub)
     if preset.flow_shift is not None:
         pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config, flow_shift=preset.flow_shift)
     return pipe
 
 
-def _load_hunyuan(model_id: str, preset: ModelPreset, dtype: torch.dtype):
+def _load_hunyuan(model_id: str, preset: ModelPreset, dtype: torch.dtype, **hub):
     from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline, HunyuanVideoTransformer3DModel
 
     # As in Diffusers' HunyuanVideo example: transformer in bf16, text encoders and VAE in fp16, tiled VAE decoding.
     transformer = HunyuanVideoTransformer3DModel.from_pretrained(
-        model_id, subfolder="transformer", **dtype_kwarg(dtype)
+        model_id, subfolder="transformer", **dtype_kwarg(dtype), **hub
     )
     pipe = HunyuanVideoPipeline.from_pretrained(
-        model_id, transformer=transformer, **dtype_kwarg(resolve_dtype(preset.vae_dtype))
+        model_id, transformer=transformer, **dtype_kwarg(resolve_dtype(preset.vae_dtype)), **hub
     )
     pipe.vae.enable_tiling()
     if preset.flow_shift is not None:
@@ -264,8 +311,9 @@ def load_pipeline(
     else:
         loader = _load_hunyuan if preset.family == "hunyuan_video" else _load_wan
         local = Path(os.path.expanduser(preset.model_id)).is_dir()
+        hub = {} if local else hub_access(preset.model_id, preset.pipeline_class)
         try:
-            pipe = loader(preset.model_id, preset, dtype)
+            pipe = loader(preset.model_id, preset, dtype, **hub)
         except (OSError, ValueError, ImportError, RuntimeError, KeyError, TypeError) as err:
             if isinstance(err, OutOfMemoryError):
                 raise
@@ -496,8 +544,9 @@ def _device_name(device: str) -> str:
 
 
 def _json_safe(value):
+    # JSON has no infinity: a non-finite number is null, never a string (identical videos: see "identical_to_dense").
     if isinstance(value, float) and not np.isfinite(value):
-        return None if np.isnan(value) else ("inf" if value > 0 else "-inf")
+        return None
     if isinstance(value, dict):
         return {str(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -588,8 +637,9 @@ def generate(args: argparse.Namespace) -> Dict[str, Any]:
     summary = sparse.summary or {}
     density, density_source = run_density(args.method, sparse)
     report = {
-        "psnr": metrics["psnr"],
+        "psnr": metrics["psnr"],  # null in the JSON when the videos are identical (infinite PSNR)
         "ssim": metrics["ssim"],
+        "identical_to_dense": bool(np.array_equal(dense.frames, sparse.frames)) if dense is not None else None,
         "sparse_seconds": sparse.seconds,
         "dense_seconds": dense.seconds if dense is not None else None,
         "speedup": dense.seconds / sparse.seconds if dense is not None else None,
@@ -682,7 +732,8 @@ def format_report(report: Dict[str, Any]) -> str:
     if report["dense_seconds"] is not None:
         lines.append(f"dense: {report['dense_seconds']:.2f} s -> {report['dense_video']}")
         lines.append(
-            f"speedup {report['speedup']:.2f}x  PSNR {_fmt(report['psnr'], '.2f', ' dB')}  "
+            f"speedup {report['speedup']:.2f}x  "
+            f"PSNR {'inf (identical)' if report.get('identical_to_dense') else _fmt(report['psnr'], '.2f', ' dB')}  "
             f"SSIM {_fmt(report['ssim'], '.4f')}"
         )
     return "\n".join(lines)
