@@ -84,8 +84,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         "--model",
         default="tiny",
         help="Hub id (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers, hunyuanvideo-community/HunyuanVideo), a local pipeline "
-        "folder, a short name (wan2.1-1.3b, wan2.1-14b, wan2.2-a14b, hunyuanvideo) or 'tiny' (a small random Wan "
-        "built offline, for trying things on a CPU). Default: tiny",
+        "folder, a short name (wan2.1-1.3b, wan2.1-14b, wan2.2-a14b, hunyuanvideo) or 'tiny' (a small Wan trained "
+        "on procedural videos, shipped in the package, for trying things on a CPU). Default: tiny",
     )
     m.add_argument("--device", default=None, help="cuda, cuda:1, cpu, ... (default: cuda when available)")
     m.add_argument(
