@@ -3,6 +3,11 @@
 ``block_sparse_attention(q, k, v, layout, backend="auto")`` validates inputs, applies the layout's token permutation,
 runs the chosen engine and restores the token order. Engines register themselves in ``_BACKENDS`` with an
 availability check, so a missing optional dependency (FlashAttention-4, Triton) only removes that engine.
+
+Checks, as in Diffusers' ``attention_dispatch``: dtypes, devices and shapes (metadata only, free) are always checked.
+The layout's index values (in range, increasing, permutations that are permutations) need a device-to-host sync, so
+on a GPU they are checked only on request: ``check_layout=True`` or the environment variable
+``DIT_SPARSE_CHECK_LAYOUT=1``. The reference backend on the CPU always checks them (no sync to avoid there).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from ..layout import BlockLayout
 from .reference import reference_block_sparse_attention
 
 BACKENDS = ("auto", "fa4", "triton", "flex", "reference")
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+CHECK_LAYOUT_ENV = "DIT_SPARSE_CHECK_LAYOUT"
 
 
 @dataclass
@@ -110,7 +117,36 @@ def resolve_backend(backend: str, device, dtype, head_dim: int, kind: str = "fix
     return _AUTO_CACHE[key]
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
 def _check_inputs(q, k, v, layout: BlockLayout):
+    """Metadata checks (no host sync): types, dtypes, devices and shapes of the inputs against the layout."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(
+                f"{name} must be a torch.Tensor (batch, heads, seq_len, head_dim), got {type(x).__name__}"
+            )
+    if not isinstance(layout, BlockLayout):
+        raise ValueError(f"layout must be a dit_sparse.BlockLayout, got {type(layout).__name__}")
+    if q.dtype not in DTYPES:
+        raise ValueError(
+            f"q has dtype {_dtype_name(q.dtype)}; block_sparse_attention takes float16, bfloat16 or float32: "
+            "cast q, k and v, e.g. q.to(torch.bfloat16)"
+        )
+    for name, x in (("k", k), ("v", v)):
+        if x.dtype != q.dtype:
+            raise ValueError(
+                f"{name} has dtype {_dtype_name(x.dtype)} but q has {_dtype_name(q.dtype)}; q, k and v must share one "
+                f"dtype: cast them, e.g. {name}.to(q.dtype)"
+            )
+    for name, x in (("k", k), ("v", v)):
+        if x.device != q.device:
+            raise ValueError(
+                f"{name} is on {x.device} but q is on {q.device}; move q, k and v to one device, "
+                f"e.g. {name}.to(q.device)"
+            )
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
             "q, k, v must be (batch, heads, seq_len, head_dim); "
@@ -118,7 +154,10 @@ def _check_inputs(q, k, v, layout: BlockLayout):
         )
     b, h, lq, d = q.shape
     if k.shape[:2] != (b, h) or v.shape[:3] != k.shape[:3] or k.shape[-1] != d:
-        raise ValueError(f"incompatible q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+        raise ValueError(
+            f"incompatible q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}: k needs q's batch, heads and "
+            "head_dim, v needs k's batch, heads and seq_len"
+        )
     if layout.seq_len_q != lq or layout.seq_len_kv != k.shape[2]:
         raise ValueError(
             f"layout was built for seq_len_q={layout.seq_len_q}, seq_len_kv={layout.seq_len_kv} but got "
@@ -126,7 +165,99 @@ def _check_inputs(q, k, v, layout: BlockLayout):
         )
     lb, lh = layout.kv_indices.shape[:2]
     if lb not in (1, b) or lh not in (1, h):
-        raise ValueError(f"layout has batch {lb} and heads {lh}; inputs have batch {b} and heads {h}")
+        raise ValueError(
+            f"layout has batch {lb} and heads {lh}; inputs have batch {b} and heads {h}: build the layout with batch "
+            f"1 or {b} and heads 1 or {h}"
+        )
+    tensors = {
+        "kv_indices": layout.kv_indices,
+        "kv_counts": layout.kv_counts,
+        "q_block_starts": layout.q_block_starts,
+        "kv_block_starts": layout.kv_block_starts,
+        "q_perm": layout.q_perm,
+        "kv_perm": layout.kv_perm,
+        "kv_valid_len": layout.kv_valid_len,
+    }
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise ValueError(f"layout.{name} has dtype {_dtype_name(t.dtype)}; it must hold integers (int32/int64)")
+        if t.device != q.device:
+            raise ValueError(f"layout.{name} is on {t.device} but q is on {q.device}; use layout.to(q.device)")
+    for name, length in (("q_perm", lq), ("kv_perm", k.shape[2])):
+        perm = tensors[name]
+        if perm is not None and (perm.dim() != 3 or perm.shape[0] not in (1, b) or perm.shape[1] not in (1, h)
+                                 or perm.shape[2] != length):
+            raise ValueError(
+                f"layout.{name} has shape {tuple(perm.shape)}; it must be [{b} or 1, {h} or 1, {length}] "
+                "(one index per token)"
+            )
+    for name, n in (("q_block_starts", layout.num_q_blocks), ("kv_block_starts", None)):
+        starts = tensors[name]
+        if starts is not None and (starts.dim() != 3 or starts.shape[0] not in (1, b)
+                                   or starts.shape[1] not in (1, h) or (n is not None and starts.shape[2] != n + 1)):
+            want = f"{n + 1}" if n is not None else "num_kv_blocks + 1"
+            raise ValueError(f"layout.{name} has shape {tuple(starts.shape)}; it must be [{b} or 1, {h} or 1, {want}]")
+    if layout.kv_valid_len is not None and layout.kv_valid_len.numel() not in (1, b):
+        raise ValueError(
+            f"layout.kv_valid_len has {layout.kv_valid_len.numel()} entries; it needs one per batch element ({b})"
+        )
+
+
+def _check_layout_values(layout: BlockLayout) -> None:
+    """Index ranges of ``layout`` (a device-to-host sync: debugging, tests and the CPU reference backend only)."""
+    nk = layout.num_kv_blocks
+    kmax = layout.kv_indices.shape[-1]
+    counts, idx = layout.kv_counts, layout.kv_indices
+    if counts.numel() and (int(counts.min()) < 0 or int(counts.max()) > min(nk, kmax)):
+        raise ValueError(
+            f"layout.kv_counts has values in [{int(counts.min())}, {int(counts.max())}]; they must be in "
+            f"[0, {min(nk, kmax)}] (at most the {nk} key blocks and the {kmax} columns of kv_indices); build layouts "
+            "with BlockLayout.from_block_mask"
+        )
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= max(nk, 1)):
+        raise ValueError(
+            f"layout.kv_indices has values in [{int(idx.min())}, {int(idx.max())}]; every entry (padding included) "
+            f"must be a key block in [0, {nk}); build layouts with BlockLayout.from_block_mask"
+        )
+    listed = torch.arange(1, kmax, device=idx.device) < counts.unsqueeze(-1)
+    if bool((listed & (idx[..., 1:] <= idx[..., :-1])).any()):
+        raise ValueError(
+            "layout.kv_indices must be strictly increasing within each row's first kv_counts entries; build layouts "
+            "with BlockLayout.from_block_mask"
+        )
+    for name, length in (("q_perm", layout.seq_len_q), ("kv_perm", layout.seq_len_kv)):
+        perm = getattr(layout, name)
+        if perm is None:
+            continue
+        expected = torch.arange(length, device=perm.device, dtype=perm.dtype)
+        if not bool((perm.sort(dim=-1).values == expected).all()):
+            raise ValueError(f"layout.{name} must be a permutation of 0..{length - 1} in every (batch, head) row")
+    for name, length, block in (
+        ("q_block_starts", layout.seq_len_q, layout.block_q),
+        ("kv_block_starts", layout.seq_len_kv, layout.block_kv),
+    ):
+        starts = getattr(layout, name)
+        if starts is None:
+            continue
+        sizes = starts[..., 1:] - starts[..., :-1]
+        if bool((starts[..., 0] != 0).any() or (starts[..., -1] != length).any() or (sizes < 0).any()
+                or (sizes > block).any()):
+            raise ValueError(
+                f"layout.{name} must start at 0, end at {length} and not decrease, with blocks of at most {block} "
+                "tokens"
+            )
+    if layout.kv_valid_len is not None:
+        valid = layout.kv_valid_len
+        if bool((valid < 0).any() or (valid > layout.seq_len_kv).any()):
+            raise ValueError(f"layout.kv_valid_len must be in [0, {layout.seq_len_kv}], got {valid.tolist()}")
+
+
+def _layout_check_requested(check_layout: Optional[bool]) -> bool:
+    if check_layout is not None:
+        return bool(check_layout)
+    return os.environ.get(CHECK_LAYOUT_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def _gather_tokens(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
@@ -143,6 +274,7 @@ def block_sparse_attention(
     backend: str = "auto",
     return_lse: bool = False,
     scale: Optional[float] = None,
+    check_layout: Optional[bool] = None,
 ):
     """Attention restricted to the key blocks listed in ``layout``.
 
@@ -152,6 +284,9 @@ def block_sparse_attention(
         backend (`str`): "auto" | "fa4" | "triton" | "flex" | "reference".
         return_lse (`bool`): also return the log-sum-exp of the scores per query (natural log), [B, H, L].
         scale (`float`, optional): softmax scale, default ``1 / sqrt(D)``.
+        check_layout (`bool`, optional): also check the layout's index values (ranges, order, permutations), which
+            costs a device-to-host sync. `None` = when ``DIT_SPARSE_CHECK_LAYOUT=1`` is set, and always for the
+            reference backend on the CPU.
 
     Returns:
         ``out`` (B, H, L, D) in q's dtype, or ``(out, lse)`` when ``return_lse``. A query block with no key blocks
@@ -161,6 +296,11 @@ def block_sparse_attention(
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     name = resolve_backend(backend, q.device, q.dtype, q.shape[-1], layout.kind)
+    if not torch.compiler.is_compiling() and (
+        _layout_check_requested(check_layout)
+        or (check_layout is None and name == "reference" and q.device.type == "cpu")
+    ):
+        _check_layout_values(layout)
     if layout.q_perm is not None:
         q = _gather_tokens(q, layout.q_perm)
     if layout.kv_perm is not None:
@@ -179,6 +319,7 @@ def block_sparse_attention(
 
 __all__ = [
     "BACKENDS",
+    "CHECK_LAYOUT_ENV",
     "available_backends",
     "block_sparse_attention",
     "register_backend",

@@ -84,8 +84,10 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
         "--model",
         default="tiny",
         help="Hub id (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers, hunyuanvideo-community/HunyuanVideo), a local pipeline "
-        "folder, a short name (wan2.1-1.3b, wan2.1-14b, wan2.2-a14b, hunyuanvideo) or 'tiny' (a small Wan trained "
-        "on procedural videos, shipped in the package, for trying things on a CPU). Default: tiny",
+        "folder, a short name (wan2.1-1.3b, wan2.1-14b, wan2.2-a14b, hunyuanvideo), 'tiny' (a small Wan trained "
+        "on procedural videos, shipped in the package, for trying things on a CPU) or 'small' (its larger sibling at "
+        "33x384x640 = 8,640 tokens, for a GPU; weights from `python -m dit_sparse.pipelines.train_tiny --preset "
+        "small`). Default: tiny",
     )
     m.add_argument("--device", default=None, help="cuda, cuda:1, cpu, ... (default: cuda when available)")
     m.add_argument(
@@ -288,7 +290,8 @@ def load_pipeline(
     compile: bool = False,
     seed: int = 0,
 ):
-    """Loads (or, for ``tiny``, builds) the preset's pipeline, placed on ``device`` or CPU-offloaded.
+    """Loads (or, for ``tiny``, builds) the preset's pipeline, placed on ``device`` or CPU-offloaded (``tiny`` and
+    ``small`` load their packaged folders, or ``$DIT_SPARSE_TINY_MODEL`` / ``$DIT_SPARSE_SMALL_MODEL``).
 
     Args:
         preset (`ModelPreset`): from `preset_for`.
@@ -308,6 +311,13 @@ def load_pipeline(
         from .tiny import build_tiny_pipeline
 
         pipe = build_tiny_pipeline(seed=seed, device="cpu" if offload else device, dtype=dtype)
+    elif preset.model_id == "small":
+        from .tiny import build_small_pipeline
+
+        try:
+            pipe = build_small_pipeline(device="cpu" if offload else device, dtype=dtype)
+        except ValueError as err:  # weights not installed: the message says how to train or unpack them
+            raise GenerationError(str(err)) from err
     else:
         loader = _load_hunyuan if preset.family == "hunyuan_video" else _load_wan
         local = Path(os.path.expanduser(preset.model_id)).is_dir()
