@@ -267,8 +267,8 @@ def build_demo(
     runner = DemoRunner(model, device, dtype, pipe=pipe)
     preset = runner.preset
     d = dict(
-        # The tiny model knows only its training captions' words; real models take any prompt.
-        prompt=("a red square moves left over a striped background" if preset.name == "tiny"
+        # The tiny and small models know only their training captions' words; real models take any prompt.
+        prompt=("a red square moves left over a striped background" if preset.name in ("tiny", "small")
                 else "A red fox running through fresh snow in a sunny forest, cinematic"),
         method="radial",
         steps=preset.steps,

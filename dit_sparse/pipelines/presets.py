@@ -104,6 +104,16 @@ TINY_SPARSE = {
                  "block_size": 32},
     "draft": {"dense_steps": 0.25, "dense_layers": 1, "density": 0.25, "block_size": 32},
 }
+# The trained small model (7 blocks, 6 heads x 64) at its native 33x384x640: 9x24x40 = 8,640 tokens. The same
+# structure as TINY_SPARSE with Wan-sized 128-token blocks (67.5 blocks per sequence, like Wan 1.3B's partial last
+# block); the values are starting points, to be tuned on this model.
+SMALL_SPARSE = {
+    "dense": {},
+    "radial": {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.2, "block_size": 128},
+    "semantic": {"dense_steps": 0.25, "dense_layers": 1, "top_p": 0.9, "q_clusters": 32, "kv_clusters": 64,
+                 "block_size": 128},
+    "draft": {"dense_steps": 0.25, "dense_layers": 1, "density": 0.25, "block_size": 128},
+}
 
 PRESETS: Dict[str, ModelPreset] = {
     "tiny": ModelPreset(
@@ -119,6 +129,20 @@ PRESETS: Dict[str, ModelPreset] = {
         flow_shift=3.0,
         dtype="float32",
         sparse=TINY_SPARSE,
+    ),
+    "small": ModelPreset(
+        name="small",
+        model_id="small",
+        family="wan",
+        pipeline_class="WanPipeline",
+        height=384,
+        width=640,
+        frames=33,
+        steps=20,
+        guidance=5.0,
+        flow_shift=3.0,
+        dtype="bfloat16",  # a GPU model (trained in bf16 autocast); the CLI still defaults to float32 on a CPU
+        sparse=SMALL_SPARSE,
     ),
     "wan2.1-1.3b": ModelPreset(
         name="wan2.1-1.3b",
@@ -193,7 +217,7 @@ def _by_model_id() -> Dict[str, ModelPreset]:
 
 def known_models() -> Tuple[str, ...]:
     """Hub ids and short names that have a preset."""
-    return tuple(p.model_id for p in PRESETS.values()) + tuple(k for k in PRESETS if k != "tiny")
+    return tuple(p.model_id for p in PRESETS.values()) + tuple(k for k, p in PRESETS.items() if k != p.model_id)
 
 
 def _read_model_index(path: Path) -> Optional[dict]:
@@ -239,9 +263,9 @@ def preset_for(model: str) -> ModelPreset:
         cls = "HunyuanVideoPipeline" if "hunyuan" in key.lower() else "WanPipeline"
         return _GENERIC[cls].replace(model_id=key)
     raise ValueError(
-        f"unknown model {model!r}: it is not 'tiny', not a known short name ({', '.join(PRESETS)}), not an "
+        f"unknown model {model!r}: it is not 'tiny' or 'small', not a known short name ({', '.join(PRESETS)}), not an "
         f"existing local folder and not a Hub id of the form owner/name. Known Hub ids: "
-        f"{', '.join(p.model_id for p in PRESETS.values() if p.model_id != 'tiny')}"
+        f"{', '.join(p.model_id for p in PRESETS.values() if p.model_id not in PRESETS)}"
     )
 
 

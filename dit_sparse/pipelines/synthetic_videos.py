@@ -1,6 +1,6 @@
-"""Procedural captioned videos, generated on the fly from seeds, to train the small ``tiny`` text-to-video model.
+"""Procedural captioned videos, generated on the fly from seeds, to train the ``tiny`` and ``small`` video models.
 
-Each clip shows one to three textured shapes (square, circle, triangle) that move with a constant velocity, may spin
+Each clip shows a few textured shapes (square, circle, triangle) that move with a constant velocity, may spin
 and change color, and occlude one another in z-order, over a textured background (solid, striped, checkered,
 gradient), filmed by a camera that may pan and zoom (a global affine map of the scene). The caption is built from
 the sampled attributes with a small template grammar, e.g.::
@@ -8,9 +8,15 @@ the sampled attributes with a small template grammar, e.g.::
     a red square moves left over a white striped background
     a blue circle and a green triangle drift up while the camera zooms in over a gray checkered background
 
+A :class:`SceneStyle` sets the scene statistics: ``TINY_STYLE`` (the default, one to three shapes, what the ``tiny``
+model trains on) or ``SMALL_STYLE`` for the larger ``small`` model (33 frames at 384x640): two to eight smaller
+shapes spread over the wide frame, some crossing the whole frame within the clip and some repeating the look of
+another shape, so attention has long-range structure (the same object far away in space and time) and content
+structure (equal-looking objects in distant places) and not only local structure.
+
 Scene parameters are drawn per sample from ``random.Random`` seeded by ``(seed, index)``, so a clip depends only on
 the seed and its index in the batch (not on the batch size or the device). Rendering is fully vectorised in torch
-over (batch, frame, row, column): no Python loop runs per pixel or per frame, only over the (at most three) objects,
+over (batch, frame, row, column): no Python loop runs per pixel or per frame, only over the (at most eight) objects,
 so a batch renders in milliseconds on a GPU. Edges and textures are anti-aliased over about one pixel, so the same
 scene renders consistently at any resolution.
 
@@ -106,6 +112,71 @@ class Scene:
     verbs: List[str] = field(default_factory=list)  # one singular verb per motion clause
 
 
+@dataclass(frozen=True)
+class SceneStyle:
+    """Statistics of the sampled scenes (lengths in scene units: the frame is 2 units high).
+
+    Args:
+        object_counts (`tuple` of `int`), count_weights (`tuple` of `float`): how many shapes a scene has, and the
+            weights of those counts.
+        radius (`(float, float)`): range of the shape radius.
+        center_x, center_y (`float`): shape positions at mid-clip are uniform in ``[-center_x, center_x] x
+            [-center_y, center_y]`` (for a wide frame ``center_x`` should grow with the aspect ratio).
+        speed (`(float, float)`): speed range of moving shapes, units per second.
+        cross_prob (`float`): probability that a moving shape is fast (``cross_speed``), so that it travels across
+            most of the frame within the clip.
+        cross_speed (`(float, float)`): speed range of those shapes.
+        repeat_prob (`float`): probability that a shape (after the first) copies the shape, texture and color of an
+            earlier one, so equal-looking objects appear in distant places.
+        shared_prob (`float`): probability that all shapes of a multi-shape scene move together.
+    """
+
+    object_counts: Tuple[int, ...] = (1, 2, 3)
+    count_weights: Tuple[float, ...] = (0.4, 0.35, 0.25)
+    radius: Tuple[float, float] = (0.18, 0.32)
+    center_x: float = 0.6
+    center_y: float = 0.55
+    speed: Tuple[float, float] = (0.5, 0.9)
+    cross_prob: float = 0.0
+    cross_speed: Tuple[float, float] = (1.2, 2.0)
+    repeat_prob: float = 0.0
+    shared_prob: float = 0.5
+
+    @property
+    def max_objects(self) -> int:
+        return max(self.object_counts)
+
+
+# The ``tiny`` model's scenes (the defaults; the random draws are exactly those of the original generator).
+TINY_STYLE = SceneStyle()
+# The ``small`` model's scenes, for 5:3 frames (384x640, aspect 1.67): more and smaller shapes spread over the width;
+# a third of the moving ones cross the frame in a 33-frame clip (2 s at 16 fps: 2.4-4 units against a frame 3.3
+# units wide), a quarter repeat an earlier shape's look, and shared motion is rarer (it hides independent motion).
+SMALL_STYLE = SceneStyle(
+    object_counts=(2, 3, 4, 5, 6, 7, 8),
+    count_weights=(0.1, 0.15, 0.2, 0.2, 0.15, 0.1, 0.1),
+    radius=(0.1, 0.24),
+    center_x=1.4,
+    center_y=0.75,
+    speed=(0.4, 0.9),
+    cross_prob=0.35,
+    cross_speed=(1.2, 2.0),
+    repeat_prob=0.25,
+    shared_prob=0.25,
+)
+STYLES = {"tiny": TINY_STYLE, "small": SMALL_STYLE}
+
+
+def _style(style: Union[str, SceneStyle, None]) -> SceneStyle:
+    if style is None:
+        return TINY_STYLE
+    if isinstance(style, str):
+        if style not in STYLES:
+            raise ValueError(f"unknown scene style {style!r}; known: {', '.join(STYLES)}")
+        return STYLES[style]
+    return style
+
+
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
@@ -146,8 +217,16 @@ def caption(scene: Scene) -> str:
     return f"{clause} over {_article(scene.bg_color)} {scene.bg_color} {scene.background} background"
 
 
-def sample_scene(rng: random.Random, max_objects: int = 3) -> Scene:
-    """Draw the attributes of one scene from ``rng``."""
+def sample_scene(rng: random.Random, max_objects: Optional[int] = None,
+                 style: Union[str, SceneStyle, None] = None) -> Scene:
+    """Draw the attributes of one scene from ``rng``.
+
+    Args:
+        rng (`random.Random`): the source of randomness.
+        max_objects (`int`, *optional*): at most this many shapes (defaults to the style's largest count).
+        style (`str` or `SceneStyle`, *optional*): ``"tiny"`` (default), ``"small"`` or a `SceneStyle`.
+    """
+    st = _style(style)
     bg_color = rng.choice(COLORS)
     scene = Scene(
         background=rng.choice(BACKGROUNDS),
@@ -156,10 +235,13 @@ def sample_scene(rng: random.Random, max_objects: int = 3) -> Scene:
         bg_period=rng.uniform(0.25, 0.5),
     )
     obj_colors = [c for c in COLORS if c != bg_color]
-    n = min(max_objects, rng.choices((1, 2, 3), weights=(0.4, 0.35, 0.25))[0])
-    scene.shared_motion = n > 1 and rng.random() < 0.5
+    n = rng.choices(st.object_counts, weights=st.count_weights)[0]
+    n = min(max_objects, n) if max_objects is not None else n
+    scene.shared_motion = n > 1 and rng.random() < st.shared_prob
     shared_dir = None if rng.random() < 0.1 else rng.choice(list(DIRECTIONS))
-    for _ in range(n):
+    # draws that the tiny style does not use are skipped (not just unused) so its scenes stay what they were
+    shared_fast = scene.shared_motion and st.cross_prob > 0 and rng.random() < st.cross_prob
+    for k in range(n):
         if scene.shared_motion:
             direction = shared_dir
         else:
@@ -168,7 +250,9 @@ def sample_scene(rng: random.Random, max_objects: int = 3) -> Scene:
             velocity = (0.0, 0.0)
         else:
             dx, dy = DIRECTIONS[direction]
-            speed, jitter = rng.uniform(0.5, 0.9), rng.uniform(-0.15, 0.15)
+            speed, jitter = rng.uniform(*st.speed), rng.uniform(-0.15, 0.15)
+            if shared_fast or (not scene.shared_motion and st.cross_prob > 0 and rng.random() < st.cross_prob):
+                speed = rng.uniform(*st.cross_speed)
             velocity = (speed * dx - jitter * dy, speed * dy + jitter * dx)
         shape = rng.choice(SHAPES)
         texture = rng.choice(OBJECT_TEXTURES)
@@ -179,13 +263,17 @@ def sample_scene(rng: random.Random, max_objects: int = 3) -> Scene:
         color_to = None
         if rng.random() < 0.25:
             color_to = rng.choice([c for c in obj_colors if c != color])
+        if k > 0 and st.repeat_prob > 0 and rng.random() < st.repeat_prob:
+            twin = rng.choice(scene.objects)  # the same look elsewhere in the frame (its own motion and spin)
+            shape, texture, color, color_to = twin.shape, twin.texture, twin.color, twin.color_to
+            spin = spin if not (shape == "circle" and texture == "solid") else 0.0
         scene.objects.append(
             SceneObject(
                 shape=shape,
                 color=color,
                 texture=texture,
-                radius=rng.uniform(0.18, 0.32),
-                center=(rng.uniform(-0.6, 0.6), rng.uniform(-0.55, 0.55)),
+                radius=rng.uniform(*st.radius),
+                center=(rng.uniform(-st.center_x, st.center_x), rng.uniform(-st.center_y, st.center_y)),
                 velocity=velocity,
                 direction=direction,
                 angle=rng.uniform(0.0, 2 * math.pi),
@@ -205,9 +293,10 @@ def sample_scene(rng: random.Random, max_objects: int = 3) -> Scene:
     return scene
 
 
-def sample_scenes(batch_size: int, seed: int = 0, max_objects: int = 3) -> List[Scene]:
-    """``batch_size`` scenes; scene ``i`` depends only on ``(seed, i)``."""
-    return [sample_scene(random.Random(int(seed) * 1_000_003 + i), max_objects) for i in range(batch_size)]
+def sample_scenes(batch_size: int, seed: int = 0, max_objects: Optional[int] = None,
+                  style: Union[str, SceneStyle, None] = None) -> List[Scene]:
+    """``batch_size`` scenes; scene ``i`` depends only on ``(seed, i)`` (and the style)."""
+    return [sample_scene(random.Random(int(seed) * 1_000_003 + i), max_objects, style) for i in range(batch_size)]
 
 
 def _soft_wave(u: torch.Tensor, period: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
@@ -365,7 +454,8 @@ def sample_batch(
     seed: Optional[int] = None,
     device: Union[str, torch.device] = "cpu",
     dtype: torch.dtype = torch.float32,
-    max_objects: int = 3,
+    max_objects: Optional[int] = None,
+    style: Union[str, SceneStyle, None] = None,
 ) -> Tuple[torch.Tensor, List[str]]:
     """A batch of captioned synthetic videos.
 
@@ -378,14 +468,16 @@ def sample_batch(
             ``seed`` nor ``generator`` is given.
         device (`str` or `torch.device`): where to render.
         dtype (`torch.dtype`): dtype of the returned videos.
-        max_objects (`int`, defaults to 3): at most this many shapes per clip.
+        max_objects (`int`, *optional*): at most this many shapes per clip (defaults to the style's largest count:
+            3 for ``"tiny"``, 8 for ``"small"``).
+        style (`str` or `SceneStyle`, *optional*): the scene statistics, ``"tiny"`` (default) or ``"small"``.
 
     Returns:
         `(videos, captions)`: a float tensor of shape (B, 3, frames, height, width) in [-1, 1] and B captions.
     """
     if seed is None:
         seed = 0 if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator).item())
-    scenes = sample_scenes(batch_size, seed, max_objects)
+    scenes = sample_scenes(batch_size, seed, max_objects, style)
     videos = render_scenes(scenes, frames, height, width, device=device, dtype=dtype)
     return videos, [caption(s) for s in scenes]
 
@@ -397,9 +489,13 @@ __all__ = [
     "OBJECT_TEXTURES",
     "PALETTE",
     "SHAPES",
+    "SMALL_STYLE",
+    "STYLES",
+    "TINY_STYLE",
     "VOCAB",
     "Scene",
     "SceneObject",
+    "SceneStyle",
     "caption",
     "render_scenes",
     "sample_batch",

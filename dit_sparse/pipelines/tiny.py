@@ -10,6 +10,11 @@ runs on a laptop CPU, in CI and in the Gradio demo without downloading anything.
 ``dit_sparse/pipelines/tiny_model/``, saved with ``WanPipeline.save_pretrained``) and loads it; without one it builds
 a small architecture with random weights from a fixed seed. Random weights make noise-like videos, but every shape,
 schedule and timing is real.
+
+``build_small_pipeline`` loads the ``small`` model (33x384x640, 8,640 tokens: the sequence lengths sparse attention is
+for) from ``$DIT_SPARSE_SMALL_MODEL`` or the packaged ``dit_sparse/pipelines/small_model/``. It has no random
+fallback: at that size random weights would only make slow noise, so a missing folder is an error that says how to
+train or unpack one.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ import torch
 # points to another such folder instead (e.g. a freshly trained one).
 PRETRAINED_DIR = Path(__file__).resolve().parent / "tiny_model"
 ENV_VAR = "DIT_SPARSE_TINY_MODEL"
+# The same for the ``small`` model (trained by ``python -m dit_sparse.pipelines.train_tiny --preset small``).
+SMALL_PRETRAINED_DIR = Path(__file__).resolve().parent / "small_model"
+SMALL_ENV_VAR = "DIT_SPARSE_SMALL_MODEL"
 
 # Architecture of the random tiny model. The transformer uses head_dim 64, which every sparse kernel supports.
 TEXT_DIM = 32
@@ -122,11 +130,20 @@ def dtype_kwarg(dtype: torch.dtype) -> dict:
     return {"dtype": dtype}
 
 
-def _find_pretrained(pretrained_dir: Optional[Union[str, os.PathLike]]) -> Optional[Path]:
+def _find_pretrained(pretrained_dir: Optional[Union[str, os.PathLike]], env_var: str = ENV_VAR,
+                     default: Path = PRETRAINED_DIR) -> Optional[Path]:
     if pretrained_dir is None:
-        pretrained_dir = os.environ.get(ENV_VAR) or PRETRAINED_DIR
+        pretrained_dir = os.environ.get(env_var) or default
     path = Path(pretrained_dir).expanduser()
     return path if (path / "model_index.json").is_file() else None
+
+
+def _load_pretrained(path: Path, dtype: torch.dtype):
+    """``WanPipeline.from_pretrained(path)``: transformer / text encoder in ``dtype``, the VAE in float32."""
+    from diffusers import AutoencoderKLWan, WanPipeline
+
+    vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", **dtype_kwarg(torch.float32))
+    return WanPipeline.from_pretrained(path, vae=vae, **dtype_kwarg(dtype))
 
 
 def build_tiny_pipeline(
@@ -156,8 +173,7 @@ def build_tiny_pipeline(
 
     found = None if random_init else _find_pretrained(pretrained_dir)
     if found is not None:
-        vae = AutoencoderKLWan.from_pretrained(found, subfolder="vae", **dtype_kwarg(torch.float32))
-        pipe = WanPipeline.from_pretrained(found, vae=vae, **dtype_kwarg(dtype))
+        pipe = _load_pretrained(found, dtype)
         source = str(found)
     else:
         if pretrained_dir is not None and not random_init:
@@ -191,4 +207,48 @@ def build_tiny_pipeline(
     return pipe
 
 
-__all__ = ["PRETRAINED_DIR", "build_tiny_pipeline", "build_tiny_tokenizer", "dtype_kwarg"]
+def build_small_pipeline(
+    device: Union[str, torch.device] = "cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    pretrained_dir: Optional[Union[str, os.PathLike]] = None,
+):
+    """The trained ``small`` Wan text-to-video pipeline (native size 33x384x640: 9x24x40 = 8,640 tokens).
+
+    Args:
+        device (`str` or `torch.device`, defaults to "cpu"): where to put the pipeline.
+        dtype (`torch.dtype`, defaults to `torch.float32`): dtype of the transformer and text encoder; the VAE stays
+            in float32.
+        pretrained_dir (`str` or `os.PathLike`, *optional*): a ``WanPipeline.save_pretrained`` folder to load instead
+            of ``$DIT_SPARSE_SMALL_MODEL`` or the packaged ``dit_sparse/pipelines/small_model/``.
+
+    Returns:
+        `diffusers.WanPipeline`, with ``pipe._dit_sparse_tiny_source`` set to the folder it was loaded from.
+
+    Raises:
+        ValueError: no such folder holds a pipeline (there is no random fallback; the message says how to get one).
+    """
+    found = _find_pretrained(pretrained_dir, SMALL_ENV_VAR, SMALL_PRETRAINED_DIR)
+    if found is None:
+        where = pretrained_dir or os.environ.get(SMALL_ENV_VAR) or SMALL_PRETRAINED_DIR
+        raise ValueError(
+            f"the 'small' model's weights are not installed: {where} has no model_index.json. Train them on a GPU "
+            "with `python -m dit_sparse.pipelines.train_tiny --preset small --out DIR --minutes 8 --pack PACK` and "
+            f"point ${SMALL_ENV_VAR} to DIR, or unpack a packed run with `cat PACK/small_model.tar.part-* | tar -x "
+            f"-C {SMALL_PRETRAINED_DIR}` (or use --model tiny, which ships with the package)"
+        )
+    pipe = _load_pretrained(found, dtype)
+    pipe.to(device)
+    pipe._dit_sparse_tiny_source = str(found)
+    return pipe
+
+
+__all__ = [
+    "PRETRAINED_DIR",
+    "SMALL_ENV_VAR",
+    "SMALL_PRETRAINED_DIR",
+    "build_small_pipeline",
+    "build_tiny_pipeline",
+    "build_tiny_tokenizer",
+    "dtype_kwarg",
+]

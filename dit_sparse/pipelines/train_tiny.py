@@ -1,9 +1,25 @@
-"""Train the small ``tiny`` text-to-video ``WanPipeline`` on procedural videos, on one GPU in minutes.
+"""Train the ``tiny`` (or ``small``) text-to-video ``WanPipeline`` on procedural videos, on one GPU in minutes.
 
 Usage::
 
-    python -m dit_sparse.pipelines.train_tiny --out DIR [--minutes 9] [--vae-minutes 3] [--seed 0]
-        [--frames 17 --height 256 --width 256] [--resume] [--init-from PIPELINE_DIR] [--pack PACK_DIR] [--smoke]
+    python -m dit_sparse.pipelines.train_tiny --out DIR [--preset {tiny,small}] [--minutes 9] [--vae-minutes 3]
+        [--seed 0] [--frames 17 --height 256 --width 256] [--resume] [--init-from PIPELINE_DIR] [--pack PACK_DIR]
+        [--smoke]
+
+``--preset`` picks the architecture, the clip size, the scene statistics
+(:data:`~dit_sparse.pipelines.synthetic_videos.STYLES`) and the batch / pool / evaluation defaults (explicit options
+still win):
+
+* ``tiny`` (default): the model described below, 17x256x256 clips (5x16x16 latents, 1,280 tokens), one to three
+  shapes per clip;
+* ``small``: the regime sparse attention is for, 33x384x640 clips (9x48x80 latents, 9x24x40 = 8,640 tokens): the same
+  VAE and text encoder, a transformer of 7 layers, 6 heads x 64 = 384, ffn 1024 (15.2 M parameters; the whole bf16
+  pipeline is ~36 MB), batch 16, two to eight shapes per clip, some crossing the frame or repeating another's look
+  (``SMALL_STYLE``), captions tokenized to 128 tokens. Per training sample the transformer costs ~3.2 TFLOP
+  (forward + backward) and ~3 GiB of saved activations in bf16 autocast (so batch 16 needs ~50 GiB of an H200, no
+  gradient checkpointing; ``--grad-checkpointing`` trades compute for memory), while rendering a clip on the GPU is
+  a few milliseconds and encoding it ~0.5 TFLOP of convolutions: with 4 fresh clips per step of 16 the data side is a
+  few percent of the step. The VAE still trains on 9-frame 128x128 crops.
 
 Every component is a stock Diffusers / transformers class, so the result is an ordinary ``WanPipeline`` folder
 (``WanPipeline.from_pretrained(DIR)``) that runs the real generation path with a model that has learned something:
@@ -32,13 +48,15 @@ pipeline (bf16 weights, EMA of the transformer and text encoder) in ``DIR``, ``D
 curves, parameter counts, latent statistics, sample metrics), ``DIR/loss.png`` and ``DIR/samples.png`` (reference
 clips and generated clips for two captions). The metrics compare generated videos with the training distribution and
 with two noise baselines ("evidence that it learned"). ``--pack DIR2`` also writes the pipeline as a tar split into
-parts of at most 15 MiB (``cat DIR2/tiny_model.tar.part-* | tar -x -C DEST``) plus the log and images, and
+parts of at most 15 MiB (``cat DIR2/tiny_model.tar.part-* | tar -x -C DEST``, ``small_model.tar.part-*`` for
+``--preset small``; the PNGs are inside the tar) plus ``train_log.json``: at most four files for either preset, and
 ``--init-from PIPELINE_DIR`` continues training from such a saved pipeline (VAE frozen, fresh optimizer) when the
 checkpoint is not at hand.
 
 Runs are reproducible from ``--seed`` given the same number of steps (the data stream, timesteps and noise are derived
 from the seed and the step; GPU kernels are not bitwise deterministic). ``--smoke`` runs a few steps of a much smaller
-architecture on 5-frame 64x64 clips on a CPU in well under a minute (used by the tests).
+architecture on 5-frame 64x64 clips on a CPU in well under a minute (used by the tests; with ``--preset small`` it
+keeps that preset's scenes, token length and pack name).
 """
 
 from __future__ import annotations
@@ -62,11 +80,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dit_sparse.pipelines.synthetic_videos import COLORS, PALETTE, VOCAB, sample_batch, shade
+from dit_sparse.pipelines.synthetic_videos import (
+    COLORS,
+    PALETTE,
+    VOCAB,
+    render_scenes,
+    sample_batch,
+    sample_scenes,
+    shade,
+)
+from dit_sparse.pipelines.synthetic_videos import caption as scene_caption
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2 as in T5 / UMT5
 MAX_SEQUENCE_LENGTH = 512  # WanPipeline's default max_sequence_length
-TOKEN_LENGTH = 96  # training tokenizes captions to this length (captions are at most ~50 words)
+TOKEN_LENGTH = 96  # tiny: training tokenizes captions to this length (its captions are at most ~50 words)
 NUM_TRAIN_TIMESTEPS = 1000
 FLOW_SHIFT = 3.0
 PIPELINE_PARTS = ("model_index.json", "scheduler", "text_encoder", "tokenizer", "transformer", "vae")
@@ -110,6 +137,27 @@ DEFAULT_ARCH = {
         eos_token_id=1,
         decoder_start_token_id=0,
     ),
+}
+# The ``small`` model: tiny's VAE and text encoder, a wider and deeper transformer. 7 layers x (6 heads x 64, ffn 1024)
+# is 15.2 M parameters, 30.4 MB in bf16, so the pipeline with the VAE (2.3 M, 4.5 MB) and text encoder (1.1 MB) is
+# ~36 MB: three 15 MiB pack parts, and with tiny's ~21 MB it stays under the 64 MiB a GPU run returns. More layers
+# rather than a wider ffn: the sparse methods act per layer.
+SMALL_ARCH = {
+    "transformer": {**DEFAULT_ARCH["transformer"], "num_attention_heads": 6, "ffn_dim": 1024, "num_layers": 7},
+    "vae": dict(DEFAULT_ARCH["vae"]),
+    "text_encoder": dict(DEFAULT_ARCH["text_encoder"]),
+}
+ARCHS = {"tiny": DEFAULT_ARCH, "small": SMALL_ARCH}
+# Per-preset option defaults (explicit command-line options win; ``--smoke`` overrides the sizes of both).
+PRESET_DEFAULTS = {
+    "tiny": dict(frames=17, height=256, width=256),
+    # 8,640 tokens a clip: batch 16 (~50 GiB of activations); 4 fresh clips a step keep rendering and encoding a few
+    # percent of the step while the pool (~1.1 MB a latent) reuses each clip ~4 times. Evaluation at this size takes
+    # ~30-60 s (4 prompts, 20 steps, CFG, full-size VAE decodes), hence the larger reserve. Captions of up to eight
+    # shapes reach ~100 words, hence 128 tokens.
+    "small": dict(frames=33, height=384, width=640, batch_size=16, pool=256, fresh=4, warmup=100, vae_minutes=2.0,
+                  reserve_seconds=75.0, stat_clips=32, encode_chunk=4, eval_prompts=4, eval_batch=4,
+                  token_length=128),
 }
 SMOKE_ARCH = {
     "transformer": {**DEFAULT_ARCH["transformer"], "num_attention_heads": 2, "in_channels": 8, "out_channels": 8,
@@ -424,7 +472,7 @@ class TinyTrainer:
                 raise FileNotFoundError(f"--resume: no checkpoint at {self.ckpt_path}")
             state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
             log(f"resuming from {self.ckpt_path}: vae step {state['vae_step']}, dit step {state['dit_step']}")
-        self.arch = state["arch"] if state else copy.deepcopy(SMOKE_ARCH if args.smoke else DEFAULT_ARCH)
+        self.arch = state["arch"] if state else copy.deepcopy(SMOKE_ARCH if args.smoke else ARCHS[args.preset])
         self.vae, self.transformer, self.text_encoder = build_models(self.arch, len(self.tokenizer), args.seed)
         self.history = {"vae": [], "dit": [], "runs": []}
         self.vae_step = self.dit_step = 0
@@ -445,6 +493,8 @@ class TinyTrainer:
             self.vae_opt_state, self.dit_opt_state, self.ema_state = state["vae_opt"], state["dit_opt"], state["ema"]
         elif args.init_from:
             self._init_from_pipeline(args.init_from)
+        if args.grad_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
         self.vae.to(self.device)
         self.transformer.to(self.device)
         self.text_encoder.to(self.device)
@@ -477,7 +527,7 @@ class TinyTrainer:
         return self.deadline - time.monotonic()
 
     def tokenize(self, captions: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor]:
-        enc = self.tokenizer(list(captions), padding="max_length", max_length=TOKEN_LENGTH, truncation=True,
+        enc = self.tokenizer(list(captions), padding="max_length", max_length=self.args.token_length, truncation=True,
                              add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
         return enc.input_ids.to(self.device), enc.attention_mask.to(self.device)
 
@@ -491,7 +541,13 @@ class TinyTrainer:
         return mean, std
 
     def videos(self, n: int, frames: int, height: int, width: int, *stream) -> Tuple[torch.Tensor, List[str]]:
-        return sample_batch(n, frames, height, width, seed=derived_seed(self.args.seed, *stream), device=self.device)
+        """``n`` clips of the preset's scene style, rendered on the device ``--encode-chunk`` clips at a time (a
+        33x384x640 clip has 8 M pixels a channel: rendering many at once would need tens of GiB of temporaries)."""
+        scenes = sample_scenes(n, derived_seed(self.args.seed, *stream), style=self.args.preset)
+        chunk = max(1, self.args.encode_chunk)
+        x = torch.cat([render_scenes(scenes[i : i + chunk], frames, height, width, device=self.device)
+                       for i in range(0, n, chunk)])
+        return x, [scene_caption(sc) for sc in scenes]
 
     @torch.no_grad()
     def encode_latents(self, videos: torch.Tensor) -> torch.Tensor:
@@ -650,8 +706,8 @@ class TinyTrainer:
             ids, mask = self.tokenize(caps)
             if pool_lat is None:
                 pool_lat = torch.empty((pool, *lat.shape[1:]), dtype=lat.dtype, device=self.device)
-                pool_ids = torch.empty((pool, TOKEN_LENGTH), dtype=ids.dtype, device=self.device)
-                pool_mask = torch.empty((pool, TOKEN_LENGTH), dtype=mask.dtype, device=self.device)
+                pool_ids = torch.empty((pool, a.token_length), dtype=ids.dtype, device=self.device)
+                pool_mask = torch.empty((pool, a.token_length), dtype=mask.dtype, device=self.device)
             where = (torch.arange(n_new, device=self.device) + cursor) % pool
             pool_lat[where], pool_ids[where], pool_mask[where] = lat, ids, mask
             cursor = (cursor + n_new) % pool
@@ -795,7 +851,7 @@ def evaluate_pipeline(path, args: argparse.Namespace, device: torch.device) -> d
     pipe = load_pipeline(path, device, torch.bfloat16 if cuda else torch.float32)
     n = max(args.eval_prompts, 2)
     ref, captions = sample_batch(n, args.frames, args.height, args.width, seed=derived_seed(args.seed, "eval"),
-                                 device=device)
+                                 device=device, style=getattr(args, "preset", "tiny"))
     t0 = time.monotonic()
     frames = []
     for i in range(0, n, args.eval_batch):
@@ -847,20 +903,27 @@ def evaluate_pipeline(path, args: argparse.Namespace, device: torch.device) -> d
 
 
 def save_sample_grid(path: Path, captions: Sequence[str], data: torch.Tensor, gen: torch.Tensor,
-                     max_cols: int = 9) -> None:
-    """PNG grid: for each caption a row of reference frames (training distribution) and a row of generated ones."""
+                     max_cols: int = 9, max_frame_width: int = 256) -> None:
+    """PNG grid: for each caption a row of reference frames (training distribution) and a row of generated ones.
+
+    Frames wider than ``max_frame_width`` are shrunk (the ``small`` preset's 640-wide frames would make a grid of
+    several MB, and it travels back from the GPU machine in a size-limited pack)."""
     from PIL import Image, ImageDraw
 
     f = data.shape[1]
     cols = np.unique(np.linspace(0, f - 1, min(max_cols, f)).round().astype(int))
     h, w = data.shape[2:4]
+    scale = min(1.0, max_frame_width / w)
+    h, w = max(1, round(h * scale)), max(1, round(w * scale))
     text_h = 14
     rows = []
     for cap, d, g in zip(captions, data, gen):
         for label, vid in (("training data", d), ("generated", g)):
-            strip = np.concatenate([vid[c].numpy() for c in cols], axis=1)
+            frames = [Image.fromarray((vid[c].numpy().clip(0, 1) * 255).round().astype(np.uint8)) for c in cols]
+            strip = np.concatenate([np.asarray(fr.resize((w, h), Image.BILINEAR) if scale < 1 else fr)
+                                    for fr in frames], axis=1)
             img = Image.new("RGB", (strip.shape[1], h + text_h), (255, 255, 255))
-            img.paste(Image.fromarray((strip.clip(0, 1) * 255).round().astype(np.uint8)), (0, text_h))
+            img.paste(Image.fromarray(strip), (0, text_h))
             ImageDraw.Draw(img).text((2, 1), f"{label}: {cap}", fill=(0, 0, 0))
             rows.append(np.asarray(img))
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
@@ -908,28 +971,32 @@ def _save_loss_plot_pil(path: Path, curves, titles) -> None:
     img.save(path)
 
 
-def pack(out: Path, dest: Path, part_mib: int = 15) -> List[Path]:
-    """Write the pipeline of ``out`` as ``tiny_model.tar.part-NN`` files of at most ``part_mib`` MiB, plus the log
-    and images, into ``dest`` (at most 8 files). Rebuild with ``cat dest/tiny_model.tar.part-* | tar -x -C DIR``."""
+def pack(out: Path, dest: Path, part_mib: int = 15, name: str = "tiny_model") -> List[Path]:
+    """Write the pipeline of ``out`` with its log and images as ``{name}.tar.part-NN`` files of at most ``part_mib``
+    MiB, plus a copy of ``train_log.json``, into ``dest``; stale parts of the same name are removed first.
+
+    The PNGs go inside the tar, not next to it, so a pack is few files (a GPU run returns only a handful): three for
+    ``tiny`` (~21 MB), four for ``small`` (~36 MB). Rebuild with ``cat dest/{name}.tar.part-* | tar -x -C DIR``.
+    """
     dest.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for part in PIPELINE_PARTS + ("train_log.json",):
+        for part in PIPELINE_PARTS + ("train_log.json", "loss.png", "samples.png"):
             if (out / part).exists():
                 tar.add(out / part, arcname=part)
     data = buf.getvalue()
     size = part_mib * 2**20
     written = []
-    for old in dest.glob("tiny_model.tar.part-*"):
+    for old in dest.glob(f"{name}.tar.part-*"):
         old.unlink()
     for i in range(0, len(data), size):
-        p = dest / f"tiny_model.tar.part-{i // size:02d}"
+        p = dest / f"{name}.tar.part-{i // size:02d}"
         p.write_bytes(data[i : i + size])
         written.append(p)
-    for name in ("train_log.json", "loss.png", "samples.png"):
-        if (out / name).is_file() and (out / name).resolve() != (dest / name).resolve():
-            shutil.copyfile(out / name, dest / name)
-            written.append(dest / name)
+    log_file = out / "train_log.json"
+    if log_file.is_file() and log_file.resolve() != (dest / log_file.name).resolve():
+        shutil.copyfile(log_file, dest / log_file.name)
+        written.append(dest / log_file.name)
     return written
 
 
@@ -939,6 +1006,8 @@ def pack(out: Path, dest: Path, part_mib: int = 15) -> List[Path]:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m dit_sparse.pipelines.train_tiny", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="output folder: the WanPipeline, checkpoint/, train_log.json, PNGs")
+    p.add_argument("--preset", choices=sorted(ARCHS), default="tiny",
+                   help="model and data: tiny (17x256x256, default) or small (33x384x640, 8,640 tokens)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint/state.pt")
     p.add_argument("--init-from", default=None, help="start from a saved pipeline folder (VAE kept frozen)")
     p.add_argument("--minutes", type=float, default=9.0, help="wall-clock budget of this invocation")
@@ -949,6 +1018,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--device", default="auto")
+    p.add_argument("--token-length", type=int, default=TOKEN_LENGTH, help="caption tokens in training")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps (CPU, < 1 minute)")
     # transformer stage
     p.add_argument("--batch-size", type=int, default=32)
@@ -961,6 +1031,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--pool", type=int, default=512, help="replay pool of encoded clips (each is used ~4 times)")
     p.add_argument("--fresh", type=int, default=8, help="new clips generated and encoded a step")
     p.add_argument("--dit-steps", type=int, default=None, help="stop after this many transformer steps in all")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute transformer blocks in backward")
     # VAE stage
     p.add_argument("--vae-batch", type=int, default=8)
     p.add_argument("--vae-frames", type=int, default=9)
@@ -983,7 +1054,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--ckpt-minutes", type=float, default=3.0)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--print-seconds", type=float, default=15.0)
-    if p.parse_known_args(argv)[0].smoke:  # smaller defaults; explicit options still win
+    known = p.parse_known_args(argv)[0]
+    p.set_defaults(**PRESET_DEFAULTS[known.preset])
+    if known.smoke:  # smaller defaults; explicit options still win
         p.set_defaults(frames=5, height=64, width=64, batch_size=2, pool=4, fresh=2, warmup=1, vae_batch=2,
                        vae_frames=5, vae_crop=32, vae_warmup=1, vae_steps=2, dit_steps=3, stat_clips=2,
                        encode_chunk=2, eval_prompts=2, eval_batch=2, eval_steps=2, reserve_seconds=0.0, log_every=1,
@@ -1031,6 +1104,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     }
     save_loss_plot(out / "loss.png", trainer.history)
     (out / "train_log.json").write_text(json.dumps(result, indent=1) + "\n")
+    pack_name = f"{args.preset}_model"
+    if args.pack:  # packed now as well, so a run killed during the evaluation still leaves its trained model
+        pack(out, Path(args.pack), name=pack_name)
     try:
         result["samples"] = {"skipped": True} if args.no_eval else trainer.evaluate()
     except Exception as exc:  # the trained model is saved either way; report the failure in the log
@@ -1048,7 +1124,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         for name, v in m.items():
             log(f"  {name:24s} " + " ".join(f"{k}={val:.3f}" for k, val in v.items()))
     if args.pack:
-        files = pack(out, Path(args.pack))
+        files = pack(out, Path(args.pack), name=pack_name)
         log(f"packed {len(files)} files into {args.pack}")
     log(f"done in {result['total_seconds']:.0f} s: {counts['total'] / 1e6:.2f} M params, {sizes['total']:.1f} MiB"
         + (f", peak GPU memory {result['max_memory_gib']:.1f} GiB" if trainer.cuda else ""))
@@ -1087,8 +1163,11 @@ def _versions() -> dict:
 
 
 __all__ = [
+    "ARCHS",
     "DEFAULT_ARCH",
     "EMA",
+    "PRESET_DEFAULTS",
+    "SMALL_ARCH",
     "SMOKE_ARCH",
     "build_models",
     "build_scheduler",

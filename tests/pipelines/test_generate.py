@@ -188,3 +188,14 @@ def test_module_entry_point_reports_bad_frames():
     )
     assert proc.returncode == 2
     assert "17 or 21" in proc.stderr
+
+
+def test_generate_small_without_weights_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    from dit_sparse.cli import main
+
+    monkeypatch.setenv("DIT_SPARSE_SMALL_MODEL", str(tmp_path))  # no pipeline there
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--model", "small", "--steps", "1", "--out", str(tmp_path / "x.mp4")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "'small' model's weights are not installed" in err and "--preset small" in err

@@ -4,13 +4,14 @@ import json
 
 import pytest
 
-from dit_sparse.pipelines.presets import PRESETS, check_video_size, preset_for, valid_frame_counts
+from dit_sparse.pipelines.presets import PRESETS, check_video_size, known_models, preset_for, valid_frame_counts
 
 
 @pytest.mark.parametrize(
     "model, name, cls",
     [
         ("tiny", "tiny", "WanPipeline"),
+        ("small", "small", "WanPipeline"),
         ("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "wan2.1-1.3b", "WanPipeline"),
         ("Wan-AI/Wan2.1-T2V-14B-Diffusers", "wan2.1-14b", "WanPipeline"),
         ("Wan-AI/Wan2.2-T2V-A14B-Diffusers", "wan2.2-a14b", "WanPipeline"),
@@ -53,6 +54,21 @@ def test_local_folder_uses_model_index(tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match="model_index.json"):
         preset_for(str(empty))
+
+
+def test_small_preset_is_the_8640_token_model():
+    small, tiny = PRESETS["small"], PRESETS["tiny"]
+    assert (small.frames, small.height, small.width) == (33, 384, 640)
+    tokens = ((small.frames - 1) // 4 + 1) * (small.height // 16) * (small.width // 16)
+    assert tokens == 8640
+    check_video_size(small, small.height, small.width, small.frames)
+    # the same structure as the tiny model's settings, with 128-token blocks
+    assert set(small.sparse) == set(tiny.sparse)
+    for method, opts in tiny.sparse.items():
+        assert set(small.sparse_options(method)) == set(opts), method
+        if opts:
+            assert small.sparse_options(method)["block_size"] == 128
+    assert known_models().count("small") == 1 and "tiny" in known_models()
 
 
 def test_frame_rule():

@@ -59,3 +59,19 @@ def test_generates_4k_plus_1_frames():
     ).frames[0]
     assert video.shape == (9, 32, 48, 3)
     assert 0 <= video.min() and video.max() <= 1
+
+
+def test_small_model_without_weights_says_how_to_get_them(tmp_path, monkeypatch):
+    import pytest
+
+    from dit_sparse.pipelines.generate import GenerationError, load_pipeline
+    from dit_sparse.pipelines.presets import PRESETS
+    from dit_sparse.pipelines.tiny import SMALL_ENV_VAR, build_small_pipeline
+
+    monkeypatch.setenv(SMALL_ENV_VAR, str(tmp_path))  # an empty folder: no model_index.json
+    with pytest.raises(ValueError, match=r"--preset small.*small_model\.tar\.part-"):
+        build_small_pipeline()
+    with pytest.raises(ValueError, match="not installed"):
+        build_small_pipeline(pretrained_dir=tmp_path)
+    with pytest.raises(GenerationError, match="train_tiny --preset small"):
+        load_pipeline(PRESETS["small"])

@@ -46,6 +46,28 @@ def test_captions_use_exactly_the_vocabulary():
     assert (ids == tok.eos_token_id).sum() == len(captions)
 
 
+def test_small_style_scenes():
+    scenes = sv.sample_scenes(2000, seed=1, style="small")
+    counts = [len(s.objects) for s in scenes]
+    assert min(counts) >= 2 and max(counts) == 8
+    captions = [sv.caption(s) for s in scenes]
+    assert {w for c in captions for w in c.split()} <= set(sv.VOCAB)  # the tiny tokenizer's vocabulary still covers it
+    ids = tt.build_tokenizer()(captions, padding="longest", return_tensors="pt").input_ids
+    assert ids.shape[1] < tt.PRESET_DEFAULTS["small"]["token_length"]  # never truncated in training
+    # long-range structure: some shapes cross most of the frame, some repeat an earlier shape's look
+    speeds = [(o.velocity[0] ** 2 + o.velocity[1] ** 2) ** 0.5 for s in scenes for o in s.objects]
+    assert max(speeds) > 1.5 and sum(v > 1.1 for v in speeds) > 0.1 * len(speeds)
+    assert any(len({(o.shape, o.color, o.texture) for o in s.objects}) < len(s.objects) for s in scenes)
+    # the default style is still tiny's (one to three shapes), and a style changes the clips, not their determinism
+    assert max(len(s.objects) for s in sv.sample_scenes(500, seed=1)) == 3
+    a, caps = sv.sample_batch(2, frames=5, height=48, width=80, seed=3, style="small")
+    b, caps_b = sv.sample_batch(2, frames=5, height=48, width=80, seed=3, style=sv.SMALL_STYLE)
+    assert torch.equal(a, b) and caps == caps_b and a.shape == (2, 3, 5, 48, 80)
+    assert caps != sv.sample_batch(2, frames=5, height=48, width=80, seed=3)[1]
+    with pytest.raises(ValueError, match="unknown scene style"):
+        sv.sample_batch(1, style="huge")
+
+
 def _scene(obj_color="white", direction="right", pan=None):
     obj = sv.SceneObject(shape="square", color=obj_color, texture="solid", radius=0.3, center=(0.0, 0.0),
                          velocity=tuple(0.8 * v for v in sv.DIRECTIONS[direction]), direction=direction, angle=0.0,
@@ -151,6 +173,23 @@ def test_default_architecture_fits_25_mb():
     assert cfg.text_dim == text_encoder.config.d_model
 
 
+def test_small_architecture_is_the_sparse_regime_and_fits_38_mb():
+    tok = tt.build_tokenizer()
+    vae, transformer, text_encoder = tt.build_models(tt.SMALL_ARCH, len(tok), seed=0)
+    total = sum(tt.param_count(m) for m in (vae, transformer, text_encoder))
+    assert total * 2 <= 38e6  # bf16: three 15 MiB pack parts
+    cfg = transformer.config
+    assert cfg.attention_head_dim == 64 and cfg.num_attention_heads * 64 == 384
+    assert cfg.in_channels == vae.config.z_dim and cfg.text_dim == text_encoder.config.d_model
+    args = tt.parse_args(["--out", "x", "--preset", "small"])
+    assert (args.frames, args.height, args.width) == (33, 384, 640)
+    latent = ((args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
+    assert latent == (9, 48, 80) and latent[0] * (latent[1] // 2) * (latent[2] // 2) == 8640
+    assert tt.parse_args(["--out", "x", "--preset", "small", "--batch-size", "3"]).batch_size == 3  # options win
+    tiny = tt.parse_args(["--out", "x"])
+    assert (tiny.preset, tiny.frames, tiny.height, tiny.batch_size, tiny.token_length) == ("tiny", 17, 256, 32, 96)
+
+
 # -------------------------------------------------------------------------------------------- smoke training
 
 
@@ -186,9 +225,29 @@ def test_smoke_training_run_saves_a_loadable_pipeline(tmp_path):
     # --pack parts rebuild the pipeline folder
     files = tt.pack(out, tmp_path / "pack")
     parts = sorted(p for p in files if ".tar.part-" in p.name)
-    assert parts and len(files) <= 8 and all(p.stat().st_size <= 15 * 2**20 for p in files)
+    assert parts and all(p.name.startswith("tiny_model.tar.part-") for p in parts)
+    assert len(files) <= 4 and all(p.stat().st_size <= 15 * 2**20 for p in files)
     tar_path = tmp_path / "model.tar"
     tar_path.write_bytes(b"".join(p.read_bytes() for p in parts))
     with tarfile.open(tar_path) as tar:
         tar.extractall(tmp_path / "unpacked")
     assert (tmp_path / "unpacked" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (tmp_path / "unpacked" / "samples.png").is_file()  # the images travel inside the tar
+
+
+def test_smoke_training_of_the_small_preset(tmp_path, monkeypatch):
+    """``--preset small`` at smoke sizes: its scenes and token length, a ``small_model`` pack of few files that
+    ``build_small_pipeline`` loads."""
+    from dit_sparse.pipelines.tiny import SMALL_ENV_VAR, build_small_pipeline
+
+    out, pack_dir = tmp_path / "run", tmp_path / "pack"
+    result = tt.main(["--out", str(out), "--smoke", "--preset", "small", "--pack", str(pack_dir), "--dit-steps", "2"])
+    assert result["args"]["preset"] == "small" and result["args"]["token_length"] == 128
+    assert result["dit"]["steps"] == 2 and "metrics" in result["samples"]
+    files = sorted(p.name for p in pack_dir.iterdir())
+    assert files == ["small_model.tar.part-00", "train_log.json"]
+    with tarfile.open(pack_dir / "small_model.tar.part-00") as tar:
+        tar.extractall(tmp_path / "unpacked")
+    monkeypatch.setenv(SMALL_ENV_VAR, str(tmp_path / "unpacked"))
+    pipe = build_small_pipeline()
+    assert pipe._dit_sparse_tiny_source == str(tmp_path / "unpacked") and pipe.vae.dtype == torch.float32
