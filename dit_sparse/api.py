@@ -43,12 +43,28 @@ def sparse_attn_processors(
 ) -> Dict[str, Any]:
     """Processors for ``transformer.set_attn_processor(...)``; also attaches the step hook.
 
-    Self-attention (Wan ``attn1``, HunyuanVideo joint attention) gets our sparse processors; the attention we do not
-    sparsify (Wan cross-attention, HunyuanVideo's token refiner) keeps its current processor object.
+    ``transformer.set_attn_processor(sparse_attn_processors(transformer, config))`` is equivalent to
+    ``apply_sparse_attention(transformer, config)``. Self-attention (Wan ``attn1``, HunyuanVideo joint attention) gets
+    our sparse processors; the attention we do not sparsify (Wan cross-attention, HunyuanVideo's token refiner) keeps
+    its current processor object.
+
+    Side effects on ``transformer`` (undone by ``remove_sparse_attention``): it gets the step hook (a Diffusers
+    ``ModelHook`` named ``"dit_sparse_step"`` in its hook registry, which also registers a PyTorch forward pre-hook),
+    the ``SparseState`` as attribute ``_dit_sparse_state`` and, on the first call, its original processors as
+    ``_dit_sparse_original_processors``. A second call replaces the hook and the state's config, and forgets the
+    state's caches. The processors are only returned: nothing changes the attention until ``set_attn_processor``.
+
+    A fractional ``dense_steps`` needs the run's step count. It is read at the first call of each run: from the cache
+    context of a pipeline that passes it (``WanPipeline``: ``cache_context("cond", num_inference_steps=...)``), else
+    from ``dit_sparse.set_num_inference_steps(transformer, n)``, else from the scheduler of a pipeline given to
+    ``apply_sparse_attention``; failing all, the fraction is taken of ``DEFAULT_NUM_STEPS`` (50, Diffusers' default
+    for Wan and HunyuanVideo), with a warning.
 
     Args:
         transformer: a ``WanTransformer3DModel`` or ``HunyuanVideoTransformer3DModel``.
         config (`SparseConfig`): the method and schedule.
+        state (`SparseState`, *optional*): share one state (one step counter) between transformers (Wan 2.2).
+        model_index (`int`): 0 for ``transformer``, 1 for ``transformer_2`` (keeps their caches apart).
 
     Returns:
         `dict` mapping every processor name of ``transformer.attn_processors`` to a processor.
@@ -57,14 +73,13 @@ def sparse_attn_processors(
     module = model_module(transformer)
     if state is None:
         state = SparseState(config)
-    state.config = config
-    state.pattern = make_pattern(config)
+    state.use(config, make_pattern(config))
     current = transformer.attn_processors
     if not hasattr(transformer, _ORIGINALS_ATTR):
         setattr(transformer, _ORIGINALS_ATTR, dict(current))
     originals = getattr(transformer, _ORIGINALS_ATTR)
     setattr(transformer, _STATE_ATTR, state)
-    attach_step_hook(transformer, state, module.MODEL, module.patch_size(transformer))
+    attach_step_hook(transformer, state, module.MODEL, module.patch_size(transformer), model_index)
 
     processors = {}
     for name, proc in current.items():
@@ -104,8 +119,11 @@ def apply_sparse_attention(pipe_or_transformer, config: SparseConfig) -> None:
 
 
 def remove_sparse_attention(pipe_or_transformer) -> None:
-    """Restores the original processor objects and removes the step hook."""
+    """Restores the original processor objects, removes the step hook and forgets every cache of the state."""
     for transformer in _transformers(pipe_or_transformer):
+        state = getattr(transformer, _STATE_ATTR, None)
+        if state is not None:
+            state.clear_caches()
         originals = getattr(transformer, _ORIGINALS_ATTR, None)
         if originals is not None:
             transformer.set_attn_processor(dict(originals))

@@ -17,7 +17,7 @@ to the permuted sequence ``x.gather(2, perm)``, and the front door scatters the 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -56,6 +56,9 @@ class BlockLayout:
     q_perm: Optional[torch.Tensor] = None
     kv_perm: Optional[torch.Tensor] = None
     kv_valid_len: Optional[torch.Tensor] = None
+    # Values derived from the layout once and reused while it lives (its density, a backend's own block tensors).
+    # They live and die with the layout, which SparseState owns; ``to()`` does not carry them to the new device.
+    memo: Dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
         if self.kv_indices.dim() != 4:
@@ -206,6 +209,8 @@ class BlockLayout:
     def to(self, device) -> "BlockLayout":
         fields = {}
         for f in dataclasses.fields(self):
+            if f.name == "memo":
+                continue
             val = getattr(self, f.name)
             fields[f.name] = val.to(device) if isinstance(val, torch.Tensor) else val
         return BlockLayout(**fields)

@@ -1,29 +1,101 @@
 """When to be sparse: dense warm-up steps and layers, pattern refresh and reuse across steps.
 
 One ``SparseState`` is owned by a transformer (shared with ``transformer_2`` of a Wan 2.2 pipeline, so both count the
-same denoising steps). The step hook updates it once per transformer call; processors read plain booleans from it,
-so a compiled block sees only a few distinct values (no recompilation per step).
+same denoising steps). The step hook updates it once per transformer call, outside any compiled graph; processors read
+plain booleans from it, so a compiled block sees only a few distinct values (no recompilation per step).
 
-Steps are counted by distinct timesteps: the conditional and unconditional calls of classifier-free guidance share a
-step and are told apart by ``branch`` (0, 1, ...). A timestep larger than the previous one starts a new run, which
-resets the step count, the caches and the statistics.
+Step and CFG branch come from Diffusers' ``transformer.cache_context(name, ...)`` where the pipeline gives one (the
+mechanism ``FirstBlockCache`` keys its state by): the name (``"cond"``, ``"uncond"``, ...) is the branch, and the
+context's ``step_index`` / ``num_inference_steps`` the step and the run's length. Without a context the step is
+guessed from the timesteps: calls at the same timestep are branches 0, 1, ... of one step, a smaller timestep is the
+next step, a larger one starts a new run. A new run (also: the end of a pipeline call) forgets the caches.
+
+All state a later call reads lives here, keyed by name: ``caches`` per (transformer, layer, branch, grid, batch)
+(``LayerKey``) and ``shared`` per geometry (static layouts, tilings). Both are bounded whatever the caller does.
 """
 
 from __future__ import annotations
 
+import logging
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, NamedTuple, Optional, Tuple
 
 import torch
 
 from .config import SparseConfig
 from .geometry import VideoGeometry
 
+logger = logging.getLogger(__name__)
+
 DENSE = "dense"
 STATIC = "static"
 FRESH = "fresh"
 CACHED = "cached"
+
+# A fractional ``dense_steps`` with no way to learn the run's step count (a transformer on its own, called by a
+# pipeline that passes no ``num_inference_steps`` in its cache context) is taken of this many steps: the default
+# ``num_inference_steps`` of Diffusers' Wan and HunyuanVideo pipelines. A warning says so once per state.
+DEFAULT_NUM_STEPS = 50
+
+
+class LayerKey(NamedTuple):
+    """Names the cache entry of one attention layer in one kind of call."""
+
+    model_index: int  # 0: ``transformer``, 1: Wan 2.2's ``transformer_2``
+    layer: int  # block index
+    branch: Hashable  # the cache-context name ("cond", "uncond"), or the call's ordinal in its step without one
+    grid: Tuple[int, int, int]  # token grid (frames, height, width)
+    batch: int
+
+    @property
+    def slot(self) -> Tuple:
+        """The kind of transformer call this entry belongs to (everything but the layer)."""
+        return (self.model_index, self.branch, self.grid, self.batch)
+
+
+class BoundedCache:
+    """A small least-recently-used mapping: the one eviction rule for objects shared by layers (per geometry)."""
+
+    def __init__(self, maxsize: int = 8):
+        self.maxsize = maxsize
+        self._data: "OrderedDict[Hashable, Any]" = OrderedDict()
+
+    def get_or_build(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        if key in self._data:
+            self._data.move_to_end(key)
+            return self._data[key]
+        value = build()
+        self._data[key] = value
+        while len(self._data) > self.maxsize:
+            self._data.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key) -> bool:
+        return key in self._data
+
+
+class PlanCache(dict):
+    """What ``Pattern.plan`` gets as ``cache``: the layer's own entries (warm-start state), plus ``shared``, the
+    state's per-geometry ``BoundedCache`` for objects every layer reads (a static layout, a tiling). Patterns must
+    accept a plain dict too (then there is nothing shared to reuse)."""
+
+    def __init__(self, entries: Optional[dict] = None, shared: Optional[BoundedCache] = None):
+        super().__init__(entries or {})
+        self.shared = shared
+
+
+def shared_or_build(cache, key: Hashable, build: Callable[[], Any]) -> Any:
+    """``cache.shared.get_or_build(key, build)`` when the caller passed a ``PlanCache``, else ``build()``."""
+    shared = getattr(cache, "shared", None)
+    return build() if shared is None else shared.get_or_build(key, build)
 
 
 @dataclass
@@ -46,7 +118,10 @@ class SparseState:
     config: SparseConfig
     pattern: Any = None
     step: int = -1
+    # The call's ordinal within its step (0 for the first call, "cond" in Diffusers' pipelines, 1 for the second).
     branch: int = 0
+    # What caches are keyed by: the cache-context name, or ``branch`` when the caller gives no context.
+    branch_key: Hashable = 0
     run: int = 0
     last_timestep: Optional[float] = None
     geometry: Optional[VideoGeometry] = None
@@ -55,63 +130,175 @@ class SparseState:
     # What processors read during a call (booleans keep compiled graphs stable).
     dense_now: bool = True
     refresh_now: bool = True
-    caches: Dict[Tuple, Dict[str, Any]] = field(default_factory=dict)
+    # Whether a layout planned now is read by a later step (refresh_every > 1 and the next step is no refresh).
+    keep_layouts: bool = False
+    # Keep every planned layout of the latest step (for inspection, e.g. generate's layout plot); off by default.
+    retain_layouts: bool = False
+    # At most this many kinds of call (transformer, branch, grid, batch) keep per-layer caches; the least recently
+    # used kind is forgotten first, so a caller making many calls at one timestep cannot grow the state.
+    max_slots: int = 4
+    caches: Dict[LayerKey, Dict[str, Any]] = field(default_factory=dict)
+    shared: BoundedCache = field(default_factory=BoundedCache)
     stats: Dict[str, LayerStats] = field(default_factory=dict)
     backend_used: Optional[str] = None
-    original_processors: Dict[int, Dict[str, Any]] = field(default_factory=dict)
     _scheduler_ref: Any = None
+    _context_steps: Optional[int] = None
+    _run_ended: bool = False
+    _step_offset: int = 0
+    _seen: Dict[Hashable, int] = field(default_factory=dict)  # context names of the current step -> ordinal
+    _calls_in_step: int = 0
+    _slots: "OrderedDict[Tuple, None]" = field(default_factory=OrderedDict)
+    _warned_steps: bool = False
 
     # ------------------------------------------------------------------ set-up
+    def use(self, config: SparseConfig, pattern) -> None:
+        """Switches to ``config`` and its ``pattern``; what was cached for the previous ones is forgotten."""
+        self.config = config
+        self.pattern = pattern
+        self.clear_caches()
+
     def set_scheduler(self, scheduler) -> None:
         """Remembers the pipeline's scheduler so a fractional ``dense_steps`` knows the run's step count."""
         self._scheduler_ref = weakref.ref(scheduler) if scheduler is not None else None
 
     def _scheduler_steps(self) -> Optional[int]:
+        """The run's step count: the cache context's, an explicit ``set_num_inference_steps``, the scheduler's."""
+        if self._context_steps is not None:
+            return self._context_steps
         if self.total_steps is not None:
             return self.total_steps
         sched = self._scheduler_ref() if self._scheduler_ref is not None else None
         timesteps = getattr(sched, "timesteps", None) if sched is not None else None
         return len(timesteps) if timesteps is not None else None
 
+    def _resolve_dense_steps(self) -> int:
+        if self.pattern is None:  # dense configs never go sparse, so they need no step count
+            return 0
+        steps = self._scheduler_steps()
+        if steps is None and not isinstance(self.config.dense_steps, int):
+            steps = DEFAULT_NUM_STEPS
+            if not self._warned_steps:
+                logger.warning(
+                    "dense_steps=%s is a fraction of the run's steps, but the step count is unknown (no scheduler, no "
+                    "num_inference_steps in the pipeline's cache_context): assuming %d steps. Pass the pipeline to "
+                    "apply_sparse_attention, call dit_sparse.set_num_inference_steps(transformer, n), or give "
+                    "dense_steps as an int", self.config.dense_steps, DEFAULT_NUM_STEPS,
+                )
+                self._warned_steps = True
+        return self.config.resolve_dense_steps(steps)
+
+    def clear_caches(self) -> None:
+        """Forgets every cached layout and pattern state (per layer and shared)."""
+        self.caches.clear()
+        self._slots.clear()
+        self.shared.clear()
+
     def reset(self) -> None:
         """Forgets the current run: step count, caches and statistics."""
         self.step = -1
         self.branch = 0
+        self.branch_key = 0
         self.last_timestep = None
-        self.caches.clear()
+        self._run_ended = False
+        self._new_step()
+        self.clear_caches()
         self.stats.clear()
         self.backend_used = None
 
+    def end_run(self) -> None:
+        """The pipeline call is over (Diffusers resets stateful hooks): the next call starts a new run. Per-layer
+        caches are dropped now, since no later call reads them; statistics stay for ``summary(pipe)``."""
+        self._run_ended = True
+        self.last_timestep = None
+        self.caches.clear()
+        self._slots.clear()
+
     # ------------------------------------------------------------------ per transformer call
-    def on_forward(self, timestep: float, geometry: VideoGeometry) -> None:
-        """Advances the step counter for one transformer call at ``timestep``."""
-        if self.last_timestep is None or timestep > self.last_timestep + 1e-6:
+    def on_forward(
+        self,
+        timestep: float,
+        geometry: VideoGeometry,
+        context: Any = None,
+        batch: int = 1,
+        model_index: int = 0,
+    ) -> None:
+        """Advances step and branch for one transformer call at ``timestep``.
+
+        Args:
+            timestep (`float`): the call's (largest) timestep.
+            geometry (`VideoGeometry`): the token grid of the call.
+            context (*optional*): Diffusers' ``CacheContext`` of the call (or, in older Diffusers, its name).
+            batch (`int`): the call's batch size (part of the cache key).
+            model_index (`int`): 0 for ``transformer``, 1 for ``transformer_2``.
+        """
+        name = getattr(context, "name", context)
+        step_index = getattr(context, "step_index", None)
+        self._context_steps = getattr(context, "num_inference_steps", None)
+        eps = 1e-6
+        new_run = self._run_ended or self.last_timestep is None
+        if not new_run:
+            # A context's step index is trusted over the timesteps (a sampler may revisit a noise level).
+            if step_index is not None:
+                new_run = step_index - self._step_offset < self.step
+            else:
+                new_run = timestep > self.last_timestep + eps
+        if new_run:
             self.reset()
             self.run += 1
             self.step = 0
-            self.branch = 0
-            # Dense configs never go sparse, so they need no step count.
-            self.dense_steps = 0 if self.pattern is None else self.config.resolve_dense_steps(self._scheduler_steps())
-        elif abs(timestep - self.last_timestep) <= 1e-6:
-            self.branch += 1
-        else:
+            self._step_offset = step_index if step_index is not None else 0
+            self.dense_steps = self._resolve_dense_steps()
+        elif step_index is not None:
+            if step_index - self._step_offset != self.step:
+                self.step = step_index - self._step_offset
+                self._new_step()
+        elif timestep < self.last_timestep - eps or (name is not None and name in self._seen):
             self.step += 1
-            self.branch = 0
+            self._new_step()
+        if name is None:
+            self.branch = self.branch_key = self._calls_in_step
+        else:
+            self.branch = self._seen.setdefault(name, self._calls_in_step)
+            self.branch_key = name
+            while len(self._seen) > 4 * self.max_slots:  # a caller inventing names: bounded too
+                self._seen.pop(next(iter(self._seen)))
+        self._calls_in_step += 1
         self.last_timestep = timestep
         self.geometry = geometry
+        self._touch_slot((model_index, self.branch_key, geometry.key, int(batch)))
         self.dense_now = self.step < self.dense_steps
         sparse_step = self.step - self.dense_steps
-        self.refresh_now = sparse_step >= 0 and sparse_step % self.config.refresh_every == 0
+        every = self.config.refresh_every
+        self.refresh_now = sparse_step >= 0 and sparse_step % every == 0
+        self.keep_layouts = every > 1 and (sparse_step + 1) % every != 0
 
-    def decide(self, layer: int, static: bool, cache_key: Tuple) -> str:
+    def _new_step(self) -> None:
+        self._seen.clear()
+        self._calls_in_step = 0
+
+    def _touch_slot(self, slot: Tuple) -> None:
+        self._slots[slot] = None
+        self._slots.move_to_end(slot)
+        while len(self._slots) > self.max_slots:
+            old, _ = self._slots.popitem(last=False)
+            for key in [k for k in self.caches if k.slot == old]:
+                del self.caches[key]
+
+    def layer_key(self, model_index: int, layer: int, batch: int) -> LayerKey:
+        return LayerKey(model_index, layer, self.branch_key, self.geometry.key, int(batch))
+
+    def decide(self, layer: int, static: bool, key: Optional[LayerKey] = None) -> str:
         """dense | static | fresh | cached for block ``layer`` in the current call."""
         if self.pattern is None or self.dense_now or layer < self.config.dense_layers:
             return DENSE
         if static:
             return STATIC
-        if self.refresh_now or cache_key not in self.caches:
-            return FRESH
-        return CACHED
+        entry = self.caches.get(key) if key is not None else None
+        if entry is not None and "layout" in entry:
+            # The same (run, step) again is a recomputation (gradient checkpointing): reuse the forward's layout.
+            if entry.get("planned_at") == (self.run, self.step) or not self.refresh_now:
+                return CACHED
+        return FRESH
 
     # ------------------------------------------------------------------ statistics
     def record(self, name: str, dense: bool, density: Optional[torch.Tensor] = None) -> None:

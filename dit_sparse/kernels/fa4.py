@@ -83,10 +83,11 @@ def run(q, k, v, layout: BlockLayout, scale: float, return_lse: bool):
     else:
         # Eager: skip the custom-op dispatch and reuse FA4's block tensors for a cached layout; both are host-side
         # costs that show at low density, where the kernel itself takes about a millisecond.
-        sparse = getattr(layout, "_fa4_tensors", None)
+        sparse = layout.memo.get("fa4")
         if sparse is None:
-            sparse = _sparse_tensors(layout.kv_counts, layout.kv_indices, layout.block_q, layout.block_kv)
-            layout._fa4_tensors = sparse
+            sparse = layout.memo["fa4"] = _sparse_tensors(
+                layout.kv_counts, layout.kv_indices, layout.block_q, layout.block_kv
+            )
         out, lse = _fa4_forward(q, k, v, layout.kv_counts, layout.kv_indices, layout.block_q, layout.block_kv,
                                 float(scale), sparse)
     # Query blocks with no key blocks come back as zeros with lse = -inf (checked on the GPU by the kernel bench).

@@ -14,13 +14,13 @@ its token pairs is inside the mask. Built once per (geometry, block size, option
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Tuple
 
 import torch
 
-from ..config import RadialConfig
 from ..geometry import VideoGeometry
 from ..layout import BlockLayout, cdiv
+from ..schedule import shared_or_build
 from .base import Pattern
 
 
@@ -95,14 +95,11 @@ MODEL_DEFAULT_DECAY = {"wan": 0.2, "hunyuan_video": 0.95}
 
 
 class RadialPattern(Pattern):
-    """Static radial mask, cached per geometry (the cache lives in the pattern, keyed by geometry and device)."""
+    """Static radial mask, built once per geometry and device and shared by every layer through the state's
+    ``shared`` cache (``cache.shared``; a plain dict ``cache`` builds it anew)."""
 
     name = "radial"
     static = True
-
-    def __init__(self, config: RadialConfig):
-        super().__init__(config)
-        self._cache: Dict[tuple, BlockLayout] = {}
 
     def sink_for(self, geometry: VideoGeometry) -> bool:
         if self.config.sink is not None:
@@ -112,30 +109,20 @@ class RadialPattern(Pattern):
     def decay_for(self, geometry: VideoGeometry) -> float:
         if self.config.decay is not None:
             return self.config.decay
-        if geometry.model not in MODEL_DEFAULT_DECAY:
-            # No silent fallback: the decay sets the density, and 1.0 is nobody's tuned value.
-            known = ", ".join(f"{m} {d}" for m, d in MODEL_DEFAULT_DECAY.items())
-            raise ValueError(
-                f"radial has no default decay for model {geometry.model!r} (known: {known}); pass "
-                "RadialConfig(decay=...) (larger is denser; 1.0 keeps the unscaled windows)"
-            )
-        return MODEL_DEFAULT_DECAY[geometry.model]
+        return MODEL_DEFAULT_DECAY.get(geometry.model, 1.0)
 
     def plan(self, q, k, geometry: VideoGeometry, cache) -> BlockLayout:
         bs = self.config.block_size
-        key = (geometry.key, geometry.model, bs, str(q.device))
-        layout = self._cache.get(key)
-        if layout is None:
-            mask = radial_block_mask(
-                geometry, bs, self.decay_for(geometry), self.sink_for(geometry), self.config.spatial, device=q.device
-            )
-            length = geometry.num_tokens
-            layout = BlockLayout.from_block_mask(mask.view(1, 1, *mask.shape), bs, bs, length, length)
-            # One geometry at a time is the common case; keep a few so CFG/resolution switches do not rebuild.
-            if len(self._cache) >= 8:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = layout
-        return layout
+        key = ("radial", geometry.key, geometry.model, bs, str(q.device))
+        return shared_or_build(cache, key, lambda: self._build(geometry, q.device))
+
+    def _build(self, geometry: VideoGeometry, device) -> BlockLayout:
+        bs = self.config.block_size
+        mask = radial_block_mask(
+            geometry, bs, self.decay_for(geometry), self.sink_for(geometry), self.config.spatial, device=device
+        )
+        length = geometry.num_tokens
+        return BlockLayout.from_block_mask(mask.view(1, 1, *mask.shape), bs, bs, length, length)
 
 
 __all__ = ["RadialPattern", "radial_block_mask", "radial_density", "radial_window"]

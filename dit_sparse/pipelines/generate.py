@@ -401,7 +401,7 @@ def _summary_snapshot(snapshot: Dict[str, Any], steps: int, capture_layout: bool
     """A ``callback_on_step_end`` that records ``dit_sparse.summary(pipe)`` (and a layout) after the last step.
 
     Read inside the loop because Diffusers resets stateful hooks at the end of every pipeline call
-    (``maybe_free_model_hooks``), which also clears the statistics and caches of the step hook.
+    (``maybe_free_model_hooks``), and the step hook then drops the per-layer caches (its statistics stay).
     """
     import dit_sparse
 
@@ -418,7 +418,9 @@ def _summary_snapshot(snapshot: Dict[str, Any], steps: int, capture_layout: bool
 def last_layout(pipe) -> Dict[str, Any]:
     """The layout of the deepest sparse layer (first transformer, first CFG branch) of the current step.
 
-    Dynamic patterns keep their layouts in the state's caches; a static pattern (radial) is planned again for the
+    Dynamic patterns keep their layouts in the state's caches while ``state.retain_layouts`` is set (``run_pipeline``
+    sets it with ``capture_layout``; otherwise a layout is kept only when a later step reuses it); a static pattern
+    (radial) is planned again for the
     current geometry, which is cheap and cached (``layer`` is then None: every sparse layer uses it). Returns
     ``{"layout", "layer", "geometry", "source"}``, or ``{}`` when there is none.
     """
@@ -431,17 +433,18 @@ def last_layout(pipe) -> Dict[str, Any]:
 
 def _last_layout(pipe) -> Dict[str, Any]:
     from ..api import get_state
+    from ..schedule import PlanCache
 
     try:
         state = get_state(pipe)
     except ValueError:
         return {}
     geometry = state.geometry
-    cached = [
-        (key[1], entry["layout"])
-        for key, entry in state.caches.items()
-        if key[0] == 0 and key[2] == 0 and isinstance(entry, dict) and entry.get("layout") is not None
-    ]
+    # The first CFG branch ("cond", or ordinal 0 without a cache context) of the first transformer.
+    entries = [(key, entry) for key, entry in state.caches.items() if key.model_index == 0 and "layout" in entry]
+    branches = [key.branch for key, _ in entries]
+    first_branch = "cond" if "cond" in branches else 0 if 0 in branches else (branches[0] if branches else None)
+    cached = [(key.layer, entry["layout"]) for key, entry in entries if key.branch == first_branch]
     if cached:
         layer, layout = max(cached, key=lambda item: item[0])
         return {"layout": layout, "layer": layer, "geometry": geometry, "source": "run"}
@@ -449,7 +452,8 @@ def _last_layout(pipe) -> Dict[str, Any]:
         return {}
     # A static layout depends on the geometry only (q is read for its device), and every sparse layer shares it.
     q = torch.zeros(1, 1, geometry.num_tokens, 64, device=pipe.transformer.device)
-    return {"layout": state.pattern.plan(q, q, geometry, {}), "layer": None, "geometry": geometry, "source": "static"}
+    layout = state.pattern.plan(q, q, geometry, PlanCache(shared=state.shared))
+    return {"layout": layout, "layer": None, "geometry": geometry, "source": "static"}
 
 
 def run_pipeline(
@@ -480,6 +484,10 @@ def run_pipeline(
 
     if config is not None:
         dit_sparse.apply_sparse_attention(pipe, config)
+        if capture_layout:  # keep the layouts of the last step for last_layout (not kept unless reused otherwise)
+            from ..api import get_state
+
+            get_state(pipe).retain_layouts = True
     try:
         if warmup:
             kwargs = call_kwargs(pipe, preset, dict(settings, steps=2))

@@ -20,9 +20,12 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from ..kernels import block_sparse_attention, resolve_backend
 from ..layout import BlockLayout
 from ..parallel import heads_to_seq, seq_to_heads, ulysses_group
-from ..schedule import CACHED, DENSE, FRESH, SparseState
+from ..schedule import CACHED, DENSE, STATIC, LayerKey, PlanCache, SparseState
 
 logger = logging.getLogger(__name__)
+
+# Entries of a layer's cache that belong to the core, not to the pattern.
+_OURS = ("layout", "planned_at")
 
 
 def merge_attention(o1: torch.Tensor, lse1: torch.Tensor, o2: torch.Tensor, lse2: torch.Tensor):
@@ -99,9 +102,13 @@ class SparseAttentionCore:
         state = self.state
         geometry = state.geometry
         video_len = query.shape[1] - text_len
-        cache_key = (self.model_index, self.layer, state.branch, geometry.key, query.shape[0])
         static = bool(getattr(state.pattern, "static", False))
-        decision = state.decide(self.layer, static, cache_key)
+        decision = state.decide(self.layer, static)
+        cache_key = None
+        if decision not in (DENSE, STATIC):
+            # Read the branch only for dynamic patterns: a compiled dense or static block then does not guard on it.
+            cache_key = state.layer_key(self.model_index, self.layer, query.shape[0])
+            decision = state.decide(self.layer, static, cache_key)
         if decision != DENSE and video_len != geometry.num_tokens:
             if not self._warned:
                 logger.warning(
@@ -121,19 +128,23 @@ class SparseAttentionCore:
         k = key.transpose(1, 2)
         v = value.transpose(1, 2)
         qv, kv, vv = q[:, :, :video_len], k[:, :, :video_len], v[:, :, :video_len]
+        replay = False
         if decision == CACHED:
-            layout = state.caches[cache_key]["layout"]
+            entry = state.caches[cache_key]
+            layout = entry["layout"]
+            # Planned at this very step: a recomputation in backward (gradient checkpointing), not a new call.
+            replay = entry["planned_at"] == (state.run, state.step)
+            if not self._keep(qv, kv):  # the last step that reads it (the next one refreshes)
+                del entry["layout"], entry["planned_at"]
         else:
-            cache = state.caches.setdefault(cache_key, {}) if decision == FRESH else {}
-            layout = state.pattern.plan(qv, kv, geometry, cache)
-            if decision == FRESH:
-                cache["layout"] = layout
+            layout = self._plan(qv, kv, cache_key)
         backend = state.config.backend
         state.backend_used = resolve_backend(backend, q.device, q.dtype, q.shape[-1], layout.kind)
-        density = getattr(layout, "_density", None)
-        if density is None:  # layouts are not modified after planning: one reduction per layout, not per call
-            density = layout._density = layout.density()
-        state.record(self.name, False, density)
+        if not replay:
+            density = layout.memo.get("density")
+            if density is None:  # layouts are not modified after planning: one reduction per layout, not per call
+                density = layout.memo["density"] = layout.density()
+            state.record(self.name, False, density)
 
         if text_len == 0:
             return block_sparse_attention(qv, kv, vv, layout, backend=backend).transpose(1, 2)
@@ -157,6 +168,35 @@ class SparseAttentionCore:
             backend=attention_backend, parallel_config=None,
         )
         return torch.cat([out_video.transpose(1, 2), out_text_rows.to(out_video.dtype)], dim=1)
+
+    def _keep(self, qv: torch.Tensor, kv: torch.Tensor) -> bool:
+        """Whether a later call reads this call's layout: a later step (``refresh_every`` > 1), an inspection, or,
+        under autograd, a recomputation of this layer in backward (gradient checkpointing) at this same step."""
+        state = self.state
+        recording = torch.is_grad_enabled() and (qv.requires_grad or kv.requires_grad)
+        return state.keep_layouts or state.retain_layouts or recording
+
+    def _plan(self, qv: torch.Tensor, kv: torch.Tensor, cache_key: Optional[LayerKey]) -> BlockLayout:
+        """Plans a layout (static: shared per geometry; dynamic: with the layer's warm-start entries) and keeps it
+        only when a later call reads it."""
+        state = self.state
+        entries = state.caches.get(cache_key, {}) if cache_key is not None else {}
+        cache = PlanCache({k: v for k, v in entries.items() if k not in _OURS}, state.shared)
+        # A layout is an index structure, not a function of q and k to differentiate: planning without autograd keeps
+        # k-means out of the graph, and what the pattern caches for the next step holds no graph of this one.
+        with torch.no_grad():
+            layout = state.pattern.plan(qv, kv, state.geometry, cache)
+        if cache_key is None:  # static: the pattern shares it through state.shared
+            return layout
+        entry = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in cache.items()}
+        if self._keep(qv, kv):
+            entry["layout"] = layout
+            entry["planned_at"] = (state.run, state.step)
+        if entry:
+            state.caches[cache_key] = entry
+        else:
+            state.caches.pop(cache_key, None)
+        return layout
 
 
 __all__ = ["SparseAttentionCore", "merge_attention"]

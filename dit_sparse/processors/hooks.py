@@ -1,7 +1,12 @@
 """The step hook: a Diffusers ``ModelHook`` on the transformer that feeds ``SparseState``.
 
-It reads the latents' shape (token grid) and the timestep before every transformer forward; nothing in Diffusers is
-patched. Shaped like Diffusers' ``hooks/first_block_cache.py``: private hook + state, public ``apply_*`` elsewhere.
+It reads the latents' shape (token grid), the timestep and Diffusers' cache context (``cache_context("cond")``, the
+mechanism ``FirstBlockCache`` keys its state by) before every transformer forward; nothing in Diffusers is patched.
+Shaped like Diffusers' ``hooks/first_block_cache.py``: private hook + state, public ``apply_*`` elsewhere.
+
+The bookkeeping runs in a PyTorch forward pre-hook that ``torch.compile`` does not trace: ``torch.compile(transformer,
+fullgraph=True)`` then compiles only the model, without guards on our Python counters or a data-dependent timestep
+comparison. The ``ModelHook`` itself only receives the cache context and the end-of-call reset.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from typing import Tuple
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
 
 from ..geometry import VideoGeometry
 from ..schedule import SparseState
@@ -24,18 +30,51 @@ def _timestep_value(timestep) -> float:
     return float(timestep)
 
 
+class _NoState(BaseState):
+    def reset(self, *args, **kwargs) -> None:
+        pass
+
+
+class _ContextSlot(StateManager):
+    """Receives the pipeline's ``cache_context`` (Diffusers sets it on every ``StateManager`` of a stateful hook)."""
+
+    def __init__(self):
+        super().__init__(_NoState)
+        self.current = None
+
+    def set_context(self, context) -> None:
+        super().set_context(context)
+        self.current = context
+
+
 class SparseStepHook(ModelHook):
     """Records step index, CFG branch and token grid for the processors of one transformer."""
 
     _is_stateful = True
 
-    def __init__(self, state: SparseState, model: str, patch_size: Tuple[int, int, int]):
+    def __init__(self, state: SparseState, model: str, patch_size: Tuple[int, int, int], model_index: int = 0):
         super().__init__()
         self.state = state
         self.model = model
         self.patch_size = patch_size
+        self.model_index = model_index
+        self.context = _ContextSlot()
+        self._handle = None
 
-    def pre_forward(self, module, *args, **kwargs):
+    def initialize_hook(self, module):
+        self._handle = module.register_forward_pre_hook(self._before_forward, with_kwargs=True)
+        return module
+
+    def deinitalize_hook(self, module):  # (sic: Diffusers' name)
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        return module
+
+    @torch.compiler.disable
+    def _before_forward(self, module, args, kwargs):
+        # Called by nn.Module.__call__ before the (possibly compiled) forward; disabled for dynamo so that the
+        # counters and the host read of the timestep never enter a graph.
         hidden_states = kwargs.get("hidden_states", args[0] if len(args) > 0 else None)
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         if hidden_states is None or timestep is None:
@@ -43,21 +82,24 @@ class SparseStepHook(ModelHook):
                 "dit_sparse's step hook expects the transformer to be called with hidden_states and timestep"
             )
         geometry = VideoGeometry.from_latents(hidden_states, self.patch_size, self.model)
-        self.state.on_forward(_timestep_value(timestep), geometry)
-        return args, kwargs
+        self.state.on_forward(
+            _timestep_value(timestep), geometry, context=self.context.current, batch=hidden_states.shape[0],
+            model_index=self.model_index,
+        )
+        return None
 
     def reset_state(self, module):
-        # Diffusers resets stateful hooks at the end of every pipeline call; keep the statistics so summary(pipe)
-        # still describes the run that just finished. The next call starts a new run (and clears them) by itself.
-        self.state.last_timestep = None
+        # Diffusers resets stateful hooks at the end of every pipeline call: the next call starts a new run and the
+        # per-layer caches are dropped; the statistics stay so summary(pipe) still describes the run that finished.
+        self.state.end_run()
         return module
 
 
-def attach_step_hook(transformer, state: SparseState, model: str, patch_size) -> None:
+def attach_step_hook(transformer, state: SparseState, model: str, patch_size, model_index: int = 0) -> None:
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     if registry.get_hook(HOOK_NAME) is not None:
         registry.remove_hook(HOOK_NAME, recurse=False)
-    registry.register_hook(SparseStepHook(state, model, tuple(patch_size)), HOOK_NAME)
+    registry.register_hook(SparseStepHook(state, model, tuple(patch_size), model_index), HOOK_NAME)
 
 
 def detach_step_hook(transformer) -> None:
