@@ -109,7 +109,14 @@ class RadialPattern(Pattern):
     def decay_for(self, geometry: VideoGeometry) -> float:
         if self.config.decay is not None:
             return self.config.decay
-        return MODEL_DEFAULT_DECAY.get(geometry.model, 1.0)
+        if geometry.model not in MODEL_DEFAULT_DECAY:
+            # No silent fallback: the decay sets the density, and 1.0 is nobody's tuned value.
+            known = ", ".join(f"{m} {d}" for m, d in MODEL_DEFAULT_DECAY.items())
+            raise ValueError(
+                f"radial has no default decay for model {geometry.model!r} (known: {known}); pass "
+                "RadialConfig(decay=...) (larger is denser; 1.0 keeps the unscaled windows)"
+            )
+        return MODEL_DEFAULT_DECAY[geometry.model]
 
     def plan(self, q, k, geometry: VideoGeometry, cache) -> BlockLayout:
         bs = self.config.block_size
