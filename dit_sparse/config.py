@@ -174,6 +174,21 @@ class SemanticConfig(SparseConfig):
         min_kv_ratio (`float`, defaults to 0.1): keep at least this fraction of key clusters per query cluster.
         kmeans_iters (`int`, defaults to 20): k-means iterations on the first call (cold start).
         warm_iters (`int`, defaults to 2): iterations when warm-started from the cached centroids of the last step.
+        clusters (`str`, defaults to "joint"): "joint": one k-means of every token's [q, k] (``kv_clusters``
+            clusters; ``q_clusters`` unused) and one permutation for queries and keys, so each query block keeps the
+            key block of its own tokens (the diagonal). "separate": Sparse VideoGen 2's separate query and key
+            clusterings. Measured on captured and photographic attention (``python -m dit_sparse.eval.oracle``),
+            separate permutations leave queries whose own neighbourhood falls outside every selected key block.
+        estimate (`str`, defaults to "blocks"): how the attention mass of a block pair is estimated and what is
+            selected. "blocks": the mean query of every query block against every key exactly, summed per key block,
+            top-p per query block (measured closest to the oracle on trained attention, see
+            `dit_sparse.patterns.block_mass`). "centroids": Sparse VideoGen 2's query-centroid x key-centroid softmax
+            weighted by cluster sizes, top-p per query cluster (the published method).
+        fixed_blocks (`bool`, defaults to False): fixed ``block_size`` blocks over the permuted sequence (fixed-block
+            kernels such as FlashAttention-4 run them) instead of variable-size cluster-aligned blocks.
+        static_kmax (`bool`, defaults to False): size the layout's index lists by their static bound instead of one
+            host read of the largest count (no host synchronisation: CUDA graphs, ``torch.compile(fullgraph=True)``),
+            at the price of memory.
     """
 
     method: ClassVar[str] = "semantic"
@@ -184,6 +199,10 @@ class SemanticConfig(SparseConfig):
     min_kv_ratio: float = 0.1
     kmeans_iters: int = 20
     warm_iters: int = 2
+    clusters: str = "joint"
+    estimate: str = "blocks"
+    fixed_blocks: bool = False
+    static_kmax: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -193,6 +212,17 @@ class SemanticConfig(SparseConfig):
         _check_range("min_kv_ratio", self.min_kv_ratio, 0.0, 1.0)
         _check_int("kmeans_iters", self.kmeans_iters, 1)
         _check_int("warm_iters", self.warm_iters, 0)
+        if self.clusters not in ("joint", "separate"):
+            raise ValueError(f"clusters={self.clusters!r} is not known; allowed: 'joint', 'separate'")
+        if self.estimate not in ("blocks", "centroids"):
+            raise ValueError(f"estimate={self.estimate!r} is not known; allowed: 'blocks', 'centroids'")
+        if self.estimate == "centroids" and self.clusters != "separate":
+            raise ValueError(
+                "estimate='centroids' scores query clusters against key clusters and needs clusters='separate' "
+                "(Sparse VideoGen 2's published method: SemanticConfig(clusters='separate', estimate='centroids'))"
+            )
+        _check_bool("fixed_blocks", self.fixed_blocks)
+        _check_bool("static_kmax", self.static_kmax)
 
 
 @dataclass
@@ -205,6 +235,10 @@ class DraftConfig(SparseConfig):
             tokens (8 x 16 for 128-token blocks).
         global_budget (`bool`, defaults to False): select the top blocks per head over the whole map instead of per
             query block (the diagonal block is kept either way).
+        estimate (`str`, defaults to "blocks"): how a tile pair's attention is scored. "blocks": the mean query of
+            every query tile against every key exactly, summed per key tile (measured closest to the oracle on
+            trained attention, see `dit_sparse.patterns.block_mass`). "pooled": mean query against mean key, as the
+            published DraftAttention.
     """
 
     method: ClassVar[str] = "draft"
@@ -212,6 +246,7 @@ class DraftConfig(SparseConfig):
     density: float = 0.25
     pool: Optional[Tuple[int, int]] = None
     global_budget: bool = False
+    estimate: str = "blocks"
 
     def validate(self) -> None:
         super().validate()
@@ -225,6 +260,8 @@ class DraftConfig(SparseConfig):
                 raise ValueError(f"pool must be a pair of positive ints (height, width) or None, got {self.pool!r}")
             self.pool = tuple(self.pool)
         _check_bool("global_budget", self.global_budget)
+        if self.estimate not in ("blocks", "pooled"):
+            raise ValueError(f"estimate={self.estimate!r} is not known; allowed: 'blocks', 'pooled'")
 
 
 CONFIGS: Dict[str, Type[SparseConfig]] = {

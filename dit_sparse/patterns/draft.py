@@ -30,6 +30,7 @@ from ..config import DraftConfig
 from ..geometry import VideoGeometry
 from ..layout import BlockLayout, cdiv
 from .base import Pattern
+from .block_mass import block_mass_estimate
 
 
 def default_pool(block_size: int) -> Tuple[int, int]:
@@ -175,6 +176,27 @@ def draft_map(
     return torch.softmax(logits + tiles.sizes.to(torch.float32).log(), dim=-1)
 
 
+def exact_key_map(q: torch.Tensor, k: torch.Tensor, tiles: DraftTiles, block_size: int,
+                  scale: Optional[float] = None) -> torch.Tensor:
+    """Like `draft_map`, but each query tile's mean query meets every key exactly (mass summed per key tile) instead
+    of the key tile's mean (`dit_sparse.patterns.block_mass`); [B, H, N, N] float32.
+
+    Mean keys lose what a tile's keys look like individually (photographic detail, the tokens right next to a query
+    in a local head); measured on captured attention this estimate tracks the oracle more closely, for 1 / block_size
+    of dense attention's score FLOPs.
+    """
+    b, h, length, d = q.shape
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
+    if tiles.perm is not None:
+        perm = tiles.perm.expand(b, h, -1).unsqueeze(-1).expand(-1, -1, -1, d)
+        q, k = q.gather(2, perm), k.gather(2, perm)
+    starts = None if tiles.uniform else tiles.starts.view(1, -1)
+    mass = block_mass_estimate(q.reshape(b * h, length, d), k.reshape(b * h, length, d), scale, block_size,
+                               starts, starts)
+    return mass.view(b, h, *mass.shape[1:])
+
+
 def select_tiles(dmap: torch.Tensor, sizes: torch.Tensor, density: float, global_budget: bool = False) -> torch.Tensor:
     """Boolean tile mask [B, H, N, N] from a draft map, keeping about ``density`` of the token pairs.
 
@@ -248,7 +270,10 @@ class DraftPattern(Pattern):
                 f"{length}; pass video tokens only"
             )
         tiles = self.tiles_for(geometry, q.device)
-        dmap = draft_map(q, k, geometry, tiles)
+        if self.config.estimate == "blocks":
+            dmap = exact_key_map(q, k, tiles, self.config.block_size)
+        else:
+            dmap = draft_map(q, k, geometry, tiles)
         mask = select_tiles(dmap, tiles.sizes, self.config.density, self.config.global_budget)
         bs = self.config.block_size
         extra = {"q_perm": tiles.perm, "kv_perm": tiles.perm}
@@ -257,4 +282,7 @@ class DraftPattern(Pattern):
         return BlockLayout.from_block_mask(mask, bs, bs, length, length, **extra)
 
 
-__all__ = ["DraftPattern", "DraftTiles", "default_pool", "draft_map", "pool_tiles", "select_tiles", "tile_grid"]
+__all__ = [
+    "DraftPattern", "DraftTiles", "default_pool", "draft_map", "exact_key_map", "pool_tiles", "select_tiles",
+    "tile_grid",
+]

@@ -14,12 +14,22 @@ Blocks (default, ``fixed_blocks=False``): variable-size, cluster-aligned. Every 
 kernel computes the selection and nothing else. The number of pieces varies per (batch, head) but is bounded by
 ``floor((L + K (block - 1)) / block)`` (at most ``ceil(L / block) + K``), a static bound: layouts are padded to it with
 empty blocks (start == end, no keys), with no host synchronisation. The only host read of a plan is the width of
-``kv_indices`` (see ``STATIC_KMAX``).
+``kv_indices`` (see ``SemanticConfig.static_kmax``).
 
 Blocks (``fixed_blocks=True``): fixed ``block_size`` blocks over the permuted sequence; a block pair is computed when
 any of the query clusters touching the query block selected any of the key clusters touching the key block. This is a
 superset of the selection (blocks straddle cluster boundaries), usable by fixed-block kernels (FlashAttention-4,
 FlexAttention), and the comparison point for the variable layout at equal density.
+
+Selection (``estimate``). "blocks" (default): every query block's mean query meets every key exactly
+(`dit_sparse.patterns.block_mass`), and each query block keeps its key blocks of most mass per token until the
+estimated mass reaches ``top_p``, at least ``ceil(min_kv_ratio * key blocks)``. "centroids": Sparse VideoGen 2's rule
+above, per query cluster. Measured on attention captured from the trained models (``python -m
+dit_sparse.eval.oracle``), the centroid rule chose *worse* blocks than a random layout of the same density: a query
+cluster's top-p set covers the cluster's *average* attention, while on local heads many of its queries attend keys
+that the average does not, and those rows lose most of their mass (a rel-L2 error three times the oracle's at the same
+density and the same mean mass). Choosing per query block, from the block's own mean query and exact keys, keeps
+every row's mass close to ``top_p``.
 
 k-means is warm-started from the previous step's centroids, kept in the per-(layer, CFG branch) ``cache``:
 ``kmeans_iters`` iterations on the first call of a run (from evenly strided tokens, deterministic),
@@ -28,6 +38,7 @@ k-means is warm-started from the previous step's centroids, kept in the per-(lay
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Dict, Optional, Tuple
 
@@ -37,18 +48,15 @@ from ..config import SemanticConfig
 from ..geometry import VideoGeometry
 from ..layout import BlockLayout, cdiv
 from .base import Pattern
+from .block_mass import block_mass_estimate, select_top_p
 from .kmeans import batched_kmeans
 
-# Default block kind of `SemanticPattern` when built by name (``make_pattern``): False = variable-size cluster-aligned
-# blocks, True = fixed blocks over the permuted sequence. A module-level switch so the two can be compared end to end
-# without a config field.
-FIXED_BLOCKS = False
+logger = logging.getLogger(__name__)
 
-# Width of kv_indices. False (default): the largest kv_counts, read on the host once per plan and rounded up to a
-# multiple of 16 (few distinct shapes). True: the static bound (every key block), no host synchronisation at all
-# (CUDA graphs, torch.compile(fullgraph=True)), at the price of memory: [B, H, Nq, Nk] int32 is 13 MB per layer and
-# branch for Wan 1.3B 480p but ~140 MB for HunyuanVideo 720p, and the processor caches one layout per layer and branch.
-STATIC_KMAX = False
+# Width of kv_indices (unless ``static_kmax``): the largest kv_counts, read on the host once per plan and rounded up to
+# a multiple of this (few distinct shapes). With ``static_kmax`` the static bound (every key block) is used: no host
+# synchronisation at all, at the price of memory ([B, H, Nq, Nk] int32 is 13 MB for Wan 1.3B 480p, ~140 MB for
+# HunyuanVideo 720p per cached layout).
 _KMAX_ROUND = 16
 
 
@@ -162,14 +170,12 @@ def _overlap(counts: torch.Tensor, block: int, length: int) -> torch.Tensor:
 
 
 class SemanticPattern(Pattern):
-    """Sparse VideoGen 2's k-means permutation with top-p cluster selection.
+    """Sparse VideoGen 2's k-means permutation with top-p block selection.
 
     Args:
-        config (`SemanticConfig`): clusters, top-p, iterations and block size.
-        fixed_blocks (`bool`, optional): fixed ``block_size`` blocks over the permuted sequence instead of
-            variable-size cluster-aligned blocks (see the module docstring); `None` = the module's ``FIXED_BLOCKS``.
-        static_kmax (`bool`, optional): size ``kv_indices`` by the static bound instead of one host read of the
-            largest count; `None` = the module's ``STATIC_KMAX``.
+        config (`SemanticConfig`): clusters, top-p, iterations, block size, block kind and selection rule.
+        fixed_blocks (`bool`, optional): overrides ``config.fixed_blocks`` (tests and benchmarks).
+        static_kmax (`bool`, optional): overrides ``config.static_kmax``.
     """
 
     name = "semantic"
@@ -179,8 +185,9 @@ class SemanticPattern(Pattern):
         self, config: SemanticConfig, fixed_blocks: Optional[bool] = None, static_kmax: Optional[bool] = None
     ):
         super().__init__(config)
-        self.fixed_blocks = FIXED_BLOCKS if fixed_blocks is None else bool(fixed_blocks)
-        self.static_kmax = STATIC_KMAX if static_kmax is None else bool(static_kmax)
+        self.fixed_blocks = config.fixed_blocks if fixed_blocks is None else bool(fixed_blocks)
+        self.static_kmax = config.static_kmax if static_kmax is None else bool(static_kmax)
+        self._warned_clusters = False
 
     def _trim(self, idx: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """kv_indices narrowed to the largest count (rounded up), unless ``static_kmax``."""
@@ -211,22 +218,76 @@ class SemanticPattern(Pattern):
         return labels.view(b, h, length), centroids.view(b, h, k, d), counts.view(b, h, k)
 
     # ------------------------------------------------------------------ planning
+    # Fewest tokens per cluster (on average) that the cluster counts are cut to: a cluster of a handful of tokens
+    # makes k-means a token-level clustering that costs more than it saves (a new user's 100 / 500 clusters on 320
+    # tokens took 25 minutes for one CPU step).
+    MIN_CLUSTER_TOKENS = 16
+
+    def cluster_counts(self, lq: int, lk: int) -> Tuple[int, int]:
+        """Query and key cluster counts for sequences of ``lq`` / ``lk`` tokens (the config's, cut to at most one
+        cluster per ``MIN_CLUSTER_TOKENS`` tokens, with a warning the first time they are cut)."""
+        cfg = self.config
+        if cfg.clusters == "joint":  # one clustering of the tokens: kv_clusters clusters, q_clusters unused
+            kk = min(cfg.kv_clusters, max(1, min(lq, lk) // self.MIN_CLUSTER_TOKENS))
+            if kk != cfg.kv_clusters and not self._warned_clusters:
+                logger.warning(
+                    "semantic: %d clusters for %d tokens; using %d (at least %d tokens per cluster). Set "
+                    "SemanticConfig(kv_clusters=...) for this size to silence this.",
+                    cfg.kv_clusters, lk, kk, self.MIN_CLUSTER_TOKENS,
+                )
+                self._warned_clusters = True
+            return kk, kk
+        kq = min(cfg.q_clusters, max(1, lq // self.MIN_CLUSTER_TOKENS))
+        kk = min(cfg.kv_clusters, max(1, lk // self.MIN_CLUSTER_TOKENS))
+        if (kq, kk) != (cfg.q_clusters, cfg.kv_clusters) and not self._warned_clusters:
+            logger.warning(
+                "semantic: %d query / %d key clusters for %d / %d tokens; using %d / %d (at least %d tokens per "
+                "cluster). Set SemanticConfig(q_clusters=..., kv_clusters=...) for this size to silence this.",
+                cfg.q_clusters, cfg.kv_clusters, lq, lk, kq, kk, self.MIN_CLUSTER_TOKENS,
+            )
+            self._warned_clusters = True
+        return kq, kk
+
     def plan(self, q: torch.Tensor, k: torch.Tensor, geometry: VideoGeometry, cache: Dict[str, Any]) -> BlockLayout:
         cfg = self.config
         b, h, lq, d = q.shape
         lk = k.shape[2]
-        kq, kk = min(cfg.q_clusters, lq), min(cfg.kv_clusters, lk)
+        kq, kk = self.cluster_counts(lq, lk)
+        n = b * h
+        if cfg.clusters == "joint":
+            if lq != lk:
+                raise ValueError(
+                    f"SemanticConfig(clusters='joint') clusters queries and keys together and needs as many of each, "
+                    f"got {lq} and {lk}; use clusters='separate'"
+                )
+            # One k-means on [q, k] per token: one permutation for both sides, so block i of the queries and block i
+            # of the keys are the same tokens and the diagonal (a token's own key, the most attended when q ~ k) is
+            # always kept. Separate q and k clusters lose it: on captured and photographic attention a query's own
+            # neighbourhood then lands in key blocks its query block does not select (rows with ~0 mass kept).
+            labels, _, counts = self.cluster(torch.cat([q, k], -1), kk, cache, "qk")
+            perm = cluster_order(labels, kk)
+            c = counts.view(n, kk)
+            fields = self._block_layout(q.reshape(n, lq, d), k.reshape(n, lk, d), perm.view(n, lq), perm.view(n, lk),
+                                        c, c, diagonal=True)
+            kv_indices, kv_counts, q_starts, kv_starts = (
+                None if t is None else t.view(b, h, *t.shape[1:]) for t in fields
+            )
+            bs = cfg.block_size
+            return BlockLayout(kv_indices, kv_counts, bs, bs, lq, lk, q_block_starts=q_starts,
+                               kv_block_starts=kv_starts, q_perm=perm, kv_perm=perm)
         q_labels, q_cent, q_counts = self.cluster(q, kq, cache, "q")
         k_labels, k_cent, k_counts = self.cluster(k, kk, cache, "k")
-        n = b * h
-        min_keep = math.ceil(cfg.min_kv_ratio * kk - 1e-9)
-        select = select_clusters(
-            q_cent.view(n, kq, d), k_cent.view(n, kk, d), k_counts.view(n, kk), 1.0 / math.sqrt(d), cfg.top_p, min_keep
-        )
         q_perm, kv_perm = cluster_order(q_labels, kq), cluster_order(k_labels, kk)
         qc, kc = q_counts.view(n, kq), k_counts.view(n, kk)
-        build = self._fixed_layout if self.fixed_blocks else self._variable_layout
-        fields = build(select, qc, kc, lq, lk)
+        if cfg.estimate == "blocks":
+            fields = self._block_layout(q.reshape(n, lq, d), k.reshape(n, lk, d), q_perm.view(n, lq),
+                                        kv_perm.view(n, lk), qc, kc)
+        else:
+            min_keep = math.ceil(cfg.min_kv_ratio * kk - 1e-9)
+            select = select_clusters(q_cent.view(n, kq, d), k_cent.view(n, kk, d), kc, 1.0 / math.sqrt(d), cfg.top_p,
+                                     min_keep)
+            build = self._fixed_layout if self.fixed_blocks else self._variable_layout
+            fields = build(select, qc, kc, lq, lk)
         kv_indices, kv_counts, q_starts, kv_starts = (
             None if t is None else t.view(b, h, *t.shape[1:]) for t in fields
         )
@@ -243,6 +304,33 @@ class SemanticPattern(Pattern):
             q_perm=q_perm,
             kv_perm=kv_perm,
         )
+
+    def _block_layout(self, q, k, q_perm, kv_perm, q_counts, k_counts, diagonal: bool = False):
+        """Top-p per query block on the estimated block mass; kv_indices, kv_counts, q/kv starts with N = B * H."""
+        cfg = self.config
+        bs = cfg.block_size
+        n, lq, d = q.shape
+        lk = k.shape[1]
+        q_sorted = q.gather(1, q_perm.unsqueeze(-1).expand(-1, -1, d))
+        k_sorted = k.gather(1, kv_perm.unsqueeze(-1).expand(-1, -1, d))
+        if self.fixed_blocks:
+            q_starts = kv_starts = None
+            nk = cdiv(lk, bs)
+            k_sizes = torch.full((1, nk), float(bs), device=q.device)
+            k_sizes[0, -1] = lk - bs * (nk - 1)
+            k_valid = torch.ones(1, nk, dtype=torch.bool, device=q.device)
+            q_valid = None
+        else:
+            q_starts, _, q_valid = cluster_pieces(q_counts, bs, max_pieces(lq, q_counts.shape[1], bs), lq)
+            kv_starts, _, k_valid = cluster_pieces(k_counts, bs, max_pieces(lk, k_counts.shape[1], bs), lk)
+            k_sizes = (kv_starts[:, 1:] - kv_starts[:, :-1]).float()
+        mass = block_mass_estimate(q_sorted, k_sorted, 1.0 / math.sqrt(d), bs, q_starts, kv_starts)
+        min_keep = math.ceil(cfg.min_kv_ratio * mass.shape[-1] - 1e-9)
+        select = select_top_p(mass, k_sizes, cfg.top_p, min_keep, k_valid, diagonal=diagonal)
+        if q_valid is not None:
+            select &= q_valid.unsqueeze(-1)  # padding pieces compute nothing
+        idx, cnt = pack_mask(select)
+        return self._trim(idx, cnt).contiguous(), cnt, q_starts, kv_starts
 
     def _variable_layout(self, select, q_counts, k_counts, lq: int, lk: int):
         """kv_indices, kv_counts, q_block_starts, kv_block_starts with a leading N = B * H dimension."""
@@ -271,8 +359,6 @@ class SemanticPattern(Pattern):
 
 
 __all__ = [
-    "FIXED_BLOCKS",
-    "STATIC_KMAX",
     "SemanticPattern",
     "cluster_order",
     "cluster_pieces",

@@ -1,0 +1,142 @@
+"""Estimated attention mass of every (query block, key block) pair, from each query block's mean query and the keys.
+
+Used by the content-aware patterns (semantic, draft) to choose blocks. Measured on attention captured from trained
+models (`dit_sparse.eval.oracle`), the estimate that pools *both* sides - a query block's mean against a key block's
+mean (Sparse VideoGen 2's centroid softmax, DraftAttention's pooled map) - loses what a block's keys look like
+individually: a mean key is shorter than its keys and lies between them, so blocks whose keys point in many directions
+(high-frequency content, the tokens near a query in a local head) are under-estimated and the selection drops mass
+that the oracle keeps. Here the mean query of a block meets every key exactly:
+
+    mass[i, j] = sum over keys t in block j of softmax_t(mean_query_i . k_t * scale)
+
+which costs one query row per block (``1 / block_size`` of dense attention's score FLOPs) and is exact for a block
+whose queries are all equal. It is computed in chunks of (batch x head) rows so that memory stays bounded, as per-block
+log-sum-exps (one max and one sum per block), never as an L x L matrix.
+
+Blocks are given by their boundaries over the (permuted) sequence, ``starts`` [N, P + 1] (variable blocks, e.g. the
+semantic pattern's cluster pieces or draft's edge tiles), or implicitly as fixed ``block_size`` blocks.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+# Score elements per chunk (rows of queries x keys, over the batch x head rows of one chunk): 2**26 floats = 256 MiB.
+_CHUNK_ELEMENTS = 1 << 26
+
+
+def segment_means(x: torch.Tensor, starts: Optional[torch.Tensor], block: int) -> torch.Tensor:
+    """Mean of x [N, L, D] over each block, float32 [N, P, D] (empty blocks give zeros).
+
+    Args:
+        x (`torch.Tensor` [N, L, D]): tokens in block order.
+        starts (`torch.Tensor` int [N or 1, P + 1], optional): block boundaries; `None` = fixed ``block`` blocks (the
+            last one ragged).
+        block (`int`): block size when ``starts`` is None.
+    """
+    n, length, d = x.shape
+    if starts is None:
+        p = -(-length // block)
+        pad = p * block - length
+        sums = torch.nn.functional.pad(x.float(), (0, 0, 0, pad)).view(n, p, block, d).sum(2)
+        sizes = torch.full((p,), float(block), device=x.device)
+        sizes[-1] = length - block * (p - 1)
+        return sums / sizes.view(1, p, 1)
+    starts = starts.long().expand(n, -1)
+    cums = torch.nn.functional.pad(x.float().cumsum(1), (0, 0, 1, 0))  # [N, L + 1, D]
+    hi = cums.gather(1, starts[:, 1:, None].expand(-1, -1, d))
+    lo = cums.gather(1, starts[:, :-1, None].expand(-1, -1, d))
+    sizes = (starts[:, 1:] - starts[:, :-1]).float().clamp(min=1)
+    return (hi - lo) / sizes.unsqueeze(-1)
+
+
+def block_mass_estimate(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float,
+    block: int,
+    q_starts: Optional[torch.Tensor] = None,
+    kv_starts: Optional[torch.Tensor] = None,
+    chunk_elements: int = _CHUNK_ELEMENTS,
+) -> torch.Tensor:
+    """Estimated share of each query block's attention on each key block, float32 [N, Pq, Pk] (rows sum to 1).
+
+    Args:
+        q, k (`torch.Tensor` [N, L, D]): queries and keys, already in block order (permuted if the layout permutes).
+        scale (`float`): softmax scale.
+        block (`int`): block size of the sides whose ``*_starts`` is None.
+        q_starts, kv_starts (`torch.Tensor` int [N or 1, P + 1], optional): variable block boundaries.
+        chunk_elements (`int`): bound on the score elements held at once.
+
+    Returns:
+        `torch.Tensor` [N, Pq, Pk]; rows of empty query blocks are meaningless (callers mask them), empty key blocks
+        get 0.
+    """
+    n, lk, d = k.shape
+    qm = segment_means(q, q_starts, block)  # [N, Pq, D] float32
+    pq = qm.shape[1]
+    if kv_starts is None:
+        pk = -(-lk // block)
+        pad = pk * block - lk
+    else:
+        ks = kv_starts.long().expand(n, -1)
+        pk = ks.shape[1] - 1
+    # Half precision on the GPU (tensor cores; the scores of a mean query are small), float32 on the CPU.
+    dot_dtype = k.dtype if k.is_cuda and k.dtype in (torch.float16, torch.bfloat16) else torch.float32
+    kt = k.to(dot_dtype).transpose(1, 2)
+    out = torch.empty(n, pq, pk, dtype=torch.float32, device=k.device)
+    rows = max(1, chunk_elements // max(1, pq * lk))
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        s = torch.bmm(qm[r0:r1].to(dot_dtype), kt[r0:r1]).float().mul_(scale)  # [c, Pq, Lk]
+        s = s - s.amax(-1, keepdim=True)
+        e = s.exp_()
+        if kv_starts is None:
+            if pad:
+                e = torch.nn.functional.pad(e, (0, pad))
+            sums = e.view(r1 - r0, pq, pk, block).sum(-1)
+        else:
+            cums = torch.nn.functional.pad(e.cumsum(-1), (1, 0))  # [c, Pq, Lk + 1]
+            idx = ks[r0:r1, None, :].expand(-1, pq, -1)
+            sums = (cums.gather(2, idx[..., 1:]) - cums.gather(2, idx[..., :-1])).clamp_(min=0)
+        out[r0:r1] = sums / sums.sum(-1, keepdim=True).clamp(min=1e-30)
+    return out
+
+
+def select_top_p(mass: torch.Tensor, sizes: torch.Tensor, top_p: float, min_keep: int, valid: torch.Tensor,
+                 diagonal: bool = False):
+    """Per row, the key blocks of most estimated mass per key token, until their estimated mass reaches ``top_p``
+    (the crossing block kept), and at least the ``min_keep`` best; empty key blocks never.
+
+    Ranking by mass per token buys the most attention per unit of compute (blocks of a cluster's tail are short);
+    with equal blocks it is ranking by mass.
+
+    Args:
+        mass (`torch.Tensor` [N, Pq, Pk]): estimated mass (`block_mass_estimate`).
+        sizes (`torch.Tensor` [N or 1, Pk]): tokens per key block.
+        top_p (`float`): mass to cover per row, in (0, 1]; 1.0 keeps every non-empty block.
+        min_keep (`int`): blocks kept at least per row.
+        valid (`torch.Tensor` bool [N or 1, Pk]): non-empty key blocks.
+        diagonal (`bool`): query and key blocks are the same tokens (one permutation for both): key block i is ranked
+            first in row i, so every query keeps its own tokens' keys (with q close to k, the most attended ones).
+
+    Returns:
+        `torch.Tensor` bool [N, Pq, Pk].
+    """
+    valid = valid.unsqueeze(1)
+    if top_p >= 1.0:
+        return valid.expand_as(mass).contiguous()
+    score = torch.where(valid, mass / sizes.float().clamp(min=1).unsqueeze(1), torch.full_like(mass, -1.0))
+    if diagonal:
+        score.diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
+    order = score.argsort(-1, descending=True)
+    sorted_mass = mass.gather(-1, order)
+    before = sorted_mass.cumsum(-1) - sorted_mass
+    rank = torch.arange(mass.shape[-1], device=mass.device)
+    keep_sorted = (before < top_p) | (rank < max(1, min_keep))
+    return torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted) & valid
+
+
+__all__ = ["block_mass_estimate", "segment_means", "select_top_p"]
