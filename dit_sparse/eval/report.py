@@ -2,6 +2,10 @@
 
     python -m dit_sparse.eval.report [--results bench/results] [--readme README.md] [--docs docs]
 
+The "quality" section ("Quality on the trained models") reads ``quality-<model>.json`` (`dit_sparse.eval.quality`)
+and ``oracle-<model>.json`` (`dit_sparse.eval.oracle`) for ``tiny`` and ``small``; a missing one gets a line naming
+the command that writes it.
+
 README sections live between ``<!-- BEGIN:name -->`` and ``<!-- END:name -->`` markers and are replaced in place.
 """
 
@@ -119,14 +123,150 @@ def pattern_table(results: List[dict]) -> str:
     return "\n".join(lines) if lines else "_no pattern results yet_"
 
 
-def quality_section(results_dir: str) -> str:
+TRAINED_MODELS = ("tiny", "small")
+# The commands that write each model's JSON (the README's hint when one is missing); small is a GPU run.
+QUALITY_COMMANDS = {"tiny": "python -m dit_sparse.eval.quality --model tiny",
+                    "small": "python -m dit_sparse.eval.quality --model small --device cuda"}
+ORACLE_COMMANDS = {"tiny": "python -m dit_sparse.eval.oracle --model tiny",
+                   "small": "python -m dit_sparse.eval.oracle --model small --device cuda"}
+GAIN_HEADER = "gain vs oracle (captured attention)"
+GAIN_SENTENCE = (
+    "Gain = (err_random − err) / (err_random − err_oracle) of the attention output's relative L2 error against dense "
+    "attention, where the oracle keeps each query block's key blocks of most dense attention mass and the random "
+    "layout keeps random blocks, both at the method's density: 0 = no better than random, 1 = as good as the oracle, "
+    "> 1 = better than the raster-block oracle (permuted layouts can be)."
+)
+
+
+def _read_json(path: str) -> Optional[dict]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _missing(kind: str, model: str, results_dir: str, command: str) -> str:
+    path = os.path.join(results_dir, f"{kind}-{model}.json")
+    return f"_no {kind} results for `{model}` yet: `{command}` writes `{path}`_"
+
+
+def _oracle_row(summary: List[dict], name: str) -> Optional[dict]:
+    """The oracle summary row of the quality row ``name``: ``radial`` -> (radial, preset), ``radial@0.25`` ->
+    (radial, d=0.25)."""
+    method, _, target = name.partition("@")
+    for s in summary:
+        if s.get("method") != method:
+            continue
+        setting = s.get("setting", "")
+        if not target and setting == "preset":
+            return s
+        if target and setting.startswith("d="):
+            try:
+                if abs(float(setting[2:]) - float(target)) < 1e-9:
+                    return s
+            except ValueError:
+                continue
+    return None
+
+
+def _gain_cell(row: Optional[dict]) -> str:
+    if row is None:
+        return "—"
+    gain = row.get("gain_of_means", row.get("gain"))
+    return _fmt(float(gain)) if gain is not None else "—"
+
+
+def _add_column(table: str, header: str, cells: List[str]) -> str:
+    """``table`` (a markdown table) with one more column: ``header`` and one cell per data row."""
+    lines = table.split("\n")
+    if len(lines) != len(cells) + 2:
+        raise ValueError(f"table has {len(lines) - 2} rows, got {len(cells)} cells")
+    lines[0] += f" {header} |"
+    lines[1] += "---|"
+    lines[2:] = [f"{line} {cell} |" for line, cell in zip(lines[2:], cells)]
+    return "\n".join(lines)
+
+
+def quality_with_gains(results: Dict[str, dict], summary: Optional[List[dict]]) -> str:
+    """`quality.markdown_table` plus the oracle-relative gain of each method row (preset or matched density), taken
+    from the oracle summary row of the same method and setting; "—" where there is none."""
     from .quality import markdown_table
 
-    paths = sorted(glob.glob(os.path.join(results_dir, "quality*.json")))
-    if not paths:
-        return "_no quality results yet_"
-    data = json.loads(Path(paths[-1]).read_text())
-    return f"`{data.get('command', '')}`\n\n" + markdown_table(data["results"])
+    # The rows markdown_table writes, in its order: every method row (not dense, not the random baseline).
+    names = [n for n in results if n != "dense" and not n.startswith("random@")]
+    cells = [_gain_cell(_oracle_row(summary or [], n)) for n in names]
+    return _add_column(markdown_table(results), GAIN_HEADER, cells)
+
+
+def _size_line(model: str, settings: Optional[dict]) -> str:
+    """``frames×height×width, N tokens, S steps`` of a run: its settings where given, else the model preset's (the
+    evaluators' defaults)."""
+    settings = settings or {}
+    try:
+        from ..pipelines.presets import PRESETS
+
+        preset = PRESETS.get(model)
+    except ImportError:  # pragma: no cover
+        preset = None
+
+    def pick(key):
+        return settings.get(key) or (getattr(preset, key, None) if preset is not None else None)
+
+    frames, height, width = pick("frames"), pick("height"), pick("width")
+    # quality: "steps" is the run's step count; oracle: "num_inference_steps" (its "steps" are the captured ones).
+    steps = settings.get("num_inference_steps") or settings.get("steps")
+    if not isinstance(steps, int):
+        steps = getattr(preset, "steps", None)
+    known = None not in (frames, height, width)
+    # Wan: 4x temporal and 8x spatial VAE compression, 2x2 patches.
+    tokens = ((frames - 1) // 4 + 1) * (height // 16) * (width // 16) if known else settings.get("tokens")
+    parts = [f"{frames}×{height}×{width}" if known else "size ?"]
+    if tokens:
+        parts.append(f"{tokens:,} tokens")
+    if steps:
+        parts.append(f"{steps} steps")
+    return ", ".join(parts)
+
+
+def trained_quality_section(results_dir: str) -> str:
+    """Per trained model (``tiny``, ``small``): the video-quality table of ``quality-<model>.json`` with each method
+    row's oracle-relative gain from ``oracle-<model>.json``, and that oracle summary table; a hint line with the
+    producing command for each JSON that is missing."""
+    from .oracle import markdown_table as oracle_table
+
+    parts = []
+    for model in TRAINED_MODELS:
+        quality = _read_json(os.path.join(results_dir, f"quality-{model}.json"))
+        oracle = _read_json(os.path.join(results_dir, f"oracle-{model}.json"))
+        heading = quality if quality is not None else oracle
+        parts.append(f"### {model}: {_size_line(model, (heading or {}).get('settings'))}\n")
+        if quality is not None and "results" in quality:
+            prompts = quality.get("prompts")
+            device = quality.get("device") or (quality.get("settings") or {}).get("device", "?")
+            info = [f"device {device}"]
+            if prompts:
+                info.append(f"{len(prompts)} prompt{'s' if len(prompts) != 1 else ''}")
+            info.append(f"commit `{(quality.get('commit') or '?')[:10]}`")
+            parts.append("Video quality against dense (PSNR / SSIM per frame, same prompts and seeds): "
+                         + ", ".join(info) + f"; `{quality.get('command', QUALITY_COMMANDS[model]).strip()}`\n")
+            parts.append(quality_with_gains(quality["results"], (oracle or {}).get("summary")))
+        else:
+            parts.append(_missing("quality", model, results_dir, QUALITY_COMMANDS[model]))
+        parts.append("")
+        if oracle is not None and "summary" in oracle:
+            o_set = oracle.get("settings", {}) or {}
+            command = oracle.get("command", ORACLE_COMMANDS[model]).strip()
+            parts.append(f"Oracle-relative fidelity on attention captured from a dense run "
+                         f"({_size_line(model, o_set)}; layers "
+                         f"{o_set.get('layers', '?')}, steps {o_set.get('steps', '?')}, block "
+                         f"{o_set.get('block_size', '?')}): device {o_set.get('device', '?')}, commit "
+                         f"`{(oracle.get('commit') or '?')[:10]}`; `{command}`\n")
+            parts.append(GAIN_SENTENCE + "\n")
+            parts.append(oracle_table(oracle["summary"]))
+        else:
+            parts.append(_missing("oracle", model, results_dir, ORACLE_COMMANDS[model]))
+        parts.append("")
+    return "\n".join(parts)
 
 
 def fidelity_section(results_dir: str) -> str:
@@ -268,7 +408,7 @@ def update_readme(readme: str, results_dir: str, docs: str) -> Dict[str, str]:
     Path(docs).mkdir(parents=True, exist_ok=True)
     sections = {"kernel": kernel_table(results), "e2e": e2e_table(results), "pattern": pattern_table(results),
                 "radial": radial_table(), "fidelity": fidelity_section(results_dir),
-                "quality": quality_section(results_dir)}
+                "quality": trained_quality_section(results_dir)}
     img = plot_kernel_speed(results, os.path.join(docs, "kernel_speed.png"))
     if img:
         sections["kernel"] += f"\n![speed vs density]({img})\n"

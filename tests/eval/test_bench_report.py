@@ -92,3 +92,92 @@ def test_bench_layer_tiny(tmp_path):
     data = json.loads(out.read_text())
     assert data["results"]["dense_sdpa"]["ms"] > 0
     assert 0 < data["results"]["radial"]["density"] < 1
+
+
+def _oracle_summary_row(method, setting, gain):
+    return dict(method=method, setting=setting, captures=3, density=0.25, rel_l2=0.2, mass_kept=0.8,
+                oracle_rel_l2=0.1, oracle_mass_kept=0.9, random_rel_l2=0.4, random_mass_kept=0.3, gain=gain,
+                gain_of_means=gain)
+
+
+SAMPLE_QUALITY = {
+    "benchmark": "quality-tiny", "command": "python -m dit_sparse.eval.quality --model tiny",
+    "commit": "0123456789abc", "device": "cpu",
+    "settings": {"model": "tiny", "height": 256, "width": 256, "frames": 17, "steps": 10, "device": "cpu"},
+    "prompts": ["a", "b", "c"],
+    "results": {
+        "dense": {"seconds": 10.0},
+        "radial": {"psnr": 25.0, "ssim": 0.9, "density": 0.64, "seconds": 5.0, "config": {}},
+        "draft": {"psnr": 20.0, "ssim": 0.8, "density": 0.3, "seconds": 5.0, "config": {}},
+        "radial@0.25": {"psnr": 22.0, "ssim": 0.85, "density": 0.26, "seconds": 5.0, "config": {},
+                        "target_density": 0.25, "knob": {"decay": 0.5}},
+        "random@0.25": {"psnr": 15.0, "ssim": 0.5, "density": 0.25, "seconds": 5.0, "config": {},
+                        "target_density": 0.25},
+    },
+}
+SAMPLE_ORACLE = {
+    "benchmark": "oracle-fidelity", "model": "tiny", "commit": "fedcba9876543", "command":
+    "python -m dit_sparse.eval.oracle --model tiny",
+    "settings": {"height": 256, "width": 256, "frames": 17, "num_inference_steps": 10, "layers": [1, 3],
+                 "steps": [2, 5], "tokens": 1280, "block_size": 32, "device": "cpu"},
+    # draft has no preset row here: its quality row gets "—".
+    "summary": [_oracle_summary_row("radial", "preset", 0.61), _oracle_summary_row("radial", "d=0.25", 1.12),
+                _oracle_summary_row("draft", "d=0.25", 0.4)],
+    "rows": [],
+}
+
+
+def test_trained_quality_section_merges_oracle_gains(tmp_path):
+    (tmp_path / "quality-tiny.json").write_text(json.dumps(SAMPLE_QUALITY))
+    (tmp_path / "oracle-tiny.json").write_text(json.dumps(SAMPLE_ORACLE))
+    text = report.trained_quality_section(str(tmp_path))
+    assert "### tiny: 17×256×256, 1,280 tokens, 10 steps" in text
+    assert "device cpu, 3 prompts, commit `0123456789`; `python -m dit_sparse.eval.quality --model tiny`" in text
+    assert "| gain vs oracle (captured attention) |" in text
+    # preset <-> "preset", matched density <-> "d=<density>", no oracle row -> "—"; random rows are not method rows.
+    assert "| radial | preset | 0.640 | 25.00 | 0.900 | 15.00 / 0.500 (at 0.250) | 0.61 |" in text
+    assert "| radial | density 0.25 (decay=0.5) | 0.260 | 22.00 | 0.850 | 15.00 / 0.500 (at 0.250) | 1.12 |" in text
+    assert "| draft | preset | 0.300 | 20.00 | 0.800 | 15.00 / 0.500 (at 0.250) | — |" in text
+    # The oracle's own summary table and the sentence that explains the gain.
+    assert "| radial | d=0.25 | 0.250 | 0.200 | 0.100 | 0.400 | 0.800 | 0.900 | 0.300 | 1.12 |" in text
+    assert "0 = no better than random, 1 = as good as the oracle" in text
+    assert "dense run (17×256×256, 1,280 tokens, 10 steps; layers [1, 3], steps [2, 5], block 32)" in text
+    assert "commit `fedcba9876`; `python -m dit_sparse.eval.oracle --model tiny`" in text
+    # small has neither JSON: its heading comes from the preset, and each missing file names its command.
+    assert "### small: 33×384×640, 8,640 tokens, 20 steps" in text
+    assert "`python -m dit_sparse.eval.quality --model small --device cuda` writes" in text
+    assert "`python -m dit_sparse.eval.oracle --model small --device cuda` writes" in text
+
+
+def test_trained_quality_section_without_oracle_or_any_json(tmp_path):
+    (tmp_path / "quality-tiny.json").write_text(json.dumps(SAMPLE_QUALITY))
+    text = report.trained_quality_section(str(tmp_path))
+    assert "| radial | preset | 0.640 | 25.00 | 0.900 | 15.00 / 0.500 (at 0.250) | — |" in text
+    oracle_hint = (f"_no oracle results for `tiny` yet: `python -m dit_sparse.eval.oracle --model tiny` writes "
+                   f"`{tmp_path / 'oracle-tiny.json'}`_")
+    assert oracle_hint in text
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    text = report.trained_quality_section(str(empty))
+    for kind in ("quality", "oracle"):
+        for model in ("tiny", "small"):
+            assert f"_no {kind} results for `{model}` yet: `python -m dit_sparse.eval.{kind} --model {model}" in text
+            assert f"`{empty / f'{kind}-{model}.json'}`_" in text
+    assert "| method |" not in text
+
+
+def test_update_readme_writes_trained_quality_between_markers(tmp_path):
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "quality-tiny.json").write_text(json.dumps(SAMPLE_QUALITY))
+    (res / "oracle-tiny.json").write_text(json.dumps(SAMPLE_ORACLE))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n## Quality on the trained models\n\n<!-- BEGIN:quality -->\nold\n<!-- END:quality -->\n"
+                      "tail\n")
+    report.main(["--results", str(res), "--readme", str(readme), "--docs", str(tmp_path / "docs")])
+    text = readme.read_text()
+    head, rest = text.split("<!-- BEGIN:quality -->", 1)
+    body, tail = rest.split("<!-- END:quality -->", 1)
+    assert "old" not in body and "tail" in tail and head.endswith("## Quality on the trained models\n\n")
+    assert "### tiny:" in body and "### small:" in body and "| 1.12 |" in body
