@@ -264,7 +264,7 @@ def _parse_ints(text: str) -> List[int]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..pipelines.presets import get_preset
+    from ..pipelines.presets import PRESETS
 
     p = argparse.ArgumentParser(prog="python -m dit_sparse.eval.oracle", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="tiny", help="a packaged trained model: tiny or small")
@@ -282,7 +282,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
 
-    preset = get_preset(args.model)
+    preset = PRESETS[args.model]
     height, width, frames = args.height or preset.height, args.width or preset.width, args.frames or preset.frames
     steps = args.num_inference_steps or preset.steps
     pipe = _load(args.model, args.device)

@@ -95,13 +95,13 @@ HUNYUAN_SPARSE = {
     "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9},
     "draft": {"dense_steps": 0.3, "dense_layers": 1, "density": 0.1},
 }
-# The packaged tiny model (6 blocks, trained at 17x256x256) runs on a CPU at 17x128x128: 5x8x8 = 320 tokens. 32-token
-# blocks give 10 blocks per sequence, and a few clusters keep the patterns meaningful at that size.
+# The packaged tiny model (6 blocks) runs at the size it was trained at, 17x256x256: 5x16x16 = 1,280 tokens, 40 blocks
+# of 32 per side, enough for the patterns to choose (at 128x128 it had 10 blocks per side).
 TINY_SPARSE = {
     "dense": {},
     "radial": {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.2, "block_size": 32},
-    "semantic": {"dense_steps": 0.25, "dense_layers": 1, "top_p": 0.9, "q_clusters": 8, "kv_clusters": 16,
-                 "block_size": 32},
+    # Joint clusters of ~20 tokens at 1,280 tokens (the size tiny was trained at).
+    "semantic": {"dense_steps": 0.25, "dense_layers": 1, "top_p": 0.9, "kv_clusters": 64, "block_size": 32},
     "draft": {"dense_steps": 0.25, "dense_layers": 1, "density": 0.25, "block_size": 32},
 }
 # The trained small model (7 blocks, 6 heads x 64) at its native 33x384x640: 9x24x40 = 8,640 tokens. The same
@@ -110,8 +110,8 @@ TINY_SPARSE = {
 SMALL_SPARSE = {
     "dense": {},
     "radial": {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.2, "block_size": 128},
-    "semantic": {"dense_steps": 0.25, "dense_layers": 1, "top_p": 0.9, "q_clusters": 32, "kv_clusters": 64,
-                 "block_size": 128},
+    # Joint clusters of ~34 tokens at 8,640 tokens (Sparse VideoGen 2's key clusters hold ~33 tokens at Wan 480p).
+    "semantic": {"dense_steps": 0.25, "dense_layers": 1, "top_p": 0.9, "kv_clusters": 256, "block_size": 128},
     "draft": {"dense_steps": 0.25, "dense_layers": 1, "density": 0.25, "block_size": 128},
 }
 
@@ -121,8 +121,8 @@ PRESETS: Dict[str, ModelPreset] = {
         model_id="tiny",
         family="wan",
         pipeline_class="WanPipeline",
-        height=128,
-        width=128,
+        height=256,
+        width=256,
         frames=17,
         steps=10,
         guidance=5.0,
