@@ -158,8 +158,9 @@ def compare_layout(capture: CapturedAttention, layout: BlockLayout, reference: D
     dens = own["density"]
     length = q.shape[2]
     oracle = attention_error(q, k, v, oracle_layout(mass, dens, block, length), reference=reference)
-    rand = [attention_error(q, k, v, random_block_layout(length, length, q.shape[1], dens, block, seed, q.shape[0]),
-                            reference=reference) for seed in range(random_seeds)]
+    rand = [attention_error(q, k, v, random_block_layout(length, length, q.shape[1], dens, block, seed,
+                                                         q.shape[0]).to(q.device), reference=reference)
+            for seed in range(random_seeds)]
     r_err = sum(r["rel_l2"] for r in rand) / len(rand)
     r_mass = sum(r["mass_kept"] for r in rand) / len(rand)
     return dict(density=dens, rel_l2=own["rel_l2"], mass_kept=own["mass_kept"], oracle_rel_l2=oracle["rel_l2"],

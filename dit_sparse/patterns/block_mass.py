@@ -105,6 +105,33 @@ def block_mass_estimate(
     return out
 
 
+def pooled_block_mass(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float,
+    block: int,
+    q_starts: Optional[torch.Tensor] = None,
+    kv_starts: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """The cheap estimate: each query block's mean query against each key block's mean key, a key block of s tokens
+    weighted by s (``softmax(mean_q . mean_k * scale + log s)``); [N, Pq, Pk] float32, rows sum to 1.
+
+    Costs ``Pq x Pk x D`` (DraftAttention's pooled map) instead of ``Pq x L x D``; less faithful where a key block's
+    keys point in many directions (see the module docstring).
+    """
+    n, lk, _ = k.shape
+    qm = segment_means(q, q_starts, block)
+    km = segment_means(k, kv_starts, block)
+    if kv_starts is None:
+        pk = km.shape[1]
+        sizes = torch.full((1, pk), float(block), device=k.device)
+        sizes[0, -1] = lk - block * (pk - 1)
+    else:
+        sizes = (kv_starts[..., 1:] - kv_starts[..., :-1]).float().expand(n, -1)
+    logits = torch.bmm(qm, km.transpose(1, 2)) * scale + sizes.log().unsqueeze(1)  # log 0 = -inf: empty blocks
+    return torch.softmax(logits, dim=-1)
+
+
 def select_top_p(mass: torch.Tensor, sizes: torch.Tensor, top_p: float, min_keep: int, valid: torch.Tensor,
                  diagonal: bool = False):
     """Per row, the key blocks of most estimated mass per key token, until their estimated mass reaches ``top_p``
@@ -139,4 +166,4 @@ def select_top_p(mass: torch.Tensor, sizes: torch.Tensor, top_p: float, min_keep
     return torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted) & valid
 
 
-__all__ = ["block_mass_estimate", "segment_means", "select_top_p"]
+__all__ = ["block_mass_estimate", "pooled_block_mass", "segment_means", "select_top_p"]

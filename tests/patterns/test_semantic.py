@@ -454,7 +454,7 @@ def test_blocks_estimate_selects_exactly_its_block_pairs_by_brute_force(clusters
     geometry = VideoGeometry(13, 4, 6)
     length, d = geometry.num_tokens, 16
     q, k, v = clustered(1, 2, length, d, centers=6, seed=3)
-    config = cfg(top_p=0.6, min_kv_ratio=0.0, clusters=clusters)
+    config = cfg(top_p=0.6, min_kv_ratio=0.0, clusters=clusters, estimate="blocks")
     layout = SemanticPattern(config).plan(q, k, geometry, {})
     check_layout(layout)
     n = 2
