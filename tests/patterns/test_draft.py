@@ -209,3 +209,31 @@ def test_hunyuan_full_density_equals_dense():
     s = ds.summary(model)
     assert s["sparse_calls"] == 4 and s["mean_density"] == 1.0
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
+
+
+def test_exact_key_map_equals_block_mass_over_the_tile_permutation():
+    # The raster-order grouped sums of `exact_key_map` must equal the generic estimate on tile-permuted tokens
+    # (cumulative sums at the tile boundaries), partial edge tiles included.
+    from dit_sparse.patterns.block_mass import block_mass_estimate
+    from dit_sparse.patterns.draft import exact_key_map, tile_grid
+
+    geometry = VideoGeometry(3, 7, 11)
+    tiles = tile_grid(geometry, (4, 4), 16)
+    assert not tiles.uniform
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(2, 3, geometry.num_tokens, 16, generator=g) for _ in range(2))
+    perm = tiles.full_perm().expand(2, 3, -1).unsqueeze(-1).expand(-1, -1, -1, 16)
+    starts = tiles.starts.view(1, -1)
+    expected = block_mass_estimate(q.gather(2, perm).flatten(0, 1), k.gather(2, perm).flatten(0, 1),
+                                   1 / math.sqrt(16), 16, starts, starts)
+    got = exact_key_map(q, k, geometry, tiles)
+    torch.testing.assert_close(got.flatten(0, 1), expected, atol=1e-6, rtol=1e-5)
+    # Brute force for one query tile: its mean query's softmax summed over the keys of each tile.
+    pos = tiles.full_perm()[0, 0]
+    members = pos[tiles.starts[0, 0, 1]:tiles.starts[0, 0, 2]]  # tokens of tile 1
+    p = torch.softmax(k[0, 0] @ q[0, 0, members].mean(0) / 4.0, -1)
+    tile_of = torch.empty(geometry.num_tokens, dtype=torch.long)
+    for t in range(tiles.num_tiles):
+        tile_of[pos[tiles.starts[0, 0, t]:tiles.starts[0, 0, t + 1]]] = t
+    brute = torch.zeros(tiles.num_tiles).index_add_(0, tile_of, p)
+    torch.testing.assert_close(got[0, 0, 1], brute, atol=1e-6, rtol=1e-5)
