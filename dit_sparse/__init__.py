@@ -3,7 +3,7 @@
 import importlib
 from typing import TYPE_CHECKING
 
-from .config import DenseConfig, DraftConfig, RadialConfig, SemanticConfig, SparseConfig, make_config
+from .config import DenseConfig, DraftConfig, RadialConfig, SemanticConfig, SparseConfig, TileConfig, make_config
 
 __version__ = "0.1.0"
 
@@ -53,6 +53,7 @@ __all__ = [
     "RadialConfig",
     "SemanticConfig",
     "SparseConfig",
+    "TileConfig",
     "VideoGeometry",
     "apply_sparse_attention",
     "make_config",

@@ -33,8 +33,8 @@ def _transformers(pipe_or_transformer) -> List[Any]:
 def _check_config(config) -> None:
     if not isinstance(config, SparseConfig):
         raise ValueError(
-            f"config must be a dit_sparse config (DenseConfig, RadialConfig, SemanticConfig, DraftConfig or "
-            f"make_config(...)), got {type(config).__name__}"
+            "config must be a dit_sparse config (DenseConfig, RadialConfig, SemanticConfig, DraftConfig, TileConfig "
+            f"or make_config(...)), got {type(config).__name__}"
         )
 
 

@@ -267,16 +267,77 @@ class DraftConfig(SparseConfig):
             raise ValueError(f"estimate={self.estimate!r} is not known; allowed: 'blocks', 'pooled'")
 
 
+def _check_triple(name: str, value, lo: int = 1) -> Tuple[int, int, int]:
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 3
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= lo for v in value)
+    ):
+        raise ValueError(f"{name} must be three ints >= {lo} (frames, height, width), got {value!r}")
+    return tuple(value)
+
+
+@dataclass
+class TileConfig(SparseConfig):
+    """Tile-neighbourhood attention (Sliding Tile Attention, generalized neighborhood attention): tokens are grouped
+    into 3-D tiles, one tile per kernel block, and each query tile attends the key tiles around it. Static: built once
+    per token grid. An image is a video of one frame.
+
+    Args:
+        tile (`tuple[int, int, int]`, optional): tile (frames, height, width) in tokens, at most ``block_size``
+            tokens (edge tiles may be partial); `None` = one frame of ``8 x 16`` tokens for 128-token blocks (the
+            draft pattern's tile, ``(1, 8, 8)`` for 64).
+        window (`tuple[int, int, int]`, defaults to (3, 3, 3)): neighbourhood in tiles per axis (frames, height,
+            width), centred on the query tile and shifted inward at the borders (as NATTEN), so every query tile sees
+            the same number of tiles where the grid allows. A window at least as large as the grid is dense.
+        dilation (`tuple[int, int, int]`, defaults to (1, 1, 1)): per axis, the window takes every ``dilation``-th
+            tile (tiles of the same residue modulo the dilation, as NATTEN's dilated neighbourhoods).
+        stride (`tuple[int, int, int]`, defaults to (1, 1, 1)): per axis, groups of ``stride`` query tiles share the
+            window of the group's centre (generalized neighborhood attention's stride); at most ``window``.
+        global_frames (`int`, defaults to 0): every query also attends the key tiles holding the first
+            ``global_frames`` frames (an attention sink; 1 = Wan's first-frame sink).
+    """
+
+    method: ClassVar[str] = "tile"
+
+    tile: Optional[Tuple[int, int, int]] = None
+    window: Tuple[int, int, int] = (3, 3, 3)
+    dilation: Tuple[int, int, int] = (1, 1, 1)
+    stride: Tuple[int, int, int] = (1, 1, 1)
+    global_frames: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.tile is not None:
+            self.tile = _check_triple("tile", self.tile)
+            volume = self.tile[0] * self.tile[1] * self.tile[2]
+            if volume > self.block_size:
+                raise ValueError(
+                    f"tile={self.tile} has {volume} tokens, more than block_size={self.block_size}: a tile is one "
+                    f"kernel block; use a tile of at most {self.block_size} tokens (as many as possible is fastest)"
+                )
+        self.window = _check_triple("window", self.window)
+        self.dilation = _check_triple("dilation", self.dilation)
+        self.stride = _check_triple("stride", self.stride)
+        if any(s > w for s, w in zip(self.stride, self.window)):
+            raise ValueError(
+                f"stride={self.stride} must not exceed window={self.window} on any axis (a query tile would fall "
+                "outside its group's window)"
+            )
+        _check_int("global_frames", self.global_frames, 0)
+
+
 CONFIGS: Dict[str, Type[SparseConfig]] = {
     "dense": DenseConfig,
     "radial": RadialConfig,
     "semantic": SemanticConfig,
     "draft": DraftConfig,
+    "tile": TileConfig,
 }
 
 
 def make_config(method: str, **options) -> SparseConfig:
-    """Builds the config of ``method`` ("dense", "radial", "semantic", "draft") from keyword options.
+    """Builds the config of ``method`` ("dense", "radial", "semantic", "draft", "tile") from keyword options.
 
     Args:
         method (`str`): the method name.

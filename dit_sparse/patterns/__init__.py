@@ -13,6 +13,7 @@ PATTERNS = {
     "radial": ("radial", "RadialPattern"),
     "semantic": ("semantic", "SemanticPattern"),
     "draft": ("draft", "DraftPattern"),
+    "tile": ("tile", "TilePattern"),
 }
 
 

@@ -7,6 +7,15 @@ Token pair (query in frame i, key in frame j), temporal distance d = |i - j|:
   ``block / w(d)``-th frame distance is kept (far frame pairs are thinned instead of narrowed below a block);
 - with the attention sink (Wan), every query also attends all of frame 0.
 
+A single frame (an image, or a one-frame video) has no frame distance but 0, which would make it dense. Its tokens
+attend within a 2-D Chebyshev window instead, ``|row_q - row_k| <= r`` and ``|col_q - col_k| <= r``, the image
+counterpart of the nearest decaying frame distance: the raster band of ``d = 2`` covers a fraction
+``a = (2 w(2) + 1) / HW`` of the frame, and the window is the square of side ``sqrt(a) * max(H, W)``, i.e.
+``r = max(H, W) * sqrt(a) / 2`` (``w(2)`` is never under one block, as above). It grows with ``decay``; at the largest
+decay, 16, ``w(2) >= 4 HW`` so ``r > max(H, W)`` and every block is kept, as ``d <= 1`` keeps whole frames on video.
+The sink does not apply to a single frame (frame 0 is the image itself). The block mask is exact: each block's tokens
+are at most three rectangles of the grid (a partial first row, full rows, a partial last row).
+
 The block mask is computed analytically from per-block token segments (a block of raster tokens touches a few frames,
 and in each a contiguous raster range), so no token-level L x L mask is ever built: a block pair is kept when any of
 its token pairs is inside the mask. Built once per (geometry, block size, options) with vectorised torch on the device.
@@ -14,6 +23,7 @@ its token pairs is inside the mask. Built once per (geometry, block size, option
 
 from __future__ import annotations
 
+import math
 from typing import Tuple
 
 import torch
@@ -52,10 +62,46 @@ def radial_window(d: torch.Tensor, tokens_per_frame: int, decay: float, block: i
     return width.clamp(min=block), keep
 
 
+def image_radius(height: int, width: int, decay: float, block: int) -> float:
+    """Chebyshev radius (tokens) of the single-frame window (see the module docstring)."""
+    hw = height * width
+    w2, _ = radial_window(torch.tensor([2]), hw, decay, block)
+    return max(height, width) * math.sqrt((2 * float(w2[0]) + 1) / hw) / 2
+
+
+def _image_block_mask(geometry: VideoGeometry, block: int, decay: float, device) -> torch.Tensor:
+    """Exact block mask [N, N] of a single frame's 2-D Chebyshev window: a block pair is kept when any of its token
+    pairs is within the radius."""
+    wdt = geometry.width
+    length = geometry.num_tokens
+    n = cdiv(length, block)
+    s = torch.arange(n, device=device) * block
+    e = (s + block).clamp(max=length) - 1
+    ys, xs, ye, xe = s // wdt, s % wdt, e // wdt, e % wdt
+    full = torch.full_like(s, wdt - 1)
+    zero = torch.zeros_like(s)
+    # Rectangles [N, 3]: the first (possibly partial) row, the full rows between, the last (partial) row.
+    y0 = torch.stack([ys, ys + 1, ye], 1)
+    y1 = torch.stack([ys, ye - 1, ye], 1)
+    x0 = torch.stack([xs, zero, zero], 1)
+    x1 = torch.stack([torch.where(ys == ye, xe, full), full, xe], 1)
+    valid = torch.stack([torch.ones_like(s, dtype=torch.bool), ye - ys >= 2, ye > ys], 1)
+
+    def gap(a0, a1):
+        return torch.maximum(a0.view(1, 1, n, 3) - a1.view(n, 3, 1, 1), a0.view(n, 3, 1, 1) - a1.view(1, 1, n, 3))
+
+    radius = image_radius(geometry.height, wdt, decay, block)
+    near = (gap(y0, y1).clamp(min=0) <= radius) & (gap(x0, x1).clamp(min=0) <= radius)
+    ok = valid.view(n, 3, 1, 1) & valid.view(1, 1, n, 3)
+    return (near & ok).any(dim=(1, 3))
+
+
 def radial_block_mask(
     geometry: VideoGeometry, block: int, decay: float = 1.0, sink: bool = False, spatial: str = "raster", device=None
 ) -> torch.Tensor:
     """Boolean block mask [Nq, Nk] of the radial pattern for one video geometry (video tokens only)."""
+    if geometry.frames == 1:
+        return _image_block_mask(geometry, block, decay, device)
     frame, r0, r1, valid = _segments(geometry, block, device)
     n, s = frame.shape
     # Pairs of segments: [Nq, S, 1, 1] against [1, 1, Nk, S]
@@ -132,4 +178,4 @@ class RadialPattern(Pattern):
         return BlockLayout.from_block_mask(mask.view(1, 1, *mask.shape), bs, bs, length, length)
 
 
-__all__ = ["RadialPattern", "radial_block_mask", "radial_density", "radial_window"]
+__all__ = ["RadialPattern", "image_radius", "radial_block_mask", "radial_density", "radial_window"]
