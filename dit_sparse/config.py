@@ -15,6 +15,11 @@ from typing import ClassVar, Dict, Optional, Tuple, Type, Union
 
 BACKEND_NAMES = ("auto", "fa4", "triton", "flex", "reference")
 
+# ``min_sparse_tokens=None`` on a CUDA device: below this many video tokens a call runs dense. ComfyUI's sparse
+# attention node uses this threshold (it stays dense under 12,288 tokens); it is not yet measured for our kernels and
+# is to be re-measured per backend on the GPU (the kernel benchmark's dense/sparse crossover).
+AUTO_MIN_SPARSE_TOKENS_CUDA = 12288
+
 
 def _check_range(name: str, value, lo=None, hi=None, lo_open=False, hi_open=False, kind=(int, float)):
     left = "(" if lo_open else "["
@@ -64,6 +69,11 @@ class SparseConfig:
             cache in between (1 = recomputed every step). Static patterns (radial) ignore it.
         backend (`str`, defaults to "auto"): kernel engine, "auto" | "fa4" | "triton" | "flex" | "reference".
         block_size (`int`, defaults to 128): tokens per query and key block.
+        min_sparse_tokens (`int`, optional): calls with fewer video tokens run dense attention, where block
+            sparsity does not pay for its planning and kernel overhead; `summary()` says so (``"dense_fallback"``)
+            and one warning is logged. `None` = automatic: 12,288 on CUDA devices (ComfyUI's threshold, to be
+            re-measured per backend), 0 elsewhere (the CPU reference kernel is for tests and small models that run
+            sparse on purpose). 0 = always sparse.
     """
 
     method: ClassVar[str] = "base"
@@ -73,6 +83,7 @@ class SparseConfig:
     refresh_every: int = 1
     backend: str = "auto"
     block_size: int = 128
+    min_sparse_tokens: Optional[int] = None
 
     def __post_init__(self):
         self.validate()
@@ -108,6 +119,16 @@ class SparseConfig:
         _check_int("block_size", self.block_size, 16, 1024)
         if self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size={self.block_size} must be a power of two in [16, 1024] (64 or 128 are fast)")
+        if self.min_sparse_tokens is not None:
+            _check_int("min_sparse_tokens", self.min_sparse_tokens, 0)
+
+    def resolve_min_sparse_tokens(self, device) -> int:
+        """The video token count below which a call on ``device`` runs dense (``min_sparse_tokens``, or its
+        automatic value for the device's type)."""
+        if self.min_sparse_tokens is not None:
+            return self.min_sparse_tokens
+        device_type = getattr(device, "type", str(device).split(":")[0])
+        return AUTO_MIN_SPARSE_TOKENS_CUDA if device_type == "cuda" else 0
 
     def resolve_dense_steps(self, total_steps: Optional[int]) -> int:
         """Number of dense steps for a run of ``total_steps`` steps."""

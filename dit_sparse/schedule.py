@@ -129,6 +129,8 @@ class SparseState:
     dense_steps: int = 0
     # What processors read during a call (booleans keep compiled graphs stable).
     dense_now: bool = True
+    # The current call has too few video tokens to be sparse (``min_sparse_tokens``; see ``prepare``).
+    fallback_now: bool = False
     refresh_now: bool = True
     # Whether a layout planned now is read by a later step (refresh_every > 1 and the next step is no refresh).
     keep_layouts: bool = False
@@ -141,6 +143,8 @@ class SparseState:
     shared: BoundedCache = field(default_factory=BoundedCache)
     stats: Dict[str, LayerStats] = field(default_factory=dict)
     backend_used: Optional[str] = None
+    # Why the current run's calls are dense although the config is sparse (too few video tokens), else None.
+    dense_fallback: Optional[str] = None
     _scheduler_ref: Any = None
     _context_steps: Optional[int] = None
     _run_ended: bool = False
@@ -149,6 +153,7 @@ class SparseState:
     _calls_in_step: int = 0
     _slots: "OrderedDict[Tuple, None]" = field(default_factory=OrderedDict)
     _warned_steps: bool = False
+    _warned_fallback: Optional[str] = None
 
     # ------------------------------------------------------------------ set-up
     def use(self, config: SparseConfig, pattern) -> None:
@@ -204,6 +209,7 @@ class SparseState:
         self.clear_caches()
         self.stats.clear()
         self.backend_used = None
+        self.dense_fallback = None
 
     def end_run(self) -> None:
         """The pipeline call is over (Diffusers resets stateful hooks): the next call starts a new run. Per-layer
@@ -272,6 +278,34 @@ class SparseState:
         self.refresh_now = sparse_step >= 0 and sparse_step % every == 0
         self.keep_layouts = every > 1 and (sparse_step + 1) % every != 0
 
+    def fallback_reason(self, video_tokens: int, device) -> Optional[str]:
+        """Why a sparse call of ``video_tokens`` tokens on ``device`` runs dense (``min_sparse_tokens``), or None."""
+        if self.pattern is None:
+            return None
+        threshold = self.config.resolve_min_sparse_tokens(device)
+        if video_tokens >= threshold:
+            return None
+        return f"{video_tokens:,} video tokens < min_sparse_tokens {threshold:,}"
+
+    def prepare(self, device) -> None:
+        """Before a transformer call on ``device`` (after ``on_forward``, outside any compiled graph): decides the
+        dense fallback for the call's token count and builds what a static pattern shares between layers, so that
+        the processors only read plain values."""
+        reason = self.fallback_reason(self.geometry.num_tokens, device)
+        if reason is not None:
+            self.dense_fallback = reason
+            if reason != self._warned_fallback:
+                auto = "automatic, " if self.config.min_sparse_tokens is None else ""
+                logger.warning(
+                    "dit_sparse: %s (%sdevice %s): sparse attention would not be faster here, running dense. Set "
+                    "min_sparse_tokens=0 in the config to run sparse anyway", reason, auto, torch.device(device).type,
+                )
+                self._warned_fallback = reason
+        self.fallback_now = reason is not None
+        prepare = getattr(self.pattern, "prepare", None)
+        if prepare is not None and not (self.dense_now or self.fallback_now):
+            prepare(self.geometry, torch.device(device), PlanCache(None, self.shared))
+
     def _new_step(self) -> None:
         self._seen.clear()
         self._calls_in_step = 0
@@ -287,9 +321,22 @@ class SparseState:
     def layer_key(self, model_index: int, layer: int, batch: int) -> LayerKey:
         return LayerKey(model_index, layer, self.branch_key, self.geometry.key, int(batch))
 
-    def decide(self, layer: int, static: bool, key: Optional[LayerKey] = None) -> str:
-        """dense | static | fresh | cached for block ``layer`` in the current call."""
-        if self.pattern is None or self.dense_now or layer < self.config.dense_layers:
+    def layer_cache_needed(self) -> bool:
+        """Whether a dynamic pattern's calls read or write per-layer cache entries: its own warm-start state, a layout
+        reused by a later step (``refresh_every`` > 1) or kept for inspection (``retain_layouts``)."""
+        return self.config.refresh_every > 1 or self.retain_layouts or bool(getattr(self.pattern, "layer_state", True))
+
+    def decide(
+        self, layer: int, static: bool, key: Optional[LayerKey] = None, *, dense_layer: Optional[bool] = None
+    ) -> str:
+        """dense | static | fresh | cached for block ``layer`` in the current call.
+
+        ``dense_layer`` (whether ``layer < config.dense_layers``), when the caller knows it, spares the comparison:
+        a compiled block that reads no layer index compiles once for every block of ``compile_repeated_blocks``.
+        """
+        if dense_layer is None:
+            dense_layer = layer < self.config.dense_layers
+        if self.pattern is None or self.dense_now or self.fallback_now or dense_layer:
             return DENSE
         if static:
             return STATIC
@@ -337,6 +384,7 @@ class SparseState:
             "backend": self.backend_used,
             "steps": self.step + 1,
             "dense_steps": self.dense_steps,
+            "dense_fallback": self.dense_fallback,
             "geometry": None if self.geometry is None else list(self.geometry.key),
             "layers": per_layer,
         }

@@ -30,6 +30,10 @@ def test_defaults_validate():
         (DraftConfig, {"density": 0.0}, "density"),
         (DraftConfig, {"density": 1.01}, "density"),
         (DraftConfig, {"pool": (8,)}, "pool"),
+        (RadialConfig, {"min_sparse_tokens": -1}, "min_sparse_tokens"),
+        (DraftConfig, {"min_sparse_tokens": 1.5}, "min_sparse_tokens"),
+        (SemanticConfig, {"min_sparse_tokens": "12288"}, "min_sparse_tokens"),
+        (RadialConfig, {"min_sparse_tokens": True}, "min_sparse_tokens"),
     ],
 )
 def test_bad_values_name_the_field(cls, kwargs, field):
@@ -45,6 +49,20 @@ def test_make_config():
         make_config("sliding")
     with pytest.raises(ValueError, match="no option"):
         make_config("radial", top_p=0.9)
+
+
+def test_min_sparse_tokens_auto_is_per_device_type():
+    import torch
+
+    auto = RadialConfig()
+    assert auto.min_sparse_tokens is None
+    assert auto.resolve_min_sparse_tokens(torch.device("cuda", 1)) == 12288  # ComfyUI's threshold
+    assert auto.resolve_min_sparse_tokens("cuda") == 12288
+    assert auto.resolve_min_sparse_tokens(torch.device("cpu")) == 0
+    for value in (0, 100, 50_000):
+        cfg = DraftConfig(min_sparse_tokens=value)
+        assert cfg.resolve_min_sparse_tokens("cuda") == value and cfg.resolve_min_sparse_tokens("cpu") == value
+    assert make_config("semantic", min_sparse_tokens=0).to_dict()["min_sparse_tokens"] == 0
 
 
 def test_fraction_of_steps():

@@ -222,3 +222,28 @@ def test_dynamic_pattern_refresh_and_cache_per_branch():
     # Sparse steps 1..4; refreshed at sparse steps 0 and 2 -> 2 refreshes x 2 layers x 2 branches.
     assert state.pattern.calls == 8
     assert len(state.caches) == 4
+
+
+def test_auto_dense_fallback_threshold_on_cuda_and_none_for_dense():
+    from dit_sparse import DenseConfig
+    from dit_sparse.geometry import VideoGeometry
+    from dit_sparse.patterns import make_pattern
+    from dit_sparse.schedule import DENSE, STATIC, SparseState
+
+    # No GPU needed: the decision reads the device's type only. The packaged small model's 8,640 tokens.
+    config = RadialConfig(dense_steps=0, dense_layers=0)
+    state = SparseState(config)
+    state.use(config, make_pattern(config))
+    assert state.fallback_reason(8640, torch.device("cuda")) == "8,640 video tokens < min_sparse_tokens 12,288"
+    assert state.fallback_reason(12288, torch.device("cuda")) is None
+    assert state.fallback_reason(8640, torch.device("cpu")) is None
+    state.on_forward(999.0, VideoGeometry(frames=9, height=24, width=40, model="wan"))
+    state.prepare(torch.device("cuda"))  # the step hook's call; nothing is built for a call that falls back
+    assert state.decide(3, True) == DENSE and state.summary()["dense_fallback"].startswith("8,640 video tokens")
+    assert len(state.shared) == 0
+    forced = dataclasses.replace(config, min_sparse_tokens=0)
+    state.use(forced, make_pattern(forced))
+    state.prepare(torch.device("cpu"))
+    assert state.decide(3, True) == STATIC
+    dense = SparseState(DenseConfig(min_sparse_tokens=10**6))
+    assert dense.fallback_reason(10, torch.device("cuda")) is None  # dense anyway: nothing to report

@@ -20,7 +20,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 
 from ..layout import BlockLayout
-from .reference import reference_block_sparse_attention
+from .reference import run as _reference_run
 
 BACKENDS = ("auto", "fa4", "triton", "flex", "reference")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -49,10 +49,6 @@ def register_backend(name: str, available, run) -> None:
 
 def _reference_available(device, dtype, head_dim, kind):
     return None
-
-
-def _reference_run(q, k, v, layout, scale, return_lse):
-    return reference_block_sparse_attention(q, k, v, layout, scale, return_lse)
 
 
 register_backend("reference", _reference_available, _reference_run)
@@ -104,17 +100,23 @@ def resolve_backend(backend: str, device, dtype, head_dim: int, kind: str = "fix
         if reason is not None:
             raise ValueError(f"backend {backend!r} cannot run these inputs: {reason}; use backend='auto'")
         return backend
+    if torch.compiler.is_compiling():
+        # Not through the cache: a graph that read (or filled) it would guard on its contents and recompile once an
+        # eager call fills it. The choice is the same either way.
+        return _auto_choice(device, dtype, head_dim, kind)
     key = (device.type, dtype, head_dim, kind)
     if key not in _AUTO_CACHE:
-        choice = "reference"
-        if device.type == "cuda":
-            for name in AUTO_ORDER_CUDA:
-                be = _BACKENDS.get(name)
-                if be is not None and be.available(device, dtype, head_dim, kind) is None:
-                    choice = name
-                    break
-        _AUTO_CACHE[key] = choice
+        _AUTO_CACHE[key] = _auto_choice(device, dtype, head_dim, kind)
     return _AUTO_CACHE[key]
+
+
+def _auto_choice(device: torch.device, dtype: torch.dtype, head_dim: int, kind: str) -> str:
+    if device.type == "cuda":
+        for name in AUTO_ORDER_CUDA:
+            be = _BACKENDS.get(name)
+            if be is not None and be.available(device, dtype, head_dim, kind) is None:
+                return name
+    return "reference"
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

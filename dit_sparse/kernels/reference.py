@@ -3,9 +3,16 @@
 Chunked over query blocks so that no L x L tensor exists for the whole sequence: a chunk of ``c`` query blocks gathers
 its selected keys (``Kmax * block_kv`` tokens per block) and computes softmax in float32. Works for fixed and variable
 blocks, on any device. A query block with no key blocks yields zeros and lse = -inf.
+
+The chunk loop is Python over a size known only from the layout (its ``Kmax``, which a pattern planned inside a
+compiled graph sizes from data). ``torch.compile`` therefore sees the engine as one custom op,
+``dit_sparse::reference_block_sparse_fwd``, whose fake implementation gives the output shapes from q and v alone; eager
+calls skip the op's dispatch.
 """
 
 from __future__ import annotations
+
+from typing import Optional, Tuple
 
 import torch
 
@@ -93,3 +100,47 @@ def reference_block_sparse_attention(
     if return_lse:
         return out, lse_out[:, :, :lq]
     return out
+
+
+OP_NAME = "dit_sparse::reference_block_sparse_fwd"
+
+
+@torch.library.custom_op(OP_NAME, mutates_args=())
+def reference_block_sparse_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_indices: torch.Tensor,
+    kv_counts: torch.Tensor,
+    q_block_starts: Optional[torch.Tensor],
+    kv_block_starts: Optional[torch.Tensor],
+    kv_valid_len: Optional[torch.Tensor],
+    block_q: int,
+    block_kv: int,
+    scale: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The reference engine as an opaque op for ``torch.compile``: ``(out, lse)`` on permuted (B, H, L, D) tensors."""
+    layout = BlockLayout(kv_indices, kv_counts, block_q, block_kv, q.shape[2], k.shape[2],
+                         q_block_starts=q_block_starts, kv_block_starts=kv_block_starts, kv_valid_len=kv_valid_len)
+    out, lse = reference_block_sparse_attention(q, k, v, layout, scale, return_lse=True)
+    # Contiguous, as the fake implementation promises (the eager function returns views of padded buffers).
+    return out.contiguous(), lse.contiguous()
+
+
+@reference_block_sparse_fwd.register_fake
+def _reference_block_sparse_fwd_fake(
+    q, k, v, kv_indices, kv_counts, q_block_starts, kv_block_starts, kv_valid_len, block_q, block_kv, scale
+):
+    b, h, lq, _ = q.shape
+    return q.new_empty(b, h, lq, v.shape[-1]), q.new_empty(b, h, lq, dtype=torch.float32)
+
+
+def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, scale: float, return_lse: bool):
+    """The engine behind ``backend="reference"``: the custom op under ``torch.compile``, the plain function else."""
+    if not torch.compiler.is_compiling():
+        return reference_block_sparse_attention(q, k, v, layout, scale, return_lse)
+    out, lse = reference_block_sparse_fwd(
+        q, k, v, layout.kv_indices, layout.kv_counts, layout.q_block_starts, layout.kv_block_starts,
+        layout.kv_valid_len, layout.block_q, layout.block_kv, float(scale),
+    )
+    return (out, lse) if return_lse else out

@@ -22,6 +22,9 @@ class Pattern:
 
     name: str = "base"
     static: bool = False
+    # Whether ``plan`` reads or writes the layer's ``cache`` entries (warm-start state such as k-means centroids).
+    # A dynamic pattern without them can run inside a compiled graph without the per-branch cache key.
+    layer_state: bool = True
 
     def __init__(self, config: SparseConfig):
         self.config = config
@@ -31,3 +34,11 @@ class Pattern:
     ) -> BlockLayout:  # pragma: no cover - interface
         """Returns the layout for video queries/keys q, k of shape (B, H, L, D)."""
         raise NotImplementedError
+
+    def prepare(self, geometry: VideoGeometry, device: torch.device, cache) -> None:
+        """Builds what a static pattern shares between layers (``cache.shared``) before the transformer's forward.
+
+        Called by the step hook outside any compiled graph, so ``plan`` inside a ``torch.compile``-d block only reads
+        the shared cache: no host read of a data-dependent size and no cache mutation that would change the graph's
+        guards between calls. Dynamic patterns have nothing to prepare.
+        """

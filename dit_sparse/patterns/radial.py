@@ -164,10 +164,14 @@ class RadialPattern(Pattern):
             )
         return MODEL_DEFAULT_DECAY[geometry.model]
 
+    def _key(self, geometry: VideoGeometry, device) -> tuple:
+        return ("radial", geometry.key, geometry.model, self.config.block_size, str(torch.device(device)))
+
     def plan(self, q, k, geometry: VideoGeometry, cache) -> BlockLayout:
-        bs = self.config.block_size
-        key = ("radial", geometry.key, geometry.model, bs, str(q.device))
-        return shared_or_build(cache, key, lambda: self._build(geometry, q.device))
+        return shared_or_build(cache, self._key(geometry, q.device), lambda: self._build(geometry, q.device))
+
+    def prepare(self, geometry: VideoGeometry, device, cache) -> None:
+        shared_or_build(cache, self._key(geometry, device), lambda: self._build(geometry, device))
 
     def _build(self, geometry: VideoGeometry, device) -> BlockLayout:
         bs = self.config.block_size

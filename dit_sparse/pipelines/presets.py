@@ -97,25 +97,29 @@ HUNYUAN_SPARSE = {
 }
 # The packaged tiny model (6 blocks) runs at the size it was trained at, 17x256x256: 5x16x16 = 1,280 tokens, 40 blocks
 # of 32 per side, enough for the patterns to choose (at 128x128 it had 10 blocks per side).
+# Both packaged models are far below the automatic dense fallback on a GPU (``min_sparse_tokens``: 12,288 tokens on
+# CUDA); they are there to measure the patterns, so their presets run sparse on every device (min_sparse_tokens=0).
 TINY_SPARSE = {
     "dense": {},
-    "radial": {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.2, "block_size": 32},
+    "radial": {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.2, "block_size": 32, "min_sparse_tokens": 0},
     # Joint clusters of ~20 tokens at 1,280 tokens (the size tiny was trained at); the exact-key estimate, as measured
     # in the README's quality table (the trained models are small enough that its cost does not matter).
     "semantic": {"dense_steps": 0.25, "dense_layers": 1, "top_p": 0.9, "kv_clusters": 64, "block_size": 32,
-                 "estimate": "blocks"},
-    "draft": {"dense_steps": 0.25, "dense_layers": 1, "density": 0.25, "block_size": 32, "estimate": "blocks"},
+                 "estimate": "blocks", "min_sparse_tokens": 0},
+    "draft": {"dense_steps": 0.25, "dense_layers": 1, "density": 0.25, "block_size": 32, "estimate": "blocks",
+              "min_sparse_tokens": 0},
 }
 # The trained small model (7 blocks, 6 heads x 64) at its native 33x384x640: 9x24x40 = 8,640 tokens. The same
 # structure as TINY_SPARSE with Wan-sized 128-token blocks (67.5 blocks per sequence, like Wan 1.3B's partial last
 # block); the values are starting points, to be tuned on this model.
 SMALL_SPARSE = {
     "dense": {},
-    "radial": {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.2, "block_size": 128},
+    "radial": {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.2, "block_size": 128, "min_sparse_tokens": 0},
     # Joint clusters of ~34 tokens at 8,640 tokens (Sparse VideoGen 2's key clusters hold ~33 tokens at Wan 480p).
     "semantic": {"dense_steps": 0.25, "dense_layers": 1, "top_p": 0.9, "kv_clusters": 256, "block_size": 128,
-                 "estimate": "blocks"},
-    "draft": {"dense_steps": 0.25, "dense_layers": 1, "density": 0.25, "block_size": 128, "estimate": "blocks"},
+                 "estimate": "blocks", "min_sparse_tokens": 0},
+    "draft": {"dense_steps": 0.25, "dense_layers": 1, "density": 0.25, "block_size": 128, "estimate": "blocks",
+              "min_sparse_tokens": 0},
 }
 
 PRESETS: Dict[str, ModelPreset] = {

@@ -54,6 +54,18 @@ class SparseAttentionCore:
         self.name = name
         self.model_index = model_index
         self._warned = False
+        # Set here, so a block compiled before any eager call does not compute it (and read ``layer``) in its graph.
+        self._dense_layers_of = state.config
+        self._dense_layer = layer < state.config.dense_layers
+
+    def _in_dense_layers(self) -> bool:
+        # A boolean kept per config, not ``layer < dense_layers`` on every call: torch.compile guards on what it reads,
+        # and a guard on the layer index would make compile_repeated_blocks compile every block anew.
+        config = self.state.config
+        if self._dense_layers_of is not config:
+            self._dense_layer = self.layer < config.dense_layers
+            self._dense_layers_of = config
+        return self._dense_layer
 
     def __call__(
         self,
@@ -103,12 +115,16 @@ class SparseAttentionCore:
         geometry = state.geometry
         video_len = query.shape[1] - text_len
         static = bool(getattr(state.pattern, "static", False))
-        decision = state.decide(self.layer, static)
+        dense_layer = self._in_dense_layers()
+        decision = state.decide(self.layer, static, dense_layer=dense_layer)
         cache_key = None
-        if decision not in (DENSE, STATIC):
-            # Read the branch only for dynamic patterns: a compiled dense or static block then does not guard on it.
+        if decision not in (DENSE, STATIC) and (not torch.compiler.is_compiling() or state.layer_cache_needed()):
+            # Read the branch only for dynamic patterns: a compiled dense or static block then does not guard on it;
+            # neither does a compiled dynamic one that keeps nothing per layer (draft with refresh_every=1): it plans
+            # fresh on every call, as it does eagerly, where its entry is only the layout kept for a checkpointed
+            # backward's recomputation (recomputing it there gives the same layout).
             cache_key = state.layer_key(self.model_index, self.layer, query.shape[0])
-            decision = state.decide(self.layer, static, cache_key)
+            decision = state.decide(self.layer, static, cache_key, dense_layer=dense_layer)
         if decision != DENSE and video_len != geometry.num_tokens:
             if not self._warned:
                 logger.warning(
@@ -140,7 +156,9 @@ class SparseAttentionCore:
             layout = self._plan(qv, kv, cache_key)
         backend = state.config.backend
         state.backend_used = resolve_backend(backend, q.device, q.dtype, q.shape[-1], layout.kind)
-        if not replay:
+        # Under torch.compile statistics are not recorded (``record`` returns), and the memo is not written either: a
+        # mutation of the shared layout inside the graph would change the graph's guards for the next call.
+        if not replay and not torch.compiler.is_compiling():
             density = layout.memo.get("density")
             if density is None:  # layouts are not modified after planning: one reduction per layout, not per call
                 density = layout.memo["density"] = layout.density()

@@ -86,6 +86,7 @@ class SparseStepHook(ModelHook):
             _timestep_value(timestep), geometry, context=self.context.current, batch=hidden_states.shape[0],
             model_index=self.model_index,
         )
+        self.state.prepare(hidden_states.device)
         return None
 
     def reset_state(self, module):

@@ -86,3 +86,29 @@ def test_front_door_errors():
         block_sparse_attention(q[0], q[0], q[0], layout)
     assert resolve_backend("auto", "cpu", torch.float32, 64) == "reference"
     assert available_backends()["reference"] == "ok"
+
+
+def test_reference_custom_op_compiles_with_a_layout_planned_in_the_graph():
+    # A pattern planned inside a compiled graph sizes kv_indices from data (its Kmax is a host read of the counts):
+    # the reference engine is then one custom op whose fake gives the output shapes, not a traced chunk loop.
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    b, h, length, d, bs = 2, 3, 80, 16, 16
+    q, k, v = torch.randn(b, h, length, d), torch.randn(b, h, length, d), torch.randn(b, h, length, d)
+    valid = torch.tensor([80, 50], dtype=torch.int32)
+    layout = BlockLayout.from_block_mask(torch.rand(b, h, 5, 5) < 0.5, bs, bs, length, length, kv_valid_len=valid)
+    args = (q, k, v, layout.kv_indices, layout.kv_counts, None, None, valid, bs, bs, 0.25)
+    torch.library.opcheck(torch.ops.dit_sparse.reference_block_sparse_fwd.default, args)
+
+    def fn(q, k, v):
+        scores = q.reshape(b, h, 5, bs, d).mean(3) @ k.reshape(b, h, 5, bs, d).mean(3).transpose(-1, -2)
+        mask = scores > scores.median(-1, keepdim=True).values
+        planned = BlockLayout.from_block_mask(mask, bs, bs, length, length, kv_valid_len=valid)
+        return block_sparse_attention(q, k, v, planned, backend="reference", return_lse=True)
+
+    torch._dynamo.reset()
+    out, lse = torch.compile(fn, fullgraph=True, backend="aot_eager")(q, k, v)
+    exp_out, exp_lse = fn(q, k, v)
+    torch.testing.assert_close(out, exp_out)
+    torch.testing.assert_close(lse, exp_lse)

@@ -1,11 +1,12 @@
 """The step hook: cache context, pipeline runs through set_attn_processor, torch.compile."""
 
 import numpy as np
+import pytest
 import torch
 from tiny_models import tiny_wan, wan_inputs
 
 import dit_sparse as ds
-from dit_sparse import DenseConfig, RadialConfig
+from dit_sparse import DenseConfig, DraftConfig, RadialConfig
 from dit_sparse.api import get_state
 
 
@@ -49,7 +50,7 @@ def test_torch_compile_fullgraph_without_recompiles():
 
     model = tiny_wan(num_layers=2)
     eager = [o[0] for o in _compile_run(model, model)]
-    # Sparse configs do not compile with fullgraph yet: the reference kernel's chunking is data dependent.
+    # Dense warm-up steps only; sparse steps under compile: test_torch_compile_fullgraph_sparse below.
     for config in (DenseConfig(), RadialConfig(dense_steps=2, dense_layers=0, block_size=16)):
         ds.apply_sparse_attention(model, config)
         torch._dynamo.reset()
@@ -64,3 +65,57 @@ def test_torch_compile_fullgraph_without_recompiles():
         for got, want in zip(outs, eager):  # radial stays in its dense warm-up steps here
             torch.testing.assert_close(got[0], want, atol=1e-5, rtol=1e-5)
         ds.remove_sparse_attention(model)
+
+
+SPARSE_COMPILE_CONFIGS = {
+    "radial": RadialConfig(dense_steps=0, dense_layers=0, block_size=16),
+    # Draft keeps nothing per layer with refresh_every=1, so it plans inside the graph on every call.
+    "draft": DraftConfig(dense_steps=0, dense_layers=0, block_size=16),
+}
+
+
+def _eager_reference(config):
+    model = tiny_wan(num_layers=2)
+    ds.apply_sparse_attention(model, config)
+    outs = [o[0] for o in _compile_run(model, model)]
+    s = ds.summary(model)
+    assert s["sparse_calls"] == 8 and s["mean_density"] < 1.0  # really sparse, in every call
+    return outs
+
+
+@pytest.mark.parametrize("method", ["radial", "draft"])
+def test_torch_compile_fullgraph_sparse(method):
+    # Sparse steps on the CPU reference kernel: the kernel is a custom op (its chunk loop is not traced), the static
+    # layout and draft's tiling are built by the step hook before the graph, nothing the graph guards on changes
+    # between calls. Compiled before any eager call (the eager run below is a second model).
+    import torch._dynamo
+    import torch._dynamo.testing
+
+    config = SPARSE_COMPILE_CONFIGS[method]
+    model = tiny_wan(num_layers=2)
+    ds.apply_sparse_attention(model, config)
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        outs = [o[0] for o in _compile_run(model, compiled)]
+    assert counter.frame_count == 1  # one graph for 2 sparse steps x 2 CFG branches
+    for got, want in zip(outs, _eager_reference(config)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_compile_repeated_blocks_fullgraph_radial():
+    import torch._dynamo
+    import torch._dynamo.testing
+
+    config = SPARSE_COMPILE_CONFIGS["radial"]
+    model = tiny_wan(num_layers=2)
+    ds.apply_sparse_attention(model, config)
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("eager")
+    model.compile_repeated_blocks(fullgraph=True, backend=counter)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        outs = [o[0] for o in _compile_run(model, model)]
+    assert counter.frame_count == 1  # one graph shared by both blocks: no guard on the block's layer index
+    for got, want in zip(outs, _eager_reference(config)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

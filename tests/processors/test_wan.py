@@ -83,3 +83,28 @@ def test_unsupported_model_and_config_errors():
         ds.apply_sparse_attention(tiny_wan(), {"method": "radial"})
     with pytest.raises(ValueError, match="no sparse attention is applied"):
         ds.summary(tiny_wan())
+
+
+def test_short_sequences_fall_back_to_dense_and_summary_says_why(caplog):
+    model = tiny_wan()
+    kw = dict(frames=5, height=6, width=8)  # 5 x 3 x 4 = 60 video tokens
+    ref = run(model, **kw)
+    ds.apply_sparse_attention(model, RadialConfig(dense_steps=0, dense_layers=0, block_size=16, min_sparse_tokens=100))
+    with caplog.at_level("WARNING", logger="dit_sparse"):
+        outs = [run(model, timestep=t, **kw) for t in (900.0, 900.0, 800.0)]  # cond, uncond, next step
+    # Dense through Diffusers' dispatch_attention_fn: exactly the stock processor's output.
+    assert torch.equal(outs[0], ref)
+    s = ds.summary(model)
+    assert s["dense_fallback"] == "60 video tokens < min_sparse_tokens 100"
+    assert s["sparse_calls"] == 0 and s["dense_calls"] == 9
+    warnings = [r for r in caplog.records if "min_sparse_tokens" in r.getMessage()]
+    assert len(warnings) == 1 and "running dense" in warnings[0].getMessage()
+
+    for threshold in (0, 60, None):  # at the threshold, explicitly 0, and the automatic value on a CPU (0)
+        ds.apply_sparse_attention(
+            model, RadialConfig(dense_steps=0, dense_layers=0, block_size=16, min_sparse_tokens=threshold)
+        )
+        out = run(model, **kw)
+        s = ds.summary(model)
+        assert s["dense_fallback"] is None and s["sparse_calls"] == 3 and s["dense_calls"] == 0, threshold
+        assert s["mean_density"] < 1.0 and not torch.equal(out, ref)
