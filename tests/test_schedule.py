@@ -132,9 +132,10 @@ def test_layouts_kept_only_when_a_later_step_reads_them():
     ds.apply_sparse_attention(model, config)
     state = get_state(model)
     cfg_run(model, [999, 900], frames=5, height=8, width=8)
-    # refresh_every=1: every step plans afresh, so no layout is retained; the warm-start centroids (small) are.
+    # refresh_every=1: every step plans afresh, so no layout is retained; the warm-start centroids (small; the joint
+    # clustering keeps "qk_centroids") are.
     assert len(state.caches) == 4
-    assert all("layout" not in e and "q_centroids" in e for e in state.caches.values())
+    assert all("layout" not in e and "qk_centroids" in e for e in state.caches.values())
     # refresh_every=3: kept after the refresh step and the first reuse, dropped by the last reuse before a refresh.
     ds.apply_sparse_attention(model, dataclasses.replace(config, refresh_every=3))
     state = get_state(model)
