@@ -74,3 +74,44 @@ def hunyuan_inputs(batch=1, frames=5, height=6, width=10, text_len=9, valid=(6,)
         "guidance": torch.full((batch,), 6000.0),
         "return_dict": False,
     }
+
+
+def tiny_flux(dual: int = 1, single: int = 1, heads: int = 2, seed: int = 0):
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    model = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=dual,
+        num_single_layers=single,
+        attention_head_dim=64,
+        num_attention_heads=heads,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=False,
+        axes_dims_rope=(16, 24, 24),
+    )
+    return model.eval()
+
+
+def flux_image_ids(height: int, width: int) -> torch.Tensor:
+    """Flux's packed-latent position ids [height * width, 3] of (0, row, col), as its pipeline builds them."""
+    ids = torch.zeros(height, width, 3)
+    ids[..., 1] = torch.arange(height)[:, None]
+    ids[..., 2] = torch.arange(width)[None, :]
+    return ids.reshape(height * width, 3)
+
+
+def flux_inputs(batch=1, height=6, width=10, text_len=7, seed=1, timestep=0.9):
+    """Inputs for a (height * 16) x (width * 16) pixel image: a height x width grid of packed tokens."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "hidden_states": torch.randn(batch, height * width, 16, generator=g),
+        "encoder_hidden_states": torch.randn(batch, text_len, 32, generator=g),
+        "pooled_projections": torch.randn(batch, 32, generator=g),
+        "timestep": torch.full((batch,), timestep),
+        "img_ids": flux_image_ids(height, width),
+        "txt_ids": torch.zeros(text_len, 3),
+        "return_dict": False,
+    }

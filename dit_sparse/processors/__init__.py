@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import hunyuan_video, wan
+from . import flux, hunyuan_video, wan
 
 # Diffusers class name -> the module that knows how to build its processors.
 MODELS = {
     "WanTransformer3DModel": wan,
     "WanVACETransformer3DModel": wan,
     "HunyuanVideoTransformer3DModel": hunyuan_video,
+    "FluxTransformer2DModel": flux,
 }
 
 

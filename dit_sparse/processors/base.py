@@ -2,9 +2,10 @@
 
 Model processors build q, k, v exactly as the stock Diffusers processor does and hand them here in Diffusers' layout
 (B, L, H, D). Dense decisions go through ``dispatch_attention_fn`` (the user's attention backend and parallel config
-apply). Sparse decisions run the pattern on the video tokens and our block-sparse kernel; text tokens that sit after
-the video tokens in joint attention (HunyuanVideo) stay dense in both directions: video queries attend the text keys
-in a second, dense kernel call whose result is merged through the log-sum-exp, and text queries attend every key.
+apply). Sparse decisions run the pattern on the video tokens and our block-sparse kernel. Text tokens in joint
+attention, after the video tokens (HunyuanVideo) or before them (``text_first``: Flux), stay dense in both directions:
+video queries attend the text keys in a second, dense kernel call whose result is merged through the log-sum-exp, and
+text queries attend every key.
 """
 
 from __future__ import annotations
@@ -75,9 +76,12 @@ class SparseAttentionCore:
         *,
         attn_mask: Optional[torch.Tensor] = None,
         text_len: int = 0,
+        text_first: bool = False,
         attention_backend=None,
         parallel_config=None,
     ) -> torch.Tensor:
+        """Attention over the joint sequence (B, L, H, D): ``text_len`` text tokens after the video tokens, or before
+        them when ``text_first`` (Flux's [text, image]); the pattern sees only the video tokens."""
         if self.state.geometry is None:
             raise RuntimeError(
                 "dit_sparse processors need the step hook on the transformer to know the video geometry; use "
@@ -86,7 +90,14 @@ class SparseAttentionCore:
             )
         ulysses = ulysses_group(parallel_config)
         if ulysses is None:
-            return self._attend(query, key, value, attn_mask, text_len, attention_backend, parallel_config)
+            return self._attend(query, key, value, attn_mask, text_len, text_first, attention_backend, parallel_config)
+        if text_first and text_len:
+            # Flux's own context-parallel plan shards the text tokens as well as the image tokens; the exchange below
+            # assumes text replicated on every rank (HunyuanVideo's plan).
+            raise ValueError(
+                f"{self.name}: dit_sparse does not support context parallelism for models with the text tokens first "
+                "(Flux) yet; run without enable_parallelism, or remove_sparse_attention to use Diffusers' own"
+            )
         # Ulysses: video tokens arrive as this rank's sequence shard (all heads); text tokens, when present, are
         # replicated on every rank. Exchange to (all tokens, H/N heads), attend as one process would, exchange back.
         group, world = ulysses
@@ -101,7 +112,9 @@ class SparseAttentionCore:
             text = x[:, local_video:, rank * heads_local : (rank + 1) * heads_local]
             return torch.cat([video, text], dim=1)
 
-        out = self._attend(gather(query), gather(key), gather(value), attn_mask, text_len, attention_backend, None)
+        out = self._attend(
+            gather(query), gather(key), gather(value), attn_mask, text_len, False, attention_backend, None
+        )
         video_out = heads_to_seq(out[:, : out.shape[1] - text_len].contiguous(), group, world)
         if not text_len:
             return video_out
@@ -110,10 +123,15 @@ class SparseAttentionCore:
         dist.all_gather(parts, text_out, group=group)
         return torch.cat([video_out, torch.cat(parts, dim=2)], dim=1)
 
-    def _attend(self, query, key, value, attn_mask, text_len, attention_backend, parallel_config) -> torch.Tensor:
+    def _attend(
+        self, query, key, value, attn_mask, text_len, text_first, attention_backend, parallel_config
+    ) -> torch.Tensor:
         state = self.state
         geometry = state.geometry
         video_len = query.shape[1] - text_len
+        # The video and text spans of the joint sequence.
+        video = slice(text_len, None) if text_first else slice(0, video_len)
+        text = slice(0, text_len) if text_first else slice(video_len, None)
         static = bool(getattr(state.pattern, "static", False))
         dense_layer = self._in_dense_layers()
         decision = state.decide(self.layer, static, dense_layer=dense_layer)
@@ -143,7 +161,7 @@ class SparseAttentionCore:
         q = query.transpose(1, 2)
         k = key.transpose(1, 2)
         v = value.transpose(1, 2)
-        qv, kv, vv = q[:, :, :video_len], k[:, :, :video_len], v[:, :, :video_len]
+        qv, kv, vv = q[:, :, video], k[:, :, video], v[:, :, video]
         replay = False
         if decision == CACHED:
             entry = state.caches[cache_key]
@@ -170,22 +188,23 @@ class SparseAttentionCore:
         o_video, lse_video = block_sparse_attention(qv, kv, vv, layout, backend=backend, return_lse=True)
         text_valid = None
         if attn_mask is not None:
-            # Diffusers' HunyuanVideo mask is [B, 1, 1, L] over keys; text padding sits at the end.
-            text_valid = attn_mask.reshape(attn_mask.shape[0], -1)[:, video_len:].sum(-1, dtype=torch.int32)
+            # A key mask [B, 1, 1, L] (Diffusers' HunyuanVideo); text padding sits at the end of the text span.
+            text_valid = attn_mask.reshape(attn_mask.shape[0], -1)[:, text].sum(-1, dtype=torch.int32)
         bs = state.config.block_size
         text_layout = _dense_layout(video_len, text_len, bs, q.device)
         # A fresh layout object per call (the valid lengths change); its index tensors are the cached ones.
         text_layout = BlockLayout(text_layout.kv_indices, text_layout.kv_counts, bs, bs, video_len, text_len,
                                   kv_valid_len=text_valid)
         o_text, lse_text = block_sparse_attention(
-            qv, k[:, :, video_len:], v[:, :, video_len:], text_layout, backend=backend, return_lse=True
+            qv, k[:, :, text], v[:, :, text], text_layout, backend=backend, return_lse=True
         )
         out_video, _ = merge_attention(o_video, lse_video, o_text, lse_text)
         out_text_rows = dispatch_attention_fn(
-            query[:, video_len:], key, value, attn_mask=attn_mask, dropout_p=0.0, is_causal=False,
+            query[:, text], key, value, attn_mask=attn_mask, dropout_p=0.0, is_causal=False,
             backend=attention_backend, parallel_config=None,
         )
-        return torch.cat([out_video.transpose(1, 2), out_text_rows.to(out_video.dtype)], dim=1)
+        parts = [out_video.transpose(1, 2), out_text_rows.to(out_video.dtype)]
+        return torch.cat(parts[::-1] if text_first else parts, dim=1)
 
     def _keep(self, qv: torch.Tensor, kv: torch.Tensor) -> bool:
         """Whether a later call reads this call's layout: a later step (``refresh_every`` > 1), an inspection, or,

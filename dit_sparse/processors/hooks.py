@@ -1,7 +1,8 @@
 """The step hook: a Diffusers ``ModelHook`` on the transformer that feeds ``SparseState``.
 
-It reads the latents' shape (token grid), the timestep and Diffusers' cache context (``cache_context("cond")``, the
-mechanism ``FirstBlockCache`` keys its state by) before every transformer forward; nothing in Diffusers is patched.
+It reads the latents' shape (token grid; for Flux's packed image tokens, their position ids ``img_ids``), the timestep
+and Diffusers' cache context (``cache_context("cond")``, the mechanism ``FirstBlockCache`` keys its state by) before
+every transformer forward; nothing in Diffusers is patched.
 Shaped like Diffusers' ``hooks/first_block_cache.py``: private hook + state, public ``apply_*`` elsewhere.
 
 The bookkeeping runs in a PyTorch forward pre-hook that ``torch.compile`` does not trace: ``torch.compile(transformer,
@@ -11,6 +12,7 @@ comparison. The ``ModelHook`` itself only receives the cache context and the end
 
 from __future__ import annotations
 
+import inspect
 from typing import Tuple
 
 import torch
@@ -60,8 +62,11 @@ class SparseStepHook(ModelHook):
         self.model_index = model_index
         self.context = _ContextSlot()
         self._handle = None
+        self._params = ("hidden_states", "timestep")
 
     def initialize_hook(self, module):
+        # Inputs are read by name: the timestep is Wan's and HunyuanVideo's second argument but Flux's fourth.
+        self._params = tuple(inspect.signature(type(module).forward).parameters)[1:]
         self._handle = module.register_forward_pre_hook(self._before_forward, with_kwargs=True)
         return module
 
@@ -75,13 +80,25 @@ class SparseStepHook(ModelHook):
     def _before_forward(self, module, args, kwargs):
         # Called by nn.Module.__call__ before the (possibly compiled) forward; disabled for dynamo so that the
         # counters and the host read of the timestep never enter a graph.
-        hidden_states = kwargs.get("hidden_states", args[0] if len(args) > 0 else None)
-        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        def arg(name):
+            if name in kwargs:
+                return kwargs[name]
+            index = self._params.index(name) if name in self._params else len(args)
+            return args[index] if index < len(args) else None
+
+        hidden_states = arg("hidden_states")
+        timestep = arg("timestep")
         if hidden_states is None or timestep is None:
             raise ValueError(
                 "dit_sparse's step hook expects the transformer to be called with hidden_states and timestep"
             )
-        geometry = VideoGeometry.from_latents(hidden_states, self.patch_size, self.model)
+        if hidden_states.dim() == 3:
+            # Packed image tokens (Flux): the grid comes from img_ids, the text count from txt_ids.
+            txt_ids, text = arg("txt_ids"), arg("encoder_hidden_states")
+            text_tokens = txt_ids.shape[-2] if txt_ids is not None else (text.shape[1] if text is not None else 0)
+            geometry = VideoGeometry.from_image_ids(hidden_states, arg("img_ids"), self.model, text_tokens)
+        else:
+            geometry = VideoGeometry.from_latents(hidden_states, self.patch_size, self.model)
         self.state.on_forward(
             _timestep_value(timestep), geometry, context=self.context.current, batch=hidden_states.shape[0],
             model_index=self.model_index,
