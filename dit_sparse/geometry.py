@@ -1,8 +1,8 @@
 """VideoGeometry: what a flattened (B, L, H, D) tensor no longer says about the video.
 
-Tokens are flattened frame-major, then height, then width (Wan, HunyuanVideo and Flux alike; an image is one frame).
-Text tokens, where a model has them in self-attention, follow the video tokens (HunyuanVideo) or precede the image
-tokens (Flux) and are handled by the processor core, so patterns only ever see the video grid.
+Tokens are flattened frame-major, then height, then width (Wan, HunyuanVideo, Flux and Qwen-Image alike; an image is
+one frame). Text tokens, where a model has them in self-attention, follow the video tokens (HunyuanVideo) or precede
+the image tokens (Flux, Qwen-Image) and are handled by the processor core, so patterns only ever see the video grid.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ class VideoGeometry:
         frames (`int`): latent frames after temporal patching.
         height (`int`): token rows per frame after spatial patching.
         width (`int`): token columns per frame after spatial patching.
-        model (`str`): "wan", "hunyuan_video" or "flux" (patterns use it for model-specific defaults such as the
-            sink).
+        model (`str`): "wan", "hunyuan_video", "flux" or "qwen_image" (patterns use it for model-specific defaults
+            such as the sink).
         text_tokens (`int`, defaults to 0): text tokens of the call's joint attention where the processor cannot
             count them itself (Flux's single-stream blocks receive one concatenated [text, image] sequence).
     """
@@ -87,6 +87,38 @@ class VideoGeometry:
         # One host read per transformer call, like the timestep's.
         rows, cols = (img_ids[:, 1:].amax(dim=0).round().long() + 1).tolist()
         return cls(1, rows, cols, model, text_tokens)
+
+    @classmethod
+    def from_image_shapes(
+        cls, hidden_states: torch.Tensor, img_shapes, model: str, text_tokens: int = 0
+    ) -> "VideoGeometry":
+        """Token grid of packed image tokens (B, L, C) from Qwen-Image's ``img_shapes``: per sample a list of (frames,
+        rows, cols) of packed tokens (Qwen-Image packs 2x2 latents, so an H x W image gives (1, H/16, W/16)). Read as
+        its RoPE reads it: the first sample's shapes (a batch shares one size). Several shapes of one size (an edit's
+        condition images after the target) are stacked as frames; shapes of different sizes give the first shape's
+        grid, which does not cover the tokens, so the processors run dense."""
+        if hidden_states.dim() != 3:
+            raise ValueError(
+                f"expected packed image tokens (batch, tokens, channels), got shape {tuple(hidden_states.shape)}"
+            )
+        shapes = img_shapes
+        if isinstance(shapes, list) and shapes:  # one entry per sample, as QwenEmbedRope takes it
+            shapes = shapes[0]
+        if not isinstance(shapes, list):
+            shapes = [shapes]
+        try:
+            shapes = [tuple(int(x) for x in shape) for shape in shapes]
+        except TypeError:
+            shapes = []
+        if not shapes or any(len(shape) != 3 for shape in shapes):
+            raise ValueError(
+                f"packed image tokens need img_shapes, per sample a list of (frames, rows, cols), to give their grid, "
+                f"got {img_shapes!r}; call the transformer with img_shapes as its pipeline does"
+            )
+        frames, rows, cols = shapes[0]
+        if all(shape[1:] == (rows, cols) for shape in shapes[1:]):
+            frames = sum(shape[0] for shape in shapes)
+        return cls(frames, rows, cols, model, text_tokens)
 
     def token_coords(self, device=None) -> torch.Tensor:
         """(frame, row, col) of every video token, int64 [L, 3]."""

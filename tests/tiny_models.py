@@ -115,3 +115,34 @@ def flux_inputs(batch=1, height=6, width=10, text_len=7, seed=1, timestep=0.9):
         "txt_ids": torch.zeros(text_len, 3),
         "return_dict": False,
     }
+
+
+def tiny_qwen_image(layers: int = 2, heads: int = 2, seed: int = 0):
+    from diffusers import QwenImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    model = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=16,
+        out_channels=4,
+        num_layers=layers,
+        attention_head_dim=64,
+        num_attention_heads=heads,
+        joint_attention_dim=32,
+        axes_dims_rope=(16, 24, 24),
+    )
+    return model.eval()
+
+
+def qwen_image_inputs(batch=1, height=6, width=10, text_len=7, mask=None, seed=1, timestep=0.9):
+    """Inputs for a (height * 16) x (width * 16) pixel image: a height x width grid of packed tokens, as
+    QwenImagePipeline passes them (``img_shapes`` per sample; ``mask`` [batch, text_len] or None)."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "hidden_states": torch.randn(batch, height * width, 16, generator=g),
+        "encoder_hidden_states": torch.randn(batch, text_len, 32, generator=g),
+        "encoder_hidden_states_mask": mask,
+        "timestep": torch.full((batch,), timestep),
+        "img_shapes": [[(1, height, width)]] * batch,
+        "return_dict": False,
+    }

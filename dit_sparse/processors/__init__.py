@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import flux, hunyuan_video, wan
+from . import flux, hunyuan_video, qwen_image, wan
 
 # Diffusers class name -> the module that knows how to build its processors.
 MODELS = {
@@ -12,6 +12,7 @@ MODELS = {
     "WanVACETransformer3DModel": wan,
     "HunyuanVideoTransformer3DModel": hunyuan_video,
     "FluxTransformer2DModel": flux,
+    "QwenImageTransformer2DModel": qwen_image,
 }
 
 

@@ -187,16 +187,24 @@ class SparseAttentionCore:
 
         o_video, lse_video = block_sparse_attention(qv, kv, vv, layout, backend=backend, return_lse=True)
         text_valid = None
+        k_text, v_text = k[:, :, text], v[:, :, text]
         if attn_mask is not None:
-            # A key mask [B, 1, 1, L] (Diffusers' HunyuanVideo); text padding sits at the end of the text span.
-            text_valid = attn_mask.reshape(attn_mask.shape[0], -1)[:, text].sum(-1, dtype=torch.int32)
+            # A key mask [B, 1, 1, L] (Diffusers' HunyuanVideo, Qwen-Image). The kernel takes the valid text keys as a
+            # prefix of the text span: a stable sort puts them first, the identity for padding at the end (the usual
+            # case) and exact for masks of any pattern (Qwen-Image accepts them). Only the video rows see the sorted
+            # keys; the text rows below attend through the mask in the original order.
+            valid = attn_mask.reshape(attn_mask.shape[0], -1)[:, text].bool()
+            text_valid = valid.sum(-1, dtype=torch.int32)
+            order = torch.argsort((~valid).to(torch.uint8), dim=1, stable=True)
+            index = order[:, None, :, None].expand(k_text.shape[0], k_text.shape[1], -1, k_text.shape[-1])
+            k_text, v_text = k_text.gather(2, index), v_text.gather(2, index)
         bs = state.config.block_size
         text_layout = _dense_layout(video_len, text_len, bs, q.device)
         # A fresh layout object per call (the valid lengths change); its index tensors are the cached ones.
         text_layout = BlockLayout(text_layout.kv_indices, text_layout.kv_counts, bs, bs, video_len, text_len,
                                   kv_valid_len=text_valid)
         o_text, lse_text = block_sparse_attention(
-            qv, k[:, :, text], v[:, :, text], text_layout, backend=backend, return_lse=True
+            qv, k_text, v_text, text_layout, backend=backend, return_lse=True
         )
         out_video, _ = merge_attention(o_video, lse_video, o_text, lse_text)
         out_text_rows = dispatch_attention_fn(

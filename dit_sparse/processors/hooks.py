@@ -1,6 +1,7 @@
 """The step hook: a Diffusers ``ModelHook`` on the transformer that feeds ``SparseState``.
 
-It reads the latents' shape (token grid; for Flux's packed image tokens, their position ids ``img_ids``), the timestep
+It reads the latents' shape (token grid; for Flux's packed image tokens, their position ids ``img_ids``; for
+Qwen-Image's, ``img_shapes``), the timestep
 and Diffusers' cache context (``cache_context("cond")``, the mechanism ``FirstBlockCache`` keys its state by) before
 every transformer forward; nothing in Diffusers is patched.
 Shaped like Diffusers' ``hooks/first_block_cache.py``: private hook + state, public ``apply_*`` elsewhere.
@@ -92,7 +93,13 @@ class SparseStepHook(ModelHook):
             raise ValueError(
                 "dit_sparse's step hook expects the transformer to be called with hidden_states and timestep"
             )
-        if hidden_states.dim() == 3:
+        if hidden_states.dim() == 3 and "img_shapes" in self._params:
+            # Packed image tokens (Qwen-Image): the grid comes from img_shapes, the text count from the text stream.
+            text = arg("encoder_hidden_states")
+            geometry = VideoGeometry.from_image_shapes(
+                hidden_states, arg("img_shapes"), self.model, text.shape[1] if text is not None else 0
+            )
+        elif hidden_states.dim() == 3:
             # Packed image tokens (Flux): the grid comes from img_ids, the text count from txt_ids.
             txt_ids, text = arg("txt_ids"), arg("encoder_hidden_states")
             text_tokens = txt_ids.shape[-2] if txt_ids is not None else (text.shape[1] if text is not None else 0)

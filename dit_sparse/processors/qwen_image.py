@@ -1,0 +1,130 @@
+"""Qwen-Image (``QwenImageTransformer2DModel``): dual-stream joint [text; image] attention.
+
+q, k, v are built exactly as Diffusers' ``QwenDoubleStreamAttnProcessor2_0`` builds them (separate image and text
+projections, QK-norm per head and stream, RoPE per stream with ``apply_rotary_emb_qwen``), and so is the key mask from
+``encoder_hidden_states_mask``. The text tokens come FIRST: the core gets ``text_first=True`` and keeps text rows and
+columns dense. The image is a video of one frame whose token grid the step hook reads from ``img_shapes`` (Qwen-Image
+packs 2x2 latents: an H x W image is a (1, H/16, W/16) grid).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
+
+from .base import SparseAttentionCore
+
+MODEL = "qwen_image"
+
+
+class QwenImageSparseAttnProcessor:
+    """Sparse joint-attention processor for Qwen-Image's dual-stream blocks (``Attention``)."""
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __init__(self, core: SparseAttentionCore):
+        self.core = core
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.FloatTensor,  # image stream
+        encoder_hidden_states: torch.FloatTensor = None,  # text stream
+        encoder_hidden_states_mask: torch.FloatTensor = None,
+        attention_mask: Optional[torch.FloatTensor] = None,
+        image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+    ) -> Tuple[torch.FloatTensor, torch.FloatTensor]:
+        if encoder_hidden_states is None:
+            raise ValueError("QwenImageSparseAttnProcessor requires encoder_hidden_states (text stream)")
+        if attention_mask is not None:
+            raise ValueError(
+                "QwenImageSparseAttnProcessor does not accept an external attention_mask. "
+                "Pass encoder_hidden_states_mask to let the processor build the joint mask."
+            )
+
+        if encoder_hidden_states_mask is not None:
+            seq_img = hidden_states.shape[1]
+            image_mask = torch.ones((hidden_states.shape[0], seq_img), dtype=torch.bool, device=hidden_states.device)
+            attention_mask = torch.cat([encoder_hidden_states_mask, image_mask], dim=1)
+            attention_mask = attention_mask[:, None, None, :]
+
+        seq_txt = encoder_hidden_states.shape[1]
+
+        img_query = attn.to_q(hidden_states)
+        img_key = attn.to_k(hidden_states)
+        img_value = attn.to_v(hidden_states)
+
+        txt_query = attn.add_q_proj(encoder_hidden_states)
+        txt_key = attn.add_k_proj(encoder_hidden_states)
+        txt_value = attn.add_v_proj(encoder_hidden_states)
+
+        # A fixed head_dim, the head count from the projection (tensor parallelism shards the heads), as stock.
+        head_dim = attn.inner_dim // attn.heads
+        img_query = img_query.unflatten(-1, (-1, head_dim))
+        img_key = img_key.unflatten(-1, (-1, head_dim))
+        img_value = img_value.unflatten(-1, (-1, head_dim))
+
+        txt_query = txt_query.unflatten(-1, (-1, head_dim))
+        txt_key = txt_key.unflatten(-1, (-1, head_dim))
+        txt_value = txt_value.unflatten(-1, (-1, head_dim))
+
+        if attn.norm_q is not None:
+            img_query = attn.norm_q(img_query)
+        if attn.norm_k is not None:
+            img_key = attn.norm_k(img_key)
+        if attn.norm_added_q is not None:
+            txt_query = attn.norm_added_q(txt_query)
+        if attn.norm_added_k is not None:
+            txt_key = attn.norm_added_k(txt_key)
+
+        if image_rotary_emb is not None:
+            img_freqs, txt_freqs = image_rotary_emb
+            img_query = apply_rotary_emb_qwen(img_query, img_freqs, use_real=False)
+            img_key = apply_rotary_emb_qwen(img_key, img_freqs, use_real=False)
+            txt_query = apply_rotary_emb_qwen(txt_query, txt_freqs, use_real=False)
+            txt_key = apply_rotary_emb_qwen(txt_key, txt_freqs, use_real=False)
+
+        # [text, image], as stock.
+        joint_query = torch.cat([txt_query, img_query], dim=1)
+        joint_key = torch.cat([txt_key, img_key], dim=1)
+        joint_value = torch.cat([txt_value, img_value], dim=1)
+
+        joint_hidden_states = self.core(
+            joint_query, joint_key, joint_value, attn_mask=attention_mask, text_len=seq_txt, text_first=True,
+            attention_backend=self._attention_backend, parallel_config=self._parallel_config,
+        )
+
+        joint_hidden_states = joint_hidden_states.flatten(2, 3)
+        joint_hidden_states = joint_hidden_states.to(joint_query.dtype)
+
+        txt_attn_output = joint_hidden_states[:, :seq_txt, :]
+        img_attn_output = joint_hidden_states[:, seq_txt:, :]
+
+        img_attn_output = attn.to_out[0](img_attn_output.contiguous())
+        if len(attn.to_out) > 1:
+            img_attn_output = attn.to_out[1](img_attn_output)  # dropout
+
+        txt_attn_output = attn.to_add_out(txt_attn_output.contiguous())
+
+        return img_attn_output, txt_attn_output
+
+
+def patch_size(transformer) -> Tuple[int, int, int]:
+    # Unused for the grid (the step hook reads img_shapes); the transformer itself takes 2x2-packed tokens.
+    p = transformer.config.patch_size
+    return (1, p, p)
+
+
+def is_sparse_target(name: str, transformer=None) -> Optional[int]:
+    """Layer index of the dual-stream blocks' joint attentions (``transformer_blocks.{i}.attn.processor``)."""
+    parts = name.split(".")
+    if len(parts) == 4 and parts[0] == "transformer_blocks" and parts[2] == "attn" and parts[-1] == "processor":
+        return int(parts[1])
+    return None
+
+
+def make_processor(core: SparseAttentionCore) -> QwenImageSparseAttnProcessor:
+    return QwenImageSparseAttnProcessor(core)
