@@ -26,6 +26,14 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def block_sizes(length: int, block: int, device=None) -> torch.Tensor:
+    """Tokens in each of the ``cdiv(length, block)`` fixed blocks of a sequence (the last one ragged), float32 [N]."""
+    n = cdiv(length, block)
+    sizes = torch.full((n,), float(block), device=device)
+    sizes[-1] = length - block * (n - 1)
+    return sizes
+
+
 @dataclasses.dataclass
 class BlockLayout:
     """Block-sparse attention layout as packed per-row index lists.
@@ -202,9 +210,7 @@ class BlockLayout:
     def _block_sizes(self, starts, seq_len, block, n) -> torch.Tensor:
         if starts is not None:
             return (starts[..., 1:] - starts[..., :-1]).float()
-        sizes = torch.full((n,), float(block), device=self.kv_indices.device)
-        sizes[-1] = seq_len - block * (n - 1)
-        return sizes.view(1, 1, n)
+        return block_sizes(seq_len, block, self.kv_indices.device).view(1, 1, n)
 
     def to(self, device) -> "BlockLayout":
         fields = {}

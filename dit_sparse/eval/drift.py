@@ -78,7 +78,7 @@ def markdown_table(summary: Sequence[dict]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     from ..pipelines.presets import PRESETS
-    from .quality import load_model
+    from .oracle import load_model
 
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m dit_sparse.eval.drift", description=__doc__.split("\n")[0])

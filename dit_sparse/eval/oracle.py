@@ -31,7 +31,7 @@ import torch
 
 from ..geometry import VideoGeometry
 from ..layout import BlockLayout, cdiv
-from .fidelity import DenseReference, attention_error, random_block_layout, tune_layout
+from .fidelity import KNOBS, DenseReference, attention_error, random_block_layout, tune_layout
 
 
 @dataclasses.dataclass
@@ -115,6 +115,21 @@ def capture_attention(
             proc.core = proc.core.core
         remove_sparse_attention(pipe)
     return store
+
+
+def load_model(model: str, device: str = "cpu", dtype: Optional[torch.dtype] = None):
+    """The packaged trained pipeline ``tiny`` or ``small`` on ``device``."""
+    from ..pipelines import tiny as _tiny
+
+    builders = {"tiny": _tiny.build_tiny_pipeline, "small": getattr(_tiny, "build_small_pipeline", None)}
+    if builders.get(model) is None:
+        raise ValueError(f"unknown packaged model {model!r}; use 'tiny' or 'small'")
+    pipe = builders[model]()
+    pipe.set_progress_bar_config(disable=True)
+    if dtype is not None:
+        pipe.transformer.to(dtype)
+    return pipe.to(device)
+
 
 
 # ------------------------------------------------------------------------------------------------------ the oracle
@@ -217,7 +232,8 @@ def evaluate_captures(
     return rows
 
 
-_KNOB_NAMES = ("decay", "density", "top_p")
+# Config fields that the matched-density rows must not pass on: the knob being tuned and the schedule.
+_KNOB_NAMES = tuple(knob for knob, *_ in KNOBS.values())
 _SCHEDULE = ("block_size", "dense_steps", "dense_layers")
 
 
@@ -286,7 +302,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     preset = PRESETS[args.model]
     height, width, frames = args.height or preset.height, args.width or preset.width, args.frames or preset.frames
     steps = args.num_inference_steps or preset.steps
-    pipe = _load(args.model, args.device)
+    pipe = load_model(args.model, args.device)
     n_layers = pipe.transformer.config.num_layers
     layers = _parse_ints(args.layers) if args.layers else list(range(1, n_layers, 2))
     cap_steps = _parse_ints(args.steps) if args.steps else sorted({steps // 4, steps // 2, (3 * steps) // 4})
@@ -321,22 +337,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         Path(out).write_text(json.dumps(payload, indent=2) + "\n")
     print(table)
     return 0
-
-
-def _load(model: str, device: str):
-    from ..pipelines.tiny import build_tiny_pipeline
-
-    if model == "tiny":
-        pipe = build_tiny_pipeline()
-    else:
-        from ..pipelines import tiny as _tiny
-
-        build = getattr(_tiny, f"build_{model}_pipeline", None)
-        if build is None:
-            raise ValueError(f"unknown packaged model {model!r}; use 'tiny' or 'small'")
-        pipe = build()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,13 +27,16 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from .fidelity import KNOBS as FIDELITY_KNOBS
+from .oracle import load_model
+
 PROMPTS = (
     "a red square moves left over a striped background",
     "a blue circle and a green triangle drift up while the camera zooms in over a gray checkered background",
     "a spinning purple triangle and a yellow circle glide right while the camera pans down over a blue striped "
     "background",
 )
-KNOBS = {"radial": "decay", "draft": "density", "semantic": "top_p"}
+KNOBS = {method: knob for method, (knob, *_) in FIDELITY_KNOBS.items()}  # method -> its density knob
 SCHEDULE = ("dense_steps", "dense_layers")
 
 
@@ -54,20 +57,6 @@ class RandomLayoutPattern:
         bs = self.config.block_size
         layout = random_block_layout(q.shape[2], k.shape[2], q.shape[1], self.density, bs, self.seed, q.shape[0])
         return layout.to(q.device)
-
-
-def load_model(model: str, device: str = "cpu", dtype: Optional[torch.dtype] = None):
-    """The packaged trained pipeline ``tiny`` or ``small`` on ``device``."""
-    from ..pipelines import tiny as _tiny
-
-    builders = {"tiny": _tiny.build_tiny_pipeline, "small": getattr(_tiny, "build_small_pipeline", None)}
-    if builders.get(model) is None:
-        raise ValueError(f"unknown packaged model {model!r}; use 'tiny' or 'small'")
-    pipe = builders[model]()
-    pipe.set_progress_bar_config(disable=True)
-    if dtype is not None:
-        pipe.transformer.to(dtype)
-    return pipe.to(device)
 
 
 def calibrate_knobs(pipe, method_options: Dict[str, dict], densities: Sequence[float], size: dict, steps: int,

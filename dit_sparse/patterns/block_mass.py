@@ -23,6 +23,8 @@ from typing import Optional
 
 import torch
 
+from ..layout import block_sizes, cdiv
+
 # Score elements per chunk (rows of queries x keys, over the batch x head rows of one chunk): 2**26 floats = 256 MiB.
 _CHUNK_ELEMENTS = 1 << 26
 
@@ -38,12 +40,10 @@ def segment_means(x: torch.Tensor, starts: Optional[torch.Tensor], block: int) -
     """
     n, length, d = x.shape
     if starts is None:
-        p = -(-length // block)
+        p = cdiv(length, block)
         pad = p * block - length
         sums = torch.nn.functional.pad(x.float(), (0, 0, 0, pad)).view(n, p, block, d).sum(2)
-        sizes = torch.full((p,), float(block), device=x.device)
-        sizes[-1] = length - block * (p - 1)
-        return sums / sizes.view(1, p, 1)
+        return sums / block_sizes(length, block, x.device).view(1, p, 1)
     starts = starts.long().expand(n, -1)
     cums = torch.nn.functional.pad(x.float().cumsum(1), (0, 0, 1, 0))  # [N, L + 1, D]
     hi = cums.gather(1, starts[:, 1:, None].expand(-1, -1, d))
@@ -78,7 +78,7 @@ def block_mass_estimate(
     qm = segment_means(q, q_starts, block)  # [N, Pq, D] float32
     pq = qm.shape[1]
     if kv_starts is None:
-        pk = -(-lk // block)
+        pk = cdiv(lk, block)
         pad = pk * block - lk
     else:
         ks = kv_starts.long().expand(n, -1)
@@ -123,9 +123,7 @@ def pooled_block_mass(
     qm = segment_means(q, q_starts, block)
     km = segment_means(k, kv_starts, block)
     if kv_starts is None:
-        pk = km.shape[1]
-        sizes = torch.full((1, pk), float(block), device=k.device)
-        sizes[0, -1] = lk - block * (pk - 1)
+        sizes = block_sizes(lk, block, k.device).unsqueeze(0)
     else:
         sizes = (kv_starts[..., 1:] - kv_starts[..., :-1]).float().expand(n, -1)
     logits = torch.bmm(qm, km.transpose(1, 2)) * scale + sizes.log().unsqueeze(1)  # log 0 = -inf: empty blocks

@@ -52,7 +52,7 @@ import torch
 
 from ..config import SemanticConfig
 from ..geometry import VideoGeometry
-from ..layout import BlockLayout, cdiv
+from ..layout import BlockLayout, block_sizes, cdiv
 from .base import Pattern
 from .block_mass import block_mass_estimate, pooled_block_mass, select_top_p
 from .kmeans import batched_kmeans
@@ -233,23 +233,19 @@ class SemanticPattern(Pattern):
         """Query and key cluster counts for sequences of ``lq`` / ``lk`` tokens (the config's, cut to at most one
         cluster per ``MIN_CLUSTER_TOKENS`` tokens, with a warning the first time they are cut)."""
         cfg = self.config
-        if cfg.clusters == "joint":  # one clustering of the tokens: kv_clusters clusters, q_clusters unused
-            kk = min(cfg.kv_clusters, max(1, min(lq, lk) // self.MIN_CLUSTER_TOKENS))
-            if kk != cfg.kv_clusters and not self._warned_clusters:
-                logger.warning(
-                    "semantic: %d clusters for %d tokens; using %d (at least %d tokens per cluster). Set "
-                    "SemanticConfig(kv_clusters=...) for this size to silence this.",
-                    cfg.kv_clusters, lk, kk, self.MIN_CLUSTER_TOKENS,
-                )
-                self._warned_clusters = True
-            return kk, kk
-        kq = min(cfg.q_clusters, max(1, lq // self.MIN_CLUSTER_TOKENS))
-        kk = min(cfg.kv_clusters, max(1, lk // self.MIN_CLUSTER_TOKENS))
-        if (kq, kk) != (cfg.q_clusters, cfg.kv_clusters) and not self._warned_clusters:
+        joint = cfg.clusters == "joint"  # one clustering of the tokens: kv_clusters clusters, q_clusters unused
+        wanted = (cfg.kv_clusters,) * 2 if joint else (cfg.q_clusters, cfg.kv_clusters)
+        lengths = (min(lq, lk),) * 2 if joint else (lq, lk)
+        kq, kk = (min(w, max(1, n // self.MIN_CLUSTER_TOKENS)) for w, n in zip(wanted, lengths))
+        if (kq, kk) != wanted and not self._warned_clusters:
+            if joint:
+                told, fields = f"{wanted[0]} clusters for {lk} tokens; using {kk}", "kv_clusters=..."
+            else:
+                told = f"{wanted[0]} query / {wanted[1]} key clusters for {lq} / {lk} tokens; using {kq} / {kk}"
+                fields = "q_clusters=..., kv_clusters=..."
             logger.warning(
-                "semantic: %d query / %d key clusters for %d / %d tokens; using %d / %d (at least %d tokens per "
-                "cluster). Set SemanticConfig(q_clusters=..., kv_clusters=...) for this size to silence this.",
-                cfg.q_clusters, cfg.kv_clusters, lq, lk, kq, kk, self.MIN_CLUSTER_TOKENS,
+                "semantic: %s (at least %d tokens per cluster). Set SemanticConfig(%s) for this size to silence this.",
+                told, self.MIN_CLUSTER_TOKENS, fields,
             )
             self._warned_clusters = True
         return kq, kk
@@ -271,16 +267,11 @@ class SemanticPattern(Pattern):
             # always kept. Separate q and k clusters lose it: on captured and photographic attention a query's own
             # neighbourhood then lands in key blocks its query block does not select (rows with ~0 mass kept).
             labels, _, counts = self.cluster(torch.cat([q, k], -1), kk, cache, "qk")
-            perm = cluster_order(labels, kk)
-            c = counts.view(n, kk)
-            fields = self._block_layout(q.reshape(n, lq, d), k.reshape(n, lk, d), perm.view(n, lq), perm.view(n, lk),
-                                        c, c, diagonal=True)
-            kv_indices, kv_counts, q_starts, kv_starts = (
-                None if t is None else t.view(b, h, *t.shape[1:]) for t in fields
-            )
-            bs = cfg.block_size
-            return BlockLayout(kv_indices, kv_counts, bs, bs, lq, lk, q_block_starts=q_starts,
-                               kv_block_starts=kv_starts, q_perm=perm, kv_perm=perm)
+            q_perm = kv_perm = cluster_order(labels, kk)
+            qc = kc = counts.view(n, kk)
+            fields = self._block_layout(q.reshape(n, lq, d), k.reshape(n, lk, d), q_perm.view(n, lq),
+                                        kv_perm.view(n, lk), qc, kc, diagonal=True)
+            return self._layout(fields, b, h, lq, lk, q_perm, kv_perm)
         q_labels, q_cent, q_counts = self.cluster(q, kq, cache, "q")
         k_labels, k_cent, k_counts = self.cluster(k, kk, cache, "k")
         q_perm, kv_perm = cluster_order(q_labels, kq), cluster_order(k_labels, kk)
@@ -294,22 +285,16 @@ class SemanticPattern(Pattern):
                                      min_keep)
             build = self._fixed_layout if self.fixed_blocks else self._variable_layout
             fields = build(select, qc, kc, lq, lk)
+        return self._layout(fields, b, h, lq, lk, q_perm, kv_perm)
+
+    def _layout(self, fields, b: int, h: int, lq: int, lk: int, q_perm, kv_perm) -> BlockLayout:
+        """The BlockLayout of ``fields`` (kv_indices, kv_counts, q / kv starts with a leading N = B * H)."""
         kv_indices, kv_counts, q_starts, kv_starts = (
             None if t is None else t.view(b, h, *t.shape[1:]) for t in fields
         )
-        bs = cfg.block_size
-        return BlockLayout(
-            kv_indices,
-            kv_counts,
-            bs,
-            bs,
-            lq,
-            lk,
-            q_block_starts=q_starts,
-            kv_block_starts=kv_starts,
-            q_perm=q_perm,
-            kv_perm=kv_perm,
-        )
+        bs = self.config.block_size
+        return BlockLayout(kv_indices, kv_counts, bs, bs, lq, lk, q_block_starts=q_starts, kv_block_starts=kv_starts,
+                           q_perm=q_perm, kv_perm=kv_perm)
 
     def _block_layout(self, q, k, q_perm, kv_perm, q_counts, k_counts, diagonal: bool = False):
         """Top-p per query block on the estimated block mass; kv_indices, kv_counts, q/kv starts with N = B * H."""
@@ -321,10 +306,8 @@ class SemanticPattern(Pattern):
         k_sorted = k.gather(1, kv_perm.unsqueeze(-1).expand(-1, -1, d))
         if self.fixed_blocks:
             q_starts = kv_starts = None
-            nk = cdiv(lk, bs)
-            k_sizes = torch.full((1, nk), float(bs), device=q.device)
-            k_sizes[0, -1] = lk - bs * (nk - 1)
-            k_valid = torch.ones(1, nk, dtype=torch.bool, device=q.device)
+            k_sizes = block_sizes(lk, bs, q.device).unsqueeze(0)
+            k_valid = torch.ones_like(k_sizes, dtype=torch.bool)
             q_valid = None
         else:
             q_starts, _, q_valid = cluster_pieces(q_counts, bs, max_pieces(lq, q_counts.shape[1], bs), lq)
