@@ -198,15 +198,17 @@ class SemanticConfig(SparseConfig):
         clusters (`str`, defaults to "joint"): "joint": one k-means of every token's [q, k] (``kv_clusters``
             clusters; ``q_clusters`` unused) and one permutation for queries and keys, so each query block keeps the
             key block of its own tokens (the diagonal). "separate": Sparse VideoGen 2's separate query and key
-            clusterings. Measured on captured and photographic attention (``python -m dit_sparse.eval.oracle``),
-            separate permutations leave queries whose own neighbourhood falls outside every selected key block.
+            clusterings. Gain against the oracle (``python -m dit_sparse.eval.oracle``) at density 0.25: joint 1.99
+            vs separate -4.50 on photographic attention (``bench/results/oracle-photo.json``: separate permutations
+            leave queries whose own neighbourhood falls outside every selected key block), 1.54 vs 1.10 on tiny's
+            captured attention (``oracle-tiny-variants.json``).
         estimate (`str`, defaults to "pooled"): how the attention mass of a block pair is estimated. "pooled": each
             query block's mean query against each key block's mean key (cheap: blocks x blocks). "blocks": the mean
             query against every key exactly, summed per key block (1 / block_size of dense attention's score FLOPs;
-            measured a little closer to the oracle, 2.09 vs 1.98 gain on photographic and 1.56 vs 1.51 on tiny's
-            attention, see `dit_sparse.patterns.block_mass`). Both select per query block, top-p. "centroids":
-            Sparse VideoGen 2's query-centroid x key-centroid softmax weighted by cluster sizes, top-p per query
-            cluster (the published method; needs ``clusters="separate"``).
+            a little closer to the oracle: gain 2.09 vs 1.99 on photographic and 1.57 vs 1.54 on tiny's attention at
+            density 0.25, ``oracle-photo.json`` / ``oracle-tiny-variants.json``). Both select per query block, top-p.
+            "centroids": Sparse VideoGen 2's query-centroid x key-centroid softmax weighted by cluster sizes, top-p per
+            query cluster (the published method; needs ``clusters="separate"``).
         fixed_blocks (`bool`, defaults to False): fixed ``block_size`` blocks over the permuted sequence (fixed-block
             kernels such as FlashAttention-4 run them) instead of variable-size cluster-aligned blocks.
         static_kmax (`bool`, defaults to False): size the layout's index lists by their static bound instead of one
@@ -261,8 +263,9 @@ class DraftConfig(SparseConfig):
         estimate (`str`, defaults to "pooled"): how a tile pair's attention is scored. "pooled": mean query against
             mean key, as the published DraftAttention. "blocks": the mean query of every query tile against every
             key exactly, summed per key tile (`dit_sparse.patterns.block_mass`): closer to the oracle on
-            photographic attention (gain 1.2 vs 0.92), equal on tiny's (1.07 vs 1.06), but 16.7 ms vs 8.1 ms of
-            sparse attention per call at Wan 1.3B 480p on an H200 (bench/results, pattern benchmark).
+            photographic attention (gain 1.22 vs 0.91 at density 0.25, ``oracle-photo.json``), equal on tiny's (1.07,
+            ``oracle-tiny-variants.json``), but its first version planned in 16.7 ms vs 8.1 ms of sparse attention
+            per call at Wan 1.3B 480p on an H200 (``2026-12-01_NVIDIA-H200_pattern-wan1.3b-480p.json``).
     """
 
     method: ClassVar[str] = "draft"

@@ -196,7 +196,8 @@ def evaluate_captures(
 
     Args:
         captures: from `capture_attention`.
-        methods (`Dict[str, dict]`): method name -> config options (besides the schedule, which is ignored here).
+        methods (`Dict[str, dict]`): method name (or a label, with the method under ``"method"``) -> config options
+            (besides the schedule, which is ignored here).
         densities (`Sequence[float]`): target densities for the matched rows.
         block_size (`int`): block size of the oracle and random layouts (and of every method's config).
     """
@@ -207,13 +208,15 @@ def evaluate_captures(
     for cap in captures:
         reference = DenseReference(cap.q, cap.k, cap.v)
         mass = block_mass(reference, block_size)
-        for method, options in methods.items():
-            options = {**options, "block_size": block_size, "dense_steps": 0, "dense_layers": 0}
+        for label, options in methods.items():
+            method = options.get("method", label)  # a label may name a variant: {"method": "semantic", ...}
+            options = {**{k: v for k, v in options.items() if k != "method"}, "block_size": block_size,
+                       "dense_steps": 0, "dense_layers": 0}
             cache: dict = {}
             t0 = time.perf_counter()
             pattern = make_pattern(make_config(method, **options))
             layout = pattern.plan(cap.q, cap.k, cap.geometry, cache)
-            row = dict(capture=cap.name, layer=cap.layer, step=cap.step, method=method, setting="preset",
+            row = dict(capture=cap.name, layer=cap.layer, step=cap.step, method=label, setting="preset",
                        plan_s=round(time.perf_counter() - t0, 3))
             row.update(compare_layout(cap, layout, reference, block_size, mass, random_seeds))
             rows.append(row)
@@ -223,7 +226,7 @@ def evaluate_captures(
             for target in densities:
                 layout, knob, _, _ = tune_layout(method, cap.q, cap.k, cap.geometry, target, block_size, cache=cache,
                                                  options=tune_opts)
-                row = dict(capture=cap.name, layer=cap.layer, step=cap.step, method=method, setting=f"d={target}",
+                row = dict(capture=cap.name, layer=cap.layer, step=cap.step, method=label, setting=f"d={target}",
                            knob=knob)
                 row.update(compare_layout(cap, layout, reference, block_size, mass, random_seeds))
                 rows.append(row)
@@ -297,7 +300,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--prompt", default="a red square moves left over a striped background")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--variants", default=None,
+                   help='more rows, JSON: {"label": {"method": "semantic", "clusters": "separate", ...}, ...}')
+    p.add_argument("--workload", default="model", choices=["model", "photo"],
+                   help="q/k/v captured from --model, or from photographic video (eval.photo_qkv; no model)")
+    p.add_argument("--grid", default="9x16x24", help="photo workload: frames x height x width tokens")
+    p.add_argument("--photo-seeds", type=int, default=2, help="photo workload: videos (one capture each)")
+    p.add_argument("--block-size", type=int, default=None, help="block size (default: the methods', else 128)")
     args = p.parse_args(argv)
+    variants = json.loads(args.variants) if args.variants else {}
+    if args.workload == "photo":
+        return _main_photo(args, argv, variants)
 
     preset = PRESETS[args.model]
     height, width, frames = args.height or preset.height, args.width or preset.width, args.frames or preset.frames
@@ -308,7 +321,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cap_steps = _parse_ints(args.steps) if args.steps else sorted({steps // 4, steps // 2, (3 * steps) // 4})
     methods = {m: {k: v for k, v in preset.sparse[m].items() if k not in ("dense_steps", "dense_layers")}
                for m in args.methods.split(",") if m}
-    block = next((o["block_size"] for o in methods.values() if "block_size" in o), 128)
+    methods.update(variants)
+    block = args.block_size or next((o["block_size"] for o in methods.values() if "block_size" in o), 128)
     t0 = time.perf_counter()
     captures = capture_attention(pipe, args.prompt, layers=layers, steps=cap_steps, height=height, width=width,
                                  frames=frames, num_inference_steps=steps, seed=args.seed)
@@ -336,6 +350,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(payload, indent=2) + "\n")
     print(table)
+    return 0
+
+
+def _main_photo(args, argv, variants: Dict[str, dict]) -> int:
+    """The photographic workload: each method (config defaults, or a variant) on `photo_qkv` q/k/v."""
+    from ..geometry import VideoGeometry
+    from .bench import git_commit
+    from .photo_qkv import photo_qkv
+
+    geometry = VideoGeometry(*(int(x) for x in args.grid.lower().split("x")))
+    block = args.block_size or 64
+    t0 = time.perf_counter()
+    captures = [CapturedAttention(*photo_qkv(geometry, seed=seed), geometry, layer=0, step=seed, branch=0)
+                for seed in range(args.photo_seeds)]
+    methods = {m: {} for m in args.methods.split(",") if m}
+    methods.update(variants)
+    densities = [float(x) for x in args.densities.split(",") if x]
+    rows = evaluate_captures(captures, methods, densities, block,
+                             progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    summary = summarise(rows)
+    out = "bench/results/oracle-photo.json" if args.out is None else args.out
+    if out:
+        payload = {
+            "benchmark": "oracle-fidelity", "workload": "photo", "commit": git_commit(),
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": "python -m dit_sparse.eval.oracle " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "settings": dict(grid=list(geometry.key), tokens=geometry.num_tokens, heads=4, head_dim=64,
+                             block_size=block, seeds=args.photo_seeds, methods=methods, densities=densities),
+            "elapsed_s": round(time.perf_counter() - t0, 1), "summary": summary, "rows": rows,
+        }
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(payload, indent=2) + "\n")
+    print(markdown_table(summary))
     return 0
 
 

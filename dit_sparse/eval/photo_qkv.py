@@ -2,9 +2,10 @@
 images, no download), a stand-in for a trained DiT block where no trained weights are at hand.
 
 `dit_sparse.eval.fidelity.synthetic_qkv` draws content as a few smooth blobs, which flatters methods that cluster
-(semantic looked better than random there, and worse than random on captured attention). Here every token carries the
-pixels it covers: a camera pans across a photograph while a second photograph's crop moves across it, so tokens have
-high-frequency detail, repeated textures far apart, and the same object in distant frames. Per head:
+(Sparse VideoGen 2's separate clusters looked better than random there, and worse than random here). Here every
+token carries the pixels it covers: a camera pans across a photograph while a second photograph's crop moves across
+it, so tokens have high-frequency detail, repeated textures far apart, and the same object in distant frames. Per
+head:
 
 - content features: the token's p x p RGB patch plus its 3 x 3 neighbourhood mean (standardised), through a random
   projection to ``head_dim`` channels; k = q's projection plus a small perturbation (trained DiTs have q close to k);

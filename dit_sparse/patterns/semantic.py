@@ -30,12 +30,12 @@ mass reaches ``top_p``, at least ``ceil(min_kv_ratio * key blocks)``. "pooled" (
 block mean key; "blocks": block mean query against every key exactly (`dit_sparse.patterns.block_mass`).
 "centroids": Sparse VideoGen 2's rule above, per query cluster (with separate clusters).
 
-Measured with ``python -m dit_sparse.eval.oracle`` (captured and photographic attention), separate clusters with
-the centroid rule chose *worse* blocks than a random layout of the same density (gain -4.2 on photographic
-attention): with separate permutations a query's own neighbourhood (its own token's key and those like it) lands in
-key blocks that its query block does not select, and on peaked heads those rows keep almost none of their mass (5 %
-of the rows under 0.06). Joint clusters fix it (gain 2.0 there, 1.5 on tiny's captured attention, 1.4 on small's
-at density 0.25).
+Measured with ``python -m dit_sparse.eval.oracle`` at density 0.25: on photographic attention separate clusters with
+the centroid rule chose *worse* blocks than a random layout of the same density (gain -4.50, ``bench/results/
+oracle-photo.json``): with separate permutations a query's own neighbourhood (its own token's key and those like it)
+lands in key blocks that its query block does not select, and on peaked heads those rows keep almost none of their
+mass. Joint clusters fix it (1.99 there); on tiny's captured attention both beat random, joint by more (1.54 vs
+1.10, ``oracle-tiny-variants.json``); on small's joint scores 1.44 (``oracle-small.json``).
 
 k-means is warm-started from the previous step's centroids, kept in the per-(layer, CFG branch) ``cache``:
 ``kmeans_iters`` iterations on the first call of a run (from evenly strided tokens, deterministic),
@@ -264,8 +264,8 @@ class SemanticPattern(Pattern):
                 )
             # One k-means on [q, k] per token: one permutation for both sides, so block i of the queries and block i
             # of the keys are the same tokens and the diagonal (a token's own key, the most attended when q ~ k) is
-            # always kept. Separate q and k clusters lose it: on captured and photographic attention a query's own
-            # neighbourhood then lands in key blocks its query block does not select (rows with ~0 mass kept).
+            # always kept. Separate q and k clusters lose it: on photographic attention a query's own neighbourhood
+            # then lands in key blocks its query block does not select (see the module docstring).
             labels, _, counts = self.cluster(torch.cat([q, k], -1), kk, cache, "qk")
             q_perm = kv_perm = cluster_order(labels, kk)
             qc = kc = counts.view(n, kk)
