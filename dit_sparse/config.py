@@ -266,6 +266,11 @@ class DraftConfig(SparseConfig):
             photographic attention (gain 1.22 vs 0.91 at density 0.25, ``oracle-photo.json``), equal on tiny's (1.07,
             ``oracle-tiny-variants.json``), but its first version planned in 16.7 ms vs 8.1 ms of sparse attention
             per call at Wan 1.3B 480p on an H200 (``2026-12-01_NVIDIA-H200_pattern-wan1.3b-480p.json``).
+        blocks (`str`, defaults to "fixed"): what a kernel block is. "fixed": ``block_size`` consecutive tokens of
+            the tile order (tile after tile), so every block is full and every kernel (FlashAttention-4 included)
+            runs the layout; where the grid does not divide into whole tiles a block may join the ends of two edge
+            tiles. "tiles": one block per tile, as published; partial edge tiles make the blocks variable-size,
+            which only the Triton and reference kernels run. Both are the same layout when the tiles are whole.
     """
 
     method: ClassVar[str] = "draft"
@@ -274,6 +279,7 @@ class DraftConfig(SparseConfig):
     pool: Optional[Tuple[int, int]] = None
     global_budget: bool = False
     estimate: str = "pooled"
+    blocks: str = "fixed"
 
     def validate(self) -> None:
         super().validate()
@@ -289,6 +295,8 @@ class DraftConfig(SparseConfig):
         _check_bool("global_budget", self.global_budget)
         if self.estimate not in ("blocks", "pooled"):
             raise ValueError(f"estimate={self.estimate!r} is not known; allowed: 'blocks', 'pooled'")
+        if self.blocks not in ("fixed", "tiles"):
+            raise ValueError(f"blocks={self.blocks!r} is not known; allowed: 'fixed', 'tiles'")
 
 
 def _check_triple(name: str, value, lo: int = 1) -> Tuple[int, int, int]:

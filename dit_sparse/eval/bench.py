@@ -534,6 +534,208 @@ def bench_layer(args) -> dict:
     return payload
 
 
+# ---------------------------------------------------------------------------------------------------------- step
+class FixedRandomPattern:
+    """The yardstick of the step benchmark: a static random layout (fixed blocks, diagonal kept) of one density,
+    built once per geometry, so its step time is the kernel's fixed-layout rate with no planning at all."""
+
+    name = "fixed-random"
+    static = True
+    layer_state = False
+
+    def __init__(self, config, density: float):
+        self.config, self.density, self._layouts = config, density, {}
+
+    def prepare(self, geometry, device, cache) -> None:
+        pass
+
+    def plan(self, q, k, geometry, cache):
+        key = (geometry.key, q.shape[0], q.shape[1], str(q.device))
+        if key not in self._layouts:
+            self._layouts[key] = random_layout(q.shape[0], q.shape[1], q.shape[2], self.density,
+                                               self.config.block_size, q.device)
+        return self._layouts[key]
+
+
+def _depth(spec, layers: Optional[int]) -> dict:
+    """The model config with ``layers`` blocks (HunyuanVideo: dual- and single-stream blocks in its 1:2 ratio)."""
+    config = dict(spec["config"])
+    if not layers:
+        return config
+    if spec["family"] == "wan":
+        config["num_layers"] = layers
+    else:
+        config["num_layers"] = max(1, layers // 3)
+        config["num_single_layers"] = max(1, layers - layers // 3)
+    return config
+
+
+def _full_depth(spec) -> int:
+    if spec["family"] == "wan":
+        return spec["config"]["num_layers"]
+    return 20 + 40  # HunyuanVideo 13B: 20 dual-stream + 40 single-stream blocks
+
+
+def _layout_bytes(state) -> int:
+    """Bytes of the layouts and warm-start tensors that the state keeps between steps."""
+    total = 0
+    for entry in state.caches.values():
+        for value in entry.values():
+            tensors = [value] if isinstance(value, torch.Tensor) else [
+                t for t in getattr(value, "__dict__", {}).values() if isinstance(t, torch.Tensor)]
+            total += sum(t.numel() * t.element_size() for t in tensors)
+    return total
+
+
+# The methods of the step benchmark: label -> (method, options). Semantic's top_p is the one that gives a density
+# near 0.25 on random weights (the issue's comparison point); every other option is the config's default.
+STEP_METHODS = {
+    "radial": ("radial", {}),
+    "draft": ("draft", {"density": 0.25}),
+    "draft-tiles": ("draft", {"density": 0.25, "blocks": "tiles"}),
+    "draft-r2": ("draft", {"density": 0.25, "refresh_every": 2}),
+    "semantic": ("semantic", {"top_p": 0.3}),
+    "semantic-fixed": ("semantic", {"top_p": 0.3, "fixed_blocks": True}),
+    "semantic-fixed-r2": ("semantic", {"top_p": 0.3, "fixed_blocks": True, "refresh_every": 2}),
+    "semantic-r2": ("semantic", {"top_p": 0.3, "refresh_every": 2}),
+    "fixed-0.25": ("fixed", {"density": 0.25}),
+}
+
+
+def bench_step(args) -> dict:
+    """One denoising step (every transformer call of it, CFG included), every layer sparse, vs Diffusers' default
+    dense attention in the same process; plus the end-to-end speedup each preset's schedule implies."""
+    import time
+
+    import dit_sparse as ds
+    from dit_sparse.api import get_state
+    from dit_sparse.pipelines.presets import HUNYUAN_SPARSE, WAN_SPARSE
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    spec = dict(E2E_MODELS[args.model])
+    spec["config"] = _depth(spec, args.layers)
+    model = _build_transformer(spec, device, dtype)
+    depth = model.config.num_layers + getattr(model.config, "num_single_layers", 0)
+    c, f, h, w = spec["latent"]
+    g = torch.Generator(device="cpu").manual_seed(0)
+    latents = torch.randn(1, c, f, h, w, generator=g).to(device, dtype)
+    n_text, d_text = spec["text"]
+    texts = {"cond": torch.randn(1, n_text, d_text, generator=g).to(device, dtype),
+             "uncond": torch.randn(1, n_text, d_text, generator=g).to(device, dtype)}
+    extra = _extra_inputs(spec, g, device, dtype)
+    branches = ["cond"] if spec["family"] == "hunyuan_video" else ["cond", "uncond"]
+    clock = {"t": 999.0}
+
+    def step():
+        clock["t"] -= 7.0  # a new timestep per step, as in a denoising loop
+        tt = torch.full((1,), clock["t"], device=device)
+        with torch.no_grad():
+            for name in branches:
+                with model.cache_context(name):
+                    model(latents, tt, texts[name], return_dict=False, **extra)
+
+    def timed(n_warm: int, n_timed: int) -> dict:
+        for _ in range(n_warm):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(n_timed):
+            t0 = time.perf_counter()
+            step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        out = {"step_s": sum(times) / len(times), "steps_s": times}
+        if device == "cuda":
+            out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        return out
+
+    rows: Dict[str, dict] = {}
+    t0 = time.perf_counter()
+    rows["dense"] = timed(1, args.reps)
+    rows["dense"]["what"] = "Diffusers' default attention (no processors installed)"
+    print(args.model, "dense", rows["dense"], flush=True)
+    dense_s = rows["dense"]["step_s"]
+    if device == "cuda" and "cudnn" in args.dense_variants.split(","):
+        try:
+            model.set_attention_backend("_native_cudnn")
+            rows["dense-cudnn"] = timed(1, args.reps)
+            rows["dense-cudnn"]["ratio_vs_dense"] = dense_s / rows["dense-cudnn"]["step_s"]
+        except Exception as err:
+            rows["dense-cudnn"] = {"error": repr(err)[:300]}
+        finally:
+            model.reset_attention_backend()
+        print(args.model, "dense-cudnn", rows["dense-cudnn"], flush=True)
+
+    labels = args.methods.split(",")
+    if "fa4" in args.dense_variants.split(","):
+        labels = ["fa4-full"] + labels
+    for label in labels:
+        method, opts = ("fixed", {"density": 1.0}) if label == "fa4-full" else STEP_METHODS[label]
+        entry: dict = {}
+        try:
+            backend = "fa4" if method == "fixed" else args.backend
+            name = "radial" if method == "fixed" else method
+            cfg = ds.make_config(name, dense_steps=0, dense_layers=0, backend=backend, min_sparse_tokens=0,
+                                 **({} if method == "fixed" else opts))
+            ds.apply_sparse_attention(model, cfg)
+            if cfg.refresh_every > 1:
+                ds.set_num_inference_steps(model, 1000)
+            state = get_state(model)
+            if method == "fixed":
+                state.pattern = FixedRandomPattern(cfg, opts["density"])
+            first = time.perf_counter()
+            step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            entry["first_step_s"] = time.perf_counter() - first
+            entry.update(timed(max(0, args.warmup - 1), args.reps))
+            info = ds.summary(model)
+            entry.update(config=cfg.to_dict(), backend=info["backend"], mean_density=info["mean_density"],
+                         ratio_vs_dense=dense_s / entry["step_s"], kept_between_steps_bytes=_layout_bytes(state))
+            if label == "fa4-full":
+                entry["what"] = "FlashAttention-4 through our processors with every block listed (fastest dense here)"
+        except Exception as err:
+            entry["error"] = repr(err)[:500]
+        finally:
+            try:
+                ds.remove_sparse_attention(model)
+            except Exception:
+                pass
+        rows[label] = entry
+        print(args.model, label, {k: v for k, v in entry.items() if k != "config"}, flush=True)
+
+    # End to end at each preset's schedule: a fraction f of the work is dense (dense steps, and dense layers of the
+    # sparse steps); the rest runs at the measured per-step ratio r.
+    presets = WAN_SPARSE if spec["family"] == "wan" else HUNYUAN_SPARSE
+    full = _full_depth(E2E_MODELS[args.model])
+    implied = {}
+    for label in ("radial", "draft", "semantic"):
+        r = rows.get(label, {}).get("ratio_vs_dense")
+        if r is None or label not in presets:
+            continue
+        ds_frac = float(presets[label].get("dense_steps", 0.0))
+        dense_frac = ds_frac + (1 - ds_frac) * presets[label].get("dense_layers", 0) / full
+        implied[label] = {"dense_fraction": dense_frac, "per_step_ratio": r,
+                          "e2e_implied": 1.0 / (dense_frac + (1 - dense_frac) / r)}
+    payload = {
+        "benchmark": "step", "command": "python -m dit_sparse.eval.bench " + " ".join(sys.argv[1:]),
+        "commit": git_commit(), "date": _dt.datetime.utcnow().isoformat(timespec="seconds"),
+        "model": args.model, "latent_shape": list(spec["latent"]), "cfg_calls_per_step": len(branches),
+        "layers_timed": depth, "layers_full_model": full,
+        "note": ("random weights; every layer and step sparse; ratio = dense step / sparse step in this process. "
+                 + ("" if depth == full else f"Depth cut to {depth} of {full} identical blocks to save device time: "
+                    "the per-step ratio of the full model is the same up to the embedding and output layers' share.")),
+        "elapsed_s": time.perf_counter() - t0, "results": rows, "e2e_implied": implied,
+    }
+    path = write_result(f"step-{args.model}", payload, args.out)
+    print("wrote", path)
+    return payload
+
+
 # ---------------------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dit_sparse.eval.bench")
@@ -574,6 +776,17 @@ def build_parser() -> argparse.ArgumentParser:
     ly.add_argument("--reps", type=int, default=7)
     ly.add_argument("--out", default=None)
     ly.set_defaults(func=bench_layer)
+    st = sub.add_parser("step", help="one denoising step per method vs Diffusers' default dense, same process")
+    st.add_argument("--model", default="wan1.3b-480p", choices=sorted(E2E_MODELS))
+    st.add_argument("--methods", default="radial,draft,semantic,fixed-0.25")
+    st.add_argument("--dense-variants", default="cudnn,fa4", help="faster dense rows: cudnn (Diffusers' "
+                    "_native_cudnn backend), fa4 (FlashAttention-4 with every block, through our processors)")
+    st.add_argument("--layers", type=int, default=None, help="blocks to build (default: the full model)")
+    st.add_argument("--backend", default="auto")
+    st.add_argument("--warmup", type=int, default=1)
+    st.add_argument("--reps", type=int, default=2)
+    st.add_argument("--out", default=None)
+    st.set_defaults(func=bench_step)
     return p
 
 

@@ -7,9 +7,11 @@ permutation (frame-major, then tile row, tile column, then raster inside the til
 tile is one block of the kernel.
 
 Differences from the published code, on purpose:
-- Any grid works: tiles at the right and bottom edges are partial, which makes them shorter than a block; the layout
-  then uses variable block boundaries (one block per tile). When every tile has exactly ``block_size`` tokens the
-  layout has fixed blocks, which every kernel (FlashAttention-4 included) runs.
+- Any grid works: tiles at the right and bottom edges are partial. By default (``blocks="fixed"``) the kernel blocks
+  are ``block_size`` consecutive tokens of the tile order, every block full, so FlashAttention-4 runs every layout
+  (issue #13: variable blocks ran only on our Triton kernel, at a third of FA4's rate); a block at the grid's edge
+  then joins neighbouring partial tiles. ``blocks="tiles"`` keeps one block per tile (variable-size at the edges).
+  When every tile has exactly ``block_size`` tokens both are the same fixed layout.
 - The diagonal tile of each query tile is always kept, so no query block is left without keys.
 - The budget is counted in tokens, not tiles, so ``layout.density()`` (token-weighted) matches ``density`` when edge
   tiles are partial; with equal tiles this is exactly the top ``ceil(density * N)`` tiles per row.
@@ -28,8 +30,9 @@ import torch
 
 from ..config import DraftConfig
 from ..geometry import VideoGeometry
-from ..layout import BlockLayout, cdiv
+from ..layout import BlockLayout, block_sizes, cdiv
 from .base import Pattern
+from .block_mass import block_mass_estimate, pooled_block_mass
 
 
 def default_pool(block_size: int) -> Tuple[int, int]:
@@ -301,6 +304,8 @@ class DraftPattern(Pattern):
                 f"{length}; pass video tokens only"
             )
         tiles = self.tiles_for(geometry, q.device)
+        if self.config.blocks == "fixed" and not tiles.uniform:
+            return self._plan_fixed(q, k, tiles, length)
         if self.config.estimate == "blocks":
             dmap = exact_key_map(q, k, geometry, tiles)
         else:
@@ -311,6 +316,21 @@ class DraftPattern(Pattern):
         if not tiles.uniform:
             extra.update(q_block_starts=tiles.starts, kv_block_starts=tiles.starts)
         return BlockLayout.from_block_mask(mask, bs, bs, length, length, **extra)
+
+    def _plan_fixed(self, q: torch.Tensor, k: torch.Tensor, tiles: DraftTiles, length: int) -> BlockLayout:
+        """Fixed ``block_size`` blocks over the tile order: the draft map scores those blocks (a block is whole tiles
+        where the tiles are whole; at the grid's edges it joins neighbouring partial tiles), so every block is full
+        and a fixed-block kernel (FlashAttention-4) runs the layout."""
+        b, h, _, d = q.shape
+        bs = self.config.block_size
+        perm = tiles.full_perm().view(1, 1, length, 1).expand(b, h, -1, d)
+        # Two gathers of q and k (memory-bound, small next to the attention) buy a pooling that is a reshape.
+        qs, ks = (x.gather(2, perm).view(b * h, length, d) for x in (q, k))
+        estimate = block_mass_estimate if self.config.estimate == "blocks" else pooled_block_mass
+        dmap = estimate(qs, ks, 1.0 / math.sqrt(d), bs).view(b, h, -1, cdiv(length, bs))
+        sizes = block_sizes(length, bs, q.device).long()
+        mask = select_tiles(dmap, sizes, self.config.density, self.config.global_budget)
+        return BlockLayout.from_block_mask(mask, bs, bs, length, length, q_perm=tiles.perm, kv_perm=tiles.perm)
 
 
 __all__ = [
