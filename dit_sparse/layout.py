@@ -34,6 +34,29 @@ def block_sizes(length: int, block: int, device=None) -> torch.Tensor:
     return sizes
 
 
+def whole_blocks_first(group: torch.Tensor, block: int) -> torch.Tensor:
+    """The order that packs a grouped sequence into fixed ``block`` blocks with as few mixed blocks as possible.
+
+    ``group`` (int [..., L]) labels consecutive runs of a sequence (tiles, or clusters sorted together). Every group
+    of n tokens gives its first ``n // block * block`` tokens as whole blocks, which come first (in group order); the
+    remainders of all groups follow, in group order, and only they share blocks with other groups. Without this, one
+    short group shifts every later group off the block grid, so that almost every block mixes two groups.
+
+    Returns the int64 positions [..., L] to gather the grouped sequence by (a stable sort, no host sync).
+    """
+    length = group.shape[-1]
+    pos = torch.arange(length, device=group.device)
+    new_run = torch.ones_like(group, dtype=torch.bool)
+    new_run[..., 1:] = group[..., 1:] != group[..., :-1]
+    # Start of each token's run (cummax of run starts), its rank inside the run, and the run's length.
+    run_start = torch.where(new_run, pos, torch.zeros_like(pos)).cummax(-1).values
+    rank = pos - run_start
+    run_id = new_run.long().cumsum(-1) - 1
+    run_len = torch.zeros_like(run_id).scatter_add_(-1, run_id, torch.ones_like(run_id)).gather(-1, run_id)
+    remainder = rank >= run_len // block * block
+    return torch.sort(remainder.to(torch.uint8), dim=-1, stable=True).indices
+
+
 @dataclasses.dataclass
 class BlockLayout:
     """Block-sparse attention layout as packed per-row index lists.

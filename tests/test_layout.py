@@ -39,3 +39,17 @@ def test_variable_block_density_is_token_weighted():
     lay = BlockLayout.from_block_mask(mask, 4, 4, 4, 4, q_block_starts=starts_q, kv_block_starts=starts_k)
     assert lay.is_variable
     assert abs(float(lay.density()) - (3 * 2 + 1 * 4) / 16) < 1e-6
+
+
+def test_whole_blocks_first_packs_each_groups_whole_blocks_then_remainders():
+    from dit_sparse.layout import whole_blocks_first
+
+    group = torch.tensor([[0] * 5 + [1] * 2 + [2] * 9, [0] * 16])
+    order = whole_blocks_first(group, 4)
+    assert torch.equal(order.sort(-1).values, torch.arange(16).expand(2, -1))
+    packed = group.gather(-1, order)
+    # Whole blocks of group 0 (4 tokens) and group 2 (8 tokens) first, then the remainders 0, 1, 1, 2.
+    assert packed[0].tolist() == [0] * 4 + [2] * 8 + [0, 1, 1, 2]
+    assert torch.equal(order[1], torch.arange(16))  # one group of whole blocks: unchanged
+    # Stable: tokens keep their order within each part.
+    assert order[0].tolist() == [0, 1, 2, 3, 7, 8, 9, 10, 11, 12, 13, 14, 4, 5, 6, 15]

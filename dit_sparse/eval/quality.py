@@ -99,9 +99,12 @@ def evaluate(
     random_baseline: bool = False,
     device: str = "cpu",
     progress=None,
+    variants: Optional[Dict[str, dict]] = None,
 ) -> Dict[str, dict]:
     """PSNR / SSIM against dense; returns ``{row name: metrics}`` with rows ``dense``, ``<method>`` (preset),
-    ``<method>@<density>`` (matched), ``random@<density>`` (baseline at each target and each preset's density).
+    ``<method>@<density>`` (matched), ``random@<density>`` (baseline at each target and each preset's density), and
+    one row per entry of ``variants`` (``{label: {"method": ..., option: value}}``: the method's preset options with
+    these changed).
 
     Sizes default to the model preset's (the size the model was trained at)."""
     import dit_sparse as ds
@@ -146,6 +149,10 @@ def evaluate(
     schedule = {key: v for key, v in options[methods[0]].items() if key in SCHEDULE} if methods else {}
     for method in methods:
         results[method] = run(method, ds.make_config(method, **options[method]))
+    for label, variant in (variants or {}).items():
+        method = variant["method"]
+        changed = {key: v for key, v in variant.items() if key != "method"}
+        results[label] = run(label, ds.make_config(method, **{**preset.sparse[method], **changed}))
     if densities:
         knobs = calibrate_knobs(pipe, options, densities, size, steps, prompts[0], seed)
         for method in methods:
@@ -210,6 +217,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16", "float16"])
+    p.add_argument("--variants", default=None,
+                   help='more rows, JSON: {"label": {"method": "draft", "blocks": "tiles", ...}, ...} (preset options '
+                        "of that method with these changed)")
     args = p.parse_args(argv)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     pipe = load_model(args.model, args.device, getattr(torch, args.dtype) if args.dtype else None)
@@ -217,7 +227,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     t0 = time.perf_counter()
     results = evaluate(args.methods.split(","), prompts=PROMPTS[: args.prompts], height=args.height, width=args.width,
                        frames=args.frames, steps=args.steps, seed=args.seed, pipe=pipe, model=args.model,
-                       densities=densities, random_baseline=not args.no_random, device=args.device, progress=log)
+                       densities=densities, random_baseline=not args.no_random, device=args.device, progress=log,
+                       variants=json.loads(args.variants) if args.variants else None)
     out = f"bench/results/quality-{args.model}.json" if args.out is None else args.out
     if out:
         from .bench import git_commit

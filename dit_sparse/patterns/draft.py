@@ -30,7 +30,7 @@ import torch
 
 from ..config import DraftConfig
 from ..geometry import VideoGeometry
-from ..layout import BlockLayout, block_sizes, cdiv
+from ..layout import BlockLayout, block_sizes, cdiv, whole_blocks_first
 from .base import Pattern
 from .block_mass import block_mass_estimate, pooled_block_mass
 
@@ -60,6 +60,8 @@ class DraftTiles:
         sizes (`torch.Tensor` int64 [N]): tokens per tile.
         row_sizes / col_sizes (`torch.Tensor` int64 [nth] / [ntw]): tile heights and widths (edges partial).
         uniform (`bool`): every tile has exactly ``block_size`` tokens, so fixed-size blocks describe the tiling.
+        packed_perm (`torch.Tensor` int64 [1, 1, L]): the order of fixed-block layouts: whole tiles first, then the
+            partial tiles (see `dit_sparse.layout.whole_blocks_first`).
     """
 
     pool: Tuple[int, int]
@@ -71,6 +73,7 @@ class DraftTiles:
     col_sizes: torch.Tensor
     uniform: bool
     frames_per_tile: int = 1
+    packed_perm: Optional[torch.Tensor] = None
 
     @property
     def num_tiles(self) -> int:
@@ -130,6 +133,11 @@ def tile_grid(
         perm = torch.empty_like(pos).scatter_(0, pos, torch.arange(pos.numel(), device=device)).view(1, 1, -1)
 
     uniform = f % pt == 0 and h % ph == 0 and w % pw == 0 and pt * ph * pw == block_size
+    # The order of fixed-block layouts: whole tiles first (each exactly one block when a tile is one block), the
+    # partial edge tiles packed after them, so that they do not shift every later tile off the block grid.
+    tile_of = torch.repeat_interleave(torch.arange(sizes.numel(), device=device), sizes)
+    tile_order = perm.view(-1) if perm is not None else torch.arange(tile_of.numel(), device=device)
+    packed = tile_order[whole_blocks_first(tile_of, block_size)].view(1, 1, -1)
     return DraftTiles(
         pool=(ph, pw),
         grid=(ntf, nth, ntw),
@@ -140,6 +148,7 @@ def tile_grid(
         col_sizes=col_sizes,
         uniform=uniform,
         frames_per_tile=pt,
+        packed_perm=packed,
     )
 
 
@@ -318,19 +327,20 @@ class DraftPattern(Pattern):
         return BlockLayout.from_block_mask(mask, bs, bs, length, length, **extra)
 
     def _plan_fixed(self, q: torch.Tensor, k: torch.Tensor, tiles: DraftTiles, length: int) -> BlockLayout:
-        """Fixed ``block_size`` blocks over the tile order: the draft map scores those blocks (a block is whole tiles
-        where the tiles are whole; at the grid's edges it joins neighbouring partial tiles), so every block is full
-        and a fixed-block kernel (FlashAttention-4) runs the layout."""
+        """Fixed ``block_size`` blocks over the packed tile order (whole tiles first, one block each when a tile is a
+        block; the partial edge tiles after them, a few neighbouring ones per block): the draft map scores those
+        blocks, every block is full and a fixed-block kernel (FlashAttention-4) runs the layout."""
         b, h, _, d = q.shape
         bs = self.config.block_size
-        perm = tiles.full_perm().view(1, 1, length, 1).expand(b, h, -1, d)
+        perm = tiles.packed_perm.view(1, 1, length, 1).expand(b, h, -1, d)
         # Two gathers of q and k (memory-bound, small next to the attention) buy a pooling that is a reshape.
         qs, ks = (x.gather(2, perm).view(b * h, length, d) for x in (q, k))
         estimate = block_mass_estimate if self.config.estimate == "blocks" else pooled_block_mass
         dmap = estimate(qs, ks, 1.0 / math.sqrt(d), bs).view(b, h, -1, cdiv(length, bs))
         sizes = block_sizes(length, bs, q.device).long()
         mask = select_tiles(dmap, sizes, self.config.density, self.config.global_budget)
-        return BlockLayout.from_block_mask(mask, bs, bs, length, length, q_perm=tiles.perm, kv_perm=tiles.perm)
+        return BlockLayout.from_block_mask(mask, bs, bs, length, length, q_perm=tiles.packed_perm,
+                                           kv_perm=tiles.packed_perm)
 
 
 __all__ = [

@@ -16,10 +16,12 @@ kernel computes the selection and nothing else. The number of pieces varies per 
 empty blocks (start == end, no keys), with no host synchronisation. The only host read of a plan is the width of
 ``kv_indices`` (see ``SemanticConfig.static_kmax``).
 
-Blocks (``fixed_blocks=True``): fixed ``block_size`` blocks over the permuted sequence; a block pair is computed when
-any of the query clusters touching the query block selected any of the key clusters touching the key block. This is a
-superset of the selection (blocks straddle cluster boundaries), usable by fixed-block kernels (FlashAttention-4,
-FlexAttention), and the comparison point for the variable layout at equal density.
+Blocks (``fixed_blocks=True``): fixed ``block_size`` blocks over the permuted sequence, which fixed-block kernels
+(FlashAttention-4, FlexAttention) run. Each cluster gives its whole blocks first and the remainders of all clusters
+are packed after them (`dit_sparse.layout.whole_blocks_first`), so that a cluster shorter than a block does not push
+every later cluster off the block grid; blocks are then chosen per query block like variable ones. With the
+"centroids" estimate a block pair is computed when any of the query clusters touching the query block selected any of
+the key clusters touching the key block (a superset of the selection).
 
 Clusters (``clusters``). "joint" (default): one k-means of every token's [q, k]; queries and keys share one
 permutation, so query block i and key block i are the same tokens and block i always keeps its diagonal (a token's
@@ -52,7 +54,7 @@ import torch
 
 from ..config import SemanticConfig
 from ..geometry import VideoGeometry
-from ..layout import BlockLayout, block_sizes, cdiv
+from ..layout import BlockLayout, block_sizes, cdiv, whole_blocks_first
 from .base import Pattern
 from .block_mass import block_mass_estimate, pooled_block_mass, select_top_p
 from .kmeans import batched_kmeans
@@ -267,25 +269,34 @@ class SemanticPattern(Pattern):
             # always kept. Separate q and k clusters lose it: on photographic attention a query's own neighbourhood
             # then lands in key blocks its query block does not select (see the module docstring).
             labels, _, counts = self.cluster(torch.cat([q, k], -1), kk, cache, "qk")
-            q_perm = kv_perm = cluster_order(labels, kk)
+            q_perm = kv_perm = self._order(labels, kk)
             qc = kc = counts.view(n, kk)
             fields = self._block_layout(q.reshape(n, lq, d), k.reshape(n, lk, d), q_perm.view(n, lq),
                                         kv_perm.view(n, lk), qc, kc, diagonal=True)
             return self._layout(fields, b, h, lq, lk, q_perm, kv_perm)
         q_labels, q_cent, q_counts = self.cluster(q, kq, cache, "q")
         k_labels, k_cent, k_counts = self.cluster(k, kk, cache, "k")
-        q_perm, kv_perm = cluster_order(q_labels, kq), cluster_order(k_labels, kk)
         qc, kc = q_counts.view(n, kq), k_counts.view(n, kk)
         if cfg.estimate != "centroids":
+            q_perm, kv_perm = self._order(q_labels, kq), self._order(k_labels, kk)
             fields = self._block_layout(q.reshape(n, lq, d), k.reshape(n, lk, d), q_perm.view(n, lq),
                                         kv_perm.view(n, lk), qc, kc)
         else:
+            q_perm, kv_perm = cluster_order(q_labels, kq), cluster_order(k_labels, kk)
             min_keep = math.ceil(cfg.min_kv_ratio * kk - 1e-9)
             select = select_clusters(q_cent.view(n, kq, d), k_cent.view(n, kk, d), kc, 1.0 / math.sqrt(d), cfg.top_p,
                                      min_keep)
             build = self._fixed_layout if self.fixed_blocks else self._variable_layout
             fields = build(select, qc, kc, lq, lk)
         return self._layout(fields, b, h, lq, lk, q_perm, kv_perm)
+
+    def _order(self, labels: torch.Tensor, k: int) -> torch.Tensor:
+        """Tokens by cluster; with fixed blocks, each cluster's whole blocks first and the clusters' remainders
+        packed after them (`whole_blocks_first`), so that most blocks hold one cluster."""
+        perm = cluster_order(labels, k)
+        if self.fixed_blocks:
+            perm = perm.gather(-1, whole_blocks_first(labels.gather(-1, perm), self.config.block_size))
+        return perm
 
     def _layout(self, fields, b: int, h: int, lq: int, lk: int, q_perm, kv_perm) -> BlockLayout:
         """The BlockLayout of ``fields`` (kv_indices, kv_counts, q / kv starts with a leading N = B * H)."""

@@ -46,10 +46,13 @@ def test_default_pool_and_oversized_pool_error():
         DraftPattern(DraftConfig(block_size=64, pool=(8, 16)))
 
 
-@pytest.mark.parametrize("grid,block,pool,variable", [((5, 9, 13), 16, (4, 4), True), ((4, 8, 16), 32, None, False)])
-def test_full_density_equals_dense(grid, block, pool, variable):
+@pytest.mark.parametrize("grid,block,pool,blocks,variable", [
+    ((5, 9, 13), 16, (4, 4), "tiles", True), ((5, 9, 13), 16, (4, 4), "fixed", False),
+    ((4, 8, 16), 32, None, "tiles", False), ((4, 8, 16), 32, None, "fixed", False),
+])
+def test_full_density_equals_dense(grid, block, pool, blocks, variable):
     g = VideoGeometry(*grid)
-    _, (q, k, v), layout = plan(g, density=1.0, block=block, pool=pool)
+    _, (q, k, v), layout = plan(g, density=1.0, block=block, pool=pool, blocks=blocks)
     assert layout.is_variable == variable
     assert layout.has_permutation
     assert float(layout.density()) == 1.0
@@ -102,11 +105,13 @@ def test_requested_density_met_and_diagonal_kept(density):
     assert (layout.kv_counts == math.ceil(density * n)).all()
     mask = layout.to_block_mask()
     assert mask.diagonal(dim1=-2, dim2=-1).all()
-    # Partial edge tiles: the budget counts tokens, so the token-weighted density still matches.
-    _, _, odd = plan(VideoGeometry(13, 9, 13), density=density, block=32)
-    assert odd.is_variable
-    assert abs(float(odd.density()) - density) <= 0.05
-    assert odd.to_block_mask().diagonal(dim1=-2, dim2=-1).all()
+    # Partial edge tiles: the budget counts tokens, so the token-weighted density still matches, with one block per
+    # tile (variable) and with fixed blocks over the packed tile order (the default).
+    for blocks in ("tiles", "fixed"):
+        _, _, odd = plan(VideoGeometry(13, 9, 13), density=density, block=32, blocks=blocks)
+        assert odd.is_variable == (blocks == "tiles")
+        assert abs(float(odd.density()) - density) <= 0.05
+        assert odd.to_block_mask().diagonal(dim1=-2, dim2=-1).all()
 
 
 def test_global_budget_density_and_no_empty_row():
@@ -151,7 +156,7 @@ def test_batch2_gets_per_sample_layouts():
 
 def test_odd_grid_matches_token_level_masked_attention():
     g = VideoGeometry(5, 9, 13)
-    pattern, (q, k, v), layout = plan(g, density=0.5, block=16, pool=(4, 4))
+    pattern, (q, k, v), layout = plan(g, density=0.5, block=16, pool=(4, 4), blocks="tiles")
     assert layout.is_variable and 0.4 < float(layout.density()) < 0.6
     tid = tile_of_token(pattern.tiles_for(g, "cpu"))
     block = layout.to_block_mask()  # [B, H, N, N]
@@ -237,3 +242,24 @@ def test_exact_key_map_equals_block_mass_over_the_tile_permutation():
         tile_of[pos[tiles.starts[0, 0, t]:tiles.starts[0, 0, t + 1]]] = t
     brute = torch.zeros(tiles.num_tiles).index_add_(0, tile_of, p)
     torch.testing.assert_close(got[0, 0, 1], brute, atol=1e-6, rtol=1e-5)
+
+
+def test_fixed_blocks_pack_whole_tiles_first_and_match_token_level_attention():
+    """blocks="fixed" on a grid with partial edge tiles: fixed blocks over the packed tile order, so every whole tile
+    is exactly one block (none is shifted off the block grid by an edge tile) and FA4 can run the layout."""
+    g = VideoGeometry(5, 9, 13)
+    pattern, (q, k, v), layout = plan(g, density=0.5, block=16, pool=(4, 4))
+    assert layout.kind == "fixed" and layout.num_q_blocks == math.ceil(g.num_tokens / 16)
+    tiles = pattern.tiles_for(g, "cpu")
+    packed = tiles.packed_perm.view(-1)
+    assert torch.equal(packed.sort().values, torch.arange(g.num_tokens))
+    tid = tile_of_token(tiles)[packed]  # tile of each position of the packed order
+    whole = int((tiles.sizes == 16).sum())
+    assert whole == 5 * 2 * 3  # 2 x 3 whole 4 x 4 tiles per frame
+    assert (tid[: whole * 16].view(whole, 16) == tid[: whole * 16].view(whole, 16)[:, :1]).all()
+    # Exact against the token-level mask the layout stands for.
+    block_of = torch.empty(g.num_tokens, dtype=torch.long).scatter_(0, packed, torch.arange(g.num_tokens) // 16)
+    token_mask = layout.to_block_mask()[:, :, block_of][:, :, :, block_of]
+    out = block_sparse_attention(q, k, v, layout, backend="reference")
+    torch.testing.assert_close(out, dense_attention(q, k, v, token_mask), atol=1e-5, rtol=1e-5)
+    assert abs(float(layout.density()) - 0.5) <= 0.05
