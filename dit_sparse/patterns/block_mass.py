@@ -45,11 +45,16 @@ def segment_means(x: torch.Tensor, starts: Optional[torch.Tensor], block: int) -
         sums = torch.nn.functional.pad(x.float(), (0, 0, 0, pad)).view(n, p, block, d).sum(2)
         return sums / block_sizes(length, block, x.device).view(1, p, 1)
     starts = starts.long().expand(n, -1)
-    cums = torch.nn.functional.pad(x.float().cumsum(1), (0, 0, 1, 0))  # [N, L + 1, D]
-    hi = cums.gather(1, starts[:, 1:, None].expand(-1, -1, d))
-    lo = cums.gather(1, starts[:, :-1, None].expand(-1, -1, d))
+    p = starts.shape[1] - 1
+    # Sums by block id (scatter-add). A cumulative sum along the tokens would be a scan over the outer dimension of
+    # [N, L, D], which measured 11.7 ms per call on an H200 at Wan-1.3B 480p (12 x 32,760 x 128): 80 % of the
+    # semantic pattern's planning. Ids: the number of block ends at or before each token (empty blocks get none).
+    pos = torch.arange(length, device=x.device).expand(n, -1)
+    block_of = torch.searchsorted(starts[:, 1:].contiguous(), pos.contiguous(), right=True).clamp_(max=p - 1)
+    sums = torch.zeros(n, p, d, dtype=torch.float32, device=x.device)
+    sums.scatter_add_(1, block_of.unsqueeze(-1).expand(-1, -1, d), x.float())
     sizes = (starts[:, 1:] - starts[:, :-1]).float().clamp(min=1)
-    return (hi - lo) / sizes.unsqueeze(-1)
+    return sums / sizes.unsqueeze(-1)
 
 
 def block_mass_estimate(
