@@ -214,9 +214,17 @@ class SemanticConfig(SparseConfig):
         static_kmax (`bool`, defaults to False): size the layout's index lists by their static bound instead of one
             host read of the largest count (no host synchronisation: CUDA graphs, ``torch.compile(fullgraph=True)``),
             at the price of memory.
+        block_size (`int`, defaults to 64): longest block. Clusters of Sparse VideoGen 2's size (~65 tokens at Wan
+            480p with 500 clusters) cut into pieces of at most 64 tokens fill the kernel's tiles better than pieces
+            of at most 128: one Wan-1.3B 480p step (all layers sparse, H200) took 1.44 s instead of 1.72 s
+            (``2026-12-02_NVIDIA-H200_step-wan1.3b-480p.json``), and on the trained small model PSNR vs dense was
+            31.09 dB instead of 30.76 (``quality-small-block64-refresh.json``). Fixed blocks
+            (``fixed_blocks=True``) on FlashAttention-4 want 128.
     """
 
     method: ClassVar[str] = "semantic"
+
+    block_size: int = 64
 
     top_p: float = 0.9
     q_clusters: int = 100

@@ -123,6 +123,71 @@ def pattern_table(results: List[dict]) -> str:
     return "\n".join(lines) if lines else "_no pattern results yet_"
 
 
+# The step benchmark's rows that run what the presets run (draft plans every other step, semantic's default blocks are
+# 64 tokens); the end-to-end estimate uses these.
+PRESET_ROWS = {"radial": ("radial",), "draft": ("draft-r2", "draft"), "semantic": ("semantic-b64", "semantic")}
+STEP_ROW_NOTES = {
+    "dense": "Diffusers' default attention", "dense-cudnn": "Diffusers `_native_cudnn` backend",
+    "fa4-full": "FA4, every block listed", "fixed-0.25": "yardstick: fixed random layout 0.25",
+    "draft": "fixed blocks (default)", "draft-r2": "fixed blocks, refresh_every=2 (preset)",
+    "draft-tiles": "one block per tile (variable)", "semantic": "variable blocks <= 128",
+    "semantic-b64": "variable blocks <= 64 (default)", "semantic-b64-r2": "blocks <= 64, refresh_every=2",
+    "semantic-fixed": "fixed blocks", "semantic-fixed-r2": "fixed blocks, refresh_every=2",
+    "semantic-r2": "blocks <= 128, refresh_every=2",
+    "radial": "static, default decay", "semantic-k64": "blocks <= 128, 64 clusters",
+    "semantic-k128": "blocks <= 128, 128 clusters", "semantic-k64-r2": "blocks <= 128, 64 clusters, refresh 2",
+}
+
+
+def step_table(results: List[dict]) -> str:
+    """Per model, every row of every step-benchmark JSON (newest file wins for a row label), each ratio against the
+    dense step measured in its own run; then the end-to-end speedup the presets' schedules imply."""
+    from ..pipelines.presets import HUNYUAN_SPARSE, WAN_SPARSE
+
+    by_model: Dict[str, Dict[str, tuple]] = {}
+    for r in results:
+        if r.get("benchmark") != "step":
+            continue
+        rows = by_model.setdefault(r["model"], {})
+        for label, e in r["results"].items():
+            if "error" not in e:
+                rows[label] = (e, r)
+    lines = []
+    for model, rows in by_model.items():
+        any_run = next(iter(rows.values()))[1]
+        dev = any_run.get("env", {}).get("device", "?")
+        lines.append(f"**{model}** on {dev}: {any_run['layers_timed']} of {any_run['layers_full_model']} blocks "
+                     f"built, {any_run['cfg_calls_per_step']} transformer call(s) per step, every layer sparse. "
+                     "Ratio = the same run's dense step / this step.\n")
+        lines.append("| row | what | backend | density | step (s) | × dense (same run) | ÷ yardstick | peak GiB "
+                     "(dense) | file |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        yard = rows.get("fixed-0.25", (None,))[0]
+        for label, (e, r) in rows.items():
+            dense_peak = r["results"]["dense"].get("peak_gib")
+            ratio = e.get("ratio_vs_dense", 1.0 if label == "dense" else None)
+            vs_yard = ratio / yard["ratio_vs_dense"] if (yard and ratio) else None
+            peak = f"{e['peak_gib']:.2f} ({dense_peak:.2f})" if e.get("peak_gib") and dense_peak else "—"
+            lines.append(f"| {label} | {STEP_ROW_NOTES.get(label, '')} | {e.get('backend', '—') or '—'} | "
+                         f"{_fmt(e.get('mean_density'))} | {e['step_s']:.3f} | {_fmt(ratio)} | {_fmt(vs_yard)} | "
+                         f"{peak} | `{os.path.basename(r['_path'])}` |")
+        presets = HUNYUAN_SPARSE if model.startswith("hunyuan") else WAN_SPARSE
+        full = any_run["layers_full_model"]
+        cells = []
+        for method, labels in PRESET_ROWS.items():
+            label = next((x for x in labels if x in rows), None)
+            if label is None:
+                continue
+            r_step = rows[label][0]["ratio_vs_dense"]
+            opts = presets[method]
+            f = opts["dense_steps"] + (1 - opts["dense_steps"]) * opts["dense_layers"] / full
+            stale = " — semantic planning before the fix" if "before-planning-fix" in rows[label][1]["_path"] and (
+                method == "semantic") else ""
+            cells.append(f"{method} ({label}{stale}) {1 / (f + (1 - f) / r_step):.2f}× (dense fraction {f:.3f})")
+        lines.append("\nEnd to end at the preset's schedule, 1 / (f + (1 − f) / r): " + "; ".join(cells) + ".\n")
+    return "\n".join(lines) if lines else "_no step results yet_"
+
+
 TRAINED_MODELS = ("tiny", "small")
 # The commands that write each model's JSON (the README's hint when one is missing); small is a GPU run.
 QUALITY_COMMANDS = {"tiny": "python -m dit_sparse.eval.quality --model tiny",
@@ -407,6 +472,7 @@ def update_readme(readme: str, results_dir: str, docs: str) -> Dict[str, str]:
     results = load_results(results_dir)
     Path(docs).mkdir(parents=True, exist_ok=True)
     sections = {"kernel": kernel_table(results), "e2e": e2e_table(results), "pattern": pattern_table(results),
+                "step": step_table(results),
                 "radial": radial_table(), "fidelity": fidelity_section(results_dir),
                 "quality": trained_quality_section(results_dir)}
     img = plot_kernel_speed(results, os.path.join(docs, "kernel_speed.png"))

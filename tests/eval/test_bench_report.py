@@ -181,3 +181,28 @@ def test_update_readme_writes_trained_quality_between_markers(tmp_path):
     body, tail = rest.split("<!-- END:quality -->", 1)
     assert "old" not in body and "tail" in tail and head.endswith("## Quality on the trained models\n\n")
     assert "### tiny:" in body and "### small:" in body and "| 1.12 |" in body
+
+
+def test_bench_step_tiny_writes_ratios_and_the_presets_end_to_end(tmp_path):
+    out = tmp_path / "step.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dit_sparse.eval.bench", "step", "--model", "tiny", "--methods", "radial,draft-r2",
+         "--dense-variants", "none", "--reps", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "step" and data["layers_timed"] == data["layers_full_model"] == 2
+    rows = data["results"]
+    assert rows["dense"]["step_s"] > 0
+    for label in ("radial", "draft-r2"):
+        assert "error" not in rows[label], rows[label]
+        assert rows[label]["ratio_vs_dense"] > 0 and 0 < rows[label]["mean_density"] <= 1
+    assert rows["draft-r2"]["config"]["refresh_every"] == 2
+    implied = data["e2e_implied"]["radial"]
+    f, r = implied["dense_fraction"], implied["per_step_ratio"]
+    assert abs(implied["e2e_implied"] - 1 / (f + (1 - f) / r)) < 1e-9
+    # The README's per-step table reads it, with the preset's row for draft (refresh_every=2).
+    data["_path"] = str(out)
+    table = report.step_table([data])
+    assert "| draft-r2 |" in table and "draft (draft-r2)" in table

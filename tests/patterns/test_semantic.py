@@ -504,3 +504,45 @@ def test_centroid_estimate_needs_separate_clusters():
     with pytest.raises(ValueError, match="clusters='separate'"):
         SemanticConfig(estimate="centroids")
     SemanticConfig(estimate="centroids", clusters="separate")
+
+
+def test_fixed_blocks_pack_each_clusters_whole_blocks_first():
+    """With fixed blocks, each cluster's whole blocks come first and only the clusters' remainders share blocks: a
+    cluster that is not a multiple of the block size must not push every later cluster off the block grid."""
+    geometry = VideoGeometry(5, 6, 7)  # 210 tokens
+    q, k, v = clustered(1, 2, geometry.num_tokens, 16, centers=3, seed=5)
+    config = SemanticConfig(kv_clusters=3, block_size=16, kmeans_iters=10, top_p=0.5, fixed_blocks=True)
+    pattern = SemanticPattern(config)
+    layout = pattern.plan(q, k, geometry, {})
+    assert layout.kind == "fixed" and torch.equal(layout.q_perm, layout.kv_perm)
+    labels, _, counts = SemanticPattern(config).cluster(torch.cat([q, k], -1), 3, {}, "qk")  # the same cold start
+    packed = labels.gather(2, layout.q_perm)  # cluster of every position of the packed order
+    whole = (counts.long() // 16 * 16).sum(-1)  # tokens in whole blocks, per (batch, head)
+    assert (counts.long() % 16 != 0).any()  # the case that needs packing
+    for h in range(2):
+        n = int(whole[0, h])
+        head = packed[0, h, :n].view(-1, 16)
+        assert (head == head[:, :1]).all()  # every whole block holds one cluster
+        blocks = packed[0, h].split(16)
+        mixed = sum(int(b.unique().numel() > 1) for b in blocks)
+        assert mixed <= len(counts[0, h])  # only the tail's few blocks mix clusters
+    full = SemanticPattern(SemanticConfig(kv_clusters=3, block_size=16, top_p=1.0, fixed_blocks=True))
+    torch.testing.assert_close(block_sparse_attention(q, k, v, full.plan(q, k, geometry, {}), backend="reference"),
+                               dense_attention(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device_rows", [1, 3])
+def test_segment_means_match_per_block_means_with_empty_blocks(device_rows):
+    from dit_sparse.patterns.block_mass import segment_means
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 50, 8, generator=g)
+    starts = torch.tensor([[0, 10, 10, 25, 50], [0, 1, 2, 3, 50], [0, 0, 0, 49, 50]])[:device_rows]
+    means = segment_means(x, starts, 16)
+    for r in range(3):
+        s = starts[min(r, device_rows - 1)].tolist()
+        for i in range(4):
+            want = x[r, s[i]:s[i + 1]].mean(0) if s[i + 1] > s[i] else torch.zeros(8)
+            torch.testing.assert_close(means[r, i], want, atol=1e-6, rtol=1e-5)
+    fixed = segment_means(x, None, 16)  # fixed blocks, the last one ragged
+    torch.testing.assert_close(fixed[:, 3], x[:, 48:].mean(1))
