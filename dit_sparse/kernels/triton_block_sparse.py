@@ -15,10 +15,13 @@ Knobs (environment variables, read per call):
     DIT_SPARSE_TRITON_TAIL=0       mask every key tile instead of only the sequence's short last block.
     DIT_SPARSE_TRITON_TMA=1        load K/V tiles through device-side TMA descriptors (off by default: not yet
                                    measured on Hopper here).
+    DIT_SPARSE_PERSISTENT_CACHE=0  do not keep autotuning results on disk (Triton's ``cache_results``, in Triton's
+                                   cache directory): by default a new process reuses them instead of re-tuning.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from functools import lru_cache
@@ -323,7 +326,16 @@ def _build_kernel(interpret: bool, autotune: bool):
         configs=_autotune_configs(),
         key=["HEAD_DIM", "HEAD_DIM_V", "BLOCK_M", "BLOCK_KV", "VAR_KV", "MASK_KV", "USE_TMA", "RAGGED_TAIL"],
         prune_configs_by={"early_config_prune": _prune_configs},
+        **_disk_cache_options(),
     )(jitted)
+
+
+def _disk_cache_options() -> dict:
+    """Autotuning results kept on disk where this Triton can (``cache_results``): the first sparse step of Wan-14B
+    720p paid +18.7 s of autotuning in every new process (issue #13)."""
+    if os.environ.get("DIT_SPARSE_PERSISTENT_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return {}
+    return {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
 
 
 _ALLOCATOR_SET = False

@@ -291,3 +291,17 @@ def test_custom_op_and_compile():
     exp_out, exp_lse = fn(q, k, v)
     torch.testing.assert_close(out, exp_out)
     torch.testing.assert_close(lse, exp_lse)
+
+
+def test_autotuning_results_are_kept_on_disk_unless_turned_off(monkeypatch):
+    import inspect
+
+    import triton
+
+    from dit_sparse.kernels.triton_block_sparse import _disk_cache_options
+
+    supported = "cache_results" in inspect.signature(triton.autotune).parameters
+    monkeypatch.delenv("DIT_SPARSE_PERSISTENT_CACHE", raising=False)
+    assert _disk_cache_options() == ({"cache_results": True} if supported else {})
+    monkeypatch.setenv("DIT_SPARSE_PERSISTENT_CACHE", "0")
+    assert _disk_cache_options() == {}
