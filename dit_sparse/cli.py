@@ -89,9 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser(
         "generate",
-        help="text-to-video with sparse attention (Wan, HunyuanVideo, or the offline 'tiny' model)",
-        description="Generate a video with sparse attention; --compare-dense also runs the dense baseline with the "
-        "same seed and reports speedup, PSNR and SSIM.",
+        help="text-to-video or text-to-image with sparse attention (Wan, HunyuanVideo, FLUX.1-dev, Qwen-Image, or "
+        "the offline 'tiny' model)",
+        description="Generate a video (mp4) or, with an image model, an image (png) with sparse attention; "
+        "--compare-dense also runs the dense baseline with the same seed and reports speedup, PSNR and SSIM.",
     )
     generate.add_generate_arguments(gen)
     gen.set_defaults(func=lambda args: _run_generate(args, gen, generate))

@@ -146,3 +146,90 @@ def qwen_image_inputs(batch=1, height=6, width=10, text_len=7, mask=None, seed=1
         "img_shapes": [[(1, height, width)]] * batch,
         "return_dict": False,
     }
+
+
+def tiny_flux_pipeline(seed: int = 0):
+    """A FluxPipeline of tiny random components built in memory (no download): the real pipeline class with
+    FLUX.1-dev's structure (CLIP + T5 text encoders, 8x VAE, 2x2 latent packing, guidance embedding), so an H x W
+    image is an (H/16) x (W/16) token grid as on the real model."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from dit_sparse.pipelines.tiny import build_tiny_tokenizer
+
+    torch.manual_seed(seed)
+    clip_tokenizer = build_tiny_tokenizer()
+    clip_tokenizer.model_max_length = 77  # FluxPipeline pads CLIP prompts to the tokenizer's model_max_length
+    t5_tokenizer = build_tiny_tokenizer()
+    clip = CLIPTextModel(
+        CLIPTextConfig(vocab_size=len(clip_tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                       num_hidden_layers=2, max_position_embeddings=77, projection_dim=32, pad_token_id=0,
+                       bos_token_id=1, eos_token_id=1)
+    ).eval()
+    t5 = T5EncoderModel(
+        T5Config(vocab_size=len(t5_tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                 relative_attention_num_buckets=8, relative_attention_max_distance=32, pad_token_id=0,
+                 eos_token_id=1, decoder_start_token_id=0)
+    ).eval()
+    # Four blocks: 8x spatial compression, as FLUX's VAE (vae_scale_factor 8).
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+        latent_channels=4, norm_num_groups=4, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=0.0609, scaling_factor=1.5035,
+    ).eval()
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=2, num_single_layers=1, attention_head_dim=64,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+        axes_dims_rope=(16, 24, 24),
+    ).eval()
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=clip, tokenizer=clip_tokenizer,
+        text_encoder_2=t5, tokenizer_2=t5_tokenizer, transformer=transformer,
+    )
+
+
+def tiny_qwen_image_pipeline(seed: int = 0):
+    """A QwenImagePipeline of tiny random components built in memory (no download): a two-layer Qwen2.5-VL text
+    encoder with the character-level tokenizer of the packaged tiny model, an 8x Qwen-Image VAE and 2x2 latent
+    packing, so an H x W image is an (H/16) x (W/16) token grid as on the real model."""
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from dit_sparse.pipelines.tiny import build_tiny_tokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = build_tiny_tokenizer()
+    vocab = 128  # above the tokenizer's ~100 ids; the vision token ids sit at the top, unused by text prompts
+    text_encoder = Qwen2_5_VLForConditionalGeneration(
+        Qwen2_5_VLConfig(
+            text_config={
+                "hidden_size": 32, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                "num_key_value_heads": 2, "vocab_size": vocab, "bos_token_id": 1, "eos_token_id": 1,
+                "rope_scaling": {"mrope_section": [2, 2, 4], "rope_type": "default", "type": "default"},
+                "rope_theta": 1e6,
+            },
+            vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
+                           "out_hidden_size": 32},
+            hidden_size=32, vocab_size=vocab, bos_token_id=1, eos_token_id=1, video_token_id=123,
+            vision_start_token_id=124, vision_end_token_id=125, vision_token_id=126, image_token_id=127,
+        )
+    ).eval()
+    # Three downsamplings: 8x spatial compression, as Qwen-Image's VAE.
+    vae = AutoencoderKLQwenImage(
+        base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+    ).eval()
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=64, num_attention_heads=2,
+        joint_attention_dim=32, axes_dims_rope=(16, 24, 24),
+    ).eval()
+    return QwenImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        transformer=transformer,
+    )

@@ -2,6 +2,7 @@
 
     dit-sparse demo --model tiny                     # offline, CPU, random tiny Wan
     dit-sparse demo --model Wan-AI/Wan2.1-T2V-1.3B-Diffusers --port 7860
+    dit-sparse demo --model black-forest-labs/FLUX.1-dev    # an image model: the outputs are images
     python -m dit_sparse.pipelines.demo --model tiny
 
 Needs ``pip install 'dit-sparse[demo]'`` (gradio, matplotlib). The app makes no network requests of its own: analytics
@@ -32,9 +33,9 @@ from .generate import (  # noqa: E402
     make_sparse_config,
     run_density,
     run_pipeline,
-    write_video,
+    write_output,
 )
-from .presets import METHODS, check_video_size, preset_for, resolve_dtype  # noqa: E402
+from .presets import METHODS, ModelPreset, check_size, preset_for, resolve_dtype  # noqa: E402
 
 # Components the browser test drives are pinned by elem_id.
 ELEM_IDS = {
@@ -44,6 +45,8 @@ ELEM_IDS = {
     "with_dense": "with_dense",
     "dense_video": "dense_video",
     "sparse_video": "sparse_video",
+    "dense_image": "dense_image",  # the output components of an image model
+    "sparse_image": "sparse_image",
     "timings": "timings",
     "layout_image": "layout_image",
 }
@@ -120,14 +123,20 @@ def _message_image(text: str) -> np.ndarray:
 
 
 def format_timings(
-    dense, sparse, method: str, metrics: Optional[Dict[str, float]], settings: Dict[str, Any], device: str = "cpu"
+    dense,
+    sparse,
+    method: str,
+    metrics: Optional[Dict[str, float]],
+    settings: Dict[str, Any],
+    device: str = "cpu",
+    kind: str = "video",
 ) -> str:
-    """Markdown with wall times, speedup, density and PSNR/SSIM."""
+    """Markdown with wall times, speedup, density and PSNR/SSIM (``kind`` "image" leaves out the frame count)."""
     summary = sparse.summary or {}
     density, _ = run_density(method, sparse)
+    size = f"{settings['width']}x{settings['height']}" + (f", {settings['frames']} frames" if kind == "video" else "")
     lines = [
-        f"**{method}** — {settings['width']}x{settings['height']}, {settings['frames']} frames, "
-        f"{settings['steps']} steps, seed {settings['seed']}",
+        f"**{method}** — {size}, {settings['steps']} steps, seed {settings['seed']}",
         "",
         "| run | wall time |",
         "|---|---|",
@@ -156,6 +165,11 @@ def format_timings(
             "kernels (FlashAttention-4, Triton, FlexAttention) need a GPU"
         )
     return "\n".join(lines)
+
+
+def output_suffix(preset: ModelPreset) -> str:
+    """The file extension of the demo's outputs: ``.png`` for an image model, ``.mp4`` for a video model."""
+    return ".png" if preset.is_image else ".mp4"
 
 
 class DemoRunner:
@@ -195,12 +209,13 @@ class DemoRunner:
             "negative_prompt": self.preset.negative_prompt,
             "height": int(values["height"]),
             "width": int(values["width"]),
-            "frames": int(values["frames"]),
+            # An image model makes one frame whatever the (hidden) frames slider holds.
+            "frames": 1 if self.preset.is_image else int(values["frames"]),
             "steps": int(values["steps"]),
             "guidance": float(values.get("guidance", self.preset.guidance)),
             "seed": int(values["seed"]),
         }
-        check_video_size(self.preset, settings["height"], settings["width"], settings["frames"])
+        check_size(self.preset, settings["height"], settings["width"], settings["frames"])
         self.last_settings = settings
         config = make_sparse_config(method, self.options_for(method, values))
         with self.lock:
@@ -211,14 +226,15 @@ class DemoRunner:
                 self.pipe, self.preset, settings, config=config, device=self.device, capture_layout=True
             )
         tag = uuid.uuid4().hex[:8]
-        sparse_path = self.out_dir / f"{tag}_{method}.mp4"
-        write_video(sparse_path, sparse.frames, self.preset.fps)
+        suffix = output_suffix(self.preset)
+        sparse_path = self.out_dir / f"{tag}_{method}{suffix}"
+        write_output(sparse_path, sparse.frames, self.preset, self.preset.fps)
         dense_path, metrics = None, None
         if dense is not None:
-            dense_path = self.out_dir / f"{tag}_dense_baseline.mp4"
-            write_video(dense_path, dense.frames, self.preset.fps)
+            dense_path = self.out_dir / f"{tag}_dense_baseline{suffix}"
+            write_output(dense_path, dense.frames, self.preset, self.preset.fps)
             metrics = compare(dense.frames, sparse.frames)
-        text = format_timings(dense, sparse, method, metrics, settings, self.device)
+        text = format_timings(dense, sparse, method, metrics, settings, self.device, kind=self.preset.kind)
         return dense_path, sparse_path, text, self.layout_image(sparse, method, config)
 
     def layout_image(self, result, method: str, config):
@@ -252,7 +268,8 @@ def build_demo(
     """The Gradio Blocks app.
 
     Args:
-        model (`str`): ``tiny``, a Hub id or a local pipeline folder (loaded once, here).
+        model (`str`): ``tiny``, a Hub id or a local pipeline folder (loaded once, here). For an image model
+            (FLUX.1-dev, Qwen-Image) the outputs are images and the frames slider is hidden.
         device (`str`, *optional*): default cuda when available.
         dtype (`str`, *optional*): ``bfloat16`` / ``float16`` / ``float32``; default the model's (float32 on CPU).
         defaults (`dict`, *optional*): initial values of the controls: ``prompt``, ``method``, ``steps``, ``frames``,
@@ -286,9 +303,9 @@ def build_demo(
     max_side = max(1280, d["height"], d["width"]) if preset.model_id != "tiny" else max(256, d["height"], d["width"])
 
     blocks_kwargs = {} if _launch_takes_theme() else {"theme": _theme(), "css": CSS}
-    with gr.Blocks(title="dit-sparse: sparse attention for video diffusion", **blocks_kwargs) as demo:
+    with gr.Blocks(title="dit-sparse: sparse attention for diffusion transformers", **blocks_kwargs) as demo:
         gr.Markdown(
-            f"## dit-sparse — sparse attention for video diffusion transformers\n"
+            f"## dit-sparse — sparse attention for {preset.kind} diffusion transformers\n"
             f"Model: `{preset.model_id}` ({preset.pipeline_class}) on `{runner.device}` ({runner.dtype_name}). "
             "The dense and the sparse run use the same seed; the sparse one swaps Diffusers' self-attention "
             "processors for block-sparse ones."
@@ -319,7 +336,9 @@ def build_demo(
         with gr.Accordion("Advanced", open=False):
             with gr.Row():
                 steps = gr.Slider(1, 100, value=d["steps"], step=1, label="steps", elem_id="steps")
-                frames = gr.Slider(5, max_frames, value=d["frames"], step=4, label="frames (4k+1)", elem_id="frames")
+                # An image model makes one frame: no slider to offer (the value is ignored).
+                frames = gr.Slider(1 if preset.is_image else 5, max_frames, value=d["frames"], step=4,
+                                   label="frames (4k+1)", elem_id="frames", visible=not preset.is_image)
                 seed = gr.Number(value=d["seed"], precision=0, label="seed", elem_id="seed")
             with gr.Row():
                 height = gr.Slider(16, max_side, value=d["height"], step=16, label="height", elem_id="height")
@@ -331,10 +350,16 @@ def build_demo(
                 dense_layers = gr.Slider(0, runner.num_layers, value=int(rec[method0].get("dense_layers", 1)),
                                          step=1, label="dense layers", elem_id="dense_layers")
         with gr.Row(equal_height=True):
-            dense_video = gr.Video(label="dense", elem_id=ELEM_IDS["dense_video"], height=320, format="mp4",
-                                   autoplay=True, loop=True)
-            sparse_video = gr.Video(label="sparse", elem_id=ELEM_IDS["sparse_video"], height=320, format="mp4",
-                                    autoplay=True, loop=True)
+            if preset.is_image:
+                dense_output = gr.Image(label="dense", elem_id=ELEM_IDS["dense_image"], height=320, type="filepath",
+                                        interactive=False)
+                sparse_output = gr.Image(label="sparse", elem_id=ELEM_IDS["sparse_image"], height=320,
+                                         type="filepath", interactive=False)
+            else:
+                dense_output = gr.Video(label="dense", elem_id=ELEM_IDS["dense_video"], height=320, format="mp4",
+                                        autoplay=True, loop=True)
+                sparse_output = gr.Video(label="sparse", elem_id=ELEM_IDS["sparse_video"], height=320, format="mp4",
+                                         autoplay=True, loop=True)
         with gr.Row():
             timings = gr.Markdown("Press **Generate**.", elem_id=ELEM_IDS["timings"])
             # The plot's own title names the layer, head and density, so the component label is hidden.
@@ -371,7 +396,7 @@ def build_demo(
             on_generate,
             [prompt, method, with_dense, decay, top_p, q_clusters, kv_clusters, density, steps, frames, seed,
              height, width, guidance, dense_steps, dense_layers],
-            [dense_video, sparse_video, timings, layout_image],
+            [dense_output, sparse_output, timings, layout_image],
             concurrency_limit=1,
         )
     demo._dit_sparse_runner = runner

@@ -1,12 +1,17 @@
-"""Text-to-video generation with sparse attention, optionally against the dense baseline with the same seed.
+"""Text-to-video and text-to-image generation with sparse attention, optionally against the dense baseline with the
+same seed.
 
     dit-sparse generate --model tiny --prompt "a red fox running in snow" --method radial --compare-dense \\
         --steps 4 --out outputs/fox.mp4 --report outputs/fox.json
     python -m dit_sparse.pipelines.generate --model Wan-AI/Wan2.1-T2V-1.3B-Diffusers --method radial --compare-dense
+    dit-sparse generate --model black-forest-labs/FLUX.1-dev --prompt "a red fox in snow" --method tile --out fox.png
+
+Video models write an mp4, image models (FLUX.1-dev, Qwen-Image) a PNG.
 
 The dense run (with ``--compare-dense``) goes first through the stock Diffusers processors; then
 `dit_sparse.apply_sparse_attention` swaps in the sparse ones for the second run with the same seed. Each pipeline call
-is timed with the wall clock (CUDA synchronised), and the two videos are compared frame by frame (PSNR, SSIM).
+is timed with the wall clock (CUDA synchronised), and the two videos (or images) are compared frame by frame (PSNR,
+SSIM).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .presets import METHODS, ModelPreset, check_video_size, preset_for, resolve_dtype
+from .presets import METHODS, ModelPreset, check_size, preset_for, resolve_dtype
 from .tiny import dtype_kwarg
 
 # CLI flag -> config field, and the methods each flag applies to (None = every method but dense).
@@ -36,6 +41,8 @@ METHOD_FLAGS: Dict[str, Tuple[str, Optional[Tuple[str, ...]]]] = {
     "q_clusters": ("q_clusters", ("semantic",)),
     "kv_clusters": ("kv_clusters", ("semantic",)),
     "density": ("density", ("draft",)),
+    "tile": ("tile", ("tile",)),
+    "window": ("window", ("tile",)),
     "refresh_every": ("refresh_every", None),
     "backend": ("backend", None),
     "block_size": ("block_size", None),
@@ -77,14 +84,48 @@ def dense_steps_arg(text: str):
         ) from None
 
 
+def triple_arg(text: str) -> Tuple[int, int, int]:
+    """``1,8,16`` -> (1, 8, 16): frames, height, width in tokens or tiles."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r} is not three ints (frames,height,width), e.g. 1,8,16")
+    return values
+
+
+# Extensions of the files an image model's --out may name (Pillow picks the format from it).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def output_path(preset: ModelPreset, out: Optional[str], method: str) -> Path:
+    """Where the sparse result goes: ``out``, or ``outputs/<model>_<method>.mp4`` (``.png`` for an image model).
+
+    Raises:
+        ValueError: an image model's ``out`` does not end in an image extension (e.g. ``.mp4``); the message names
+            the path to use instead.
+    """
+    if not out:
+        return Path("outputs") / f"{preset.name}_{method}.{'png' if preset.is_image else 'mp4'}"
+    path = Path(out)
+    if preset.is_image and path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(
+            f"--out {out} does not name an image file, but {preset.name} generates single images: pass a path ending "
+            f"in .png (e.g. --out {path.with_suffix('.png')}); {', '.join(IMAGE_SUFFIXES)} work"
+        )
+    return path
+
+
 def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Adds the generation options to ``parser`` (shared by ``dit-sparse generate`` and ``python -m``)."""
     m = parser.add_argument_group("model")
     m.add_argument(
         "--model",
         default="tiny",
-        help="Hub id (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers, hunyuanvideo-community/HunyuanVideo), a local pipeline "
-        "folder, a short name (wan2.1-1.3b, wan2.1-14b, wan2.2-a14b, hunyuanvideo), 'tiny' (a small Wan trained "
+        help="Hub id (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers, hunyuanvideo-community/HunyuanVideo, or the image models "
+        "black-forest-labs/FLUX.1-dev and Qwen/Qwen-Image, which write a PNG), a local pipeline folder, a short name "
+        "(wan2.1-1.3b, wan2.1-14b, wan2.2-a14b, hunyuanvideo, flux.1-dev, qwen-image), 'tiny' (a small Wan trained "
         "on procedural videos, shipped in the package, for trying things on a CPU) or 'small' (its larger sibling at "
         "33x384x640 = 8,640 tokens, for a GPU; weights from `python -m dit_sparse.pipelines.train_tiny --preset "
         "small`). Default: tiny",
@@ -112,11 +153,11 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     g.add_argument("--negative-prompt", default=None, help="default: the model's usual negative prompt")
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)
-    g.add_argument("--frames", type=int, default=None, help="4k+1 frames (e.g. 17, 33, 81)")
+    g.add_argument("--frames", type=int, default=None, help="4k+1 frames (e.g. 17, 33, 81); image models make one")
     g.add_argument("--steps", type=int, default=None, help="denoising steps")
-    g.add_argument("--guidance", type=float, default=None, help="guidance scale")
+    g.add_argument("--guidance", type=float, default=None, help="guidance scale (Qwen-Image: true_cfg_scale)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--fps", type=int, default=None, help="frame rate of the mp4 (default: the model's)")
+    g.add_argument("--fps", type=int, default=None, help="frame rate of the mp4 (default: the model's; videos only)")
 
     s = parser.add_argument_group("sparse attention (defaults: the model's tuned settings for the method)")
     s.add_argument("--method", default="radial", choices=list(METHODS))
@@ -132,6 +173,15 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     s.add_argument("--q-clusters", type=int, default=None, help="semantic: query clusters")
     s.add_argument("--kv-clusters", type=int, default=None, help="semantic: key clusters")
     s.add_argument("--density", type=float, default=None, help="draft: fraction of key blocks kept")
+    s.add_argument(
+        "--tile", type=triple_arg, default=None, help="tile: tile size in tokens, frames,height,width (e.g. 1,8,16)"
+    )
+    s.add_argument(
+        "--window",
+        type=triple_arg,
+        default=None,
+        help="tile: neighbourhood in tiles, frames,height,width (e.g. 1,3,3)",
+    )
     s.add_argument("--refresh-every", type=int, default=None, help="recompute dynamic patterns every N steps")
     s.add_argument("--backend", default=None, choices=["auto", "fa4", "triton", "flex", "reference"])
     s.add_argument(
@@ -143,11 +193,17 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     )
 
     o = parser.add_argument_group("output")
-    o.add_argument("--out", default=None, help="mp4 path of the sparse video (default: outputs/<model>_<method>.mp4)")
+    o.add_argument(
+        "--out",
+        default=None,
+        help="mp4 path of the sparse video, or .png path of the sparse image for image models (default: "
+        "outputs/<model>_<method>.mp4 or .png)",
+    )
     o.add_argument(
         "--compare-dense",
         action="store_true",
-        help="also generate densely with the same seed (saved as <out>_dense.mp4); print speedup, PSNR and SSIM",
+        help="also generate densely with the same seed (saved as <out>_dense.mp4 or .png); print speedup, PSNR and "
+        "SSIM",
     )
     o.add_argument("--report", default=None, help="write a JSON report (timings, metrics, density, settings)")
     o.add_argument(
@@ -163,7 +219,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m dit_sparse.pipelines.generate",
-        description="Generate a video with sparse attention (and the dense baseline with --compare-dense).",
+        description="Generate a video (or an image) with sparse attention (and the dense baseline with "
+        "--compare-dense).",
     )
     return add_generate_arguments(parser)
 
@@ -281,6 +338,29 @@ def _load_hunyuan(model_id: str, preset: ModelPreset, dtype: torch.dtype, **hub)
     return pipe
 
 
+def _load_flux(model_id: str, preset: ModelPreset, dtype: torch.dtype, **hub):
+    from diffusers import FluxPipeline
+
+    # Every component in one dtype (bfloat16 on a GPU), as Diffusers' FLUX.1-dev example loads it.
+    return FluxPipeline.from_pretrained(model_id, **dtype_kwarg(dtype), **hub)
+
+
+def _load_qwen_image(model_id: str, preset: ModelPreset, dtype: torch.dtype, **hub):
+    from diffusers import QwenImagePipeline
+
+    # Every component in one dtype (bfloat16 on a GPU), as Diffusers' Qwen-Image example loads it.
+    return QwenImagePipeline.from_pretrained(model_id, **dtype_kwarg(dtype), **hub)
+
+
+def _loader_for(family: str):
+    """The function that loads a pipeline of ``family`` from a Hub id or a local folder (looked up when called, so
+    tests can replace one)."""
+    loaders = {"wan": _load_wan, "hunyuan_video": _load_hunyuan, "flux": _load_flux, "qwen_image": _load_qwen_image}
+    if family not in loaders:
+        raise GenerationError(f"no loader for model family {family!r}; known families: {', '.join(loaders)}")
+    return loaders[family]
+
+
 def load_pipeline(
     preset: ModelPreset,
     *,
@@ -319,7 +399,7 @@ def load_pipeline(
         except ValueError as err:  # weights not installed: the message says how to train or unpack them
             raise GenerationError(str(err)) from err
     else:
-        loader = _load_hunyuan if preset.family == "hunyuan_video" else _load_wan
+        loader = _loader_for(preset.family)
         local = Path(os.path.expanduser(preset.model_id)).is_dir()
         hub = {} if local else hub_access(preset.model_id, preset.pipeline_class)
         try:
@@ -379,16 +459,26 @@ def _sync(device) -> None:
 
 def call_kwargs(pipe, preset: ModelPreset, settings: Dict[str, Any]) -> Dict[str, Any]:
     """The pipeline's keyword arguments for one call from the generation settings."""
-    kwargs = dict(
+    common = dict(
         prompt=settings["prompt"],
         height=settings["height"],
         width=settings["width"],
-        num_frames=settings["frames"],
         num_inference_steps=settings["steps"],
-        guidance_scale=settings["guidance"],
         generator=torch.Generator(device="cpu").manual_seed(settings["seed"]),
         output_type="np",
     )
+    if preset.family == "flux":
+        # FLUX.1-dev's guidance is distilled into the transformer: one pass per step, no negative prompt.
+        return dict(common, guidance_scale=settings["guidance"])
+    if preset.family == "qwen_image":
+        # Qwen-Image's guidance is true classifier-free guidance, which QwenImagePipeline runs only when a negative
+        # prompt is given: an empty one is " ". Its guidance_scale is for guidance-distilled variants; left unset.
+        return dict(
+            common,
+            true_cfg_scale=settings["guidance"],
+            negative_prompt=settings.get("negative_prompt") or " ",
+        )
+    kwargs = dict(common, num_frames=settings["frames"], guidance_scale=settings["guidance"])
     if preset.family == "wan":
         kwargs["negative_prompt"] = settings.get("negative_prompt") or None
         if getattr(pipe.config, "boundary_ratio", None) is not None and preset.guidance_2 is not None:
@@ -466,7 +556,8 @@ def run_pipeline(
     device: str = "cpu",
     capture_layout: bool = False,
 ) -> RunResult:
-    """Generates one video; with ``config`` under sparse attention (removed again afterwards).
+    """Generates one video (or image: a video of one frame); with ``config`` under sparse attention (removed again
+    afterwards).
 
     Args:
         pipe: the Diffusers pipeline.
@@ -509,7 +600,9 @@ def run_pipeline(
         _sync(device)
         start = time.perf_counter()
         with torch.inference_mode():
-            frames = pipe(**kwargs).frames[0]
+            output = pipe(**kwargs)
+        # Image pipelines return a batch of images [B, H, W, 3]; the first is kept as a one-frame video [1, H, W, 3].
+        frames = np.asarray(output.images)[:1] if preset.is_image else output.frames[0]
         _sync(device)
         seconds = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
@@ -530,6 +623,26 @@ def run_pipeline(
 
 def dense_path_for(out: Path) -> Path:
     return out.with_name(f"{out.stem}_dense{out.suffix or '.mp4'}")
+
+
+def write_image(path: Path, frames: np.ndarray) -> None:
+    """Writes the single frame of ``frames`` ([1, H, W, 3] floats in [0, 1]) with Pillow, in the format of the
+    path's extension (PNG for ``.png``)."""
+    from PIL import Image
+
+    if frames.ndim != 4 or frames.shape[0] != 1:
+        raise ValueError(f"an image is one frame [1, H, W, 3]; got frames of shape {tuple(frames.shape)}")
+    pixels = (np.clip(frames[0], 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def write_output(path: Path, frames: np.ndarray, preset: ModelPreset, fps: Optional[int]) -> None:
+    """An image file for an image preset, an mp4 for a video one."""
+    if preset.is_image:
+        write_image(path, frames)
+    else:
+        write_video(path, frames, fps)
 
 
 def compare(dense: np.ndarray, sparse: np.ndarray) -> Dict[str, float]:
@@ -595,9 +708,17 @@ def generate(args: argparse.Namespace) -> Dict[str, Any]:
         "seed": args.seed,
     }
     try:
-        check_video_size(preset, settings["height"], settings["width"], settings["frames"])
+        check_size(preset, settings["height"], settings["width"], settings["frames"])
+        out = output_path(preset, args.out, args.method)
     except ValueError as err:
         raise GenerationError(str(err)) from err
+    if preset.is_image and args.fps is not None:
+        raise GenerationError(f"--fps is the frame rate of a video, but {preset.name} generates images: leave it out")
+    if preset.family == "flux" and args.negative_prompt:
+        raise GenerationError(
+            f"--negative-prompt has no effect on {preset.name}: FLUX.1-dev's guidance is distilled into the model, "
+            "with no negative pass; leave it out (or use Qwen/Qwen-Image, whose guidance uses one)"
+        )
     if settings["steps"] < 1:
         raise GenerationError(f"--steps must be at least 1, got {settings['steps']}")
     # Validate the sparse settings before loading gigabytes of weights.
@@ -610,8 +731,7 @@ def generate(args: argparse.Namespace) -> Dict[str, Any]:
     # Without a warm-up the first timed call (the dense one) pays for one-off costs: compilation, autotuning, allocator
     # growth, lazy imports and page faults; that would flatter the sparse run.
     warmup = args.warmup if args.warmup is not None else True
-    fps = args.fps or preset.fps
-    out = Path(args.out) if args.out else Path("outputs") / f"{preset.name}_{args.method}.mp4"
+    fps = None if preset.is_image else args.fps or preset.fps
     out.parent.mkdir(parents=True, exist_ok=True)  # fail on an unwritable path now, not after the generation
 
     stage = "loading the model"
@@ -628,34 +748,38 @@ def generate(args: argparse.Namespace) -> Dict[str, Any]:
             enable_ulysses(pipe, args.ulysses, preset.family)
         dense = None
         if args.compare_dense:
-            stage = "generating the dense video"
+            stage = f"generating the dense {preset.kind}"
             dense = run_pipeline(pipe, preset, settings, config=None, warmup=warmup, device=device)
-        stage = f"generating the {args.method} video"
+        stage = f"generating the {args.method} {preset.kind}"
         sparse = run_pipeline(
             pipe, preset, settings, config=config, warmup=warmup, device=device, capture_layout=True
         )
     except OutOfMemoryError as err:
+        if preset.is_image:
+            size, fewer_frames = f"{settings['width']}x{settings['height']}", ""
+        else:
+            size = f"{settings['width']}x{settings['height']}, {settings['frames']} frames"
+            fewer_frames = f" fewer --frames (4k+1, e.g. {max(1, (settings['frames'] - 1) // 2 // 4 * 4 + 1)}),"
         raise GenerationError(
-            f"out of GPU memory while {stage} ({settings['width']}x{settings['height']}, {settings['frames']} frames, "
-            f"{dtype_name}). Try --offload (model CPU offload), a smaller --height/--width, fewer --frames (4k+1, "
-            f"e.g. {max(1, (settings['frames'] - 1) // 2 // 4 * 4 + 1)}), or a smaller model. ({_short(err, 200)})",
+            f"out of GPU memory while {stage} ({size}, {dtype_name}). Try --offload (model CPU offload), a smaller "
+            f"--height/--width,{fewer_frames} or a smaller model. ({_short(err, 200)})",
             exit_code=3,
         ) from err
 
     if _rank() != 0:
         return {}  # rank 0 writes the videos and the report
-    write_video(out, sparse.frames, fps)
+    write_output(out, sparse.frames, preset, fps)
     dense_out = None
     metrics: Dict[str, Optional[float]] = {"psnr": None, "ssim": None}
     if dense is not None:
         dense_out = dense_path_for(out)
-        write_video(dense_out, dense.frames, fps)
+        write_output(dense_out, dense.frames, preset, fps)
         metrics = compare(dense.frames, sparse.frames)
 
     summary = sparse.summary or {}
     density, density_source = run_density(args.method, sparse)
     report = {
-        "psnr": metrics["psnr"],  # null in the JSON when the videos are identical (infinite PSNR)
+        "psnr": metrics["psnr"],  # null in the JSON when the outputs are identical (infinite PSNR)
         "ssim": metrics["ssim"],
         "identical_to_dense": bool(np.array_equal(dense.frames, sparse.frames)) if dense is not None else None,
         "sparse_seconds": sparse.seconds,
@@ -666,8 +790,10 @@ def generate(args: argparse.Namespace) -> Dict[str, Any]:
         # Over every self-attention call of the run, dense warm-up steps and layers included (what the speedup sees).
         "effective_density": _effective_density(summary, density, density_source),
         "backend": summary.get("backend"),
-        "sparse_video": str(out),
-        "dense_video": str(dense_out) if dense_out else None,
+        "kind": preset.kind,
+        # sparse_video / dense_video, or sparse_image / dense_image: the files written.
+        f"sparse_{preset.kind}": str(out),
+        f"dense_{preset.kind}": str(dense_out) if dense_out else None,
         "model": args.model,
         "model_id": preset.model_id,
         "preset": preset.name,
@@ -742,13 +868,15 @@ def _fmt(value, spec: str, unit: str = "") -> str:
 
 def format_report(report: Dict[str, Any]) -> str:
     """A few human-readable lines: timings, speedup, density, PSNR/SSIM, output paths."""
+    kind = report.get("kind", "video")
+    size = f"{report['width']}x{report['height']}" + (f", {report['frames']} frames" if kind == "video" else "")
     lines = [
-        f"{report['method']} ({report['preset']}, {report['width']}x{report['height']}, {report['frames']} frames, "
+        f"{report['method']} ({report['preset']}, {size}, "
         f"{report['steps']} steps on {report['device']}): {report['sparse_seconds']:.2f} s, "
-        f"density {_fmt(report['density'], '.3f')}, backend {report['backend'] or 'n/a'} -> {report['sparse_video']}"
+        f"density {_fmt(report['density'], '.3f')}, backend {report['backend'] or 'n/a'} -> {report[f'sparse_{kind}']}"
     ]
     if report["dense_seconds"] is not None:
-        lines.append(f"dense: {report['dense_seconds']:.2f} s -> {report['dense_video']}")
+        lines.append(f"dense: {report['dense_seconds']:.2f} s -> {report[f'dense_{kind}']}")
         lines.append(
             f"speedup {report['speedup']:.2f}x  "
             f"PSNR {'inf (identical)' if report.get('identical_to_dense') else _fmt(report['psnr'], '.2f', ' dB')}  "

@@ -7,6 +7,10 @@ layer dense on Wan with decay 0.2, and uses decay 0.95 with no dense layer on Hu
 Frame counts: the Wan and HunyuanVideo VAEs compress time 4x causally, so a video has ``4k + 1`` frames; heights and
 widths must be multiples of 16 (8x VAE compression times the 2x2 patch). `check_video_size` says which nearby values
 work instead.
+
+Image models (FLUX.1-dev, Qwen-Image; ``kind="image"``) generate one picture: the same multiple-of-16 rule for height
+and width (8x VAE compression times the 2x2 latent packing), no frame count. `check_size` applies the rule of the
+preset's kind.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-METHODS = ("dense", "radial", "semantic", "draft")
+METHODS = ("dense", "radial", "semantic", "draft", "tile")
+KINDS = ("video", "image")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -31,19 +36,22 @@ class ModelPreset:
     Args:
         name (`str`): short name (``wan2.1-1.3b``, ``tiny``, ...).
         model_id (`str`): Hub id, local path or ``tiny``.
-        family (`str`): ``"wan"`` or ``"hunyuan_video"``.
+        family (`str`): ``"wan"``, ``"hunyuan_video"``, ``"flux"`` or ``"qwen_image"``.
         pipeline_class (`str`): the Diffusers pipeline class name.
-        height, width, frames, steps (`int`): the model's native generation settings.
-        guidance (`float`): ``guidance_scale`` (HunyuanVideo: the embedded guidance, no second CFG pass).
+        height, width, frames, steps (`int`): the model's native generation settings (``frames=1`` for images).
+        guidance (`float`): ``guidance_scale`` (HunyuanVideo, FLUX.1-dev: the embedded guidance, no second CFG pass;
+            Qwen-Image: ``true_cfg_scale``, real classifier-free guidance with a negative prompt).
         guidance_2 (`float`, *optional*): Wan 2.2's ``guidance_scale_2`` for the low-noise expert.
         flow_shift (`float`, *optional*): scheduler shift set at load time; `None` keeps the shipped scheduler config.
         dtype (`str`): dtype of the transformer (``"bfloat16"`` for the real models).
-        vae_dtype (`str`): dtype of the VAE (float32 for Wan as Diffusers recommends, float16 for HunyuanVideo).
-        fps (`int`): frame rate of the written mp4.
+        vae_dtype (`str`): dtype of the VAE (float32 for Wan as Diffusers recommends, float16 for HunyuanVideo;
+            the image pipelines load every component in the transformer's dtype, as Diffusers' examples do).
+        fps (`int`): frame rate of the written mp4 (unused for images).
         frame_step (`int`): frames must be ``frame_step * k + 1``.
         size_multiple (`int`): height and width must be multiples of this.
         sparse (`dict`): per method, the recommended `dit_sparse.make_config` options.
         negative_prompt (`str`): default negative prompt.
+        kind (`str`): ``"video"`` (written as an mp4) or ``"image"`` (one frame, written as a PNG).
     """
 
     name: str
@@ -64,6 +72,17 @@ class ModelPreset:
     size_multiple: int = 16
     sparse: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     negative_prompt: str = ""
+    kind: str = "video"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(
+                f"ModelPreset {self.name!r}: kind={self.kind!r} is not known; use one of {', '.join(KINDS)}"
+            )
+
+    @property
+    def is_image(self) -> bool:
+        return self.kind == "image"
 
     def sparse_options(self, method: str) -> Dict[str, Any]:
         """The recommended `make_config` options of ``method`` for this model (a fresh dict)."""
@@ -126,6 +145,29 @@ SMALL_SPARSE = {
                  "estimate": "blocks", "min_sparse_tokens": 0},
     "draft": {"dense_steps": 0.25, "dense_layers": 1, "density": 0.25, "block_size": 128, "estimate": "blocks",
               "min_sparse_tokens": 0},
+}
+
+# Image models: starting points, not yet tuned on the real weights (measuring them needs a GPU). One frame of packed
+# 2x2 latents: FLUX.1-dev at 1024x1024 has 64x64 = 4,096 image tokens, Qwen-Image at 1328x1328 has 83x83 = 6,889.
+# Both are under the automatic dense fallback on a GPU (12,288 tokens, see SparseConfig.min_sparse_tokens), which would
+# run every call dense; min_sparse_tokens=0 makes --method mean what it says (whether sparse pays at these sizes is
+# what the GPU benchmark of these presets is to show). The first quarter of the steps and the first block run dense,
+# as for the video models. Densities at the native size (block 128): radial decay 0.1 keeps 0.31 (FLUX) / 0.26
+# (Qwen-Image) of the key blocks on its 2-D window; tile (1, 8, 16) tiles - one 128-token block each - with a 3x3 tile
+# neighbourhood keep 0.28 / 0.15; draft keeps 0.25.
+FLUX_SPARSE = {
+    "dense": {},
+    "radial": {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.1, "min_sparse_tokens": 0},
+    "semantic": {"dense_steps": 0.25, "dense_layers": 1, "top_p": 0.9, "min_sparse_tokens": 0},
+    "draft": {"dense_steps": 0.25, "dense_layers": 1, "density": 0.25, "min_sparse_tokens": 0},
+    "tile": {"dense_steps": 0.25, "dense_layers": 1, "tile": (1, 8, 16), "window": (1, 3, 3), "min_sparse_tokens": 0},
+}
+QWEN_IMAGE_SPARSE = {
+    "dense": {},
+    "radial": {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.1, "min_sparse_tokens": 0},
+    "semantic": {"dense_steps": 0.25, "dense_layers": 1, "top_p": 0.9, "min_sparse_tokens": 0},
+    "draft": {"dense_steps": 0.25, "dense_layers": 1, "density": 0.25, "min_sparse_tokens": 0},
+    "tile": {"dense_steps": 0.25, "dense_layers": 1, "tile": (1, 8, 16), "window": (1, 3, 3), "min_sparse_tokens": 0},
 }
 
 PRESETS: Dict[str, ModelPreset] = {
@@ -215,12 +257,47 @@ PRESETS: Dict[str, ModelPreset] = {
         fps=24,
         sparse=HUNYUAN_SPARSE,
     ),
+    "flux.1-dev": ModelPreset(
+        name="flux.1-dev",
+        model_id="black-forest-labs/FLUX.1-dev",
+        family="flux",
+        pipeline_class="FluxPipeline",
+        kind="image",
+        height=1024,
+        width=1024,
+        frames=1,
+        frame_step=1,
+        steps=28,
+        guidance=3.5,  # FLUX.1-dev is guidance-distilled: the scale is an input of the transformer, one pass per step
+        vae_dtype="bfloat16",
+        sparse=FLUX_SPARSE,
+    ),
+    "qwen-image": ModelPreset(
+        name="qwen-image",
+        model_id="Qwen/Qwen-Image",
+        family="qwen_image",
+        pipeline_class="QwenImagePipeline",
+        kind="image",
+        height=1328,
+        width=1328,
+        frames=1,
+        frame_step=1,
+        steps=50,
+        guidance=4.0,  # true_cfg_scale: a second, negative-prompt pass per step
+        vae_dtype="bfloat16",
+        sparse=QWEN_IMAGE_SPARSE,
+        # QwenImagePipeline runs classifier-free guidance only when a negative prompt is given; " " is the empty one
+        # of Diffusers' Qwen-Image example.
+        negative_prompt=" ",
+    ),
 }
 
 # Generic presets for a local folder or an unlisted Hub id, by pipeline class.
 _GENERIC = {
     "WanPipeline": PRESETS["wan2.1-1.3b"].replace(name="wan", flow_shift=None),
     "HunyuanVideoPipeline": PRESETS["hunyuanvideo"].replace(name="hunyuanvideo", flow_shift=None),
+    "FluxPipeline": PRESETS["flux.1-dev"].replace(name="flux"),
+    "QwenImagePipeline": PRESETS["qwen-image"].replace(name="qwen-image"),
 }
 
 
@@ -247,8 +324,8 @@ def preset_for(model: str) -> ModelPreset:
     """The preset of ``model``: a short name, a listed Hub id, a local pipeline folder, or an unlisted Hub id.
 
     A local folder's ``model_index.json`` decides the pipeline class (a Wan folder with ``transformer_2`` gets the
-    Wan 2.2 preset); an unlisted ``owner/name`` Hub id is treated as HunyuanVideo when its name says so, else as Wan,
-    and loading it later says so if that guess is wrong.
+    Wan 2.2 preset); an unlisted ``owner/name`` Hub id is treated as HunyuanVideo, FLUX or Qwen-Image when its name
+    says so, else as Wan, and loading it later says so if that guess is wrong.
 
     Raises:
         ValueError: ``model`` is none of the above (the message lists the known models).
@@ -273,13 +350,24 @@ def preset_for(model: str) -> ModelPreset:
             return PRESETS["wan2.2-a14b"].replace(name="wan2.2", model_id=str(path), flow_shift=None)
         return _GENERIC[cls].replace(model_id=str(path))
     if looks_like_hub_id(key):
-        cls = "HunyuanVideoPipeline" if "hunyuan" in key.lower() else "WanPipeline"
-        return _GENERIC[cls].replace(model_id=key)
+        return _GENERIC[_guess_pipeline_class(key)].replace(model_id=key)
     raise ValueError(
         f"unknown model {model!r}: it is not 'tiny' or 'small', not a known short name ({', '.join(PRESETS)}), not an "
         f"existing local folder and not a Hub id of the form owner/name. Known Hub ids: "
         f"{', '.join(p.model_id for p in PRESETS.values() if p.model_id not in PRESETS)}"
     )
+
+
+def _guess_pipeline_class(hub_id: str) -> str:
+    """The pipeline class an unlisted Hub id's name suggests (Wan when it names none)."""
+    name = hub_id.lower()
+    if "hunyuan" in name:
+        return "HunyuanVideoPipeline"
+    if "flux" in name:
+        return "FluxPipeline"
+    if "qwen-image" in name or "qwen_image" in name or "qwenimage" in name:
+        return "QwenImagePipeline"
+    return "WanPipeline"
 
 
 def looks_like_hub_id(text: str) -> bool:
@@ -299,6 +387,29 @@ def valid_frame_counts(frames: int, step: int = 4) -> Tuple[int, int]:
     return lower, lower + step
 
 
+def check_size(preset: ModelPreset, height: int, width: int, frames: int) -> None:
+    """`check_image_size` for an image preset, `check_video_size` for a video one.
+
+    Raises:
+        ValueError: naming valid nearby values (or, for an image model, that the frame count must be 1).
+    """
+    if preset.is_image:
+        if frames != 1:
+            raise ValueError(
+                f"{preset.name} generates single images, not {frames} frames: leave out --frames (or pass 1), or use "
+                "a video model such as wan2.1-1.3b"
+            )
+        check_image_size(preset, height, width)
+    else:
+        check_video_size(preset, height, width, frames)
+
+
+def check_image_size(preset: ModelPreset, height: int, width: int) -> None:
+    """Raises `ValueError` naming valid nearby values when height or width is not a positive multiple of
+    ``preset.size_multiple``."""
+    _check_side_multiples(preset, height, width)
+
+
 def check_video_size(preset: ModelPreset, height: int, width: int, frames: int) -> None:
     """Raises `ValueError` naming valid nearby values when the model cannot generate this size.
 
@@ -316,6 +427,10 @@ def check_video_size(preset: ModelPreset, height: int, width: int, frames: int) 
             f"must be {step}k+1 (e.g. 17, 33, 49, 81). Nearest valid counts: "
             f"{' or '.join(str(c) for c in candidates)}"
         )
+    _check_side_multiples(preset, height, width)
+
+
+def _check_side_multiples(preset: ModelPreset, height: int, width: int) -> None:
     m = preset.size_multiple
     for name, value in (("height", height), ("width", width)):
         if value < m or value % m:
@@ -336,9 +451,12 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 __all__ = [
     "DTYPES",
+    "KINDS",
     "METHODS",
     "ModelPreset",
     "PRESETS",
+    "check_image_size",
+    "check_size",
     "check_video_size",
     "known_models",
     "looks_like_hub_id",

@@ -5,7 +5,15 @@ import json
 import pytest
 
 from dit_sparse import make_config
-from dit_sparse.pipelines.presets import PRESETS, check_video_size, known_models, preset_for, valid_frame_counts
+from dit_sparse.pipelines.presets import (
+    METHODS,
+    PRESETS,
+    check_size,
+    check_video_size,
+    known_models,
+    preset_for,
+    valid_frame_counts,
+)
 
 
 @pytest.mark.parametrize(
@@ -20,6 +28,12 @@ from dit_sparse.pipelines.presets import PRESETS, check_video_size, known_models
         ("wan2.1-1.3b", "wan2.1-1.3b", "WanPipeline"),
         ("someone/HunyuanVideo-finetune", "hunyuanvideo", "HunyuanVideoPipeline"),
         ("someone/my-wan-finetune", "wan", "WanPipeline"),
+        ("black-forest-labs/FLUX.1-dev", "flux.1-dev", "FluxPipeline"),
+        ("flux.1-dev", "flux.1-dev", "FluxPipeline"),
+        ("Qwen/Qwen-Image", "qwen-image", "QwenImagePipeline"),
+        ("qwen-image", "qwen-image", "QwenImagePipeline"),
+        ("someone/flux-finetune", "flux", "FluxPipeline"),
+        ("someone/Qwen-Image-finetune", "qwen-image", "QwenImagePipeline"),
     ],
 )
 def test_preset_lookup(model, name, cls):
@@ -49,7 +63,10 @@ def test_local_folder_uses_model_index(tmp_path):
     )
     assert preset_for(str(tmp_path)).guidance_2 == 3.0
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    with pytest.raises(ValueError, match="FluxPipeline"):
+    flux = preset_for(str(tmp_path))
+    assert flux.pipeline_class == "FluxPipeline" and flux.is_image and flux.model_id == str(tmp_path)
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    with pytest.raises(ValueError, match="StableDiffusionPipeline.*FluxPipeline"):
         preset_for(str(tmp_path))
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -89,3 +106,58 @@ def test_frame_rule():
         check_video_size(PRESETS["hunyuanvideo"], 720, 1280, 128)
     with pytest.raises(ValueError, match="width=830.*816 or 832"):
         check_video_size(PRESETS["wan2.1-1.3b"], 480, 830, 81)
+
+
+def test_every_preset_builds_a_config_for_every_method():
+    # What `generate` does before loading weights: a preset entry that make_config rejects would fail only there.
+    for preset in PRESETS.values():
+        for method in METHODS:
+            config = make_config(method, **preset.sparse_options(method))
+            assert config.method == method, (preset.name, method)
+
+
+@pytest.mark.parametrize(
+    "name, model_id, cls, family, size, steps, guidance",
+    [
+        ("flux.1-dev", "black-forest-labs/FLUX.1-dev", "FluxPipeline", "flux", (1024, 1024), 28, 3.5),
+        ("qwen-image", "Qwen/Qwen-Image", "QwenImagePipeline", "qwen_image", (1328, 1328), 50, 4.0),
+    ],
+)
+def test_image_presets(name, model_id, cls, family, size, steps, guidance):
+    preset = PRESETS[name]
+    assert (preset.model_id, preset.pipeline_class, preset.family) == (model_id, cls, family)
+    assert preset.kind == "image" and preset.is_image and preset.frames == 1
+    assert (preset.height, preset.width) == size and preset.steps == steps and preset.guidance == guidance
+    assert preset.dtype == "bfloat16"
+    check_size(preset, preset.height, preset.width, preset.frames)  # the native size passes its own rule
+    assert set(preset.sparse) == set(METHODS)
+    for method in METHODS:
+        options = preset.sparse_options(method)
+        if method == "dense":
+            assert options == {}
+            continue
+        assert 0.2 <= options["dense_steps"] <= 0.3 and options["dense_layers"] == 1, (method, options)
+        # Under the automatic dense fallback on a GPU (12,288 tokens): the presets must ask for sparse explicitly.
+        tokens = (preset.height // 16) * (preset.width // 16)
+        assert tokens < 12288
+        assert make_config(method, **options).resolve_min_sparse_tokens("cuda") == 0, method
+    tile = make_config("tile", **preset.sparse_options("tile"))
+    assert tile.tile == (1, 8, 16) and tile.window == (1, 3, 3)
+    assert tile.tile[0] * tile.tile[1] * tile.tile[2] == tile.block_size  # one tile per kernel block
+    assert name in known_models() and model_id in known_models()
+
+
+def test_image_size_rule_has_no_frame_count():
+    flux = PRESETS["flux.1-dev"]
+    check_size(flux, 512, 768, 1)
+    check_size(flux, 16, 16, 1)
+    with pytest.raises(ValueError, match="height=1000.*multiple of 16.*992 or 1008"):
+        check_size(flux, 1000, 1024, 1)
+    with pytest.raises(ValueError, match="width=8 .*16"):
+        check_size(flux, 1024, 8, 1)
+    with pytest.raises(ValueError, match="single images.*--frames"):
+        check_size(flux, 1024, 1024, 17)
+    # Video presets keep the 4k+1 rule through the same entry point.
+    check_size(PRESETS["tiny"], 64, 64, 17)
+    with pytest.raises(ValueError, match="13 or 17"):
+        check_size(PRESETS["tiny"], 64, 64, 16)
