@@ -152,6 +152,7 @@ class BlockLayout:
         block_kv: int,
         seq_len_q: int,
         seq_len_kv: int,
+        kmax: Optional[int] = None,
         **extra,
     ) -> "BlockLayout":
         """Packs a boolean block mask [B, H, Nq, Nk] into index lists (vectorised, no host sync but the Kmax size).
@@ -160,6 +161,9 @@ class BlockLayout:
             mask (`torch.Tensor` bool [B, H, Nq, Nk]): ``mask[b, h, i, j]`` keeps key block j for query block i.
             block_q, block_kv (`int`): block sizes in tokens.
             seq_len_q, seq_len_kv (`int`): sequence lengths in tokens.
+            kmax (`int`, optional): width of ``kv_indices`` when the caller knows a bound on every row's count (a
+                pattern with a fixed per-row budget): then nothing is read back from the device. It must not be below
+                any row's count (a row would lose blocks); `None` = read the largest count (one host sync).
 
         Returns:
             `BlockLayout` whose ``kv_indices`` lists the kept blocks of each row in increasing order.
@@ -178,7 +182,10 @@ class BlockLayout:
         # Stable sort of (not kept, index) puts the kept blocks first in increasing order.
         order = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
         # Kmax is static for the kernels' shapes; one host read here is on the pattern's slow path, not per kernel.
-        kmax = max(int(counts.max().item()) if counts.numel() else 0, 1)
+        if kmax is None:
+            kmax = max(int(counts.max().item()) if counts.numel() else 0, 1)
+        else:
+            kmax = max(1, min(int(kmax), nk))
         indices = order[..., :kmax].contiguous()
         # Padding entries repeat the last valid index so they stay in range.
         pos = torch.arange(kmax, device=mask.device, dtype=torch.int32)

@@ -339,7 +339,13 @@ class DraftPattern(Pattern):
         dmap = estimate(qs, ks, 1.0 / math.sqrt(d), bs).view(b, h, -1, cdiv(length, bs))
         sizes = block_sizes(length, bs, q.device).long()
         mask = select_tiles(dmap, sizes, self.config.density, self.config.global_budget)
-        return BlockLayout.from_block_mask(mask, bs, bs, length, length, q_perm=tiles.packed_perm,
+        kmax = None
+        if not self.config.global_budget:
+            # A row keeps blocks while the tokens spent before them are under its budget B = ceil(density * L); all
+            # blocks are full but (at most) the last, so a row holds at most ceil(B / block) + 1 of them. Knowing the
+            # width saves the host read of the largest count, a sync in every call.
+            kmax = -(-math.ceil(self.config.density * length) // bs) + 1
+        return BlockLayout.from_block_mask(mask, bs, bs, length, length, kmax=kmax, q_perm=tiles.packed_perm,
                                            kv_perm=tiles.packed_perm)
 
 
