@@ -32,3 +32,14 @@ def test_trained_model_is_packaged():
     pipe = build_tiny_pipeline()
     assert getattr(pipe, "_dit_sparse_tiny_source", "") != "random", pipe._dit_sparse_tiny_source
     assert pipe.transformer.config.num_layers == 6
+
+
+def test_random_baseline_runs_sparse_with_the_presets_schedule():
+    """The random-layout baseline takes the presets' schedule *and* min_sparse_tokens: without the latter it fell back
+    to dense attention on a GPU under 12,288 tokens (the small model) and had no density to report."""
+    rows = evaluate(("draft",), prompts=PROMPTS[:1], steps=2, random_baseline=True)
+    baseline = [r for name, r in rows.items() if name.startswith("random@")]
+    assert baseline, rows.keys()
+    for r in baseline:
+        assert r["config"]["min_sparse_tokens"] == 0 and r["config"]["dense_layers"] == 1, r["config"]
+        assert 0.0 < r["density"] < 1.0, r
