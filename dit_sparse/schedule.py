@@ -321,10 +321,18 @@ class SparseState:
     def layer_key(self, model_index: int, layer: int, batch: int) -> LayerKey:
         return LayerKey(model_index, layer, self.branch_key, self.geometry.key, int(batch))
 
-    def layer_cache_needed(self) -> bool:
+    def layer_cache_needed(self, compiling: bool = False) -> bool:
         """Whether a dynamic pattern's calls read or write per-layer cache entries: its own warm-start state, a layout
-        reused by a later step (``refresh_every`` > 1) or kept for inspection (``retain_layouts``)."""
-        return self.config.refresh_every > 1 or self.retain_layouts or bool(getattr(self.pattern, "layer_state", True))
+        reused by a later step (``refresh_every`` > 1) or kept for inspection (``retain_layouts``).
+
+        ``compiling``: inside a compiled graph, a pattern without warm-start state plans on every call even when
+        ``refresh_every`` > 1. A layout kept for a later step is Python state the graph would guard on: measured on
+        tiny, draft with ``refresh_every=2`` under ``compile_repeated_blocks(fullgraph=True)`` recompiled until it
+        hit the limit and failed (``python -m dit_sparse.eval.bench compile --model tiny``)."""
+        layer_state = bool(getattr(self.pattern, "layer_state", True))
+        if compiling and not layer_state and not self.retain_layouts:
+            return False
+        return self.config.refresh_every > 1 or self.retain_layouts or layer_state
 
     def decide(
         self, layer: int, static: bool, key: Optional[LayerKey] = None, *, dense_layer: Optional[bool] = None

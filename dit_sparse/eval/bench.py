@@ -740,6 +740,99 @@ def bench_step(args) -> dict:
     return payload
 
 
+# ---------------------------------------------------------------------------------------------------------- compile
+def bench_compile(args) -> dict:
+    """Each method eager vs ``compile_repeated_blocks(fullgraph=True)``, and Diffusers' dense eager vs compiled: step
+    time after warm-up, the first steps' time (compilation included), graphs compiled (one per distinct block: more
+    means recompilation) and graph breaks over ``--steps`` denoising steps with CFG (a fresh model per row:
+    compilation changes the module in place)."""
+    import time
+
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    import dit_sparse as ds
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    spec = dict(E2E_MODELS[args.model])
+    spec["config"] = _depth(spec, args.layers)
+    c, f, h, w = spec["latent"]
+    g = torch.Generator(device="cpu").manual_seed(0)
+    latents = torch.randn(1, c, f, h, w, generator=g).to(device, dtype)
+    n_text, d_text = spec["text"]
+    texts = {"cond": torch.randn(1, n_text, d_text, generator=g).to(device, dtype),
+             "uncond": torch.randn(1, n_text, d_text, generator=g).to(device, dtype)}
+    extra = _extra_inputs(spec, g, device, dtype)
+    branches = ["cond"] if spec["family"] == "hunyuan_video" else ["cond", "uncond"]
+
+    def run_steps(model, steps: int) -> List[float]:
+        times = []
+        for i in range(steps):
+            tt = torch.full((1,), 999.0 - 7.0 * i, device=device)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                for name in branches:
+                    with model.cache_context(name, step_index=i, num_inference_steps=steps):
+                        model(latents, tt, texts[name], return_dict=False, **extra)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        return times
+
+    rows: Dict[str, dict] = {}
+    for label in ["dense"] + [m for m in args.methods.split(",") if m and m != "dense"]:
+        for compiled in (False, True):
+            name = f"{label}-{'compiled' if compiled else 'eager'}"
+            entry: dict = {}
+            try:
+                model = _build_transformer(spec, device, dtype)
+                if label != "dense":
+                    method, opts = STEP_METHODS[label]
+                    cfg = ds.make_config(method, dense_steps=0, dense_layers=0, backend=args.backend,
+                                         min_sparse_tokens=0, **opts)
+                    ds.apply_sparse_attention(model, cfg)
+                    entry["config"] = cfg.to_dict()
+                torch._dynamo.reset()
+                counters.clear()
+                if compiled:
+                    model.compile_repeated_blocks(fullgraph=True, backend=args.compile_backend)
+                with torch._dynamo.config.patch(error_on_recompile=False):
+                    times = run_steps(model, args.steps)
+                warm = times[args.warmup:] or times[-1:]
+                entry.update(first_steps_s=times[: args.warmup], step_s=sum(warm) / len(warm), steps_s=times,
+                             graphs=int(counters["stats"].get("unique_graphs", 0)),
+                             graph_breaks=int(sum(counters["graph_break"].values())),
+                             frames_compiled=int(counters["stats"].get("calls_captured", 0)))
+                if label != "dense":
+                    entry["mean_density"] = ds.summary(model)["mean_density"]
+            except Exception as err:
+                entry["error"] = repr(err)[:500]
+            rows[name] = entry
+            print(args.model, name, {k: v for k, v in entry.items() if k != "config"}, flush=True)
+            model = None
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    for name, entry in rows.items():
+        base = rows.get("dense-compiled" if name.endswith("compiled") else "dense-eager", {})
+        if "step_s" in entry and "step_s" in base:
+            entry["ratio_vs_dense_same_mode"] = base["step_s"] / entry["step_s"]
+        if "step_s" in entry and "step_s" in rows.get("dense-eager", {}):
+            entry["ratio_vs_dense_eager"] = rows["dense-eager"]["step_s"] / entry["step_s"]
+    payload = {
+        "benchmark": "compile", "command": "python -m dit_sparse.eval.bench " + " ".join(sys.argv[1:]),
+        "commit": git_commit(), "date": _dt.datetime.utcnow().isoformat(timespec="seconds"), "model": args.model,
+        "layers": spec["config"].get("num_layers"), "steps": args.steps, "warmup_steps": args.warmup,
+        "compile": f"compile_repeated_blocks(fullgraph=True, backend={args.compile_backend!r})",
+        "results": rows,
+    }
+    path = write_result(f"compile-{args.model}", payload, args.out)
+    print("wrote", path)
+    return payload
+
+
 # ---------------------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dit_sparse.eval.bench")
@@ -791,6 +884,16 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--reps", type=int, default=2)
     st.add_argument("--out", default=None)
     st.set_defaults(func=bench_step)
+    co = sub.add_parser("compile", help="each method eager vs compile_repeated_blocks, and dense eager vs compiled")
+    co.add_argument("--model", default="wan1.3b-480p", choices=sorted(E2E_MODELS))
+    co.add_argument("--methods", default="radial,draft,draft-r2,semantic-b64")
+    co.add_argument("--layers", type=int, default=None, help="blocks to build (default: the full model)")
+    co.add_argument("--steps", type=int, default=4)
+    co.add_argument("--warmup", type=int, default=2, help="first steps not counted in step_s (compilation)")
+    co.add_argument("--backend", default="auto")
+    co.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager on a CPU test)")
+    co.add_argument("--out", default=None)
+    co.set_defaults(func=bench_compile)
     return p
 
 

@@ -136,7 +136,9 @@ class SparseAttentionCore:
         dense_layer = self._in_dense_layers()
         decision = state.decide(self.layer, static, dense_layer=dense_layer)
         cache_key = None
-        if decision not in (DENSE, STATIC) and (not torch.compiler.is_compiling() or state.layer_cache_needed()):
+        if decision not in (DENSE, STATIC) and (
+            not torch.compiler.is_compiling() or state.layer_cache_needed(compiling=True)
+        ):
             # Read the branch only for dynamic patterns: a compiled dense or static block then does not guard on it;
             # neither does a compiled dynamic one that keeps nothing per layer (draft with refresh_every=1): it plans
             # fresh on every call, as it does eagerly, where its entry is only the layout kept for a checkpointed

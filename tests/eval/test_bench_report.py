@@ -206,3 +206,20 @@ def test_bench_step_tiny_writes_ratios_and_the_presets_end_to_end(tmp_path):
     data["_path"] = str(out)
     table = report.step_table([data])
     assert "| draft-r2 |" in table and "draft (draft-r2)" in table
+
+
+def test_bench_compile_tiny_counts_graphs(tmp_path):
+    out = tmp_path / "compile.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dit_sparse.eval.bench", "compile", "--model", "tiny", "--methods", "draft-r2",
+         "--steps", "3", "--warmup", "1", "--compile-backend", "eager", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["results"]
+    for name in ("dense-eager", "dense-compiled", "draft-r2-eager", "draft-r2-compiled"):
+        assert "error" not in rows[name], rows[name]
+        assert rows[name]["step_s"] > 0
+    # One graph shared by the repeated blocks, over 3 steps x 2 CFG branches: no recompilation, no graph break.
+    assert rows["draft-r2-compiled"]["graphs"] == 1 and rows["draft-r2-compiled"]["graph_breaks"] == 0
+    assert rows["draft-r2-eager"]["graphs"] == 0

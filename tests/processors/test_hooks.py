@@ -119,3 +119,26 @@ def test_compile_repeated_blocks_fullgraph_radial():
     assert counter.frame_count == 1  # one graph shared by both blocks: no guard on the block's layer index
     for got, want in zip(outs, _eager_reference(config)):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_compile_draft_with_refresh_every_plans_every_call_without_recompiles():
+    """The Wan and HunyuanVideo presets plan draft every other step (refresh_every=2). A layout kept for a later
+    step is Python state a compiled graph would guard on (it recompiled until the limit, then failed under
+    fullgraph); compiled, such a pattern plans on every call instead, so the output is refresh_every=1's."""
+    import dataclasses
+
+    import torch._dynamo
+    import torch._dynamo.testing
+
+    config = dataclasses.replace(SPARSE_COMPILE_CONFIGS["draft"], refresh_every=2)
+    model = tiny_wan(num_layers=2)
+    ds.apply_sparse_attention(model, config)
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("eager")
+    model.compile_repeated_blocks(fullgraph=True, backend=counter)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        outs = [o[0] for o in _compile_run(model, model)]
+    assert counter.frame_count == 1
+    assert not get_state(model).caches  # nothing kept between steps inside the graph
+    for got, want in zip(outs, _eager_reference(SPARSE_COMPILE_CONFIGS["draft"])):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
