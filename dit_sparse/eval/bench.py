@@ -241,7 +241,23 @@ E2E_MODELS = {
     "hunyuan-720p": dict(
         family="hunyuan_video", latent=(16, 33, 90, 160), text=(256, 4096), config=dict(), flow_shift=7.0,
     ),
-    # CPU-sized smoke configuration (tests and `--model tiny`).
+    # Image transformers (issue #15): one frame of 2x2-packed latents, an H x W image is an (H/16) x (W/16) grid.
+    # FLUX.1-dev: 19 dual- + 38 single-stream blocks, 24 heads x 128, guidance embedded (no CFG pass).
+    "flux-2048": dict(family="flux", grid=(128, 128), text=(512, 4096), pooled=768,
+                      config=dict(guidance_embeds=True), full_depth=57),
+    "flux-4096": dict(family="flux", grid=(256, 256), text=(512, 4096), pooled=768,
+                      config=dict(guidance_embeds=True), full_depth=57),
+    # Qwen-Image: 60 blocks, 24 heads x 128, true classifier-free guidance (two calls per step).
+    "qwen-image-2048": dict(family="qwen_image", grid=(128, 128), text=(256, 3584), config=dict(), full_depth=60),
+    "qwen-image-4096": dict(family="qwen_image", grid=(256, 256), text=(256, 3584), config=dict(), full_depth=60),
+    # CPU-sized smoke configurations (tests and `--model tiny`).
+    "flux-tiny": dict(family="flux", grid=(8, 16), text=(7, 32), pooled=32, full_depth=3,
+                      config=dict(in_channels=16, num_layers=1, num_single_layers=2, attention_head_dim=64,
+                                  num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                                  guidance_embeds=True, axes_dims_rope=(16, 24, 24))),
+    "qwen-image-tiny": dict(family="qwen_image", grid=(8, 16), text=(7, 32), full_depth=2,
+                            config=dict(in_channels=16, out_channels=4, num_layers=2, attention_head_dim=64,
+                                        num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(16, 24, 24))),
     "tiny": dict(
         family="wan", latent=(4, 5, 16, 16), text=(8, 32),
         config=dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=64, in_channels=4,
@@ -252,10 +268,11 @@ E2E_MODELS = {
 
 
 def _build_transformer(spec, device, dtype):
-    if spec["family"] == "wan":
-        from diffusers import WanTransformer3DModel as cls
-    else:
-        from diffusers import HunyuanVideoTransformer3DModel as cls
+    import diffusers
+
+    cls = getattr(diffusers, {"wan": "WanTransformer3DModel", "hunyuan_video": "HunyuanVideoTransformer3DModel",
+                              "flux": "FluxTransformer2DModel", "qwen_image": "QwenImageTransformer2DModel"}[
+                                  spec["family"]])
     torch.manual_seed(0)
     with torch.device(device):
         model = cls(**spec["config"])
@@ -558,11 +575,12 @@ class FixedRandomPattern:
 
 
 def _depth(spec, layers: Optional[int]) -> dict:
-    """The model config with ``layers`` blocks (HunyuanVideo: dual- and single-stream blocks in its 1:2 ratio)."""
+    """The model config with ``layers`` blocks (HunyuanVideo, FLUX: dual- and single-stream blocks in their 1:2
+    ratio)."""
     config = dict(spec["config"])
     if not layers:
         return config
-    if spec["family"] == "wan":
+    if spec["family"] in ("wan", "qwen_image"):
         config["num_layers"] = layers
     else:
         config["num_layers"] = max(1, layers // 3)
@@ -571,9 +589,44 @@ def _depth(spec, layers: Optional[int]) -> dict:
 
 
 def _full_depth(spec) -> int:
+    if "full_depth" in spec:
+        return spec["full_depth"]
     if spec["family"] == "wan":
         return spec["config"]["num_layers"]
     return 20 + 40  # HunyuanVideo 13B: 20 dual-stream + 40 single-stream blocks
+
+
+def _step_inputs(spec, device, dtype):
+    """Per transformer call of one denoising step, its branch name and keyword inputs (all but ``timestep``), and
+    how a scheduler timestep in [0, 1000] becomes the model's ``timestep``."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).to(device, dtype)
+
+    n_text, d_text = spec["text"]
+    family = spec["family"]
+    if family in ("wan", "hunyuan_video"):
+        latents = rand(1, *spec["latent"])
+        extra = _extra_inputs(spec, g, device, dtype)
+        names = ["cond"] if family == "hunyuan_video" else ["cond", "uncond"]
+        calls = [(name, dict(hidden_states=latents, encoder_hidden_states=rand(1, n_text, d_text), **extra))
+                 for name in names]
+        return calls, lambda t: t
+    gh, gw = spec["grid"]
+    latents = rand(1, gh * gw, 64 if "in_channels" not in spec["config"] else spec["config"]["in_channels"])
+    if family == "flux":
+        ids = torch.zeros(gh, gw, 3)
+        ids[..., 1], ids[..., 2] = torch.arange(gh)[:, None], torch.arange(gw)[None, :]
+        inputs = dict(hidden_states=latents, encoder_hidden_states=rand(1, n_text, d_text),
+                      pooled_projections=rand(1, spec["pooled"]), img_ids=ids.view(-1, 3).to(device),
+                      txt_ids=torch.zeros(n_text, 3, device=device),
+                      guidance=torch.full((1,), 3.5, device=device))
+        return [("cond", inputs)], lambda t: t / 1000.0
+    calls = [(name, dict(hidden_states=latents, encoder_hidden_states=rand(1, n_text, d_text),
+                         encoder_hidden_states_mask=torch.ones(1, n_text, device=device, dtype=torch.long),
+                         img_shapes=[[(1, gh, gw)]])) for name in ("cond", "uncond")]
+    return calls, lambda t: t / 1000.0
 
 
 def _layout_bytes(state) -> int:
@@ -585,6 +638,14 @@ def _layout_bytes(state) -> int:
                 t for t in getattr(value, "__dict__", {}).values() if isinstance(t, torch.Tensor)]
             total += sum(t.numel() * t.element_size() for t in tensors)
     return total
+
+
+def _family_presets(family: str) -> dict:
+    """The presets' per-method options of a model family (`dit_sparse.pipelines.presets`)."""
+    from dit_sparse.pipelines import presets
+
+    return {"wan": presets.WAN_SPARSE, "hunyuan_video": presets.HUNYUAN_SPARSE, "flux": presets.FLUX_SPARSE,
+            "qwen_image": presets.QWEN_IMAGE_SPARSE}[family]
 
 
 # The methods of the step benchmark: label -> (method, options). Semantic's top_p is the one that gives a density
@@ -602,6 +663,7 @@ STEP_METHODS = {
     "semantic-b64": ("semantic", {"top_p": 0.3, "block_size": 64}),
     "semantic-b64-r2": ("semantic", {"top_p": 0.3, "block_size": 64, "refresh_every": 2}),
     "fixed-0.25": ("fixed", {"density": 0.25}),
+    "tile": ("tile", {}),
 }
 
 
@@ -612,7 +674,6 @@ def bench_step(args) -> dict:
 
     import dit_sparse as ds
     from dit_sparse.api import get_state
-    from dit_sparse.pipelines.presets import HUNYUAN_SPARSE, WAN_SPARSE
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -620,23 +681,17 @@ def bench_step(args) -> dict:
     spec["config"] = _depth(spec, args.layers)
     model = _build_transformer(spec, device, dtype)
     depth = model.config.num_layers + getattr(model.config, "num_single_layers", 0)
-    c, f, h, w = spec["latent"]
-    g = torch.Generator(device="cpu").manual_seed(0)
-    latents = torch.randn(1, c, f, h, w, generator=g).to(device, dtype)
-    n_text, d_text = spec["text"]
-    texts = {"cond": torch.randn(1, n_text, d_text, generator=g).to(device, dtype),
-             "uncond": torch.randn(1, n_text, d_text, generator=g).to(device, dtype)}
-    extra = _extra_inputs(spec, g, device, dtype)
-    branches = ["cond"] if spec["family"] == "hunyuan_video" else ["cond", "uncond"]
+    calls, to_model_time = _step_inputs(spec, device, dtype)
+    branches = [name for name, _ in calls]
     clock = {"t": 999.0}
 
     def step():
         clock["t"] -= 7.0  # a new timestep per step, as in a denoising loop
-        tt = torch.full((1,), clock["t"], device=device)
+        tt = torch.full((1,), to_model_time(clock["t"]), device=device)
         with torch.no_grad():
-            for name in branches:
+            for name, inputs in calls:
                 with model.cache_context(name):
-                    model(latents, tt, texts[name], return_dict=False, **extra)
+                    model(timestep=tt, return_dict=False, **inputs)
 
     def timed(n_warm: int, n_timed: int) -> dict:
         for _ in range(n_warm):
@@ -683,8 +738,11 @@ def bench_step(args) -> dict:
             # The yardstick runs on FA4 where the layout allows it (auto picks it first on Hopper).
             backend = args.backend
             name = "radial" if method == "fixed" else method
+            # The preset's pattern options (radial's decay on image models, tile's window), then the row's.
+            preset = {key: v for key, v in _family_presets(spec["family"]).get(name, {}).items()
+                      if key not in ("dense_steps", "dense_layers", "refresh_every", "min_sparse_tokens")}
             cfg = ds.make_config(name, dense_steps=0, dense_layers=0, backend=backend, min_sparse_tokens=0,
-                                 **({} if method == "fixed" else opts))
+                                 **({} if method == "fixed" else {**preset, **opts}))
             ds.apply_sparse_attention(model, cfg)
             if cfg.refresh_every > 1:
                 ds.set_num_inference_steps(model, 1000)
@@ -714,10 +772,10 @@ def bench_step(args) -> dict:
 
     # End to end at each preset's schedule: a fraction f of the work is dense (dense steps, and dense layers of the
     # sparse steps); the rest runs at the measured per-step ratio r.
-    presets = WAN_SPARSE if spec["family"] == "wan" else HUNYUAN_SPARSE
+    presets = _family_presets(spec["family"])
     full = _full_depth(E2E_MODELS[args.model])
     implied = {}
-    for label in ("radial", "draft", "semantic"):
+    for label in ("radial", "draft", "semantic", "tile"):
         r = rows.get(label, {}).get("ratio_vs_dense")
         if r is None or label not in presets:
             continue
@@ -728,7 +786,9 @@ def bench_step(args) -> dict:
     payload = {
         "benchmark": "step", "command": "python -m dit_sparse.eval.bench " + " ".join(sys.argv[1:]),
         "commit": git_commit(), "date": _dt.datetime.utcnow().isoformat(timespec="seconds"),
-        "model": args.model, "latent_shape": list(spec["latent"]), "cfg_calls_per_step": len(branches),
+        "model": args.model, "family": spec["family"],
+        "latent_shape": list(spec["latent"]) if "latent" in spec else None,
+        "token_grid": list(spec["grid"]) if "grid" in spec else None, "cfg_calls_per_step": len(branches),
         "layers_timed": depth, "layers_full_model": full,
         "note": ("random weights; every layer and step sparse; ratio = dense step / sparse step in this process. "
                  + ("" if depth == full else f"Depth cut to {depth} of {full} identical blocks to save device time: "
@@ -757,26 +817,19 @@ def bench_compile(args) -> dict:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     spec = dict(E2E_MODELS[args.model])
     spec["config"] = _depth(spec, args.layers)
-    c, f, h, w = spec["latent"]
-    g = torch.Generator(device="cpu").manual_seed(0)
-    latents = torch.randn(1, c, f, h, w, generator=g).to(device, dtype)
-    n_text, d_text = spec["text"]
-    texts = {"cond": torch.randn(1, n_text, d_text, generator=g).to(device, dtype),
-             "uncond": torch.randn(1, n_text, d_text, generator=g).to(device, dtype)}
-    extra = _extra_inputs(spec, g, device, dtype)
-    branches = ["cond"] if spec["family"] == "hunyuan_video" else ["cond", "uncond"]
+    calls, to_model_time = _step_inputs(spec, device, dtype)
 
     def run_steps(model, steps: int) -> List[float]:
         times = []
         for i in range(steps):
-            tt = torch.full((1,), 999.0 - 7.0 * i, device=device)
+            tt = torch.full((1,), to_model_time(999.0 - 7.0 * i), device=device)
             if device == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
             with torch.no_grad():
-                for name in branches:
+                for name, inputs in calls:
                     with model.cache_context(name, step_index=i, num_inference_steps=steps):
-                        model(latents, tt, texts[name], return_dict=False, **extra)
+                        model(timestep=tt, return_dict=False, **inputs)
             if device == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
@@ -791,8 +844,10 @@ def bench_compile(args) -> dict:
                 model = _build_transformer(spec, device, dtype)
                 if label != "dense":
                     method, opts = STEP_METHODS[label]
+                    preset = {key: v for key, v in _family_presets(spec["family"]).get(method, {}).items()
+                              if key not in ("dense_steps", "dense_layers", "refresh_every", "min_sparse_tokens")}
                     cfg = ds.make_config(method, dense_steps=0, dense_layers=0, backend=args.backend,
-                                         min_sparse_tokens=0, **opts)
+                                         min_sparse_tokens=0, **{**preset, **opts})
                     ds.apply_sparse_attention(model, cfg)
                     entry["config"] = cfg.to_dict()
                 torch._dynamo.reset()

@@ -125,7 +125,8 @@ def pattern_table(results: List[dict]) -> str:
 
 # The step benchmark's rows that run what the presets run (draft plans every other step, semantic's default blocks are
 # 64 tokens); the end-to-end estimate uses these.
-PRESET_ROWS = {"radial": ("radial",), "draft": ("draft-r2", "draft"), "semantic": ("semantic-b64", "semantic")}
+PRESET_ROWS = {"radial": ("radial",), "draft": ("draft-r2", "draft"), "semantic": ("semantic-b64", "semantic"),
+               "tile": ("tile",)}
 STEP_ROW_NOTES = {
     "dense": "Diffusers' default attention", "dense-cudnn": "Diffusers `_native_cudnn` backend",
     "fa4-full": "FA4, every block listed", "fixed-0.25": "yardstick: fixed random layout 0.25",
@@ -134,7 +135,8 @@ STEP_ROW_NOTES = {
     "semantic-b64": "variable blocks <= 64 (default)", "semantic-b64-r2": "blocks <= 64, refresh_every=2",
     "semantic-fixed": "fixed blocks", "semantic-fixed-r2": "fixed blocks, refresh_every=2",
     "semantic-r2": "blocks <= 128, refresh_every=2",
-    "radial": "static, default decay", "semantic-k64": "blocks <= 128, 64 clusters",
+    "radial": "static, default decay", "tile": "tile neighbourhood (preset window)",
+    "semantic-k64": "blocks <= 128, 64 clusters",
     "semantic-k128": "blocks <= 128, 128 clusters", "semantic-k64-r2": "blocks <= 128, 64 clusters, refresh 2",
 }
 
@@ -142,7 +144,7 @@ STEP_ROW_NOTES = {
 def step_table(results: List[dict]) -> str:
     """Per model, every row of every step-benchmark JSON (newest file wins for a row label), each ratio against the
     dense step measured in its own run; then the end-to-end speedup the presets' schedules imply."""
-    from ..pipelines.presets import HUNYUAN_SPARSE, WAN_SPARSE
+    from .bench import _family_presets
 
     by_model: Dict[str, Dict[str, tuple]] = {}
     for r in results:
@@ -171,7 +173,8 @@ def step_table(results: List[dict]) -> str:
             lines.append(f"| {label} | {STEP_ROW_NOTES.get(label, '')} | {e.get('backend', '—') or '—'} | "
                          f"{_fmt(e.get('mean_density'))} | {e['step_s']:.3f} | {_fmt(ratio)} | {_fmt(vs_yard)} | "
                          f"{peak} | `{os.path.basename(r['_path'])}` |")
-        presets = HUNYUAN_SPARSE if model.startswith("hunyuan") else WAN_SPARSE
+        family = any_run.get("family") or ("hunyuan_video" if model.startswith("hunyuan") else "wan")
+        presets = _family_presets(family)
         full = any_run["layers_full_model"]
         cells = []
         for method, labels in PRESET_ROWS.items():
@@ -179,6 +182,8 @@ def step_table(results: List[dict]) -> str:
             if label is None:
                 continue
             r_step = rows[label][0]["ratio_vs_dense"]
+            if method not in presets:
+                continue
             opts = presets[method]
             f = opts["dense_steps"] + (1 - opts["dense_steps"]) * opts["dense_layers"] / full
             stale = " — semantic planning before the fix" if "before-planning-fix" in rows[label][1]["_path"] and (

@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from dit_sparse.eval import report
 
 
@@ -223,3 +225,22 @@ def test_bench_compile_tiny_counts_graphs(tmp_path):
     # One graph shared by the repeated blocks, over 3 steps x 2 CFG branches: no recompilation, no graph break.
     assert rows["draft-r2-compiled"]["graphs"] == 1 and rows["draft-r2-compiled"]["graph_breaks"] == 0
     assert rows["draft-r2-eager"]["graphs"] == 0
+
+
+@pytest.mark.parametrize("model", ["flux-tiny", "qwen-image-tiny"])
+def test_bench_step_runs_image_transformers(tmp_path, model):
+    out = tmp_path / "step.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dit_sparse.eval.bench", "step", "--model", model, "--methods", "radial,tile",
+         "--dense-variants", "none", "--reps", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["token_grid"] == [8, 16] and data["cfg_calls_per_step"] == (2 if model.startswith("qwen") else 1)
+    for label in ("radial", "tile"):
+        assert "error" not in data["results"][label], data["results"][label]
+        assert data["results"][label]["mean_density"] is not None  # the calls went through our sparse path
+    assert set(data["e2e_implied"]) == {"radial", "tile"}
+    data["_path"] = str(out)
+    assert "tile (tile)" in report.step_table([data])
