@@ -16,3 +16,6 @@ for m in flux-2048 flux-4096; do
   timeout 150 python3 -m dit_sparse.eval.bench step --model $m --layers 6 --dense-variants none \
     --methods radial,tile,draft,fixed-0.25 --out $OUT/step-$m.json 2>&1 | grep -E "^flux|Error" | cut -c1-300
 done
+# 4. Where sparse starts to pay, per method (issue #14: replaces the borrowed 12,288-token threshold).
+timeout 120 python3 -m dit_sparse.eval.bench crossover --methods radial,draft,semantic \
+  --out $OUT/crossover-wan-frame.json 2>&1 | grep -E "^crossover|Error" | cut -c1-300

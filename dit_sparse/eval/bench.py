@@ -551,6 +551,64 @@ def bench_layer(args) -> dict:
     return payload
 
 
+# ---------------------------------------------------------------------------------------------------------- crossover
+def bench_crossover(args) -> dict:
+    """Where block sparsity starts to pay: one self-attention call (pattern planning + kernel, each method at its
+    config's defaults) against dense SDPA, over growing videos (``--frame`` tokens per frame, more frames); per
+    method the fewest tokens at which the sparse call is faster, the number ``min_sparse_tokens`` should be."""
+    import torch.nn.functional as F
+
+    import dit_sparse as ds
+    from dit_sparse.geometry import VideoGeometry
+    from dit_sparse.kernels import block_sparse_attention
+    from dit_sparse.patterns import make_pattern
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    fh, fw = (int(x) for x in args.frame.lower().split("x"))
+    rows: Dict[str, dict] = {}
+    for frames in (int(x) for x in args.frames.split(",")):
+        geometry = VideoGeometry(frames, fh, fw, "wan")
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(1, geometry.num_tokens, args.heads, args.head_dim, device=device,
+                               dtype=dtype).transpose(1, 2) for _ in range(3))
+        entry: Dict[str, dict] = {"dense_sdpa": {"ms": time_cuda(
+            lambda: F.scaled_dot_product_attention(q, k, v), reps=args.reps)["median_ms"]}}
+        for method in args.methods.split(","):
+            try:
+                cfg = ds.make_config(method, dense_steps=0, dense_layers=0, backend=args.backend)
+                pattern = make_pattern(cfg)
+                cache: dict = {}
+                layout = pattern.plan(q, k, geometry, cache)  # cold start and tilings outside the timing
+
+                def call():
+                    # A static pattern's layout is built once per geometry in a run; a dynamic one plans every call.
+                    lay = layout if pattern.static else pattern.plan(q, k, geometry, cache)
+                    return block_sparse_attention(q, k, v, lay, backend=args.backend)
+
+                ms = time_cuda(call, reps=args.reps)["median_ms"]
+                entry[method] = {"ms": ms, "speedup_vs_dense": entry["dense_sdpa"]["ms"] / ms,
+                                 "density": float(layout.density())}
+            except Exception as err:
+                entry[method] = {"error": repr(err)[:300]}
+        rows[str(geometry.num_tokens)] = entry
+        print(args.frame, frames, geometry.num_tokens, entry, flush=True)
+        q = k = v = None
+    crossover = {}
+    for method in args.methods.split(","):
+        faster = [int(n) for n, e in rows.items() if e.get(method, {}).get("speedup_vs_dense", 0) > 1.0]
+        slower = [int(n) for n, e in rows.items() if 0 < e.get(method, {}).get("speedup_vs_dense", 0) <= 1.0]
+        # The smallest size from which every larger measured size is faster.
+        crossover[method] = min((n for n in faster if all(s < n for s in slower)), default=None)
+    payload = {"benchmark": "crossover", "command": "python -m dit_sparse.eval.bench " + " ".join(sys.argv[1:]),
+               "commit": git_commit(), "date": _dt.datetime.utcnow().isoformat(timespec="seconds"),
+               "frame": args.frame, "heads": args.heads, "head_dim": args.head_dim, "backend": args.backend,
+               "results": rows, "crossover_tokens": crossover}
+    path = write_result("crossover", payload, args.out)
+    print("crossover", crossover, "wrote", path)
+    return payload
+
+
 # ---------------------------------------------------------------------------------------------------------- step
 class FixedRandomPattern:
     """The yardstick of the step benchmark: a static random layout (fixed blocks, diagonal kept) of one density,
@@ -949,6 +1007,16 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager on a CPU test)")
     co.add_argument("--out", default=None)
     co.set_defaults(func=bench_compile)
+    cr = sub.add_parser("crossover", help="the video size from which each method's sparse call beats dense SDPA")
+    cr.add_argument("--frame", default="30x52", help="tokens per frame, height x width (Wan 480p: 30x52)")
+    cr.add_argument("--frames", default="1,2,3,5,8,13,21")
+    cr.add_argument("--heads", type=int, default=12)
+    cr.add_argument("--head-dim", type=int, default=128)
+    cr.add_argument("--methods", default="radial,draft,semantic")
+    cr.add_argument("--backend", default="auto")
+    cr.add_argument("--reps", type=int, default=7)
+    cr.add_argument("--out", default=None)
+    cr.set_defaults(func=bench_crossover)
     return p
 
 

@@ -244,3 +244,20 @@ def test_bench_step_runs_image_transformers(tmp_path, model):
     assert set(data["e2e_implied"]) == {"radial", "tile"}
     data["_path"] = str(out)
     assert "tile (tile)" in report.step_table([data])
+
+
+def test_bench_crossover_reports_the_smallest_faster_size(tmp_path):
+    out = tmp_path / "crossover.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dit_sparse.eval.bench", "crossover", "--frame", "8x16", "--frames", "1,2",
+         "--heads", "2", "--head-dim", "64", "--methods", "radial,draft", "--reps", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert sorted(data["results"], key=int) == ["128", "256"]
+    for entry in data["results"].values():
+        assert entry["dense_sdpa"]["ms"] > 0 and "error" not in entry["radial"] and "error" not in entry["draft"]
+    for method, n in data["crossover_tokens"].items():  # None (never faster here) or a measured size
+        faster = {int(k) for k, e in data["results"].items() if e[method]["speedup_vs_dense"] > 1.0}
+        assert n is None or n in faster
