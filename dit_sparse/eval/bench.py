@@ -706,6 +706,13 @@ def _family_presets(family: str) -> dict:
             "qwen_image": presets.QWEN_IMAGE_SPARSE}[family]
 
 
+def _preset_pattern_options(family: str, method: str) -> dict:
+    """A preset's options of ``method`` that shape the pattern (decay, window, density, ...), without the schedule:
+    the benchmarks time every layer and step sparse, planning on every step unless a row says otherwise."""
+    schedule = ("dense_steps", "dense_layers", "refresh_every", "min_sparse_tokens")
+    return {key: v for key, v in _family_presets(family).get(method, {}).items() if key not in schedule}
+
+
 # The methods of the step benchmark: label -> (method, options). Semantic's top_p is the one that gives a density
 # near 0.25 on random weights (the issue's comparison point); every other option is the config's default.
 STEP_METHODS = {
@@ -797,8 +804,7 @@ def bench_step(args) -> dict:
             backend = args.backend
             name = "radial" if method == "fixed" else method
             # The preset's pattern options (radial's decay on image models, tile's window), then the row's.
-            preset = {key: v for key, v in _family_presets(spec["family"]).get(name, {}).items()
-                      if key not in ("dense_steps", "dense_layers", "refresh_every", "min_sparse_tokens")}
+            preset = _preset_pattern_options(spec["family"], name)
             cfg = ds.make_config(name, dense_steps=0, dense_layers=0, backend=backend, min_sparse_tokens=0,
                                  **({} if method == "fixed" else {**preset, **opts}))
             ds.apply_sparse_attention(model, cfg)
@@ -902,8 +908,7 @@ def bench_compile(args) -> dict:
                 model = _build_transformer(spec, device, dtype)
                 if label != "dense":
                     method, opts = STEP_METHODS[label]
-                    preset = {key: v for key, v in _family_presets(spec["family"]).get(method, {}).items()
-                              if key not in ("dense_steps", "dense_layers", "refresh_every", "min_sparse_tokens")}
+                    preset = _preset_pattern_options(spec["family"], method)
                     cfg = ds.make_config(method, dense_steps=0, dense_layers=0, backend=args.backend,
                                          min_sparse_tokens=0, **{**preset, **opts})
                     ds.apply_sparse_attention(model, cfg)
