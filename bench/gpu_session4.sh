@@ -1,5 +1,8 @@
 # Next device session, one call after the wheels are staged (see bench/gpu_session3.sh for the staging calls):
 #   source .gpu/p2/install.sh finish && DIT_SPARSE_COMMIT=<sha> bash bench/gpu_session4.sh
+# The working tree plus one FA4 wheel part must stay under 64 MiB: move dit_sparse/pipelines/{tiny,small}_model out of
+# the tree for the staging calls and this one, and put them back before any `git add` (a commit made while they are
+# out deletes them).
 # 1. Refresh the per-step rows measured before the planning fix and show the disk caches (first_step_s of a second
 #    process); 2. the compile benchmark; 3. the image transformers (issue #15), shortened depth.
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
@@ -10,6 +13,8 @@ for run in first second; do
 done
 timeout 150 python3 -m dit_sparse.eval.bench step --model wan14b-720p --layers 10 --dense-variants none \
   --methods $M --out $OUT/step-wan14b-720p.json 2>&1 | grep -E "^wan|Error" | cut -c1-300
+timeout 200 python3 -m dit_sparse.eval.bench step --model hunyuan-720p --layers 15 --dense-variants none \
+  --methods $M --out $OUT/step-hunyuan-720p.json 2>&1 | grep -E "^hunyuan|Error" | cut -c1-300
 timeout 150 python3 -m dit_sparse.eval.bench compile --model wan1.3b-480p --layers 10 \
   --methods radial,draft,draft-r2 --out $OUT/compile-wan1.3b-480p.json 2>&1 | grep -E "^wan|Error" | cut -c1-300
 for m in flux-2048 flux-4096; do
