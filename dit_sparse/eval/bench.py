@@ -713,6 +713,29 @@ def _preset_pattern_options(family: str, method: str) -> dict:
     return {key: v for key, v in _family_presets(family).get(method, {}).items() if key not in schedule}
 
 
+# The step benchmark's rows that run what the presets run (draft plans every other step, semantic's default blocks are
+# 64 tokens), best first; the end-to-end estimate uses the first one measured.
+PRESET_ROWS = {"radial": ("radial",), "draft": ("draft-r2", "draft"), "semantic": ("semantic-b64", "semantic"),
+               "tile": ("tile",)}
+
+
+def implied_e2e(family: str, full_depth: int, ratios: Dict[str, float]) -> Dict[str, dict]:
+    """End to end at each preset's schedule from per-step ratios (every layer sparse): a fraction f of the work is
+    dense (the dense steps, and the dense layers of the sparse steps), the rest runs at the step ratio r, so the run
+    is ``1 / (f + (1 - f) / r)`` times faster. ``ratios``: step row label -> ratio vs dense."""
+    presets = _family_presets(family)
+    out = {}
+    for method, labels in PRESET_ROWS.items():
+        label = next((x for x in labels if x in ratios), None)
+        if label is None or method not in presets:
+            continue
+        steps = float(presets[method].get("dense_steps", 0.0))
+        f = steps + (1 - steps) * presets[method].get("dense_layers", 0) / full_depth
+        r = ratios[label]
+        out[method] = {"row": label, "dense_fraction": f, "per_step_ratio": r, "e2e_implied": 1.0 / (f + (1 - f) / r)}
+    return out
+
+
 # The methods of the step benchmark: label -> (method, options). Semantic's top_p is the one that gives a density
 # near 0.25 on random weights (the issue's comparison point); every other option is the config's default.
 STEP_METHODS = {
@@ -834,19 +857,9 @@ def bench_step(args) -> dict:
         rows[label] = entry
         print(args.model, label, {k: v for k, v in entry.items() if k != "config"}, flush=True)
 
-    # End to end at each preset's schedule: a fraction f of the work is dense (dense steps, and dense layers of the
-    # sparse steps); the rest runs at the measured per-step ratio r.
-    presets = _family_presets(spec["family"])
     full = _full_depth(E2E_MODELS[args.model])
-    implied = {}
-    for label in ("radial", "draft", "semantic", "tile"):
-        r = rows.get(label, {}).get("ratio_vs_dense")
-        if r is None or label not in presets:
-            continue
-        ds_frac = float(presets[label].get("dense_steps", 0.0))
-        dense_frac = ds_frac + (1 - ds_frac) * presets[label].get("dense_layers", 0) / full
-        implied[label] = {"dense_fraction": dense_frac, "per_step_ratio": r,
-                          "e2e_implied": 1.0 / (dense_frac + (1 - dense_frac) / r)}
+    implied = implied_e2e(spec["family"], full,
+                          {label: e["ratio_vs_dense"] for label, e in rows.items() if "ratio_vs_dense" in e})
     payload = {
         "benchmark": "step", "command": "python -m dit_sparse.eval.bench " + " ".join(sys.argv[1:]),
         "commit": git_commit(), "date": _dt.datetime.utcnow().isoformat(timespec="seconds"),

@@ -123,10 +123,6 @@ def pattern_table(results: List[dict]) -> str:
     return "\n".join(lines) if lines else "_no pattern results yet_"
 
 
-# The step benchmark's rows that run what the presets run (draft plans every other step, semantic's default blocks are
-# 64 tokens); the end-to-end estimate uses these.
-PRESET_ROWS = {"radial": ("radial",), "draft": ("draft-r2", "draft"), "semantic": ("semantic-b64", "semantic"),
-               "tile": ("tile",)}
 STEP_ROW_NOTES = {
     "dense": "Diffusers' default attention", "dense-cudnn": "Diffusers `_native_cudnn` backend",
     "fa4-full": "FA4, every block listed", "fixed-0.25": "yardstick: fixed random layout 0.25",
@@ -144,7 +140,7 @@ STEP_ROW_NOTES = {
 def step_table(results: List[dict]) -> str:
     """Per model, every row of every step-benchmark JSON (newest file wins for a row label), each ratio against the
     dense step measured in its own run; then the end-to-end speedup the presets' schedules imply."""
-    from .bench import _family_presets
+    from .bench import implied_e2e
 
     by_model: Dict[str, Dict[str, tuple]] = {}
     for r in results:
@@ -174,21 +170,13 @@ def step_table(results: List[dict]) -> str:
                          f"{_fmt(e.get('mean_density'))} | {e['step_s']:.3f} | {_fmt(ratio)} | {_fmt(vs_yard)} | "
                          f"{peak} | `{os.path.basename(r['_path'])}` |")
         family = any_run.get("family") or ("hunyuan_video" if model.startswith("hunyuan") else "wan")
-        presets = _family_presets(family)
-        full = any_run["layers_full_model"]
+        ratios = {label: e["ratio_vs_dense"] for label, (e, _) in rows.items() if "ratio_vs_dense" in e}
         cells = []
-        for method, labels in PRESET_ROWS.items():
-            label = next((x for x in labels if x in rows), None)
-            if label is None:
-                continue
-            r_step = rows[label][0]["ratio_vs_dense"]
-            if method not in presets:
-                continue
-            opts = presets[method]
-            f = opts["dense_steps"] + (1 - opts["dense_steps"]) * opts["dense_layers"] / full
-            stale = " — semantic planning before the fix" if "before-planning-fix" in rows[label][1]["_path"] and (
-                method == "semantic") else ""
-            cells.append(f"{method} ({label}{stale}) {1 / (f + (1 - f) / r_step):.2f}× (dense fraction {f:.3f})")
+        for method, e in implied_e2e(family, any_run["layers_full_model"], ratios).items():
+            stale = " — semantic planning before the fix" if method == "semantic" and (
+                "before-planning-fix" in rows[e["row"]][1]["_path"]) else ""
+            cells.append(f"{method} ({e['row']}{stale}) {e['e2e_implied']:.2f}× (dense fraction "
+                         f"{e['dense_fraction']:.3f})")
         lines.append("\nEnd to end at the preset's schedule, 1 / (f + (1 − f) / r): " + "; ".join(cells) + ".\n")
     return "\n".join(lines) if lines else "_no step results yet_"
 
