@@ -292,25 +292,18 @@ def _extra_inputs(spec, g, device, dtype) -> dict:
 
 def _denoise(model, spec, timesteps, device, dtype, guidance: float, seed: int, cache_contexts: bool):
     """A CFG denoising loop with the scheduler's timesteps (Euler flow-matching update); returns final latents."""
-    c, f, h, w = spec["latent"]
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    latents = torch.randn(1, c, f, h, w, generator=g).to(device, dtype)
-    n_text, d_text = spec["text"]
-    cond = torch.randn(1, n_text, d_text, generator=g).to(device, dtype)
-    uncond = torch.randn(1, n_text, d_text, generator=g).to(device, dtype)
-    extra = _extra_inputs(spec, g, device, dtype)
+    import contextlib
+
+    calls, to_model_time = _step_inputs(spec, device, dtype, seed)
+    latents = calls[0][1]["hidden_states"]
     sigmas = list(timesteps / 1000.0) + [0.0]
     with torch.no_grad():
         for i, t in enumerate(timesteps):
-            tt = torch.full((1,), float(t), device=device)
+            tt = torch.full((1,), to_model_time(float(t)), device=device)
             outs = []
-            branches = [("cond", cond)] if spec["family"] == "hunyuan_video" else [("cond", cond), ("uncond", uncond)]
-            for name, text in branches:
-                if cache_contexts:
-                    with model.cache_context(name):
-                        outs.append(model(latents, tt, text, return_dict=False, **extra)[0])
-                else:
-                    outs.append(model(latents, tt, text, return_dict=False, **extra)[0])
+            for name, inputs in calls:
+                with model.cache_context(name) if cache_contexts else contextlib.nullcontext():
+                    outs.append(model(timestep=tt, return_dict=False, **dict(inputs, hidden_states=latents))[0])
             noise_pred = outs[0] if len(outs) == 1 else outs[1] + guidance * (outs[0] - outs[1])
             latents = latents + (sigmas[i + 1] - sigmas[i]) * noise_pred
     return latents.float()
@@ -654,10 +647,11 @@ def _full_depth(spec) -> int:
     return 20 + 40  # HunyuanVideo 13B: 20 dual-stream + 40 single-stream blocks
 
 
-def _step_inputs(spec, device, dtype):
-    """Per transformer call of one denoising step, its branch name and keyword inputs (all but ``timestep``), and
-    how a scheduler timestep in [0, 1000] becomes the model's ``timestep``."""
-    g = torch.Generator(device="cpu").manual_seed(0)
+def _step_inputs(spec, device, dtype, seed: int = 0):
+    """Per transformer call of one denoising step, its branch name and keyword inputs (all but ``timestep``; the
+    calls share one ``hidden_states`` tensor), and how a scheduler timestep in [0, 1000] becomes the model's
+    ``timestep``."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
 
     def rand(*shape):
         return torch.randn(*shape, generator=g).to(device, dtype)
