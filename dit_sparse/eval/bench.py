@@ -603,28 +603,6 @@ def bench_crossover(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------- step
-class FixedRandomPattern:
-    """The yardstick of the step benchmark: a static random layout (fixed blocks, diagonal kept) of one density,
-    built once per geometry, so its step time is the kernel's fixed-layout rate with no planning at all."""
-
-    name = "fixed-random"
-    static = True
-    layer_state = False
-
-    def __init__(self, config, density: float):
-        self.config, self.density, self._layouts = config, density, {}
-
-    def prepare(self, geometry, device, cache) -> None:
-        pass
-
-    def plan(self, q, k, geometry, cache):
-        key = (geometry.key, q.shape[0], q.shape[1], str(q.device))
-        if key not in self._layouts:
-            self._layouts[key] = random_layout(q.shape[0], q.shape[1], q.shape[2], self.density,
-                                               self.config.block_size, q.device)
-        return self._layouts[key]
-
-
 def _depth(spec, layers: Optional[int]) -> dict:
     """The model config with ``layers`` blocks (HunyuanVideo, FLUX: dual- and single-stream blocks in their 1:2
     ratio)."""
@@ -829,7 +807,10 @@ def bench_step(args) -> dict:
                 ds.set_num_inference_steps(model, 1000)
             state = get_state(model)
             if method == "fixed":
-                state.pattern = FixedRandomPattern(cfg, opts["density"])
+                from .quality import RandomLayoutPattern
+
+                # Drawn once per geometry and reused: the kernel's fixed-layout rate with no planning at all.
+                state.pattern = RandomLayoutPattern(cfg, opts["density"], reuse=True)
             first = time.perf_counter()
             step()
             if device == "cuda":
