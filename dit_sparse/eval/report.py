@@ -138,12 +138,13 @@ STEP_ROW_NOTES = {
 
 
 def step_table(results: List[dict]) -> str:
-    """Per model, every row of every step-benchmark JSON (newest file wins for a row label), each ratio against the
-    dense step measured in its own run; then the end-to-end speedup the presets' schedules imply."""
+    """Per model, every row of every step-benchmark JSON (the newest run by its recorded date wins for a row label: a
+    file's name need not sort in time order), each ratio against the dense step measured in its own run; then the
+    end-to-end speedup the presets' schedules imply."""
     from .bench import implied_e2e
 
     by_model: Dict[str, Dict[str, tuple]] = {}
-    for r in results:
+    for r in sorted(results, key=lambda r: r.get("date", "")):
         if r.get("benchmark") != "step":
             continue
         rows = by_model.setdefault(r["model"], {})
