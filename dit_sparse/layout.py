@@ -17,7 +17,7 @@ to the permuted sequence ``x.gather(2, perm)``, and the front door scatters the 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -55,6 +55,23 @@ def whole_blocks_first(group: torch.Tensor, block: int) -> torch.Tensor:
     run_len = torch.zeros_like(run_id).scatter_add_(-1, run_id, torch.ones_like(run_id)).gather(-1, run_id)
     remainder = rank >= run_len // block * block
     return torch.sort(remainder.to(torch.uint8), dim=-1, stable=True).indices
+
+
+def pack_block_mask(mask: torch.Tensor, kmax: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A bool block mask [B, H, Nq, Nk] as kv_indices int32 [B, H, Nq, kmax] (kept blocks in increasing order, padding
+    entries repeating the last valid index so they stay in range) and kv_counts int32 [B, H, Nq], with no host read.
+
+    ``kmax`` must not be below any row's count (a row would lose blocks); it is clamped to [1, Nk].
+    """
+    kmax = max(1, min(int(kmax), mask.shape[-1]))
+    counts = mask.sum(-1, dtype=torch.int32)
+    # Stable sort of (not kept, index) puts the kept blocks first in increasing order.
+    order = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
+    indices = order[..., :kmax]
+    pos = torch.arange(kmax, device=mask.device, dtype=torch.int32)
+    last = indices.gather(-1, (counts.clamp(min=1) - 1).long().unsqueeze(-1))
+    indices = torch.where(pos < counts.unsqueeze(-1), indices, last)
+    return indices.contiguous(), counts.contiguous()
 
 
 @dataclasses.dataclass
@@ -178,20 +195,12 @@ class BlockLayout:
                 f"mask has {nk} key blocks but seq_len_kv={seq_len_kv} with block_kv={block_kv} needs "
                 f"{cdiv(seq_len_kv, block_kv)}"
             )
-        counts = mask.sum(-1, dtype=torch.int32)
-        # Stable sort of (not kept, index) puts the kept blocks first in increasing order.
-        order = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
-        # Kmax is static for the kernels' shapes; one host read here is on the pattern's slow path, not per kernel.
         if kmax is None:
-            kmax = max(int(counts.max().item()) if counts.numel() else 0, 1)
-        else:
-            kmax = max(1, min(int(kmax), nk))
-        indices = order[..., :kmax].contiguous()
-        # Padding entries repeat the last valid index so they stay in range.
-        pos = torch.arange(kmax, device=mask.device, dtype=torch.int32)
-        last = indices.gather(-1, (counts.clamp(min=1) - 1).long().unsqueeze(-1))
-        indices = torch.where(pos < counts.unsqueeze(-1), indices, last)
-        return cls(indices.contiguous(), counts.contiguous(), block_q, block_kv, seq_len_q, seq_len_kv, **extra)
+            # Kmax is static for the kernels' shapes; one host read here is on the pattern's slow path, not per
+            # kernel.
+            kmax = max(int(mask.sum(-1).max().item()) if mask.numel() else 0, 1)
+        indices, counts = pack_block_mask(mask, kmax)
+        return cls(indices, counts, block_q, block_kv, seq_len_q, seq_len_kv, **extra)
 
     @classmethod
     def dense(

@@ -547,8 +547,9 @@ def bench_layer(args) -> dict:
 # ---------------------------------------------------------------------------------------------------------- crossover
 def bench_crossover(args) -> dict:
     """Where block sparsity starts to pay: one self-attention call (pattern planning + kernel, each method at its
-    config's defaults) against dense SDPA, over growing videos (``--frame`` tokens per frame, more frames); per
-    method the fewest tokens at which the sparse call is faster, the number ``min_sparse_tokens`` should be."""
+    config's defaults or a step-benchmark row's options) against dense SDPA, over growing videos (``--frame``
+    tokens per frame, more frames); per method the fewest tokens at which the sparse call is faster, the number
+    ``min_sparse_tokens`` should be."""
     import torch.nn.functional as F
 
     import dit_sparse as ds
@@ -569,7 +570,10 @@ def bench_crossover(args) -> dict:
             lambda: F.scaled_dot_product_attention(q, k, v), reps=args.reps)["median_ms"]}}
         for method in args.methods.split(","):
             try:
-                cfg = ds.make_config(method, dense_steps=0, dense_layers=0, backend=args.backend)
+                # A method name at its config's defaults, or a step-benchmark row (e.g. semantic-b64: top_p 0.3, a
+                # density near 0.25 on random q/k, where the default top_p keeps almost every block).
+                name, opts = STEP_METHODS.get(method, (method, {})) if method != "fixed-0.25" else (method, {})
+                cfg = ds.make_config(name, dense_steps=0, dense_layers=0, backend=args.backend, **opts)
                 pattern = make_pattern(cfg)
                 cache: dict = {}
                 layout = pattern.plan(q, k, geometry, cache)  # cold start and tilings outside the timing

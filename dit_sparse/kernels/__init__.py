@@ -263,8 +263,24 @@ def _layout_check_requested(check_layout: Optional[bool]) -> bool:
 
 
 def _gather_tokens(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """x (B, H, L, D) with its tokens in ``perm``'s order."""
     b, h, _, d = x.shape
+    if perm.shape[0] == 1 and perm.shape[1] == 1:
+        # One order for every row (draft, radial-like static layouts): index_select copies whole D-rows and reads
+        # one index per token, where gather with an expanded index reads one per element.
+        return x.index_select(2, perm.view(-1))
     return x.gather(2, perm.expand(b, h, -1).unsqueeze(-1).expand(-1, -1, -1, d))
+
+
+def _scatter_tokens(y: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """The inverse of `_gather_tokens`: y (B, H, L, ...) in ``perm``'s order back to the original token order."""
+    out = torch.empty_like(y)
+    if perm.shape[0] == 1 and perm.shape[1] == 1:
+        return out.index_copy_(2, perm.view(-1), y)
+    idx = perm.expand(y.shape[0], y.shape[1], -1)
+    if y.dim() == 4:
+        idx = idx.unsqueeze(-1).expand_as(y)
+    return out.scatter_(2, idx, y)
 
 
 def block_sparse_attention(
@@ -312,10 +328,9 @@ def block_sparse_attention(
     result = _BACKENDS[name].run(q, k, v, layout, scale, return_lse)
     out, lse = result if return_lse else (result, None)
     if layout.q_perm is not None:
-        perm = layout.q_perm.expand(out.shape[0], out.shape[1], -1)
-        out = torch.empty_like(out).scatter_(2, perm.unsqueeze(-1).expand_as(out), out)
+        out = _scatter_tokens(out, layout.q_perm)
         if lse is not None:
-            lse = torch.empty_like(lse).scatter_(2, perm, lse)
+            lse = _scatter_tokens(lse, layout.q_perm)
     return (out, lse) if return_lse else out
 
 

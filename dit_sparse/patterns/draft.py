@@ -30,8 +30,8 @@ import torch
 
 from ..config import DraftConfig
 from ..geometry import VideoGeometry
-from ..layout import BlockLayout, block_sizes, cdiv, whole_blocks_first
-from .base import Pattern
+from ..layout import BlockLayout, block_sizes, cdiv, pack_block_mask, whole_blocks_first
+from .base import Pattern, compiled_planning
 from .block_mass import block_mass_estimate, pooled_block_mass
 
 
@@ -330,26 +330,40 @@ class DraftPattern(Pattern):
         """Fixed ``block_size`` blocks over the packed tile order (whole tiles first, one block each when a tile is a
         block; the partial edge tiles after them, a few neighbouring ones per block): the draft map scores those
         blocks, every block is full and a fixed-block kernel (FlashAttention-4) runs the layout."""
-        b, h, _, d = q.shape
         bs = self.config.block_size
-        perm = tiles.packed_perm.view(1, 1, length, 1).expand(b, h, -1, d)
-        # Two gathers of q and k (memory-bound, small next to the attention) buy a pooling that is a reshape.
-        qs, ks = (x.gather(2, perm).view(b * h, length, d) for x in (q, k))
-        estimate = block_mass_estimate if self.config.estimate == "blocks" else pooled_block_mass
-        dmap = estimate(qs, ks, 1.0 / math.sqrt(d), bs).view(b, h, -1, cdiv(length, bs))
-        sizes = block_sizes(length, bs, q.device).long()
-        mask = select_tiles(dmap, sizes, self.config.density, self.config.global_budget)
         kmax = None
         if not self.config.global_budget:
             # A row keeps blocks while the tokens spent before them are under its budget B = ceil(density * L); all
             # blocks are full but (at most) the last, so a row holds at most ceil(B / block) + 1 of them. Knowing the
             # width saves the host read of the largest count, a sync in every call.
             kmax = -(-math.ceil(self.config.density * length) // bs) + 1
-        return BlockLayout.from_block_mask(mask, bs, bs, length, length, kmax=kmax, q_perm=tiles.packed_perm,
-                                           kv_perm=tiles.packed_perm)
+        else:
+            kmax = cdiv(length, bs)
+        indices, counts = fixed_block_plan(q, k, tiles.packed_perm, bs, self.config.density,
+                                           self.config.global_budget, self.config.estimate, kmax)
+        return BlockLayout(indices, counts, bs, bs, length, length, q_perm=tiles.packed_perm,
+                           kv_perm=tiles.packed_perm)
+
+
+@compiled_planning
+def fixed_block_plan(q: torch.Tensor, k: torch.Tensor, perm: torch.Tensor, block: int, density: float,
+                     global_budget: bool, estimate: str, kmax: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """kv_indices, kv_counts of draft's fixed-block layout: q, k (B, H, L, D) in raster order, ``perm`` [1, 1, L] the
+    packed tile order; ``kmax`` the static width of kv_indices (a bound on every row's count). Tensors only, so that
+    it compiles as one graph (see `compiled_planning`)."""
+    b, h, length, d = q.shape
+    perm = perm.view(-1)
+    # Gathers of q and k into the packed tile order make the block pooling a reshape (compiled, they fuse into it).
+    qs, ks = (x.index_select(2, perm).reshape(b * h, length, d) for x in (q, k))
+    mass = block_mass_estimate if estimate == "blocks" else pooled_block_mass
+    dmap = mass(qs, ks, 1.0 / math.sqrt(d), block).view(b, h, -1, cdiv(length, block))
+    sizes = block_sizes(length, block, q.device).long()
+    mask = select_tiles(dmap, sizes, density, global_budget)
+    return pack_block_mask(mask, kmax)
 
 
 __all__ = [
-    "DraftPattern", "DraftTiles", "default_pool", "draft_map", "exact_key_map", "pool_tiles", "select_tiles",
+    "DraftPattern", "DraftTiles", "default_pool", "draft_map", "exact_key_map", "fixed_block_plan", "pool_tiles",
+    "select_tiles",
     "tile_grid",
 ]

@@ -55,7 +55,7 @@ import torch
 from ..config import SemanticConfig
 from ..geometry import VideoGeometry
 from ..layout import BlockLayout, block_sizes, cdiv, whole_blocks_first
-from .base import Pattern
+from .base import Pattern, compiled_planning
 from .block_mass import block_mass_estimate, pooled_block_mass, select_top_p
 from .kmeans import batched_kmeans
 
@@ -175,6 +175,40 @@ def _overlap(counts: torch.Tensor, block: int, length: int) -> torch.Tensor:
     b0 = (torch.arange(cdiv(length, block), device=counts.device) * block).view(1, -1, 1)
     b1 = (b0 + block).clamp(max=length)
     return (counts.unsqueeze(1) > 0) & (offsets < b1) & (ends > b0)
+
+
+@compiled_planning
+def block_plan(q, k, q_perm, kv_perm, q_counts, k_counts, block: int, fixed_blocks: bool, estimate: str,
+               top_p: float, min_kv_ratio: float, diagonal: bool):
+    """The block selection of a semantic plan after clustering (tensors only, so that it compiles as one graph, see
+    `compiled_planning`): q [N, Lq, D], k [N, Lk, D] in token order, their cluster orders ``q_perm`` / ``kv_perm``
+    [N, L] and cluster sizes [N, K]; blocks are cluster pieces of at most ``block`` tokens (or fixed blocks), each
+    query block keeping its key blocks of most estimated mass until ``top_p``.
+
+    Returns kv_indices (full width: every key block), kv_counts, q_block_starts and kv_block_starts (None for fixed
+    blocks), all with a leading N = B * H.
+    """
+    n, lq, d = q.shape
+    lk = k.shape[1]
+    q_sorted = q.gather(1, q_perm.unsqueeze(-1).expand(-1, -1, d))
+    k_sorted = k.gather(1, kv_perm.unsqueeze(-1).expand(-1, -1, d))
+    if fixed_blocks:
+        q_starts = kv_starts = None
+        k_sizes = block_sizes(lk, block, q.device).unsqueeze(0)
+        k_valid = torch.ones_like(k_sizes, dtype=torch.bool)
+        q_valid = None
+    else:
+        q_starts, _, q_valid = cluster_pieces(q_counts, block, max_pieces(lq, q_counts.shape[1], block), lq)
+        kv_starts, _, k_valid = cluster_pieces(k_counts, block, max_pieces(lk, k_counts.shape[1], block), lk)
+        k_sizes = (kv_starts[:, 1:] - kv_starts[:, :-1]).float()
+    mass_of = block_mass_estimate if estimate == "blocks" else pooled_block_mass
+    mass = mass_of(q_sorted, k_sorted, 1.0 / math.sqrt(d), block, q_starts, kv_starts)
+    min_keep = math.ceil(min_kv_ratio * mass.shape[-1] - 1e-9)
+    select = select_top_p(mass, k_sizes, top_p, min_keep, k_valid, diagonal=diagonal)
+    if q_valid is not None:
+        select = select & q_valid.unsqueeze(-1)  # padding pieces compute nothing
+    idx, cnt = pack_mask(select)
+    return idx, cnt, q_starts, kv_starts
 
 
 class SemanticPattern(Pattern):
@@ -310,27 +344,9 @@ class SemanticPattern(Pattern):
     def _block_layout(self, q, k, q_perm, kv_perm, q_counts, k_counts, diagonal: bool = False):
         """Top-p per query block on the estimated block mass; kv_indices, kv_counts, q/kv starts with N = B * H."""
         cfg = self.config
-        bs = cfg.block_size
-        n, lq, d = q.shape
-        lk = k.shape[1]
-        q_sorted = q.gather(1, q_perm.unsqueeze(-1).expand(-1, -1, d))
-        k_sorted = k.gather(1, kv_perm.unsqueeze(-1).expand(-1, -1, d))
-        if self.fixed_blocks:
-            q_starts = kv_starts = None
-            k_sizes = block_sizes(lk, bs, q.device).unsqueeze(0)
-            k_valid = torch.ones_like(k_sizes, dtype=torch.bool)
-            q_valid = None
-        else:
-            q_starts, _, q_valid = cluster_pieces(q_counts, bs, max_pieces(lq, q_counts.shape[1], bs), lq)
-            kv_starts, _, k_valid = cluster_pieces(k_counts, bs, max_pieces(lk, k_counts.shape[1], bs), lk)
-            k_sizes = (kv_starts[:, 1:] - kv_starts[:, :-1]).float()
-        estimate = block_mass_estimate if cfg.estimate == "blocks" else pooled_block_mass
-        mass = estimate(q_sorted, k_sorted, 1.0 / math.sqrt(d), bs, q_starts, kv_starts)
-        min_keep = math.ceil(cfg.min_kv_ratio * mass.shape[-1] - 1e-9)
-        select = select_top_p(mass, k_sizes, cfg.top_p, min_keep, k_valid, diagonal=diagonal)
-        if q_valid is not None:
-            select &= q_valid.unsqueeze(-1)  # padding pieces compute nothing
-        idx, cnt = pack_mask(select)
+        idx, cnt, q_starts, kv_starts = block_plan(
+            q, k, q_perm, kv_perm, q_counts, k_counts, cfg.block_size, self.fixed_blocks, cfg.estimate, cfg.top_p,
+            cfg.min_kv_ratio, diagonal)
         return self._trim(idx, cnt).contiguous(), cnt, q_starts, kv_starts
 
     def _variable_layout(self, select, q_counts, k_counts, lq: int, lk: int):
@@ -361,6 +377,7 @@ class SemanticPattern(Pattern):
 
 __all__ = [
     "SemanticPattern",
+    "block_plan",
     "cluster_order",
     "cluster_pieces",
     "max_pieces",

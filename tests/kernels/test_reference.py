@@ -52,27 +52,32 @@ def test_kv_valid_len_masks_tail_keys():
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
 
 
-def test_variable_blocks_and_permutation():
+@pytest.mark.parametrize("shared_perm", [False, True])
+def test_variable_blocks_and_permutation(shared_perm):
+    """Per-head permutations (semantic) and one permutation for every row (draft: the front door's index_select
+    path), output and log-sum-exp back in the original token order."""
     torch.manual_seed(2)
-    b, h, length, d = 1, 2, 40, 64
+    b, h, length, d = 2, 2, 40, 64
     q, k, v = torch.randn(b, h, length, d), torch.randn(b, h, length, d), torch.randn(b, h, length, d)
     starts = torch.tensor([0, 5, 16, 20, 33, 40], dtype=torch.int32).view(1, 1, -1)
     mask = torch.tensor([[1, 0, 1, 0, 0], [0, 1, 1, 0, 1], [1, 1, 1, 1, 1], [0, 0, 0, 1, 0], [1, 0, 0, 0, 1]]).bool()
     mask = mask.view(1, 1, 5, 5).expand(b, h, 5, 5)
-    perm = torch.stack([torch.randperm(length) for _ in range(h)]).view(1, h, length)
+    perm_h = 1 if shared_perm else h
+    perm = torch.stack([torch.randperm(length) for _ in range(perm_h)]).view(1, perm_h, length)
     layout = BlockLayout.from_block_mask(
         mask, 16, 16, length, length, q_block_starts=starts, kv_block_starts=starts, q_perm=perm, kv_perm=perm
     )
-    out = block_sparse_attention(q, k, v, layout, backend="reference")
+    out, lse = block_sparse_attention(q, k, v, layout, backend="reference", return_lse=True)
     # Token mask in the permuted order, then mapped back to original positions.
     block_of = torch.repeat_interleave(torch.arange(5), (starts[0, 0, 1:] - starts[0, 0, :-1]).long())
     tm_perm = mask[0, 0][block_of][:, block_of]
     for hh in range(h):
-        p = perm[0, hh]
+        p = perm[0, hh % perm_h]
         tm = torch.zeros(length, length, dtype=torch.bool)
         tm[p.unsqueeze(1), p.unsqueeze(0)] = tm_perm
-        ref, _ = explicit_attention(q[:, hh : hh + 1], k[:, hh : hh + 1], v[:, hh : hh + 1], tm)
+        ref, ref_lse = explicit_attention(q[:, hh : hh + 1], k[:, hh : hh + 1], v[:, hh : hh + 1], tm)
         torch.testing.assert_close(out[:, hh : hh + 1].double(), ref, atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(lse[:, hh : hh + 1].double(), ref_lse, atol=2e-5, rtol=1e-4)
 
 
 def test_front_door_errors():

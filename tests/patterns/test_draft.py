@@ -282,3 +282,59 @@ def test_fixed_blocks_static_width_bounds_every_row(density, monkeypatch):
     assert torch.equal(mask.sum(-1), layout.kv_counts.long())  # every counted block is listed
     out = block_sparse_attention(q, k, v, layout, backend="reference")
     assert torch.isfinite(out).all()
+
+
+def _fixed_plan_args(g, density=0.3, batch=2):
+    torch.manual_seed(5)
+    pattern = DraftPattern(DraftConfig(density=density, block_size=16, pool=(4, 4)))
+    tiles = pattern.tiles_for(g, "cpu")
+    q, k = torch.randn(batch, 2, g.num_tokens, 32), torch.randn(batch, 2, g.num_tokens, 32)
+    kmax = -(-math.ceil(density * g.num_tokens) // 16) + 1
+    return pattern, (q, k, tiles.packed_perm, 16, density, False, "pooled", kmax)
+
+
+def test_fixed_block_plan_compiles_as_one_graph_and_matches_eager():
+    """On the GPU draft's planning runs compiled (`compiled_planning`, fullgraph): a host read or an untraceable op
+    in it would break that graph. Traced here on the CPU with an eager backend, the result must equal eager."""
+    from dit_sparse.patterns.draft import fixed_block_plan
+
+    torch._dynamo.reset()
+    _, args = _fixed_plan_args(VideoGeometry(5, 9, 13))
+    eager = fixed_block_plan.fn(*args)
+    compiled = torch.compile(fixed_block_plan.fn, backend="aot_eager", fullgraph=True, dynamic=False)(*args)
+    for a, b in zip(eager, compiled):
+        assert torch.equal(a, b)
+    assert eager[0].dtype == torch.int32 and eager[1].dtype == torch.int32
+
+
+def test_compiled_planning_falls_back_to_eager_when_compilation_fails(monkeypatch, caplog):
+    """A compiler failure (no toolchain, an unsupported op) must not stop a generation: it is logged once and the
+    plan runs eagerly, with the same layout."""
+    from dit_sparse.patterns import base
+    from dit_sparse.patterns.draft import fixed_block_plan
+
+    g = VideoGeometry(5, 9, 13)
+    pattern, args = _fixed_plan_args(g)
+    expected = fixed_block_plan.fn(*args)
+    attempts = []
+
+    def broken_compile(fn, **kwargs):
+        def run(*a, **k):
+            attempts.append(1)
+            raise RuntimeError("no C++ compiler found")
+        return run
+
+    planner = base.compiled_planning(fixed_block_plan.fn)
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setenv(base.COMPILE_PLANNING_ENV, "all")
+    with caplog.at_level("WARNING"):
+        first, second = planner(*args), planner(*args)
+    assert attempts == [1]  # tried once, then eager for good
+    assert "planning eagerly" in caplog.text and "no C++ compiler" in caplog.text
+    for got in (first, second):
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    monkeypatch.setenv(base.COMPILE_PLANNING_ENV, "0")
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(1) or fn)
+    base.compiled_planning(fixed_block_plan.fn)(*args)
+    assert not calls  # switched off: never compiled

@@ -546,3 +546,24 @@ def test_segment_means_match_per_block_means_with_empty_blocks(device_rows):
             torch.testing.assert_close(means[r, i], want, atol=1e-6, rtol=1e-5)
     fixed = segment_means(x, None, 16)  # fixed blocks, the last one ragged
     torch.testing.assert_close(fixed[:, 3], x[:, 48:].mean(1))
+
+
+@pytest.mark.parametrize("fixed_blocks", [False, True])
+def test_block_plan_compiles_as_one_graph_and_matches_eager(fixed_blocks):
+    """On the GPU the block selection of a semantic plan runs compiled (`compiled_planning`, fullgraph): a graph break
+    in it would fail there. Traced on the CPU with an eager backend, the result must equal eager."""
+    from dit_sparse.patterns.semantic import block_plan, cluster_order
+
+    torch._dynamo.reset()
+    torch.manual_seed(3)
+    n, length, d, kc = 4, 150, 32, 7
+    q, k = torch.randn(n, length, d), torch.randn(n, length, d)
+    labels = torch.randint(0, kc, (n, length))
+    perm = cluster_order(labels, kc)
+    counts = torch.zeros(n, kc).scatter_add_(1, labels, torch.ones(n, length))
+    args = (q, k, perm, perm, counts, counts, 16, fixed_blocks, "pooled", 0.5, 0.0, True)
+    eager = block_plan.fn(*args)
+    compiled = torch.compile(block_plan.fn, backend="aot_eager", fullgraph=True, dynamic=False)(*args)
+    for a, b in zip(eager, compiled):
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert int(eager[1].sum()) > 0
