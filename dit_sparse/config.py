@@ -16,8 +16,10 @@ from typing import ClassVar, Dict, Optional, Tuple, Type, Union
 BACKEND_NAMES = ("auto", "fa4", "triton", "flex", "reference")
 
 # ``min_sparse_tokens=None`` on a CUDA device: below this many video tokens a call runs dense. ComfyUI's sparse
-# attention node uses this threshold (it stays dense under 12,288 tokens); it is not yet measured for our kernels and
-# is to be re-measured per backend on the GPU (the kernel benchmark's dense/sparse crossover).
+# attention node uses this threshold; measured for ours on an H200 (``python -m dit_sparse.eval.bench crossover``,
+# Wan 480p frames, 12 heads, ``2026-12-02_NVIDIA-H200_crossover-wan-frame.json``): radial and draft (planning
+# compiled) are 1.27x / 1.38x dense SDPA at 12,480 tokens and slower at 7,800 (0.86x / 0.48x), so the threshold
+# holds for both. Semantic (density ~0.25, Triton) was slower than dense at every size up to 32,760 tokens (0.60x).
 AUTO_MIN_SPARSE_TOKENS_CUDA = 12288
 
 
