@@ -18,6 +18,7 @@ from dit_sparse.geometry import VideoGeometry
 from dit_sparse.kernels import block_sparse_attention, resolve_backend
 from dit_sparse.patterns import make_pattern
 from dit_sparse.patterns.base import COMPILE_PLANNING_ENV
+from dit_sparse.schedule import BoundedCache, PlanCache
 
 SHAPES = {"wan1.3b-480p": (VideoGeometry(21, 30, 52, "wan"), 12),
           "hunyuan-720p": (VideoGeometry(33, 45, 80, "hunyuan_video"), 24)}
@@ -33,7 +34,7 @@ for shape, (geometry, heads) in SHAPES.items():
         layouts = {}
         for mode in ("0", "1"):
             os.environ[COMPILE_PLANNING_ENV] = mode
-            cache = {}
+            cache = PlanCache(shared=BoundedCache())
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             layouts[mode] = pattern.plan(q, k, geometry, cache)

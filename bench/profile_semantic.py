@@ -12,6 +12,7 @@ from dit_sparse.eval.bench import time_cuda
 from dit_sparse.geometry import VideoGeometry
 from dit_sparse.kernels import block_sparse_attention
 from dit_sparse.patterns import make_pattern
+from dit_sparse.schedule import BoundedCache, PlanCache
 
 geometry = VideoGeometry(21, 30, 52, "wan")
 torch.manual_seed(0)
@@ -21,7 +22,7 @@ rows = {}
 for label, opts in {"variable": {}, "variable-b64": {"block_size": 64}, "fixed": {"fixed_blocks": True},
                      "variable-k64": {"kv_clusters": 64}}.items():
     pattern = make_pattern(ds.make_config("semantic", top_p=0.3, **opts))
-    cache = {}
+    cache = PlanCache(shared=BoundedCache())
     layout = pattern.plan(q, k, geometry, cache)
     row = {"plan_ms": time_cuda(lambda: pattern.plan(q, k, geometry, cache), reps=5)["median_ms"],
            "attention_ms": time_cuda(lambda: block_sparse_attention(q, k, v, layout), reps=5)["median_ms"],

@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from ..layout import BlockLayout, cdiv
+from ..schedule import BoundedCache, PlanCache
 
 # name -> (tokens, heads, head_dim)
 KERNEL_SHAPES = {
@@ -486,7 +487,7 @@ def bench_pattern(args) -> dict:
         try:
             cfg = ds.make_config(method, dense_steps=0, dense_layers=0, backend=args.backend)
             pattern = make_pattern(cfg)
-            cache: dict = {}
+            cache = PlanCache(shared=BoundedCache())  # the per-geometry cache a pipeline's state gives
             layout = pattern.plan(q, k, geometry, cache)
             entry["cold_ms"] = time_cuda(lambda: pattern.plan(q, k, geometry, {}), warmup=1, reps=3)["median_ms"]
             entry["plan_ms"] = time_cuda(lambda: pattern.plan(q, k, geometry, cache), reps=args.reps)["median_ms"]
@@ -523,7 +524,7 @@ def bench_layer(args) -> dict:
         try:
             cfg = ds.make_config(method, dense_steps=0, dense_layers=0, backend=args.backend)
             pattern = make_pattern(cfg)
-            cache: dict = {}
+            cache = PlanCache(shared=BoundedCache())  # the per-geometry cache a pipeline's state gives
             pattern.plan(q, k, geometry, cache)  # cold start outside the timing (k-means init, caches)
 
             def call():
@@ -575,7 +576,7 @@ def bench_crossover(args) -> dict:
                 name, opts = STEP_METHODS.get(method, (method, {})) if method != "fixed-0.25" else (method, {})
                 cfg = ds.make_config(name, dense_steps=0, dense_layers=0, backend=args.backend, **opts)
                 pattern = make_pattern(cfg)
-                cache: dict = {}
+                cache = PlanCache(shared=BoundedCache())  # the per-geometry cache a pipeline's state gives
                 layout = pattern.plan(q, k, geometry, cache)  # cold start and tilings outside the timing
 
                 def call():

@@ -31,6 +31,7 @@ import torch
 
 from ..geometry import VideoGeometry
 from ..layout import BlockLayout, cdiv
+from ..schedule import BoundedCache, PlanCache
 from .fidelity import KNOBS, DenseReference, attention_error, random_block_layout, tune_layout
 
 
@@ -212,7 +213,7 @@ def evaluate_captures(
             method = options.get("method", label)  # a label may name a variant: {"method": "semantic", ...}
             options = {**{k: v for k, v in options.items() if k != "method"}, "block_size": block_size,
                        "dense_steps": 0, "dense_layers": 0}
-            cache: dict = {}
+            cache = PlanCache(shared=BoundedCache())  # the per-geometry cache a pipeline's state gives
             t0 = time.perf_counter()
             pattern = make_pattern(make_config(method, **options))
             layout = pattern.plan(cap.q, cap.k, cap.geometry, cache)

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
 from ..config import DraftConfig
 from ..geometry import VideoGeometry
 from ..layout import BlockLayout, block_sizes, cdiv, pack_block_mask, whole_blocks_first
+from ..schedule import shared_or_build
 from .base import Pattern, compiled_planning
 from .block_mass import block_mass_estimate, pooled_block_mass
 
@@ -268,7 +269,7 @@ def select_tiles(dmap: torch.Tensor, sizes: torch.Tensor, density: float, global
 
 
 class DraftPattern(Pattern):
-    """DraftAttention's dynamic tile selection; the tiling is cached in the pattern, keyed by geometry and device."""
+    """DraftAttention's dynamic tile selection; the tiling is built once per geometry and device (shared cache)."""
 
     name = "draft"
     static = False
@@ -284,24 +285,17 @@ class DraftPattern(Pattern):
                 f"{config.block_size}: a tile must fit in one kernel block; use a pool with ph * pw <= "
                 f"{config.block_size} (default {default_pool(config.block_size)}) or a larger block_size"
             )
-        self._tiles: Dict[tuple, DraftTiles] = {}
 
-    def tiles_for(self, geometry: VideoGeometry, device) -> DraftTiles:
-        """The cached tiling of ``geometry`` on ``device``."""
+    def tiles_for(self, geometry: VideoGeometry, device, cache=None) -> DraftTiles:
+        """The tiling of ``geometry`` on ``device``, kept in the state's shared per-geometry cache (``cache.shared``,
+        the one home of what layers share); a plain dict or `None` builds it anew."""
         bs = self.config.block_size
-        key = (geometry.key, bs, self.pool, str(device))
-        tiles = self._tiles.get(key)
-        if tiles is None:
-            tiles = tile_grid(geometry, self.pool, bs, device=device)
-            # Resolution switches are rare; a few entries cover CFG batches and a second resolution.
-            if len(self._tiles) >= 8:
-                self._tiles.pop(next(iter(self._tiles)))
-            self._tiles[key] = tiles
-        return tiles
+        key = ("draft-tiles", geometry.key, bs, self.pool, str(device))
+        return shared_or_build(cache, key, lambda: tile_grid(geometry, self.pool, bs, device=device))
 
     def prepare(self, geometry: VideoGeometry, device, cache) -> None:
-        # The tiling is built before the forward, so a compiled graph only reads ``_tiles`` (no guard changes).
-        self.tiles_for(geometry, device)
+        # The tiling is built before the forward, so a compiled graph only reads the shared cache (no guard changes).
+        self.tiles_for(geometry, device, cache)
 
     def plan(self, q: torch.Tensor, k: torch.Tensor, geometry: VideoGeometry, cache) -> BlockLayout:
         """Selects key tiles from the draft map of q, k (B, H, L, D); returns a per-(batch, head) layout over the
@@ -312,7 +306,7 @@ class DraftPattern(Pattern):
                 f"draft pattern got {q.shape[2]} query and {k.shape[2]} key tokens but the grid {geometry.key} has "
                 f"{length}; pass video tokens only"
             )
-        tiles = self.tiles_for(geometry, q.device)
+        tiles = self.tiles_for(geometry, q.device, cache)
         if self.config.blocks == "fixed" and not tiles.uniform:
             return self._plan_fixed(q, k, tiles, length)
         if self.config.estimate == "blocks":

@@ -8,6 +8,7 @@ import dit_sparse as ds
 from dit_sparse import DraftConfig, VideoGeometry
 from dit_sparse.kernels import block_sparse_attention
 from dit_sparse.patterns.draft import DraftPattern, default_pool, draft_map, pool_tiles, select_tiles, tile_grid
+from dit_sparse.schedule import BoundedCache, PlanCache
 
 
 def qk(geometry, batch=1, heads=2, dim=64, seed=0, v=False):
@@ -144,14 +145,17 @@ def test_batch2_gets_per_sample_layouts():
     g = VideoGeometry(5, 9, 13)
     pattern = DraftPattern(DraftConfig(density=0.3, block_size=16, pool=(4, 4)))
     q, k = qk(g, batch=2, seed=3)
-    layout = pattern.plan(q, k, g, {})
+    shared = BoundedCache()
+    layout = pattern.plan(q, k, g, PlanCache(shared=shared))
     assert layout.batch_size == 2 and layout.num_heads == 2
     mask = layout.to_block_mask()
     assert not torch.equal(mask[0], mask[1])
-    single = pattern.plan(q[1:], k[1:], g, {}).to_block_mask()
+    tiles = pattern.tiles_for(g, "cpu", PlanCache(shared=shared))
+    single = pattern.plan(q[1:], k[1:], g, PlanCache(shared=shared)).to_block_mask()
     assert torch.equal(single[0], mask[1])
-    # The tiling is cached: the second call reused the same tensors.
-    assert len(pattern._tiles) == 1
+    # The tiling lives in the state's shared cache (one entry for the geometry), reused by every later call.
+    assert len(shared) == 1 and pattern.tiles_for(g, "cpu", PlanCache(shared=shared)) is tiles
+    assert pattern.tiles_for(g, "cpu", {}) is not tiles  # a plain dict has nothing shared: built anew
 
 
 def test_odd_grid_matches_token_level_masked_attention():
