@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from ..layout import BlockLayout, cdiv
+from ..layout import BlockLayout
 from ..schedule import BoundedCache, PlanCache
 
 # name -> (tokens, heads, head_dim)
@@ -87,15 +87,12 @@ def time_cuda(fn: Callable[[], object], warmup: int = 2, reps: int = 7) -> Dict[
 
 
 def random_layout(batch, heads, length, density, block, device, seed=0) -> BlockLayout:
-    """Random block selection at ``density`` (the same count in every row; the diagonal block always kept)."""
-    n = cdiv(length, block)
-    keep = max(1, int(round(density * n)))
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    scores = torch.rand(batch, heads, n, n, generator=g)
-    scores.diagonal(dim1=-2, dim2=-1).fill_(2.0)
-    order = scores.argsort(dim=-1, descending=True)[..., :keep]
-    mask = torch.zeros(batch, heads, n, n, dtype=torch.bool).scatter_(-1, order, True)
-    return BlockLayout.from_block_mask(mask.to(device), block, block, length, length)
+    """Random block selection at ``density`` (rows hold ``floor`` or ``ceil`` of ``density * Nk`` blocks, the
+    diagonal always kept) on ``device``: the fidelity evaluation's random layout, so the kernel benchmark and the
+    quality baselines draw the same kind of layout."""
+    from .fidelity import random_block_layout
+
+    return random_block_layout(length, length, heads, density, block, seed=seed, batch=batch).to(device)
 
 
 def sampled_reference_error(q, k, v, layout: BlockLayout, out: torch.Tensor, rows: int = 4, seed: int = 0) -> float:
