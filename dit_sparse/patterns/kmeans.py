@@ -19,6 +19,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from .base import compiled_planning
+
 try:  # optional fused assignment kernel (GPU); the torch path below is always available
     import triton
     import triton.language as tl
@@ -264,4 +266,115 @@ def inertia(x: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor) -> t
     return ((x.float() - c) ** 2).sum((1, 2))
 
 
-__all__ = ["assign_clusters", "batched_kmeans", "cluster_counts", "inertia", "strided_init", "update_centroids"]
+__all__ = [
+    "assign_clusters", "batched_kmeans", "cluster_counts", "inertia", "round_cluster_sizes", "strided_init",
+    "update_centroids",
+]
+
+
+# Score elements per chunk of rows in `round_cluster_sizes` (float32: 256 MiB).
+_ROUND_CHUNK_ELEMENTS = 1 << 26
+
+
+@compiled_planning
+def round_cluster_sizes(
+    x: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor, counts: torch.Tensor, block: int,
+    candidates: int = 8, rounds: int = 4,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Moves boundary tokens between clusters so that cluster sizes become multiples of ``block`` (issue #13:
+    cluster-aligned blocks that fill the kernel's tiles).
+
+    With cluster sizes near one block (Sparse VideoGen 2's ~65 tokens per cluster at Wan 480p), cutting clusters into
+    pieces of at most ``block`` tokens gives about two pieces per cluster, one nearly empty, and a block-sparse kernel
+    computes whole tiles: at Wan-1.3B 480p semantic's kernel took 14.5 ms where fixed blocks of the same density took
+    3.45 ms (``2026-12-02_NVIDIA-H200_profile-semantic.json``). Here every cluster's size is rounded to the nearest
+    multiple of ``block`` (down, or up for the clusters with the largest remainders, as many as the remainders add up
+to): a cluster above its target gives away its tokens farthest from its centroid, and
+    each of them moves to the nearest of its ``candidates`` nearest clusters that still lack tokens (``rounds``
+    proposal rounds, each cluster accepting its closest proposals up to what it lacks). Tokens that find no place
+    stay, so sizes are multiples of ``block`` wherever the moves balance. Centroids are not changed (they stay the
+    k-means warm start); no host synchronisation.
+
+    Args:
+        x (`torch.Tensor` [N, L, D]): the clustered points.
+        labels (`torch.Tensor` int64 [N, L]), centroids (`torch.Tensor` [N, K, D]), counts (`torch.Tensor` [N, K]):
+            a k-means result (`batched_kmeans`).
+        block (`int`): the size unit.
+
+    Returns:
+        ``(labels, counts)``: int64 [N, L] and float32 [N, K].
+    """
+    n, length, d = x.shape
+    k = centroids.shape[1]
+    cnt = counts.long()
+    # Targets: every size rounded down to a multiple of block, then the clusters with the largest remainders rounded
+    # up instead, as many as the remainders add up to (so what is given and what is lacking balance within a block).
+    rem = cnt % block
+    ups = (rem.sum(-1, keepdim=True) + block // 2) // block  # [N, 1]
+    rem_rank = rem.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
+    up = (rem_rank < ups) & (rem > 0)
+    target = cnt - rem + up.long() * block
+    give = (cnt - target).clamp(min=0)  # [N, K] tokens each cluster gives away (< block)
+    lack = (target - cnt).clamp(min=0)  # [N, K] tokens each cluster can take
+    cent = centroids.float()
+    # Squared distance of every token to its own centroid, in chunks of rows.
+    rows = max(1, _ROUND_CHUNK_ELEMENTS // max(1, length * d))
+    dist_own = torch.empty(n, length, device=x.device, dtype=torch.float32)
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        own = cent[r0:r1].gather(1, labels[r0:r1].unsqueeze(-1).expand(-1, -1, d))
+        dist_own[r0:r1] = (x[r0:r1].float() - own).square().sum(-1)
+    # Rank inside the cluster, farthest first: sort by distance (descending), then stably by label.
+    by_dist = dist_own.argsort(-1, descending=True)
+    by_label = labels.gather(1, by_dist).argsort(dim=-1, stable=True)
+    order = by_dist.gather(1, by_label)  # tokens grouped by cluster, farthest first within a cluster
+    sorted_labels = labels.gather(1, order)
+    offsets = cnt.cumsum(-1) - cnt
+    rank = torch.arange(length, device=x.device).expand(n, -1) - offsets.gather(1, sorted_labels)
+    leaving_sorted = rank < give.gather(1, sorted_labels)
+    leaving = torch.zeros_like(leaving_sorted).scatter_(1, order, leaving_sorted)  # [N, L] per token
+    # Compact the leaving tokens to a static width (each cluster gives fewer than block).
+    width = max(1, min(length, k * (block - 1)))
+    moved = (~leaving).to(torch.uint8).argsort(dim=-1, stable=True)[:, :width]  # leaving tokens first
+    moved_ok = leaving.gather(1, moved)
+    # Each leaving token's nearest clusters among those that lack tokens: -2 x.c + |c|^2 ranks ||x - c||^2.
+    c_sq = cent.square().sum(-1)  # [N, K]
+    cand = torch.empty(n, width, min(candidates, k), device=x.device, dtype=torch.long)
+    rows = max(1, _ROUND_CHUNK_ELEMENTS // max(1, width * max(k, d)))
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        xm = x[r0:r1].float().gather(1, moved[r0:r1].unsqueeze(-1).expand(-1, -1, d))
+        score = torch.baddbmm(c_sq[r0:r1].unsqueeze(1), xm, cent[r0:r1].transpose(1, 2), alpha=-2.0)
+        score = score.masked_fill((lack[r0:r1] == 0).unsqueeze(1), float("inf"))
+        cand[r0:r1] = score.topk(cand.shape[-1], dim=-1, largest=False).indices
+    # Proposal rounds: every unplaced token proposes to its first candidate that still lacks tokens; a cluster
+    # accepts its proposals in candidate-rank order (nearest first) up to what it lacks.
+    new_labels = labels.clone()
+    open_tokens = moved_ok.clone()
+    lack_left = lack.clone()
+    pos = torch.arange(width, device=x.device).expand(n, -1)
+    for _ in range(rounds):
+        has_room = lack_left.gather(1, cand.flatten(1)).view_as(cand) > 0
+        pick = has_room.to(torch.uint8).argmax(-1)  # first candidate with room (0 when none: checked below)
+        proposes = open_tokens & has_room.any(-1)
+        dest = cand.gather(2, pick.unsqueeze(-1)).squeeze(-1)
+        dest = torch.where(proposes, dest, torch.full_like(dest, k))  # k = no proposal
+        # Rank of each proposal inside its destination, by (candidate rank, position): stable sorts.
+        o1 = pick.argsort(dim=-1, stable=True)
+        o2 = dest.gather(1, o1).argsort(dim=-1, stable=True)
+        o = o1.gather(1, o2)
+        dest_sorted = dest.gather(1, o)
+        per_dest = torch.zeros(n, k + 1, device=x.device, dtype=torch.long).scatter_add_(
+            1, dest_sorted, torch.ones_like(dest_sorted))
+        first = per_dest.cumsum(-1) - per_dest
+        rank = pos - first.gather(1, dest_sorted)
+        room = torch.cat([lack_left, torch.zeros_like(lack_left[:, :1])], 1).gather(1, dest_sorted)
+        accept_sorted = (dest_sorted < k) & (rank < room)
+        accept = torch.zeros_like(accept_sorted).scatter_(1, o, accept_sorted)
+        # Moved tokens are distinct within a row, so a scatter writes each once (no data-dependent shapes).
+        new_labels.scatter_(1, moved, torch.where(accept, dest, new_labels.gather(1, moved)))
+        taken = torch.zeros(n, k + 1, device=x.device, dtype=torch.long).scatter_add_(
+            1, torch.where(accept, dest, torch.full_like(dest, k)), accept.long())
+        lack_left = lack_left - taken[:, :k]
+        open_tokens = open_tokens & ~accept
+    return new_labels, cluster_counts(new_labels, k)

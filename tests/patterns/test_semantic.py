@@ -567,3 +567,72 @@ def test_block_plan_compiles_as_one_graph_and_matches_eager(fixed_blocks):
     for a, b in zip(eager, compiled):
         assert (a is None and b is None) or torch.equal(a, b)
     assert int(eager[1].sum()) > 0
+
+
+def test_round_cluster_sizes_fills_blocks_with_boundary_tokens(monkeypatch):
+    """Cluster sizes rounded to multiples of the block (issue #13: pieces that fill the kernel's tiles): fewer, fuller
+    pieces, the total kept, only tokens a cluster gives away move (its farthest from its centroid), no host read."""
+    from dit_sparse.patterns.kmeans import round_cluster_sizes
+
+    torch.manual_seed(0)
+    n, length, d, k, block = 3, 1500, 32, 23, 32
+    x = torch.randn(n, length, d) + torch.randn(n, 1, d)
+    labels, cent, counts = batched_kmeans(x, k, 8)
+    calls = []
+    real_item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: calls.append(1) or real_item(self))
+    new_labels, new_counts = round_cluster_sizes(x, labels, cent, counts, block)
+    assert not calls
+    monkeypatch.undo()
+    assert torch.equal(new_counts.sum(-1), counts.sum(-1))
+    assert torch.equal(new_counts, torch.zeros_like(new_counts).scatter_add_(1, new_labels, torch.ones(n, length)))
+
+    def pieces(c):
+        return ((c.long() + block - 1) // block).sum(-1)
+
+    ideal = -(-length // block)
+    assert (pieces(new_counts) <= ideal + 0.25 * (pieces(counts) - ideal)).all()  # most of the waste is gone
+    assert float((new_counts.long() % block == 0).float().mean()) > 0.6
+    moved = new_labels != labels
+    assert 0 < float(moved.float().mean()) < 0.3
+    # A moved token is among the farthest of its old cluster: a cluster gives away fewer than a block of tokens, its
+    # farthest ones (some may find no place and stay).
+    dist = (x - cent.gather(1, labels.unsqueeze(-1).expand(-1, -1, d))).square().sum(-1)
+    for r in range(n):
+        for c in labels[r][moved[r]].unique().tolist():
+            was = labels[r] == c
+            nearest_moved = dist[r][was & moved[r]].min()
+            assert int((dist[r][was] >= nearest_moved).sum()) < block
+
+
+def test_round_clusters_exact_at_full_budget_and_fewer_pieces():
+    """SemanticConfig(round_clusters=True): the layout is still exact at top_p=1 (dense attention), and its variable
+    blocks are fewer and fuller than without rounding."""
+    q, k, v = clustered(1, 2, 700, 32, centers=40, seed=4)
+    base = dict(kv_clusters=30, block_size=32, kmeans_iters=8, clusters="joint")
+    g = VideoGeometry(7, 10, 10)
+    plain = SemanticPattern(SemanticConfig(**base, top_p=0.6)).plan(q, k, g, {})
+    rounded = SemanticPattern(SemanticConfig(**base, top_p=0.6, round_clusters=True)).plan(q, k, g, {})
+    check_layout(rounded)
+
+    def nonempty(layout):
+        s = layout.q_block_starts
+        return int(((s[..., 1:] - s[..., :-1]) > 0).sum())
+
+    assert nonempty(rounded) < nonempty(plain)
+    full = SemanticPattern(SemanticConfig(**base, top_p=1.0, round_clusters=True)).plan(q, k, g, {})
+    out = block_sparse_attention(q, k, v, full, backend="reference")
+    torch.testing.assert_close(out.float(), dense_attention(q, k, v), atol=2e-5, rtol=1e-4)
+
+
+def test_round_cluster_sizes_compiles_as_one_graph_and_matches_eager():
+    from dit_sparse.patterns.kmeans import round_cluster_sizes
+
+    torch._dynamo.reset()
+    torch.manual_seed(1)
+    x = torch.randn(2, 600, 16)
+    labels, cent, counts = batched_kmeans(x, 11, 5)
+    args = (x, labels, cent, counts, 32)
+    eager = round_cluster_sizes.fn(*args)
+    compiled = torch.compile(round_cluster_sizes.fn, backend="aot_eager", fullgraph=True, dynamic=False)(*args)
+    assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
