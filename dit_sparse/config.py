@@ -216,10 +216,6 @@ class SemanticConfig(SparseConfig):
         static_kmax (`bool`, defaults to False): size the layout's index lists by their static bound instead of one
             host read of the largest count (no host synchronisation: CUDA graphs, ``torch.compile(fullgraph=True)``),
             at the price of memory.
-        round_clusters (`bool`, defaults to False): after k-means, move each cluster's farthest tokens to nearby
-            clusters so that cluster sizes become multiples of ``block_size`` (`patterns.kmeans.round_cluster_sizes`):
-            variable blocks then fill the kernel's tiles instead of leaving a nearly empty piece per cluster. Variable
-            blocks only.
         block_size (`int`, defaults to 64): longest block. Clusters of Sparse VideoGen 2's size (~65 tokens at Wan
             480p with 500 clusters) cut into pieces of at most 64 tokens fill the kernel's tiles better than pieces
             of at most 128: one Wan-1.3B 480p step (all layers sparse, H200) took 1.44 s instead of 1.72 s
@@ -242,7 +238,6 @@ class SemanticConfig(SparseConfig):
     estimate: str = "pooled"
     fixed_blocks: bool = False
     static_kmax: bool = False
-    round_clusters: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -263,7 +258,6 @@ class SemanticConfig(SparseConfig):
             )
         _check_bool("fixed_blocks", self.fixed_blocks)
         _check_bool("static_kmax", self.static_kmax)
-        _check_bool("round_clusters", self.round_clusters)
 
 
 @dataclass

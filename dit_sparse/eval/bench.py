@@ -724,7 +724,6 @@ STEP_METHODS = {
     "semantic-k64": ("semantic", {"top_p": 0.3, "kv_clusters": 64}),
     "semantic-b64": ("semantic", {"top_p": 0.3, "block_size": 64}),
     "semantic-b64-r2": ("semantic", {"top_p": 0.3, "block_size": 64, "refresh_every": 2}),
-    "semantic-round": ("semantic", {"top_p": 0.3, "round_clusters": True}),
     "fixed-0.25": ("fixed", {"density": 0.25}),
     "tile": ("tile", {}),
 }

@@ -57,7 +57,7 @@ from ..geometry import VideoGeometry
 from ..layout import BlockLayout, block_sizes, cdiv, whole_blocks_first
 from .base import Pattern, compiled_planning
 from .block_mass import block_mass_estimate, pooled_block_mass, select_top_p
-from .kmeans import batched_kmeans, round_cluster_sizes
+from .kmeans import batched_kmeans
 
 logger = logging.getLogger(__name__)
 
@@ -254,12 +254,9 @@ class SemanticPattern(Pattern):
         warm = prev is not None and prev.shape == (b, h, k, d) and prev.device == x.device
         iters = self.config.warm_iters if warm else self.config.kmeans_iters
         init = prev.reshape(b * h, k, d) if warm else None
-        points = x.reshape(b * h, length, d)
-        labels, centroids, counts = batched_kmeans(points, k, iters, init)
+        labels, centroids, counts = batched_kmeans(x.reshape(b * h, length, d), k, iters, init)
         cache[key] = centroids.view(b, h, k, d)
         cache[f"{which}_iters"] = iters
-        if self.config.round_clusters and not self.fixed_blocks:
-            labels, counts = round_cluster_sizes(points, labels, centroids, counts, self.config.block_size)
         return labels.view(b, h, length), centroids.view(b, h, k, d), counts.view(b, h, k)
 
     # ------------------------------------------------------------------ planning
