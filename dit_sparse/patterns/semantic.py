@@ -232,8 +232,9 @@ class SemanticPattern(Pattern):
         self._warned_clusters = False
 
     def _trim(self, idx: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """kv_indices narrowed to the largest count (rounded up), unless ``static_kmax``."""
-        if self.static_kmax:
+        """kv_indices narrowed to the largest count (rounded up), unless ``static_kmax`` or inside a compiled graph
+        (where the read would make the width a data-dependent size: the graph keeps the static width instead)."""
+        if self.static_kmax or torch.compiler.is_compiling():
             return idx
         # The one host read of the plan (after all k-means work is queued): it keeps layouts small.
         kmax = int(counts.max()) if counts.numel() else 1
@@ -273,7 +274,9 @@ class SemanticPattern(Pattern):
         wanted = (cfg.kv_clusters,) * 2 if joint else (cfg.q_clusters, cfg.kv_clusters)
         lengths = (min(lq, lk),) * 2 if joint else (lq, lk)
         kq, kk = (min(w, max(1, n // self.MIN_CLUSTER_TOKENS)) for w, n in zip(wanted, lengths))
-        if (kq, kk) != wanted and not self._warned_clusters:
+        # Warned from `prepare` (outside any compiled graph) when the step hook calls it; logging inside a graph
+        # that Dynamo traces is not supported.
+        if (kq, kk) != wanted and not self._warned_clusters and not torch.compiler.is_compiling():
             if joint:
                 told, fields = f"{wanted[0]} clusters for {lk} tokens; using {kk}", "kv_clusters=..."
             else:
@@ -285,6 +288,10 @@ class SemanticPattern(Pattern):
             )
             self._warned_clusters = True
         return kq, kk
+
+    def prepare(self, geometry: VideoGeometry, device, cache) -> None:
+        # Before the forward, outside any compiled graph: the cluster-count warning for this video size.
+        self.cluster_counts(geometry.num_tokens, geometry.num_tokens)
 
     def plan(self, q: torch.Tensor, k: torch.Tensor, geometry: VideoGeometry, cache: Dict[str, Any]) -> BlockLayout:
         cfg = self.config

@@ -142,3 +142,43 @@ def test_compile_draft_with_refresh_every_plans_every_call_without_recompiles():
     assert not get_state(model).caches  # nothing kept between steps inside the graph
     for got, want in zip(outs, _eager_reference(SPARSE_COMPILE_CONFIGS["draft"])):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_torch_compile_fullgraph_semantic():
+    """Semantic under torch.compile(fullgraph=True): no graph break (the plan's host read of the layout width and its
+    cluster-count warning stay out of the graph: static width, warning from the step hook's prepare). Its k-means
+    warm start is per-layer, per-branch state the graph guards on, so the cold first step and the warm steps compile
+    once per CFG branch (4 graphs); from the second step on nothing recompiles. Output equal to eager."""
+    import torch._dynamo
+    import torch._dynamo.testing
+
+    from dit_sparse import SemanticConfig
+
+    config = SemanticConfig(dense_steps=0, dense_layers=0, block_size=16, kv_clusters=8, top_p=0.5)
+
+    def run(model, call, frames=None):
+        outs = []
+        with torch.no_grad():
+            for step, t in enumerate((999.0, 900.0, 800.0, 700.0)):
+                for name in ("cond", "uncond"):
+                    with model.cache_context(name, step_index=step, num_inference_steps=4):
+                        outs.append(call(**wan_inputs(timestep=t, seed=1 + len(outs), frames=5, height=8,
+                                                      width=8))[0])
+                if frames is not None:
+                    frames.append(counter.frame_count)
+        return outs
+
+    model = tiny_wan(num_layers=2)
+    ds.apply_sparse_attention(model, config)
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    frames = []
+    outs = run(model, compiled, frames)
+    assert frames == [2, 4, 4, 4]  # cold and warm per branch, then no recompilation
+    reference = tiny_wan(num_layers=2)
+    ds.apply_sparse_attention(reference, config)
+    want = run(reference, reference)
+    assert ds.summary(reference)["mean_density"] < 1.0
+    for got, expected in zip(outs, want):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
