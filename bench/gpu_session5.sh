@@ -12,7 +12,7 @@ from dit_sparse.schedule import BoundedCache, PlanCache
 g = VideoGeometry(21, 30, 52, "wan"); torch.manual_seed(0)
 q, k, v = (torch.randn(1, g.num_tokens, 12, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2) for _ in range(3))
 lay = make_pattern(ds.make_config("semantic", top_p=0.3)).plan(q, k, g, PlanCache(shared=BoundedCache()))
-ref = bsa(q.float(), k.float(), v.float(), lay, backend="flex" if False else "triton")
+ref = bsa(q.float(), k.float(), v.float(), lay, backend="reference")
 row = {"density": float(lay.density())}
 for packed in ("0", "1"):
     os.environ["DIT_SPARSE_TRITON_PACKED"] = packed
