@@ -1,6 +1,7 @@
 # Next device session (after staging .gpu/p1 and finishing .gpu/p2, see gpu_session4.sh): the packed-key kernel for
 # semantic's variable blocks (DIT_SPARSE_TRITON_PACKED=1, kernels/triton_packed.py, issue #13 item 1) against the
-# block kernel: correctness against the reference on the GPU, kernel time, then one Wan-1.3B step each.
+# block kernel: correctness against the reference on the GPU, kernel time, then one Wan-1.3B step each. With packed
+# keys only the query side still pays for partial pieces, so smaller pieces (semantic-b32) may pay off there.
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
 timeout 120 python3 - <<'PY' 2>&1 | grep -v -i warn
 import json, os, torch, dit_sparse as ds
@@ -26,6 +27,6 @@ json.dump({"commit": os.environ.get("DIT_SPARSE_COMMIT"), "shape": "wan1.3b-480p
 PY
 for packed in 0 1; do
   DIT_SPARSE_TRITON_PACKED=$packed timeout 200 python3 -m dit_sparse.eval.bench step --model wan1.3b-480p \
-    --dense-variants none --methods semantic-b64,fixed-0.25 --out $OUT/step-wan1.3b-480p-packed$packed.json 2>&1 \
+    --dense-variants none --methods semantic-b64,semantic-b32,fixed-0.25 --out $OUT/step-wan1.3b-480p-packed$packed.json 2>&1 \
     | grep -E "^wan|Error" | cut -c1-300
 done

@@ -724,6 +724,7 @@ STEP_METHODS = {
     "semantic-k64": ("semantic", {"top_p": 0.3, "kv_clusters": 64}),
     "semantic-b64": ("semantic", {"top_p": 0.3, "block_size": 64}),
     "semantic-b64-r2": ("semantic", {"top_p": 0.3, "block_size": 64, "refresh_every": 2}),
+    "semantic-b32": ("semantic", {"top_p": 0.3, "block_size": 32}),
     "fixed-0.25": ("fixed", {"density": 0.25}),
     "tile": ("tile", {}),
 }

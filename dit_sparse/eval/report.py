@@ -130,6 +130,7 @@ STEP_ROW_NOTES = {
     "draft-tiles": "one block per tile (variable)", "semantic": "variable blocks <= 128",
     "semantic-b64": "variable blocks <= 64 (default)", "semantic-b64-r2": "blocks <= 64, refresh_every=2",
     "semantic-round": "blocks <= 64, cluster sizes rounded to blocks (tried, reverted: commit e12ac38)",
+    "semantic-b32": "variable blocks <= 32",
     "semantic-fixed": "fixed blocks", "semantic-fixed-r2": "fixed blocks, refresh_every=2",
     "semantic-r2": "blocks <= 128, refresh_every=2",
     "radial": "static, default decay", "tile": "tile neighbourhood (preset window)",
