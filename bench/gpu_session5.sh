@@ -30,3 +30,6 @@ for packed in 0 1; do
     --dense-variants none --methods semantic-b64,semantic-b32,fixed-0.25 --out $OUT/step-wan1.3b-480p-packed$packed.json 2>&1 \
     | grep -E "^wan|Error" | cut -c1-300
 done
+# Issue #14 item 9, what is left: semantic compiled on the GPU (whole transformer, fullgraph), against eager and dense.
+timeout 250 python3 -m dit_sparse.eval.bench compile --model wan1.3b-480p --layers 10 --methods semantic-b64 \
+  --route model --out $OUT/compile-wan1.3b-480p-semantic-model.json 2>&1 | grep -E "^wan|Error" | cut -c1-300

@@ -857,7 +857,8 @@ def bench_step(args) -> dict:
 
 # ---------------------------------------------------------------------------------------------------------- compile
 def bench_compile(args) -> dict:
-    """Each method eager vs ``compile_repeated_blocks(fullgraph=True)``, and Diffusers' dense eager vs compiled: step
+    """Each method eager vs ``compile_repeated_blocks(fullgraph=True)`` (or, ``--route model``, the whole
+    transformer under ``torch.compile(fullgraph=True)``), and Diffusers' dense eager vs compiled: step
     time after warm-up, the first steps' time (compilation included), graphs compiled (one per distinct block: more
     means recompilation) and graph breaks over ``--steps`` denoising steps with CFG (a fresh model per row:
     compilation changes the module in place)."""
@@ -906,10 +907,15 @@ def bench_compile(args) -> dict:
                     entry["config"] = cfg.to_dict()
                 torch._dynamo.reset()
                 counters.clear()
-                if compiled:
+                runner = model
+                if compiled and args.route == "blocks":
                     model.compile_repeated_blocks(fullgraph=True, backend=args.compile_backend)
+                elif compiled:
+                    # The whole transformer as one graph: semantic's per-layer warm-start state would specialise the
+                    # shared block graph of compile_repeated_blocks per layer (README, torch.compile).
+                    runner = torch.compile(model, fullgraph=True, backend=args.compile_backend)
                 with torch._dynamo.config.patch(error_on_recompile=False):
-                    times = run_steps(model, args.steps)
+                    times = run_steps(runner, args.steps)
                 warm = times[args.warmup:] or times[-1:]
                 entry.update(first_steps_s=times[: args.warmup], step_s=sum(warm) / len(warm), steps_s=times,
                              graphs=int(counters["stats"].get("unique_graphs", 0)),
@@ -934,7 +940,9 @@ def bench_compile(args) -> dict:
         "benchmark": "compile", "command": "python -m dit_sparse.eval.bench " + " ".join(sys.argv[1:]),
         "commit": git_commit(), "date": _dt.datetime.utcnow().isoformat(timespec="seconds"), "model": args.model,
         "layers": spec["config"].get("num_layers"), "steps": args.steps, "warmup_steps": args.warmup,
-        "compile": f"compile_repeated_blocks(fullgraph=True, backend={args.compile_backend!r})",
+        "compile": (f"compile_repeated_blocks(fullgraph=True, backend={args.compile_backend!r})"
+                    if args.route == "blocks" else
+                    f"torch.compile(transformer, fullgraph=True, backend={args.compile_backend!r})"),
         "results": rows,
     }
     path = write_result(f"compile-{args.model}", payload, args.out)
@@ -1001,6 +1009,8 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--warmup", type=int, default=2, help="first steps not counted in step_s (compilation)")
     co.add_argument("--backend", default="auto")
     co.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager on a CPU test)")
+    co.add_argument("--route", default="blocks", choices=("blocks", "model"),
+                    help="blocks: compile_repeated_blocks(fullgraph=True); model: torch.compile(the transformer)")
     co.add_argument("--out", default=None)
     co.set_defaults(func=bench_compile)
     cr = sub.add_parser("crossover", help="the video size from which each method's sparse call beats dense SDPA")

@@ -261,3 +261,20 @@ def test_bench_crossover_reports_the_smallest_faster_size(tmp_path):
     for method, n in data["crossover_tokens"].items():  # None (never faster here) or a measured size
         faster = {int(k) for k, e in data["results"].items() if e[method]["speedup_vs_dense"] > 1.0}
         assert n is None or n in faster
+
+
+def test_bench_compile_whole_model_semantic(tmp_path):
+    """--route model: semantic under torch.compile(transformer, fullgraph=True) compiles a graph per CFG branch for the
+    cold first step and one for the warm steps, then no more (compile_repeated_blocks would specialise per layer)."""
+    out = tmp_path / "compile.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dit_sparse.eval.bench", "compile", "--model", "tiny", "--methods", "semantic-b64",
+         "--steps", "4", "--warmup", "2", "--compile-backend", "eager", "--route", "model", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["compile"].startswith("torch.compile(transformer")
+    row = data["results"]["semantic-b64-compiled"]
+    assert "error" not in row, row
+    assert row["graphs"] == 4 and row["graph_breaks"] == 0
