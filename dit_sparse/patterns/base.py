@@ -30,7 +30,7 @@ class compiled_planning:  # noqa: N801 - used as a decorator
 
     Why: eager, a plan is some 40 small kernels (pooling, softmax, sort, cumsum, scatter) whose launches, not their
     work, cost the time: on an H200 draft's eager plan cost 1.4 ms per call even at 1,560 tokens (where dense attention
-    takes 0.07 ms; ``2026-12-02_NVIDIA-H200_crossover-wan-frame.json``), and compiled with the whole block it cost
+    takes 0.07 ms; ``...crossover-wan-frame-eager-planning.json``), and compiled with the whole block it cost
     nothing measurable (``...compile-wan1.3b-480p.json``). Compiled, the gathers of q and k into the tile order also
     fuse into the pooling, so the permuted copies are never written.
 
