@@ -307,7 +307,7 @@ class DraftPattern(Pattern):
                 f"{length}; pass video tokens only"
             )
         tiles = self.tiles_for(geometry, q.device, cache)
-        if self.config.blocks == "fixed" and not tiles.uniform:
+        if self.config.blocks == "fixed":
             return self._plan_fixed(q, k, tiles, length)
         if self.config.estimate == "blocks":
             dmap = exact_key_map(q, k, geometry, tiles)
@@ -325,30 +325,32 @@ class DraftPattern(Pattern):
         block; the partial edge tiles after them, a few neighbouring ones per block): the draft map scores those
         blocks, every block is full and a fixed-block kernel (FlashAttention-4) runs the layout."""
         bs = self.config.block_size
-        kmax = None
         if not self.config.global_budget:
             # A row keeps blocks while the tokens spent before them are under its budget B = ceil(density * L); all
             # blocks are full but (at most) the last, so a row holds at most ceil(B / block) + 1 of them. Knowing the
             # width saves the host read of the largest count, a sync in every call.
             kmax = -(-math.ceil(self.config.density * length) // bs) + 1
         else:
-            kmax = cdiv(length, bs)
-        indices, counts = fixed_block_plan(q, k, tiles.packed_perm, bs, self.config.density,
-                                           self.config.global_budget, self.config.estimate, kmax)
-        return BlockLayout(indices, counts, bs, bs, length, length, q_perm=tiles.packed_perm,
-                           kv_perm=tiles.packed_perm)
+            kmax = cdiv(length, bs)  # every block: still no host read
+        # Equal whole tiles that the raster order already keeps together (a tile spans the frame's width) need no
+        # permutation at all.
+        perm = None if tiles.uniform and tiles.perm is None else tiles.packed_perm
+        indices, counts = fixed_block_plan(q, k, perm, bs, self.config.density, self.config.global_budget,
+                                           self.config.estimate, kmax)
+        return BlockLayout(indices, counts, bs, bs, length, length, q_perm=perm, kv_perm=perm)
 
 
 @compiled_planning
-def fixed_block_plan(q: torch.Tensor, k: torch.Tensor, perm: torch.Tensor, block: int, density: float,
+def fixed_block_plan(q: torch.Tensor, k: torch.Tensor, perm: Optional[torch.Tensor], block: int, density: float,
                      global_budget: bool, estimate: str, kmax: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """kv_indices, kv_counts of draft's fixed-block layout: q, k (B, H, L, D) in raster order, ``perm`` [1, 1, L] the
-    packed tile order; ``kmax`` the static width of kv_indices (a bound on every row's count). Tensors only, so that
-    it compiles as one graph (see `compiled_planning`)."""
+    packed tile order (`None`: the raster order); ``kmax`` the static width of kv_indices (a bound on every row's
+    count). Tensors only, so that it compiles as one graph (see `compiled_planning`)."""
     b, h, length, d = q.shape
-    perm = perm.view(-1)
     # Gathers of q and k into the packed tile order make the block pooling a reshape (compiled, they fuse into it).
-    qs, ks = (x.index_select(2, perm).reshape(b * h, length, d) for x in (q, k))
+    if perm is not None:
+        q, k = (x.index_select(2, perm.view(-1)) for x in (q, k))
+    qs, ks = (x.reshape(b * h, length, d) for x in (q, k))
     mass = block_mass_estimate if estimate == "blocks" else pooled_block_mass
     dmap = mass(qs, ks, 1.0 / math.sqrt(d), block).view(b, h, -1, cdiv(length, block))
     sizes = block_sizes(length, block, q.device).long()

@@ -182,3 +182,37 @@ def test_torch_compile_fullgraph_semantic():
     assert ds.summary(reference)["mean_density"] < 1.0
     for got, expected in zip(outs, want):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["draft", "semantic"])
+def test_compiled_planning_in_the_processors_equals_eager(monkeypatch, method):
+    """The GPU path of planning (`compiled_planning`: each plan traced as one graph) forced on the CPU with Dynamo's
+    aot_eager backend, through the real processors over 2 steps x 2 CFG branches: the same outputs as eager planning,
+    and the plans really went through the compiler."""
+    import torch._dynamo
+
+    from dit_sparse import SemanticConfig
+    from dit_sparse.patterns import base, draft, semantic
+
+    config = (SPARSE_COMPILE_CONFIGS["draft"] if method == "draft" else
+              SemanticConfig(dense_steps=0, dense_layers=0, block_size=16, kv_clusters=8, top_p=0.5))
+    planner = draft.fixed_block_plan if method == "draft" else semantic.block_plan
+    want = _eager_reference(config)
+    real_compile = torch.compile
+    traced = []
+
+    def aot_eager_compile(fn, **kwargs):
+        traced.append(fn.__name__)
+        return real_compile(fn, **{**kwargs, "backend": "aot_eager"})
+
+    monkeypatch.setattr(torch, "compile", aot_eager_compile)
+    monkeypatch.setenv(base.COMPILE_PLANNING_ENV, "all")
+    monkeypatch.setattr(planner, "_compiled", None)
+    monkeypatch.setattr(planner, "_failed", False)
+    torch._dynamo.reset()
+    model = tiny_wan(num_layers=2)
+    ds.apply_sparse_attention(model, config)
+    outs = [o[0] for o in _compile_run(model, model)]
+    assert planner.fn.__name__ in traced and not planner._failed
+    for got, expected in zip(outs, want):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
