@@ -33,3 +33,6 @@ done
 # Issue #14 item 9, what is left: semantic compiled on the GPU (whole transformer, fullgraph), against eager and dense.
 timeout 250 python3 -m dit_sparse.eval.bench compile --model wan1.3b-480p --layers 10 --methods semantic-b64 \
   --route model --out $OUT/compile-wan1.3b-480p-semantic-model.json 2>&1 | grep -E "^wan|Error" | cut -c1-300
+# Draft on the image transformers now plans compiled (uniform tilings take the fixed-block plan too): re-measure.
+timeout 150 python3 -m dit_sparse.eval.bench step --model flux-4096 --layers 6 --dense-variants none \
+  --methods draft,fixed-0.25 --out $OUT/step-flux-4096-draft.json 2>&1 | grep -E "^flux|Error" | cut -c1-300
