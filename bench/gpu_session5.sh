@@ -36,3 +36,7 @@ timeout 250 python3 -m dit_sparse.eval.bench compile --model wan1.3b-480p --laye
 # Draft on the image transformers now plans compiled (uniform tilings take the fixed-block plan too): re-measure.
 timeout 150 python3 -m dit_sparse.eval.bench step --model flux-4096 --layers 6 --dense-variants none \
   --methods draft,fixed-0.25 --out $OUT/step-flux-4096-draft.json 2>&1 | grep -E "^flux|Error" | cut -c1-300
+# In a later call on the same machine, with dit_sparse/pipelines/{tiny,small}_model back in the tree (no carry; the
+# wheels stay installed under /tmp/site): layout drift across steps on the trained small model (issue #13 item 3; a
+# CPU run did not finish in 22 minutes).
+#   source /tmp/site/env.sh; python -m dit_sparse.eval.drift --model small --device cuda --out $OUT/drift-small.json
