@@ -66,9 +66,15 @@ class compiled_planning:  # noqa: N801 - used as a decorator
             return self._compiled(*args, **kwargs)
         except Exception as e:  # a compiler failure must not stop generation: plan eagerly from now on
             self._failed = True
-            logger.warning("compiled planning of %s failed (%s: %s); planning eagerly from now on. Set %s=0 to skip "
-                           "the attempt.", self.__name__, type(e).__name__, str(e).splitlines()[0][:200],
-                           COMPILE_PLANNING_ENV)
+            if "RecompileLimit" in type(e).__name__:
+                # Not a failure: every new shape or setting (a demo's density slider) compiles once, up to Dynamo's
+                # recompile_limit per function.
+                logger.warning("compiled planning of %s reached Dynamo's recompile_limit (one graph per shape and "
+                               "setting); planning eagerly from now on.", self.__name__)
+            else:
+                logger.warning("compiled planning of %s failed (%s: %s); planning eagerly from now on. Set %s=0 to "
+                               "skip the attempt.", self.__name__, type(e).__name__, str(e).splitlines()[0][:200],
+                               COMPILE_PLANNING_ENV)
             return self.fn(*args, **kwargs)
 
 

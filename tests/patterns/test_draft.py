@@ -342,3 +342,25 @@ def test_compiled_planning_falls_back_to_eager_when_compilation_fails(monkeypatc
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(1) or fn)
     base.compiled_planning(fixed_block_plan.fn)(*args)
     assert not calls  # switched off: never compiled
+
+
+def test_compiled_planning_past_the_recompile_limit_plans_eagerly(monkeypatch, caplog):
+    """Every new density (a demo's slider) or shape compiles the plan once; past Dynamo's recompile_limit the plan runs
+    eagerly, said as such (not as a compiler failure), with the same layouts."""
+    import torch._dynamo
+
+    from dit_sparse.patterns import base
+    from dit_sparse.patterns.draft import fixed_block_plan
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **{**kw, "backend": "aot_eager"}))
+    monkeypatch.setenv(base.COMPILE_PLANNING_ENV, "all")
+    planner = base.compiled_planning(fixed_block_plan.fn)
+    torch._dynamo.reset()
+    g = VideoGeometry(5, 9, 13)
+    with torch._dynamo.config.patch(recompile_limit=2), caplog.at_level("WARNING"):
+        for density in (0.2, 0.3, 0.4):
+            _, args = _fixed_plan_args(g, density=density)
+            got = planner(*args)
+            assert all(torch.equal(a, b) for a, b in zip(got, fixed_block_plan.fn(*args)))
+    assert planner._failed and "recompile_limit" in caplog.text and "failed" not in caplog.text
