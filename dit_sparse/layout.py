@@ -57,21 +57,24 @@ def whole_blocks_first(group: torch.Tensor, block: int) -> torch.Tensor:
     return torch.sort(remainder.to(torch.uint8), dim=-1, stable=True).indices
 
 
-def pack_block_mask(mask: torch.Tensor, kmax: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """A bool block mask [B, H, Nq, Nk] as kv_indices int32 [B, H, Nq, kmax] (kept blocks in increasing order, padding
-    entries repeating the last valid index so they stay in range) and kv_counts int32 [B, H, Nq], with no host read.
+def pack_block_mask(mask: torch.Tensor, kmax: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A bool mask [..., M] as left-aligned indices int32 [..., kmax] (kept entries in increasing order, padding
+    entries repeating the last valid index, 0 for empty rows, so they stay in range) and counts int32 [...], with no
+    host read (a cumulative sum and a scatter, no sort).
 
-    ``kmax`` must not be below any row's count (a row would lose blocks); it is clamped to [1, Nk].
+    ``kmax`` (default M) must not be below any row's count (a row would lose entries); it is clamped to [1, M].
     """
-    kmax = max(1, min(int(kmax), mask.shape[-1]))
+    m = mask.shape[-1]
+    kmax = m if kmax is None else max(1, min(int(kmax), m))
     counts = mask.sum(-1, dtype=torch.int32)
-    # Stable sort of (not kept, index) puts the kept blocks first in increasing order.
-    order = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
-    indices = order[..., :kmax]
-    pos = torch.arange(kmax, device=mask.device, dtype=torch.int32)
-    last = indices.gather(-1, (counts.clamp(min=1) - 1).long().unsqueeze(-1))
-    indices = torch.where(pos < counts.unsqueeze(-1), indices, last)
-    return indices.contiguous(), counts.contiguous()
+    pos = mask.long().cumsum(-1) - 1
+    target = torch.where(mask, pos, torch.full_like(pos, m))  # unselected entries go to a dump column
+    src = torch.arange(m, device=mask.device).expand_as(pos)
+    idx = torch.zeros(*mask.shape[:-1], m + 1, dtype=torch.long, device=mask.device).scatter_(-1, target, src)
+    idx = idx[..., :kmax]
+    last = idx.gather(-1, (counts.long() - 1).clamp(min=0).unsqueeze(-1))
+    idx = torch.where(torch.arange(idx.shape[-1], device=mask.device) < counts.unsqueeze(-1), idx, last)
+    return idx.to(torch.int32).contiguous(), counts.contiguous()
 
 
 @dataclasses.dataclass

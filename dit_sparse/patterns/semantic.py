@@ -54,7 +54,7 @@ import torch
 
 from ..config import SemanticConfig
 from ..geometry import VideoGeometry
-from ..layout import BlockLayout, block_sizes, cdiv, whole_blocks_first
+from ..layout import BlockLayout, block_sizes, cdiv, pack_block_mask, whole_blocks_first
 from .base import Pattern, compiled_planning
 from .block_mass import block_mass_estimate, pooled_block_mass, select_top_p
 from .kmeans import batched_kmeans
@@ -151,23 +151,6 @@ def cluster_pieces(counts: torch.Tensor, block: int, n_max: int, length: int) ->
     return starts.to(torch.int32), cluster, valid
 
 
-def pack_mask(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Packs a bool mask [..., M] into left-aligned indices [..., M] (int32) and counts [...] (int32), no host sync.
-
-    Entries past the count repeat the last valid index (0 for empty rows), so they stay in range.
-    """
-    m = mask.shape[-1]
-    counts = mask.sum(-1)
-    pos = mask.long().cumsum(-1) - 1
-    target = torch.where(mask, pos, torch.full_like(pos, m))  # unselected entries go to a dump column
-    src = torch.arange(m, device=mask.device).expand_as(pos)
-    idx = torch.zeros(*mask.shape[:-1], m + 1, dtype=torch.long, device=mask.device).scatter_(-1, target, src)
-    idx = idx[..., :m]
-    last = idx.gather(-1, (counts - 1).clamp(min=0).unsqueeze(-1))
-    idx = torch.where(torch.arange(m, device=mask.device) < counts.unsqueeze(-1), idx, last)
-    return idx.to(torch.int32).contiguous(), counts.to(torch.int32).contiguous()
-
-
 def _overlap(counts: torch.Tensor, block: int, length: int) -> torch.Tensor:
     """bool [N, ceil(L / block), K]: fixed block i of the permuted sequence holds tokens of cluster c."""
     offsets = (counts.cumsum(-1) - counts).unsqueeze(1)
@@ -207,7 +190,7 @@ def block_plan(q, k, q_perm, kv_perm, q_counts, k_counts, block: int, fixed_bloc
     select = select_top_p(mass, k_sizes, top_p, min_keep, k_valid, diagonal=diagonal)
     if q_valid is not None:
         select = select & q_valid.unsqueeze(-1)  # padding pieces compute nothing
-    idx, cnt = pack_mask(select)
+    idx, cnt = pack_block_mask(select)
     return idx, cnt, q_starts, kv_starts
 
 
@@ -365,7 +348,7 @@ class SemanticPattern(Pattern):
         kv_starts, k_cluster, k_valid = cluster_pieces(k_counts, bs, nk_max, lk)
         # Per query cluster, the key pieces of its kept key clusters: [N, Kq, Nk_max].
         piece_mask = select.gather(2, k_cluster.unsqueeze(1).expand(-1, kq, -1)) & k_valid.unsqueeze(1)
-        idx, cnt = pack_mask(piece_mask)
+        idx, cnt = pack_block_mask(piece_mask)
         idx = self._trim(idx, cnt)
         # Every query piece inherits its cluster's list; padding pieces compute nothing.
         kv_indices = idx.gather(1, q_cluster.unsqueeze(-1).expand(-1, -1, idx.shape[-1]))
@@ -378,7 +361,7 @@ class SemanticPattern(Pattern):
         mq = _overlap(q_counts, bs, lq).float()  # [N, nq, Kq]
         mk = _overlap(k_counts, bs, lk).float()  # [N, nk, Kk]
         mask = torch.bmm(torch.bmm(mq, select.float()), mk.transpose(1, 2)) > 0.5
-        idx, cnt = pack_mask(mask)
+        idx, cnt = pack_block_mask(mask)
         return self._trim(idx, cnt).contiguous(), cnt, None, None
 
 
@@ -388,6 +371,5 @@ __all__ = [
     "cluster_order",
     "cluster_pieces",
     "max_pieces",
-    "pack_mask",
     "select_clusters",
 ]

@@ -13,9 +13,10 @@ import dit_sparse as ds
 from dit_sparse import SemanticConfig, VideoGeometry
 from dit_sparse.api import get_state
 from dit_sparse.kernels import block_sparse_attention
+from dit_sparse.layout import pack_block_mask
 from dit_sparse.patterns import make_pattern
 from dit_sparse.patterns.kmeans import assign_clusters, batched_kmeans, inertia, strided_init
-from dit_sparse.patterns.semantic import SemanticPattern, max_pieces, pack_mask, select_clusters
+from dit_sparse.patterns.semantic import SemanticPattern, max_pieces, select_clusters
 
 
 def dense_attention(q, k, v):
@@ -157,7 +158,7 @@ def test_select_clusters_top_p_min_keep_and_empty():
 
 def test_pack_mask_and_static_bound():
     mask = torch.tensor([[True, False, True, True], [False] * 4, [False, False, False, True]])
-    idx, cnt = pack_mask(mask)
+    idx, cnt = pack_block_mask(mask)
     assert cnt.tolist() == [3, 0, 1]
     assert idx.tolist() == [[0, 2, 3, 3], [0, 0, 0, 0], [3, 3, 3, 3]]
     # The bound holds for every split of L tokens into K clusters (random and adversarial).
