@@ -10,10 +10,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import ClassVar, Dict, Optional, Tuple, Type, Union
 
 BACKEND_NAMES = ("auto", "fa4", "triton", "flex", "reference")
+
+_OFF_VALUES = ("0", "false", "no", "off")
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """The on/off environment variable ``name`` (the package's ``DIT_SPARSE_*`` switches): unset or empty gives
+    ``default``; "0", "false", "no", "off" (any case) give False; anything else True."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    return value not in _OFF_VALUES
 
 # ``min_sparse_tokens=None`` on a CUDA device: below this many video tokens a call runs dense. ComfyUI's sparse
 # attention node uses this threshold; measured for ours on an H200 (``python -m dit_sparse.eval.bench crossover``,

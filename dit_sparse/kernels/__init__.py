@@ -19,6 +19,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
+from ..config import env_flag
 from ..layout import BlockLayout
 from .reference import run as _reference_run
 
@@ -259,7 +260,7 @@ def _check_layout_values(layout: BlockLayout) -> None:
 def _layout_check_requested(check_layout: Optional[bool]) -> bool:
     if check_layout is not None:
         return bool(check_layout)
-    return os.environ.get(CHECK_LAYOUT_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+    return env_flag(CHECK_LAYOUT_ENV, False)
 
 
 def _gather_tokens(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:

@@ -13,11 +13,13 @@ from typing import List, Optional
 
 import torch
 
+from ..config import env_flag
+
 # FlashAttention-4 compiles its kernels at the first call of every new process (+3.7 s on the first sparse step of
 # Wan-14B 720p, issue #13); its own disk cache, read when flash_attn.cute is first imported, keeps them across
 # processes. On unless the user chose otherwise (FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED) or set
 # DIT_SPARSE_PERSISTENT_CACHE=0.
-if os.environ.get("DIT_SPARSE_PERSISTENT_CACHE", "1").strip().lower() not in ("0", "false", "no", "off"):
+if env_flag("DIT_SPARSE_PERSISTENT_CACHE", True):
     os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
 
 try:

@@ -18,21 +18,17 @@ block kernel. Runs under ``TRITON_INTERPRET=1`` (fp16/fp32) for the tests.
 
 from __future__ import annotations
 
-import os
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import triton
 import triton.language as tl
 
+from ..config import env_flag
 from ..layout import BlockLayout
+from .triton_block_sparse import _LOG2E, _MIN_TILE, _interpreting, _next_pow2, _strides
 
 PACKED_ENV = "DIT_SPARSE_TRITON_PACKED"
-_LOG2E = 1.4426950408889634
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, int(x) - 1).bit_length()
 
 
 def _packed_fwd_py(
@@ -132,7 +128,7 @@ def _kernel(interpret: bool):
 
 
 def enabled() -> bool:
-    return os.environ.get(PACKED_ENV, "0").strip() == "1"
+    return env_flag(PACKED_ENV, False)
 
 
 def supports(q: torch.Tensor, v: torch.Tensor, layout: BlockLayout) -> bool:
@@ -172,24 +168,19 @@ def packed_forward(q, k, v, layout: BlockLayout, scale: float) -> Tuple[torch.Te
     kv_indices, kv_counts = i32(layout.kv_indices), i32(layout.kv_counts)
     q_starts, kv_starts = i32(layout.q_block_starts), i32(layout.kv_block_starts)
     cum = piece_offsets(layout).to(q.device)
-    interpret = os.environ.get("TRITON_INTERPRET", "0") == "1"
-    block_m = max(16, _next_pow2(layout.block_q))
-    d_tile, dv_tile = max(16, _next_pow2(d)), max(16, _next_pow2(dv))
+    interpret = _interpreting()
+    block_m = max(_MIN_TILE, _next_pow2(layout.block_q))
+    d_tile, dv_tile = max(_MIN_TILE, _next_pow2(d)), max(_MIN_TILE, _next_pow2(dv))
     block_n = 64
     dummy = kv_counts
-
-    def strides(t: Optional[torch.Tensor], n: int):
-        if t is None:
-            return (0,) * n
-        return tuple(0 if t.shape[i] == 1 else t.stride(i) for i in range(n))
 
     _kernel(interpret)[(nq, bsz * heads)](
         q, k, v, out, lse, kv_indices, kv_counts, cum, dummy if q_starts is None else q_starts, kv_starts,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1),
-        *strides(kv_indices, 4), *strides(kv_counts, 3), *strides(cum, 4),
-        *strides(q_starts, 3), *strides(kv_starts, 3),
+        *_strides(kv_indices, 4), *_strides(kv_counts, 3), *_strides(cum, 4),
+        *_strides(q_starts, 3), *_strides(kv_starts, 3),
         heads, lq, float(scale) * _LOG2E,
         HEAD_DIM=d, HEAD_DIM_V=dv, D_TILE=d_tile, DV_TILE=dv_tile, BLOCK_Q=layout.block_q, BLOCK_M=block_m,
         VAR_Q=q_starts is not None, BLOCK_N=block_n, IEEE=q.dtype == torch.float32,

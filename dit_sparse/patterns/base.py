@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict
 
 import torch
 
-from ..config import SparseConfig
+from ..config import SparseConfig, env_flag
 from ..geometry import VideoGeometry
 from ..layout import BlockLayout
 
@@ -50,10 +50,9 @@ class compiled_planning:  # noqa: N801 - used as a decorator
     @staticmethod
     def mode() -> str:
         """"cuda" (default: compile for CUDA tensors), "all" (every device: tests, CPU benchmarks) or "off"."""
-        value = os.environ.get(COMPILE_PLANNING_ENV, "1").strip().lower()
-        if value in ("0", "false", "no", "off"):
-            return "off"
-        return "all" if value == "all" else "cuda"
+        if os.environ.get(COMPILE_PLANNING_ENV, "").strip().lower() == "all":
+            return "all"
+        return "cuda" if env_flag(COMPILE_PLANNING_ENV, True) else "off"
 
     def __call__(self, *args, **kwargs):
         mode = self.mode()
