@@ -570,7 +570,7 @@ def bench_crossover(args) -> dict:
             try:
                 # A method name at its config's defaults, or a step-benchmark row (e.g. semantic-b64: top_p 0.3, a
                 # density near 0.25 on random q/k, where the default top_p keeps almost every block).
-                name, opts = STEP_METHODS.get(method, (method, {})) if method != "fixed-0.25" else (method, {})
+                name, opts = STEP_METHODS.get(method, (method, {}))
                 cfg = ds.make_config(name, dense_steps=0, dense_layers=0, backend=args.backend, **opts)
                 pattern = make_pattern(cfg)
                 cache = PlanCache(shared=BoundedCache())  # the per-geometry cache a pipeline's state gives
@@ -711,17 +711,18 @@ def implied_e2e(family: str, full_depth: int, ratios: Dict[str, float]) -> Dict[
 
 
 # The methods of the step benchmark: label -> (method, options). Semantic's top_p is the one that gives a density
-# near 0.25 on random weights (the comparison point); every other option is the config's default.
+# near 0.25 on random weights (the comparison point); every other option is the config's default, but for the
+# block sizes the labels name (the rows measured before SemanticConfig's default became 64 keep their meaning).
 STEP_METHODS = {
     "radial": ("radial", {}),
     "draft": ("draft", {"density": 0.25}),
     "draft-tiles": ("draft", {"density": 0.25, "blocks": "tiles"}),
     "draft-r2": ("draft", {"density": 0.25, "refresh_every": 2}),
-    "semantic": ("semantic", {"top_p": 0.3}),
-    "semantic-fixed": ("semantic", {"top_p": 0.3, "fixed_blocks": True}),
-    "semantic-fixed-r2": ("semantic", {"top_p": 0.3, "fixed_blocks": True, "refresh_every": 2}),
-    "semantic-r2": ("semantic", {"top_p": 0.3, "refresh_every": 2}),
-    "semantic-k64": ("semantic", {"top_p": 0.3, "kv_clusters": 64}),
+    "semantic": ("semantic", {"top_p": 0.3, "block_size": 128}),
+    "semantic-fixed": ("semantic", {"top_p": 0.3, "fixed_blocks": True, "block_size": 128}),
+    "semantic-fixed-r2": ("semantic", {"top_p": 0.3, "fixed_blocks": True, "block_size": 128, "refresh_every": 2}),
+    "semantic-r2": ("semantic", {"top_p": 0.3, "block_size": 128, "refresh_every": 2}),
+    "semantic-k64": ("semantic", {"top_p": 0.3, "block_size": 128, "kv_clusters": 64}),
     "semantic-b64": ("semantic", {"top_p": 0.3, "block_size": 64}),
     "semantic-b64-r2": ("semantic", {"top_p": 0.3, "block_size": 64, "refresh_every": 2}),
     "semantic-b32": ("semantic", {"top_p": 0.3, "block_size": 32}),
