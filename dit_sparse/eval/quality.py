@@ -27,6 +27,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ..patterns.base import Pattern
+from ..schedule import shared_or_build
 from .fidelity import KNOBS as FIDELITY_KNOBS
 from .oracle import load_model
 
@@ -42,34 +44,32 @@ KNOBS = {method: knob for method, (knob, *_) in FIDELITY_KNOBS.items()}  # metho
 SCHEDULE = ("dense_steps", "dense_layers", "min_sparse_tokens")
 
 
-class RandomLayoutPattern:
+class RandomLayoutPattern(Pattern):
     """A pattern that keeps random key blocks (the diagonal among them) at a given density: the baseline a
     content-aware pattern must beat. Installed in place of a config's pattern; a new layout per call, or with
-    ``reuse`` one per geometry drawn once (a static pattern: the step benchmark's yardstick, no planning cost)."""
+    ``reuse`` one per geometry drawn once and shared by the layers like a static pattern's (the step benchmark's
+    yardstick, no planning cost)."""
 
     name = "random"
 
     def __init__(self, config, density: float, seed: int = 0, reuse: bool = False):
-        self.config, self.density, self.seed = config, density, seed
+        super().__init__(config)
+        self.density, self.seed = density, seed
         self.static = reuse
-        self._drawn = {}
-
-    def prepare(self, geometry, device, cache) -> None:
-        pass
 
     def plan(self, q, k, geometry, cache):
         from .fidelity import random_block_layout
 
-        key = (geometry.key, q.shape[0], q.shape[1], str(q.device))
-        if self.static and key in self._drawn:
-            return self._drawn[key]
-        self.seed += 1
-        bs = self.config.block_size
-        layout = random_block_layout(q.shape[2], k.shape[2], q.shape[1], self.density, bs, self.seed, q.shape[0])
-        layout = layout.to(q.device)
-        if self.static:
-            self._drawn[key] = layout
-        return layout
+        def draw():
+            self.seed += 1
+            layout = random_block_layout(q.shape[2], k.shape[2], q.shape[1], self.density, self.config.block_size,
+                                         self.seed, q.shape[0])
+            return layout.to(q.device)
+
+        if not self.static:
+            return draw()
+        key = ("random", self.density, geometry.key, q.shape[0], q.shape[1], str(q.device))
+        return shared_or_build(cache, key, draw)
 
 
 def calibrate_knobs(pipe, method_options: Dict[str, dict], densities: Sequence[float], size: dict, steps: int,

@@ -43,3 +43,35 @@ def test_random_baseline_runs_sparse_with_the_presets_schedule():
     for r in baseline:
         assert r["config"]["min_sparse_tokens"] == 0 and r["config"]["dense_layers"] == 1, r["config"]
         assert 0.0 < r["density"] < 1.0, r
+
+
+def test_random_yardstick_draws_once_per_geometry():
+    """The step benchmark's yardstick (``RandomLayoutPattern(reuse=True)``): one random layout per geometry, drawn
+    once and shared by every layer and call through the state's shared cache, at the requested density; without
+    ``reuse`` every call draws anew."""
+    import torch
+    from tiny_models import tiny_wan, wan_inputs
+
+    import dit_sparse as ds
+    from dit_sparse.api import get_state
+    from dit_sparse.eval.quality import RandomLayoutPattern
+
+    layouts = []
+    for reuse in (True, False):
+        model = tiny_wan(num_layers=2)
+        config = ds.RadialConfig(dense_steps=0, dense_layers=0, block_size=16, min_sparse_tokens=0)
+        ds.apply_sparse_attention(model, config)
+        state = get_state(model)
+        state.pattern = RandomLayoutPattern(config, 0.25, reuse=reuse)
+        seen = []
+        real_plan = state.pattern.plan
+        state.pattern.plan = lambda *a, _p=real_plan: seen.append(_p(*a)) or seen[-1]
+        with torch.no_grad():
+            for step in range(2):
+                with model.cache_context("cond", step_index=step, num_inference_steps=2):
+                    model(**wan_inputs(timestep=999.0 - step, seed=1, frames=5, height=8, width=8))
+        layouts.append(seen)
+    shared, fresh = layouts
+    assert len(shared) == 4 and all(lay is shared[0] for lay in shared)
+    assert abs(float(shared[0].density()) - 0.25) < 0.05
+    assert len({id(lay) for lay in fresh}) == 4
