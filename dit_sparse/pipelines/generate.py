@@ -338,24 +338,18 @@ def _load_hunyuan(model_id: str, preset: ModelPreset, dtype: torch.dtype, **hub)
     return pipe
 
 
-def _load_flux(model_id: str, preset: ModelPreset, dtype: torch.dtype, **hub):
-    from diffusers import FluxPipeline
+def _load_image(model_id: str, preset: ModelPreset, dtype: torch.dtype, **hub):
+    """FLUX.1-dev or Qwen-Image (``preset.pipeline_class``): every component in one dtype (bfloat16 on a GPU), as
+    Diffusers' examples of both load them."""
+    import diffusers
 
-    # Every component in one dtype (bfloat16 on a GPU), as Diffusers' FLUX.1-dev example loads it.
-    return FluxPipeline.from_pretrained(model_id, **dtype_kwarg(dtype), **hub)
-
-
-def _load_qwen_image(model_id: str, preset: ModelPreset, dtype: torch.dtype, **hub):
-    from diffusers import QwenImagePipeline
-
-    # Every component in one dtype (bfloat16 on a GPU), as Diffusers' Qwen-Image example loads it.
-    return QwenImagePipeline.from_pretrained(model_id, **dtype_kwarg(dtype), **hub)
+    return getattr(diffusers, preset.pipeline_class).from_pretrained(model_id, **dtype_kwarg(dtype), **hub)
 
 
 def _loader_for(family: str):
     """The function that loads a pipeline of ``family`` from a Hub id or a local folder (looked up when called, so
     tests can replace one)."""
-    loaders = {"wan": _load_wan, "hunyuan_video": _load_hunyuan, "flux": _load_flux, "qwen_image": _load_qwen_image}
+    loaders = {"wan": _load_wan, "hunyuan_video": _load_hunyuan, "flux": _load_image, "qwen_image": _load_image}
     if family not in loaders:
         raise GenerationError(f"no loader for model family {family!r}; known families: {', '.join(loaders)}")
     return loaders[family]

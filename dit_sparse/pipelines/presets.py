@@ -164,13 +164,8 @@ FLUX_SPARSE = {
     "draft": {"dense_steps": 0.25, "dense_layers": 1, "density": 0.25, "min_sparse_tokens": 0},
     "tile": {"dense_steps": 0.25, "dense_layers": 1, "tile": (1, 8, 16), "window": (1, 3, 3), "min_sparse_tokens": 0},
 }
-QWEN_IMAGE_SPARSE = {
-    "dense": {},
-    "radial": {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.1, "min_sparse_tokens": 0},
-    "semantic": {"dense_steps": 0.25, "dense_layers": 1, "top_p": 0.9, "min_sparse_tokens": 0},
-    "draft": {"dense_steps": 0.25, "dense_layers": 1, "density": 0.25, "min_sparse_tokens": 0},
-    "tile": {"dense_steps": 0.25, "dense_layers": 1, "tile": (1, 8, 16), "window": (1, 3, 3), "min_sparse_tokens": 0},
-}
+# The same untuned starting points (a copy: a preset's options are its own).
+QWEN_IMAGE_SPARSE = {method: dict(options) for method, options in FLUX_SPARSE.items()}
 
 PRESETS: Dict[str, ModelPreset] = {
     "tiny": ModelPreset(

@@ -89,7 +89,7 @@ def test_qwen_image_hub_id_writes_png(monkeypatch, tmp_path, method, flags):
         return tiny_qwen_image_pipeline()
 
     monkeypatch.setattr(generate, "hub_access", lambda *args, **kwargs: {})
-    monkeypatch.setattr(generate, "_load_qwen_image", load_in_memory)
+    monkeypatch.setattr(generate, "_load_image", load_in_memory)
     out = tmp_path / "fox.png"
     report = _generate("Qwen/Qwen-Image", method, out, tmp_path / "report.json", flags)
     assert loaded == [("Qwen/Qwen-Image", "qwen-image", torch.float32)]  # float32 on a CPU
