@@ -35,7 +35,7 @@ from .generate import (  # noqa: E402
     run_pipeline,
     write_output,
 )
-from .presets import METHODS, ModelPreset, check_size, preset_for, resolve_dtype  # noqa: E402
+from .presets import METHODS, check_size, preset_for, resolve_dtype  # noqa: E402
 
 # Components the browser test drives are pinned by elem_id.
 ELEM_IDS = {
@@ -167,11 +167,6 @@ def format_timings(
     return "\n".join(lines)
 
 
-def output_suffix(preset: ModelPreset) -> str:
-    """The file extension of the demo's outputs: ``.png`` for an image model, ``.mp4`` for a video model."""
-    return ".png" if preset.is_image else ".mp4"
-
-
 class DemoRunner:
     """Holds the pipeline and runs one dense/sparse comparison per click (one at a time)."""
 
@@ -226,7 +221,7 @@ class DemoRunner:
                 self.pipe, self.preset, settings, config=config, device=self.device, capture_layout=True
             )
         tag = uuid.uuid4().hex[:8]
-        suffix = output_suffix(self.preset)
+        suffix = self.preset.suffix
         sparse_path = self.out_dir / f"{tag}_{method}{suffix}"
         write_output(sparse_path, sparse.frames, self.preset, self.preset.fps)
         dense_path, metrics = None, None

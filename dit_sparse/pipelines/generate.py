@@ -107,7 +107,7 @@ def output_path(preset: ModelPreset, out: Optional[str], method: str) -> Path:
             the path to use instead.
     """
     if not out:
-        return Path("outputs") / f"{preset.name}_{method}.{'png' if preset.is_image else 'mp4'}"
+        return Path("outputs") / f"{preset.name}_{method}{preset.suffix}"
     path = Path(out)
     if preset.is_image and path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(

@@ -84,6 +84,11 @@ class ModelPreset:
     def is_image(self) -> bool:
         return self.kind == "image"
 
+    @property
+    def suffix(self) -> str:
+        """The file extension of what the preset generates: ``.png`` for an image model, ``.mp4`` for a video one."""
+        return ".png" if self.is_image else ".mp4"
+
     def sparse_options(self, method: str) -> Dict[str, Any]:
         """The recommended `make_config` options of ``method`` for this model (a fresh dict)."""
         if method not in METHODS:
