@@ -1,9 +1,9 @@
 """Variable-block attention with each query block's kept key pieces packed into full key tiles (Triton).
 
-Why: the semantic pattern's blocks are cluster pieces of at most 64 tokens, about 60 % full on average at Wan 480p
-(~850 non-empty query pieces per head); our block kernel (`triton_block_sparse`) spends one key tile per listed piece,
-so most of every tile is masked: 14.6 ms per call against 3.45 ms for fixed blocks at the same density on FA4
-(``2026-12-02_NVIDIA-H200_step-wan1.3b-480p-round-clusters.json``, issue #13). Here a query block walks the
+Why: the semantic pattern's blocks are cluster pieces of at most 64 tokens (up to 1,004 query pieces per head for
+Wan 480p's 32,760 tokens); our block kernel (`triton_block_sparse`) spends one key tile per listed piece, so much of
+every tile is masked: 14.5 ms per call against 3.45 ms for fixed blocks at about the same density on FA4
+(``2026-12-02_NVIDIA-H200_profile-semantic.json``, issue #13). Here a query block walks the
 concatenation of its kept key pieces in chunks of ``BLOCK_N`` *tokens*: every chunk is full (but the last), and its
 rows are gathered from as many pieces as it spans. Per chunk, each lane finds its piece from ``cum`` (the prefix sums
 of the row's listed piece sizes) with one comparison against a window of the next ``BLOCK_N`` boundaries (a piece
