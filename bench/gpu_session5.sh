@@ -3,6 +3,9 @@
 # block kernel: correctness against the reference on the GPU, kernel time, then one Wan-1.3B step each. With packed
 # keys only the query side still pays for partial pieces, so smaller pieces (semantic-b32) may pay off there.
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
+# `bash bench/gpu_session5.sh kernel` runs the packed-key part, `... compile` the rest (each fits one 600 s call).
+part=${1:-all}
+if [ "$part" != compile ]; then
 timeout 120 python3 - <<'PY' 2>&1 | grep -v -i warn
 import json, os, torch, dit_sparse as ds
 from dit_sparse.eval.bench import time_cuda
@@ -30,12 +33,15 @@ for packed in 0 1; do
     --dense-variants none --methods semantic-b64,semantic-b32,fixed-0.25 --out $OUT/step-wan1.3b-480p-packed$packed.json 2>&1 \
     | grep -E "^wan|Error" | cut -c1-300
 done
+fi
+if [ "$part" != kernel ]; then
 # Issue #14 item 9, what is left: semantic compiled on the GPU (whole transformer, fullgraph), against eager and dense.
 timeout 250 python3 -m dit_sparse.eval.bench compile --model wan1.3b-480p --layers 10 --methods semantic-b64 \
   --route model --out $OUT/compile-wan1.3b-480p-semantic-model.json 2>&1 | grep -E "^wan|Error" | cut -c1-300
 # Draft on the image transformers now plans compiled (uniform tilings take the fixed-block plan too): re-measure.
 timeout 150 python3 -m dit_sparse.eval.bench step --model flux-4096 --layers 6 --dense-variants none \
   --methods draft,fixed-0.25 --out $OUT/step-flux-4096-draft.json 2>&1 | grep -E "^flux|Error" | cut -c1-300
+fi
 # In a later call on the same machine, with dit_sparse/pipelines/{tiny,small}_model back in the tree (no carry; the
 # wheels stay installed under /tmp/site): layout drift across steps on the trained small model (issue #13 item 3; a
 # CPU run did not finish in 22 minutes).
