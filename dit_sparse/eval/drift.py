@@ -41,7 +41,7 @@ def drift_rows(captures, methods: Dict[str, dict], block_size: int, gaps: Sequen
                 ref = DenseReference(cap.q, cap.k, cap.v)
                 fresh = attention_error(cap.q, cap.k, cap.v, layouts[step], reference=ref)
                 rnd = random_block_layout(cap.q.shape[2], cap.k.shape[2], cap.q.shape[1], fresh["density"],
-                                          block_size, step, cap.q.shape[0])
+                                          block_size, step, cap.q.shape[0]).to(cap.q.device)
                 random_err = attention_error(cap.q, cap.k, cap.v, rnd, reference=ref)["rel_l2"]
                 for gap in gaps:
                     if step - gap not in layouts:
@@ -98,6 +98,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     t0 = time.perf_counter()
     caps = capture_attention(pipe, args.prompt, layers=layers, steps=range(first_sparse, steps), height=preset.height,
                              width=preset.width, frames=preset.frames, num_inference_steps=steps)
+    for cap in caps:  # captures are parked on the CPU; planning and the dense references run on --device
+        cap.q, cap.k, cap.v = (t.to(args.device) for t in (cap.q, cap.k, cap.v))
     methods = {m: {k: v for k, v in preset.sparse[m].items() if k not in ("dense_steps", "dense_layers", "block_size")}
                for m in args.methods.split(",")}
     block = preset.sparse["draft"].get("block_size", 128)
