@@ -30,6 +30,17 @@ KERNEL_SHAPES = {
     "wan14b-720p": (75600, 40, 128),
     "hunyuan-720p": (119056, 24, 128),
     "tiny": (1000, 2, 64),
+    # Image transformers (one frame of 2x2-packed latents; FLUX.1-dev's 24 heads x 128) for `--layout tile`.
+    "flux-2048": (128 * 128, 24, 128),
+    "flux-4096": (256 * 256, 24, 128),
+}
+# The token grid (frames, height, width, model) of a kernel shape, for layouts that depend on it (`--layout tile`).
+KERNEL_GRIDS = {
+    "wan1.3b-480p": (21, 30, 52, "wan"),
+    "wan14b-720p": (21, 45, 80, "wan"),
+    "tiny": (10, 10, 10, "wan"),
+    "flux-2048": (1, 128, 128, "flux"),
+    "flux-4096": (1, 256, 256, "flux"),
 }
 
 RESULTS_DIR = Path("bench/results")
@@ -96,9 +107,15 @@ def random_layout(batch, heads, length, density, block, device, seed=0) -> Block
 
 
 def sampled_reference_error(q, k, v, layout: BlockLayout, out: torch.Tensor, rows: int = 4, seed: int = 0) -> float:
-    """Max abs error of ``out`` against exact fp32 attention on a few sampled query blocks (all heads)."""
+    """Max abs error of ``out`` against exact fp32 attention on a few sampled query blocks (all heads); layouts with
+    token permutations or variable blocks (a tile layout) against the whole fp32 reference kernel."""
     from ..kernels.reference import reference_block_sparse_attention
 
+    if any(t is not None for t in (layout.q_perm, layout.kv_perm, layout.q_block_starts, layout.kv_block_starts)):
+        from ..kernels import block_sparse_attention
+
+        ref = block_sparse_attention(q.float(), k.float(), v.float(), layout, backend="reference")
+        return float((ref - out.float()).abs().max())
     g = torch.Generator(device="cpu").manual_seed(seed)
     nq = layout.num_q_blocks
     picks = torch.randperm(nq, generator=g)[:rows].tolist()
@@ -153,6 +170,31 @@ def _dense_baselines(q, k, v) -> Dict[str, Callable[[], torch.Tensor]]:
     return fns
 
 
+def _kernel_layouts(args, shape_name, q, k, densities, heads, length, device):
+    """(row label, layout) pairs of the kernel benchmark: random layouts at ``densities`` (``--layout random``), or
+    the image presets' tile pattern on the shape's grid and a random layout of the same density, the yardstick of
+    issue #15's "tile kernel >= 0.9x FA4's fixed-layout effective rate" (``--layout tile``)."""
+    if args.layout == "random":
+        return [(d, random_layout(1, heads, length, d, args.block, device)) for d in densities]
+    import dit_sparse as ds
+
+    from ..geometry import VideoGeometry
+    from ..patterns import make_pattern
+    from ..pipelines.presets import FLUX_SPARSE
+    from ..schedule import BoundedCache, PlanCache
+
+    if shape_name not in KERNEL_GRIDS:
+        raise ValueError(f"--layout tile needs a token grid; shape {shape_name!r} has none (use one of "
+                         f"{', '.join(KERNEL_GRIDS)})")
+    frames, height, width, model = KERNEL_GRIDS[shape_name]
+    options = {key: value for key, value in FLUX_SPARSE["tile"].items() if key not in ("dense_steps", "dense_layers")}
+    config = ds.make_config("tile", block_size=args.block, **options)
+    geometry = VideoGeometry(frames, height, width, model)
+    tile = make_pattern(config).plan(q, k, geometry, PlanCache(shared=BoundedCache()))
+    density = float(tile.density())
+    return [("tile", tile), (f"random-{density:.3f}", random_layout(1, heads, length, density, args.block, device))]
+
+
 def bench_kernel(args) -> dict:
     from ..kernels import available_backends, block_sparse_attention
 
@@ -185,8 +227,7 @@ def bench_kernel(args) -> dict:
                 print(shape_name, backend, entry["sparse"][backend], flush=True)
                 continue
             rows = {}
-            for d in densities:
-                layout = random_layout(1, heads, length, d, args.block, device)
+            for d, layout in _kernel_layouts(args, shape_name, q, k, densities, heads, length, device):
                 real_d = float(layout.density())
                 try:
                     out = block_sparse_attention(q, k, v, layout, backend=backend)
@@ -211,7 +252,8 @@ def bench_kernel(args) -> dict:
         "commit": git_commit(),
         "date": _dt.datetime.utcnow().isoformat(timespec="seconds"),
         "block_size": args.block,
-        "selection": "random blocks per row, diagonal kept",
+        "selection": ("random blocks per row, diagonal kept" if args.layout == "random" else
+                      "the image presets' tile pattern, and random blocks at its density"),
         "results": results,
     }
     path = write_result("kernel", payload, args.out)
@@ -960,6 +1002,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--densities", default="1.0,0.5,0.25,0.1")
     k.add_argument("--backends", default="fa4,triton,flex")
     k.add_argument("--block", type=int, default=128)
+    k.add_argument("--layout", default="random", choices=["random", "tile"],
+                   help="random blocks at --densities, or the tile pattern (image presets) and random at its density")
     k.add_argument("--reps", type=int, default=7)
     k.add_argument("--out", default=None)
     k.set_defaults(func=bench_kernel)

@@ -15,8 +15,6 @@ Knobs (environment variables, read per call):
     DIT_SPARSE_TRITON_TAIL=0       mask every key tile instead of only the sequence's short last block.
     DIT_SPARSE_TRITON_TMA=1        load K/V tiles through device-side TMA descriptors (off by default: not yet
                                    measured on Hopper here).
-    DIT_SPARSE_TRITON_PACKED=1     variable key blocks (semantic's cluster pieces) packed into full key tiles
-                                   (``triton_packed``; off by default until measured on the GPU).
     DIT_SPARSE_PERSISTENT_CACHE=0  do not keep autotuning results on disk (Triton's ``cache_results``, in Triton's
                                    cache directory): by default a new process reuses them instead of re-tuning.
 """
@@ -530,12 +528,6 @@ def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, 
         )
     if scale <= 0 or not math.isfinite(scale):
         raise ValueError(f"the triton backend needs a positive finite softmax scale, got {scale}")
-    from . import triton_packed as packed  # it builds on this module's helpers
-
-    if packed.enabled() and packed.supports(q, v, layout) and not torch.compiler.is_compiling():
-        # Opt-in: variable key pieces packed into full key tiles (see `triton_packed`), eager only.
-        out, lse = packed.packed_forward(q, k, v, layout, float(scale))
-        return (out, lse) if return_lse else out
     args = (q, k, v, layout.kv_indices, layout.kv_counts, layout.q_block_starts, layout.kv_block_starts,
             layout.kv_valid_len, layout.block_q, layout.block_kv, float(scale))
     # The custom op is what torch.compile traces; eager calls skip its dispatch (host time that shows at low density).

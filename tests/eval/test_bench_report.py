@@ -38,6 +38,30 @@ def test_bench_kernel_tiny_checks_against_reference(tmp_path):
     assert rows["0.25"]["ok"] and abs(rows["0.25"]["density"] - 0.25) < 0.1
 
 
+def test_bench_kernel_tile_layout_and_its_yardstick(tmp_path):
+    """`--layout tile`: the image presets' tile pattern on the shape's grid and a random layout of its density, both
+    checked against the whole reference kernel (the tile layout carries token permutations, which the sampled check
+    of fixed blocks does not apply): a wrong output is caught."""
+    import torch
+
+    from dit_sparse.eval import bench
+
+    args = bench.build_parser().parse_args(["kernel", "--shapes", "tiny", "--backends", "reference", "--layout",
+                                            "tile", "--reps", "1", "--out", str(tmp_path / "k.json")])
+    data = bench.bench_kernel(args)
+    rows = data["results"]["tiny"]["sparse"]["reference"]
+    assert list(rows)[0] == "tile" and rows["tile"]["ok"] and 0 < rows["tile"]["density"] < 1
+    assert list(rows)[1].startswith("random-") and rows[list(rows)[1]]["ok"]
+    q, k, v = (torch.randn(1, 2, 1000, 64) for _ in range(3))
+    (_, tile), _ = bench._kernel_layouts(args, "tiny", q, k, [], 2, 1000, "cpu")
+    assert tile.q_perm is not None or tile.q_block_starts is not None  # not what the sampled check handles
+    from dit_sparse.kernels import block_sparse_attention
+
+    right = block_sparse_attention(q, k, v, tile, backend="reference")
+    assert bench.sampled_reference_error(q, k, v, tile, right) < 1e-5
+    assert bench.sampled_reference_error(q, k, v, tile, right.flip(2)) > 0.1
+
+
 SAMPLE_KERNEL = {
     "benchmark": "kernel", "commit": "abc", "block_size": 128, "command": "python -m dit_sparse.eval.bench kernel",
     "env": {"device": "NVIDIA H100"},
