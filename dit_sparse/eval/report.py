@@ -51,9 +51,19 @@ def _fmt(x, nd=2):
     return str(x)
 
 
-def kernel_table(results: List[dict]) -> str:
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def kernel_table(results: List[dict], kind: str = "kernel") -> str:
+    """The newest ``kind`` run ("kernel": random layouts per density; "kernel-tile": the tile pattern and a random
+    layout of its density, rows named by their layout)."""
     lines = []
-    for r in _latest(results, "kernel"):
+    for r in _latest(results, kind):
         dev = r.get("env", {}).get("device", "?")
         lines.append(f"Device: {dev}, commit `{r.get('commit', '?')[:10]}`, block {r.get('block_size')}, "
                      f"{r.get('selection', '')}; `{r.get('command', '')}`\n")
@@ -76,7 +86,8 @@ def kernel_table(results: List[dict]) -> str:
                         continue
                     ratio = t["median_ms"] / dense_ms if dense_ms else None
                     err = t["max_abs_err_vs_reference"]
-                    lines.append(f"| {shape} | {backend} | {t['density']:.2f} | {t['median_ms']:.2f} | "
+                    density = f"{t['density']:.2f}" if _is_number(d) else f"{d.split('-')[0]} {t['density']:.3f}"
+                    lines.append(f"| {shape} | {backend} | {density} | {t['median_ms']:.2f} | "
                                  f"{t['effective_tflops']:.0f} | {_fmt(ratio)} | {err:.1e} |")
         lines.append("")
     return "\n".join(lines) if lines else "_no kernel results yet_"
@@ -467,7 +478,8 @@ def replace_section(text: str, name: str, body: str) -> str:
 def update_readme(readme: str, results_dir: str, docs: str) -> Dict[str, str]:
     results = load_results(results_dir)
     Path(docs).mkdir(parents=True, exist_ok=True)
-    sections = {"kernel": kernel_table(results), "e2e": e2e_table(results), "pattern": pattern_table(results),
+    sections = {"kernel": kernel_table(results), "kernel-tile": kernel_table(results, "kernel-tile"),
+                "e2e": e2e_table(results), "pattern": pattern_table(results),
                 "step": step_table(results),
                 "radial": radial_table(), "fidelity": fidelity_section(results_dir),
                 "quality": trained_quality_section(results_dir)}
