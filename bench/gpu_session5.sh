@@ -1,3 +1,5 @@
+# Ran in session 5 (2026-12-02, commit 0000121): the packed-key kernel lost (packed-kernel-experiment.json) and was
+# removed afterwards, so DIT_SPARSE_TRITON_PACKED below no longer changes anything; kept as the record of that run.
 # Next device session (after staging .gpu/p1 and finishing .gpu/p2, see gpu_session4.sh): the packed-key kernel for
 # semantic's variable blocks (DIT_SPARSE_TRITON_PACKED=1, kernels/triton_packed.py, issue #13 item 1) against the
 # block kernel: correctness against the reference on the GPU, kernel time, then one Wan-1.3B step each. With packed

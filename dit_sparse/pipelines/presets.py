@@ -108,7 +108,8 @@ WAN_NEGATIVE_PROMPT = (
 )
 
 # Draft plans every other sparse step (refresh_every=2): its layout drifts little between steps (reuse penalty 1.01
-# at r=2 on tiny, ``drift-tiny.json``; -0.1 dB PSNR on the trained small model,
+# at r=2 on tiny, ``drift-tiny.json``, 1.00 on the trained small model, ``drift-small.json``, where semantic's is
+# 1.04 at r=2 and 1.11 at r=4; -0.1 dB PSNR on the trained small model,
 # ``quality-small-block64-refresh.json``), and a Wan-1.3B 480p step gets 7 % faster (1.50x -> 1.61x vs dense,
 # ``2026-12-02_NVIDIA-H200_step-wan1.3b-480p.json``) for ~23 MB of kept layouts per layer and CFG branch at
 # HunyuanVideo 720p (``2026-12-02_NVIDIA-H200_step-hunyuan-720p.json``). Semantic keeps refresh_every=1: its layouts
