@@ -10,8 +10,9 @@ context's ``step_index`` / ``num_inference_steps`` the step and the run's length
 guessed from the timesteps: calls at the same timestep are branches 0, 1, ... of one step, a smaller timestep is the
 next step, a larger one starts a new run. A new run (also: the end of a pipeline call) forgets the caches.
 
-All state a later call reads lives here, keyed by name: ``caches`` per (transformer, layer, branch, grid, batch)
-(``LayerKey``) and ``shared`` per geometry (static layouts, tilings). Both are bounded whatever the caller does.
+All state a later call reads lives here, keyed by name: the per-layer entries per (transformer, layer) and kind of
+call (branch, grid, batch: a slot), read as one mapping ``caches`` by ``LayerKey``, and ``shared`` per geometry
+(static layouts, tilings). Both are bounded whatever the caller does.
 """
 
 from __future__ import annotations
@@ -139,7 +140,10 @@ class SparseState:
     # At most this many kinds of call (transformer, branch, grid, batch) keep per-layer caches; the least recently
     # used kind is forgotten first, so a caller making many calls at one timestep cannot grow the state.
     max_slots: int = 4
-    caches: Dict[LayerKey, Dict[str, Any]] = field(default_factory=dict)
+    # (model_index, layer) -> {slot: entry}. Each processor holds its own inner mapping (`layer_caches`), so that a
+    # compiled block reaches its entries without reading its layer index: a guard on it would make
+    # compile_repeated_blocks compile every block anew. The inner mappings are emptied in place, never replaced.
+    _layer_caches: Dict[Tuple[int, int], Dict[Tuple, Dict[str, Any]]] = field(default_factory=dict)
     shared: BoundedCache = field(default_factory=BoundedCache)
     stats: Dict[str, LayerStats] = field(default_factory=dict)
     backend_used: Optional[str] = None
@@ -192,9 +196,32 @@ class SparseState:
                 self._warned_steps = True
         return self.config.resolve_dense_steps(steps)
 
+    # ------------------------------------------------------------------ per-layer caches
+    def layer_caches(self, model_index: int, layer: int) -> Dict[Tuple, Dict[str, Any]]:
+        """The entries of one layer, per slot (see ``call_slot``): the mapping its processor keeps a reference to."""
+        return self._layer_caches.setdefault((int(model_index), int(layer)), {})
+
+    def call_slot(self, model_index: int, batch: int) -> Tuple:
+        """The kind of the current call for transformer ``model_index`` (``LayerKey.slot``)."""
+        return (model_index, self.branch_key, self.geometry.key, int(batch))
+
+    @property
+    def caches(self) -> Dict[LayerKey, Dict[str, Any]]:
+        """Every per-layer entry by ``LayerKey`` (a read-only view; the processors write through ``layer_caches``)."""
+        return {LayerKey(index, layer, *slot[1:]): entry
+                for (index, layer), per_slot in self._layer_caches.items() for slot, entry in per_slot.items()}
+
+    def _drop_layer_caches(self, slot: Optional[Tuple] = None) -> None:
+        """Forgets the per-layer entries of ``slot`` (all slots: None), in place."""
+        for per_slot in self._layer_caches.values():
+            if slot is None:
+                per_slot.clear()
+            else:
+                per_slot.pop(slot, None)
+
     def clear_caches(self) -> None:
         """Forgets every cached layout and pattern state (per layer and shared)."""
-        self.caches.clear()
+        self._drop_layer_caches()
         self._slots.clear()
         self.shared.clear()
 
@@ -216,7 +243,7 @@ class SparseState:
         caches are dropped now, since no later call reads them; statistics stay for ``summary(pipe)``."""
         self._run_ended = True
         self.last_timestep = None
-        self.caches.clear()
+        self._drop_layer_caches()
         self._slots.clear()
 
     # ------------------------------------------------------------------ per transformer call
@@ -315,11 +342,7 @@ class SparseState:
         self._slots.move_to_end(slot)
         while len(self._slots) > self.max_slots:
             old, _ = self._slots.popitem(last=False)
-            for key in [k for k in self.caches if k.slot == old]:
-                del self.caches[key]
-
-    def layer_key(self, model_index: int, layer: int, batch: int) -> LayerKey:
-        return LayerKey(model_index, layer, self.branch_key, self.geometry.key, int(batch))
+            self._drop_layer_caches(old)
 
     def layer_cache_needed(self, compiling: bool = False) -> bool:
         """Whether a dynamic pattern's calls read or write per-layer cache entries: its own warm-start state, a layout
@@ -335,9 +358,9 @@ class SparseState:
         return self.config.refresh_every > 1 or self.retain_layouts or layer_state
 
     def decide(
-        self, layer: int, static: bool, key: Optional[LayerKey] = None, *, dense_layer: Optional[bool] = None
+        self, layer: int, static: bool, entry: Optional[Dict[str, Any]] = None, *, dense_layer: Optional[bool] = None
     ) -> str:
-        """dense | static | fresh | cached for block ``layer`` in the current call.
+        """dense | static | fresh | cached for block ``layer`` in the current call, whose cache entry is ``entry``.
 
         ``dense_layer`` (whether ``layer < config.dense_layers``), when the caller knows it, spares the comparison:
         a compiled block that reads no layer index compiles once for every block of ``compile_repeated_blocks``.
@@ -348,7 +371,6 @@ class SparseState:
             return DENSE
         if static:
             return STATIC
-        entry = self.caches.get(key) if key is not None else None
         if entry is not None and "layout" in entry:
             # The same (run, step) again is a recomputation (gradient checkpointing): reuse the forward's layout.
             if entry.get("planned_at") == (self.run, self.step) or not self.refresh_now:

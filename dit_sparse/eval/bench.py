@@ -955,8 +955,7 @@ def bench_compile(args) -> dict:
                 if compiled and args.route == "blocks":
                     model.compile_repeated_blocks(fullgraph=True, backend=args.compile_backend)
                 elif compiled:
-                    # The whole transformer as one graph: semantic's per-layer warm-start state would specialise the
-                    # shared block graph of compile_repeated_blocks per layer (README, torch.compile).
+                    # The whole transformer as one graph (torch.compile(transformer), what Diffusers' own tests do).
                     runner = torch.compile(model, fullgraph=True, backend=args.compile_backend)
                 with torch._dynamo.config.patch(error_on_recompile=False):
                     times = run_steps(runner, args.steps)

@@ -21,7 +21,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from ..kernels import block_sparse_attention, resolve_backend
 from ..layout import BlockLayout
 from ..parallel import heads_to_seq, seq_to_heads, ulysses_group
-from ..schedule import CACHED, DENSE, STATIC, LayerKey, PlanCache, SparseState
+from ..schedule import CACHED, DENSE, STATIC, PlanCache, SparseState
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ class SparseAttentionCore:
         # Set here, so a block compiled before any eager call does not compute it (and read ``layer``) in its graph.
         self._dense_layers_of = state.config
         self._dense_layer = layer < state.config.dense_layers
+        # This layer's cache entries per kind of call, owned by the state (see `SparseState.layer_caches`).
+        self._caches = state.layer_caches(model_index, layer)
 
     def _in_dense_layers(self) -> bool:
         # A boolean kept per config, not ``layer < dense_layers`` on every call: torch.compile guards on what it reads,
@@ -135,7 +137,7 @@ class SparseAttentionCore:
         static = bool(getattr(state.pattern, "static", False))
         dense_layer = self._in_dense_layers()
         decision = state.decide(self.layer, static, dense_layer=dense_layer)
-        cache_key = None
+        slot = None
         if decision not in (DENSE, STATIC) and (
             not torch.compiler.is_compiling() or state.layer_cache_needed(compiling=True)
         ):
@@ -143,8 +145,8 @@ class SparseAttentionCore:
             # neither does a compiled dynamic one that keeps nothing per layer (draft with refresh_every=1): it plans
             # fresh on every call, as it does eagerly, where its entry is only the layout kept for a checkpointed
             # backward's recomputation (recomputing it there gives the same layout).
-            cache_key = state.layer_key(self.model_index, self.layer, query.shape[0])
-            decision = state.decide(self.layer, static, cache_key, dense_layer=dense_layer)
+            slot = state.call_slot(self.model_index, query.shape[0])
+            decision = state.decide(self.layer, static, self._caches.get(slot), dense_layer=dense_layer)
         if decision != DENSE and video_len != geometry.num_tokens:
             if not self._warned:
                 logger.warning(
@@ -166,14 +168,14 @@ class SparseAttentionCore:
         qv, kv, vv = q[:, :, video], k[:, :, video], v[:, :, video]
         replay = False
         if decision == CACHED:
-            entry = state.caches[cache_key]
+            entry = self._caches[slot]
             layout = entry["layout"]
             # Planned at this very step: a recomputation in backward (gradient checkpointing), not a new call.
             replay = entry["planned_at"] == (state.run, state.step)
             if not self._keep(qv, kv):  # the last step that reads it (the next one refreshes)
                 del entry["layout"], entry["planned_at"]
         else:
-            layout = self._plan(qv, kv, cache_key)
+            layout = self._plan(qv, kv, slot)
         backend = state.config.backend
         state.backend_used = resolve_backend(backend, q.device, q.dtype, q.shape[-1], layout.kind)
         # Under torch.compile statistics are not recorded (``record`` returns), and the memo is not written either: a
@@ -223,26 +225,26 @@ class SparseAttentionCore:
         recording = torch.is_grad_enabled() and (qv.requires_grad or kv.requires_grad)
         return state.keep_layouts or state.retain_layouts or recording
 
-    def _plan(self, qv: torch.Tensor, kv: torch.Tensor, cache_key: Optional[LayerKey]) -> BlockLayout:
+    def _plan(self, qv: torch.Tensor, kv: torch.Tensor, slot: Optional[tuple]) -> BlockLayout:
         """Plans a layout (static: shared per geometry; dynamic: with the layer's warm-start entries) and keeps it
         only when a later call reads it."""
         state = self.state
-        entries = state.caches.get(cache_key, {}) if cache_key is not None else {}
+        entries = self._caches.get(slot, {}) if slot is not None else {}
         cache = PlanCache({k: v for k, v in entries.items() if k not in _OURS}, state.shared)
         # A layout is an index structure, not a function of q and k to differentiate: planning without autograd keeps
         # k-means out of the graph, and what the pattern caches for the next step holds no graph of this one.
         with torch.no_grad():
             layout = state.pattern.plan(qv, kv, state.geometry, cache)
-        if cache_key is None:  # static: the pattern shares it through state.shared
+        if slot is None:  # static: the pattern shares it through state.shared
             return layout
         entry = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in cache.items()}
         if self._keep(qv, kv):
             entry["layout"] = layout
             entry["planned_at"] = (state.run, state.step)
         if entry:
-            state.caches[cache_key] = entry
+            self._caches[slot] = entry
         else:
-            state.caches.pop(cache_key, None)
+            self._caches.pop(slot, None)
         return layout
 
 

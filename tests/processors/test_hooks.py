@@ -184,6 +184,48 @@ def test_torch_compile_fullgraph_semantic():
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_compile_repeated_blocks_fullgraph_semantic_shares_one_graph_across_blocks():
+    """Semantic under compile_repeated_blocks(fullgraph=True), what `generate --compile` uses: its k-means warm start
+    is per-layer state, reached through each processor's own entry mapping, so the shared block graph does not read
+    (guard on) the layer index. 3 blocks compile the same 4 graphs as 1 (cold and warm per CFG branch; before: 4 per
+    block, past Dynamo's recompile limit at 2 blocks of a real model); output equal to eager."""
+    import torch._dynamo
+    import torch._dynamo.testing
+
+    from dit_sparse import SemanticConfig
+
+    config = SemanticConfig(dense_steps=0, dense_layers=0, block_size=16, kv_clusters=8, top_p=0.5)
+
+    def run(model, frames=None):
+        outs = []
+        with torch.no_grad():
+            for step, t in enumerate((999.0, 900.0, 800.0)):
+                for name in ("cond", "uncond"):
+                    with model.cache_context(name, step_index=step, num_inference_steps=3):
+                        outs.append(model(**wan_inputs(timestep=t, seed=1 + len(outs), frames=5, height=8,
+                                                       width=8))[0])
+                if frames is not None:
+                    frames.append(counter.frame_count)
+        return outs
+
+    model = tiny_wan(num_layers=3)
+    ds.apply_sparse_attention(model, config)
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("eager")
+    model.compile_repeated_blocks(fullgraph=True, backend=counter)
+    frames = []
+    outs = run(model, frames)
+    assert frames == [2, 4, 4]
+    state = get_state(model)
+    assert {key.layer for key in state.caches} == {0, 1, 2}  # every block kept its own warm start
+    reference = tiny_wan(num_layers=3)
+    ds.apply_sparse_attention(reference, config)
+    want = run(reference)
+    assert ds.summary(reference)["mean_density"] < 1.0
+    for got, expected in zip(outs, want):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("method", ["draft", "semantic"])
 def test_compiled_planning_in_the_processors_equals_eager(monkeypatch, method):
     """The GPU path of planning (`compiled_planning`: each plan traced as one graph) forced on the CPU with Dynamo's
