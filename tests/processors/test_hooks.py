@@ -144,6 +144,35 @@ def test_compile_draft_with_refresh_every_plans_every_call_without_recompiles():
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+def _semantic_config():
+    from dit_sparse import SemanticConfig
+
+    return SemanticConfig(dense_steps=0, dense_layers=0, block_size=16, kv_clusters=8, top_p=0.5)
+
+
+def _semantic_steps(model, call, steps, counter=None):
+    """Outputs of ``steps`` denoising steps x 2 CFG branches through ``call``, and the graph count after each step."""
+    outs, frames = [], []
+    timesteps = (999.0, 900.0, 800.0, 700.0)[:steps]
+    with torch.no_grad():
+        for step, t in enumerate(timesteps):
+            for name in ("cond", "uncond"):
+                with model.cache_context(name, step_index=step, num_inference_steps=steps):
+                    outs.append(call(**wan_inputs(timestep=t, seed=1 + len(outs), frames=5, height=8, width=8))[0])
+            if counter is not None:
+                frames.append(counter.frame_count)
+    return outs, frames
+
+
+def _assert_equals_eager(outs, num_layers, steps):
+    reference = tiny_wan(num_layers=num_layers)
+    ds.apply_sparse_attention(reference, _semantic_config())
+    want, _ = _semantic_steps(reference, reference, steps)
+    assert ds.summary(reference)["mean_density"] < 1.0
+    for got, expected in zip(outs, want):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_torch_compile_fullgraph_semantic():
     """Semantic under torch.compile(fullgraph=True): no graph break (the plan's host read of the layout width and its
     cluster-count warning stay out of the graph: static width, warning from the step hook's prepare). Its k-means
@@ -152,78 +181,33 @@ def test_torch_compile_fullgraph_semantic():
     import torch._dynamo
     import torch._dynamo.testing
 
-    from dit_sparse import SemanticConfig
-
-    config = SemanticConfig(dense_steps=0, dense_layers=0, block_size=16, kv_clusters=8, top_p=0.5)
-
-    def run(model, call, frames=None):
-        outs = []
-        with torch.no_grad():
-            for step, t in enumerate((999.0, 900.0, 800.0, 700.0)):
-                for name in ("cond", "uncond"):
-                    with model.cache_context(name, step_index=step, num_inference_steps=4):
-                        outs.append(call(**wan_inputs(timestep=t, seed=1 + len(outs), frames=5, height=8,
-                                                      width=8))[0])
-                if frames is not None:
-                    frames.append(counter.frame_count)
-        return outs
-
     model = tiny_wan(num_layers=2)
-    ds.apply_sparse_attention(model, config)
+    ds.apply_sparse_attention(model, _semantic_config())
     torch._dynamo.reset()
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(model, fullgraph=True, backend=counter)
-    frames = []
-    outs = run(model, compiled, frames)
+    outs, frames = _semantic_steps(model, compiled, 4, counter)
     assert frames == [2, 4, 4, 4]  # cold and warm per branch, then no recompilation
-    reference = tiny_wan(num_layers=2)
-    ds.apply_sparse_attention(reference, config)
-    want = run(reference, reference)
-    assert ds.summary(reference)["mean_density"] < 1.0
-    for got, expected in zip(outs, want):
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    _assert_equals_eager(outs, 2, 4)
 
 
 def test_compile_repeated_blocks_fullgraph_semantic_shares_one_graph_across_blocks():
     """Semantic under compile_repeated_blocks(fullgraph=True), what `generate --compile` uses: its k-means warm start
     is per-layer state, reached through each processor's own entry mapping, so the shared block graph does not read
-    (guard on) the layer index. 3 blocks compile the same 4 graphs as 1 (cold and warm per CFG branch; before: 4 per
-    block, past Dynamo's recompile limit at 2 blocks of a real model); output equal to eager."""
+    (guard on) the layer index. 3 blocks compile the same 4 graphs as 1 (cold and warm per CFG branch; before, every
+    block compiled its own, and a 30-block model ran past Dynamo's recompile limit); output equal to eager."""
     import torch._dynamo
     import torch._dynamo.testing
 
-    from dit_sparse import SemanticConfig
-
-    config = SemanticConfig(dense_steps=0, dense_layers=0, block_size=16, kv_clusters=8, top_p=0.5)
-
-    def run(model, frames=None):
-        outs = []
-        with torch.no_grad():
-            for step, t in enumerate((999.0, 900.0, 800.0)):
-                for name in ("cond", "uncond"):
-                    with model.cache_context(name, step_index=step, num_inference_steps=3):
-                        outs.append(model(**wan_inputs(timestep=t, seed=1 + len(outs), frames=5, height=8,
-                                                       width=8))[0])
-                if frames is not None:
-                    frames.append(counter.frame_count)
-        return outs
-
     model = tiny_wan(num_layers=3)
-    ds.apply_sparse_attention(model, config)
+    ds.apply_sparse_attention(model, _semantic_config())
     torch._dynamo.reset()
     counter = torch._dynamo.testing.CompileCounterWithBackend("eager")
     model.compile_repeated_blocks(fullgraph=True, backend=counter)
-    frames = []
-    outs = run(model, frames)
+    outs, frames = _semantic_steps(model, model, 3, counter)
     assert frames == [2, 4, 4]
-    state = get_state(model)
-    assert {key.layer for key in state.caches} == {0, 1, 2}  # every block kept its own warm start
-    reference = tiny_wan(num_layers=3)
-    ds.apply_sparse_attention(reference, config)
-    want = run(reference)
-    assert ds.summary(reference)["mean_density"] < 1.0
-    for got, expected in zip(outs, want):
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert {key.layer for key in get_state(model).caches} == {0, 1, 2}  # every block kept its own warm start
+    _assert_equals_eager(outs, 3, 3)
 
 
 @pytest.mark.parametrize("method", ["draft", "semantic"])
@@ -233,11 +217,9 @@ def test_compiled_planning_in_the_processors_equals_eager(monkeypatch, method):
     and the plans really went through the compiler."""
     import torch._dynamo
 
-    from dit_sparse import SemanticConfig
     from dit_sparse.patterns import base, draft, semantic
 
-    config = (SPARSE_COMPILE_CONFIGS["draft"] if method == "draft" else
-              SemanticConfig(dense_steps=0, dense_layers=0, block_size=16, kv_clusters=8, top_p=0.5))
+    config = SPARSE_COMPILE_CONFIGS["draft"] if method == "draft" else _semantic_config()
     planner = draft.fixed_block_plan if method == "draft" else semantic.block_plan
     want = _eager_reference(config)
     real_compile = torch.compile
