@@ -254,6 +254,33 @@ class BlockLayout:
             return (starts[..., 1:] - starts[..., :-1]).float()
         return block_sizes(seq_len, block, self.kv_indices.device).view(1, 1, n)
 
+    def compact(self) -> "BlockLayout":
+        """This layout in less memory, to keep between denoising steps (``refresh_every`` > 1): ``kv_indices`` as
+        int16 where the key blocks fit, permutations as int32 (half of draft's ~23 MB per layer and branch at
+        HunyuanVideo 720p). Kernels take `expanded` again. Only the memoised density is carried."""
+        small = torch.int16 if self.num_kv_blocks <= torch.iinfo(torch.int16).max else self.kv_indices.dtype
+        return self._with_dtypes(small, torch.int32)
+
+    def expanded(self) -> "BlockLayout":
+        """The kernels' dtypes again (int32 ``kv_indices``, int64 permutations) after `compact`; no copy of a tensor
+        that has them already."""
+        return self._with_dtypes(torch.int32, torch.int64)
+
+    def _with_dtypes(self, index_dtype: torch.dtype, perm_dtype: torch.dtype) -> "BlockLayout":
+        if self.kv_indices.dtype == index_dtype and all(
+            p is None or p.dtype == perm_dtype for p in (self.q_perm, self.kv_perm)
+        ):
+            return self
+        q_perm = None if self.q_perm is None else self.q_perm.to(perm_dtype)
+        # Joint orders (semantic's one clustering of queries and keys) stay one tensor.
+        kv_perm = q_perm if self.kv_perm is self.q_perm else (
+            None if self.kv_perm is None else self.kv_perm.to(perm_dtype))
+        out = dataclasses.replace(self, kv_indices=self.kv_indices.to(index_dtype), q_perm=q_perm, kv_perm=kv_perm,
+                                  memo={})
+        if "density" in self.memo:
+            out.memo["density"] = self.memo["density"]
+        return out
+
     def to(self, device) -> "BlockLayout":
         fields = {}
         for f in dataclasses.fields(self):

@@ -528,7 +528,7 @@ def _last_layout(pipe) -> Dict[str, Any]:
     entries = [(key, entry) for key, entry in state.caches.items() if key.model_index == 0 and "layout" in entry]
     branches = [key.branch for key, _ in entries]
     first_branch = "cond" if "cond" in branches else 0 if 0 in branches else (branches[0] if branches else None)
-    cached = [(key.layer, entry["layout"]) for key, entry in entries if key.branch == first_branch]
+    cached = [(key.layer, entry["layout"].expanded()) for key, entry in entries if key.branch == first_branch]
     if cached:
         layer, layout = max(cached, key=lambda item: item[0])
         return {"layout": layout, "layer": layer, "geometry": geometry, "source": "run"}

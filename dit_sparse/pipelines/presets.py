@@ -112,7 +112,8 @@ WAN_NEGATIVE_PROMPT = (
 # 1.04 at r=2 and 1.11 at r=4; -0.1 dB PSNR on the trained small model,
 # ``quality-small-block64-refresh.json``), and a Wan-1.3B 480p step gets 7 % faster (1.50x -> 1.61x vs dense,
 # ``2026-12-02_NVIDIA-H200_step-wan1.3b-480p.json``) for ~23 MB of kept layouts per layer and CFG branch at
-# HunyuanVideo 720p (``2026-12-02_NVIDIA-H200_step-hunyuan-720p.json``). Semantic keeps refresh_every=1: its layouts
+# HunyuanVideo 720p (``2026-12-02_NVIDIA-H200_step-hunyuan-720p.json``; kept layouts are int16-compact since, about
+# half that: `BlockLayout.compact`, not yet re-measured on the GPU). Semantic keeps refresh_every=1: its layouts
 # kept for reuse took ~82 MB per layer and branch there (fixed blocks, refresh_every=2; ~5 GB over 60 layers,
 # ``...step-hunyuan-720p-before-planning-fix.json``), while it plans in 5 ms (``2026-12-02_NVIDIA-H200_profile-
 # semantic.json``).

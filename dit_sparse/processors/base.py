@@ -169,7 +169,7 @@ class SparseAttentionCore:
         replay = False
         if decision == CACHED:
             entry = self._caches[slot]
-            layout = entry["layout"]
+            layout = entry["layout"].expanded()
             # Planned at this very step: a recomputation in backward (gradient checkpointing), not a new call.
             replay = entry["planned_at"] == (state.run, state.step)
             if not self._keep(qv, kv):  # the last step that reads it (the next one refreshes)
@@ -239,7 +239,7 @@ class SparseAttentionCore:
             return layout
         entry = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in cache.items()}
         if self._keep(qv, kv):
-            entry["layout"] = layout
+            entry["layout"] = layout.compact()  # kept in less memory until a later call reads it
             entry["planned_at"] = (state.run, state.step)
         if entry:
             self._caches[slot] = entry
