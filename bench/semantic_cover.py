@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, os.getcwd())
 import dit_sparse as ds  # noqa: E402
 from dit_sparse.eval.bench import git_commit  # noqa: E402
-from dit_sparse.eval.fidelity import DenseReference  # noqa: E402
+from dit_sparse.eval.fidelity import DenseReference, token_blocks  # noqa: E402
 from dit_sparse.eval.oracle import CapturedAttention, block_mass, capture_attention, compare_layout, load_model  # noqa: E402
 from dit_sparse.layout import BlockLayout, whole_blocks_first  # noqa: E402
 from dit_sparse.patterns import make_pattern  # noqa: E402
@@ -47,12 +47,6 @@ def captures(path: str):
     return caps
 
 
-def piece_of_position(starts: torch.Tensor, length: int) -> torch.Tensor:
-    """[N, L]: the piece of every position of the cluster order, from piece starts [N, P + 1]."""
-    pos = torch.arange(length).expand(starts.shape[0], -1).contiguous()
-    return torch.searchsorted(starts[:, 1:].long().contiguous(), pos, right=True)
-
-
 def tile_cover(selected: torch.Tensor, piece: torch.Tensor, length: int) -> torch.Tensor:
     """bool [N, T, T]: tile pairs (tiles of TILE positions of the order ``piece`` [N, L] lists) holding a selected
     piece pair (``selected`` [N, P, P])."""
@@ -72,7 +66,9 @@ def evaluate(cap, top_p: float, options: dict) -> dict:
     config = ds.make_config("semantic", **{**options, "top_p": top_p, "min_sparse_tokens": 0})
     pattern = make_pattern(config)
     cache = PlanCache(shared=BoundedCache())
-    pattern.plan(q, k, cap.geometry, cache)  # the k-means of a real plan; the layouts below use its clusters
+    # A real plan first, then its clustering once more from the plan's centroids (warm start: the same clusters up to
+    # ``warm_iters`` more iterations); every layout below, the selection included, is built from these labels.
+    pattern.plan(q, k, cap.geometry, cache)
     clusters = pattern.cluster_counts(length, length)[1]
     labels, _, counts = pattern.cluster(torch.cat([q, k], -1), clusters, dict(cache), "qk")
     labels, counts = labels.view(n, length), counts.view(n, clusters)
@@ -89,15 +85,14 @@ def evaluate(cap, top_p: float, options: dict) -> dict:
         idx, kv_counts, starts, kv_starts = block_plan(
             q.reshape(n, length, d), k.reshape(n, length, d), perm, perm, cnt, cnt, config.block_size, False,
             config.estimate, config.top_p, config.min_kv_ratio, True)
-        pieces = starts.shape[1] - 1
-        kept = torch.arange(idx.shape[-1]).view(1, 1, -1) < kv_counts.unsqueeze(-1)
-        selected = torch.zeros(n, pieces, pieces, dtype=torch.bool).scatter_(2, idx.long().clamp(max=pieces - 1), kept)
-        piece = piece_of_position(starts, length)
+        bs = config.block_size
+        own = BlockLayout(idx.view(b, h, *idx.shape[1:]).contiguous(), kv_counts.view(b, h, -1), bs, bs, length,
+                          length, q_block_starts=starts.view(b, h, -1), kv_block_starts=kv_starts.view(b, h, -1),
+                          q_perm=perm.view(b, h, length), kv_perm=perm.view(b, h, length))
+        mask = own.to_block_mask()
+        selected = mask.view(n, *mask.shape[2:])  # selected piece pairs [N, P, P]
+        piece = token_blocks(own, "q", b, h).view(n, length).gather(1, perm)  # the piece at each position of perm
         if order == "label":  # the selection itself (variable blocks), from these clusters
-            bs = config.block_size
-            own = BlockLayout(idx.view(b, h, *idx.shape[1:]).contiguous(), kv_counts.view(b, h, -1), bs, bs, length,
-                              length, q_block_starts=starts.view(b, h, -1), kv_block_starts=kv_starts.view(b, h, -1),
-                              q_perm=perm.view(b, h, length), kv_perm=perm.view(b, h, length))
             row["selection (variable pieces)"] = compare_layout(cap, own, reference, TILE, mass)
         if order.endswith("packed"):
             pack = whole_blocks_first(lab.gather(1, perm), TILE)
