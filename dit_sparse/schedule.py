@@ -298,7 +298,7 @@ class SparseState:
         self._calls_in_step += 1
         self.last_timestep = timestep
         self.geometry = geometry
-        self._touch_slot((model_index, self.branch_key, geometry.key, int(batch)))
+        self._touch_slot(self.call_slot(model_index, batch))
         self.dense_now = self.step < self.dense_steps
         sparse_step = self.step - self.dense_steps
         every = self.config.refresh_every

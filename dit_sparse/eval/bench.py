@@ -181,7 +181,6 @@ def _kernel_layouts(args, shape_name, q, k, densities, heads, length, device):
     from ..geometry import VideoGeometry
     from ..patterns import make_pattern
     from ..pipelines.presets import FLUX_SPARSE
-    from ..schedule import BoundedCache, PlanCache
 
     if shape_name not in KERNEL_GRIDS:
         raise ValueError(f"--layout tile needs a token grid; shape {shape_name!r} has none (use one of "

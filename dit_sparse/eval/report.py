@@ -51,14 +51,6 @@ def _fmt(x, nd=2):
     return str(x)
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def kernel_table(results: List[dict], kind: str = "kernel") -> str:
     """The newest ``kind`` run ("kernel": random layouts per density; "kernel-tile": the tile pattern and a random
     layout of its density, rows named by their layout)."""
@@ -86,7 +78,8 @@ def kernel_table(results: List[dict], kind: str = "kernel") -> str:
                         continue
                     ratio = t["median_ms"] / dense_ms if dense_ms else None
                     err = t["max_abs_err_vs_reference"]
-                    density = f"{t['density']:.2f}" if _is_number(d) else f"{d.split('-')[0]} {t['density']:.3f}"
+                    # Rows of "kernel" are densities; rows of "kernel-tile" name their layout ("tile", "random-0.018").
+                    density = f"{t['density']:.2f}" if kind == "kernel" else f"{d.split('-')[0]} {t['density']:.3f}"
                     lines.append(f"| {shape} | {backend} | {density} | {t['median_ms']:.2f} | "
                                  f"{t['effective_tflops']:.0f} | {_fmt(ratio)} | {err:.1e} |")
         lines.append("")

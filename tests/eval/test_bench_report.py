@@ -7,15 +7,18 @@ import pytest
 from dit_sparse.eval import report
 
 
+def _run_bench(out, *args, timeout=300) -> dict:
+    """``python -m dit_sparse.eval.bench ARGS --out OUT`` in a fresh process; its JSON."""
+    proc = subprocess.run([sys.executable, "-m", "dit_sparse.eval.bench", *args, "--out", str(out)],
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
 def test_bench_e2e_tiny_writes_valid_json(tmp_path):
     out = tmp_path / "e2e.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "dit_sparse.eval.bench", "e2e", "--model", "tiny", "--methods", "radial",
-         "--steps", "2", "--dense-steps", "1", "--with-cache", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    data = json.loads(out.read_text())
+    data = _run_bench(out, "e2e", "--model", "tiny", "--methods", "radial",
+                      "--steps", "2", "--dense-steps", "1", "--with-cache")
     assert data["benchmark"] == "e2e" and data["model"] == "tiny"
     assert data["runs"]["dense"]["seconds"] > 0
     radial = data["runs"]["radial"]
@@ -27,13 +30,8 @@ def test_bench_e2e_tiny_writes_valid_json(tmp_path):
 
 def test_bench_kernel_tiny_checks_against_reference(tmp_path):
     out = tmp_path / "k.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "dit_sparse.eval.bench", "kernel", "--shapes", "tiny", "--backends", "reference",
-         "--densities", "1.0,0.25", "--reps", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    data = json.loads(out.read_text())
+    data = _run_bench(out, "kernel", "--shapes", "tiny", "--backends", "reference",
+                      "--densities", "1.0,0.25", "--reps", "1")
     rows = data["results"]["tiny"]["sparse"]["reference"]
     assert rows["0.25"]["ok"] and abs(rows["0.25"]["density"] - 0.25) < 0.1
 
@@ -45,6 +43,7 @@ def test_bench_kernel_tile_layout_and_its_yardstick(tmp_path):
     import torch
 
     from dit_sparse.eval import bench
+    from dit_sparse.kernels import block_sparse_attention
 
     args = bench.build_parser().parse_args(["kernel", "--shapes", "tiny", "--backends", "reference", "--layout",
                                             "tile", "--reps", "1", "--out", str(tmp_path / "k.json")])
@@ -55,8 +54,6 @@ def test_bench_kernel_tile_layout_and_its_yardstick(tmp_path):
     q, k, v = (torch.randn(1, 2, 1000, 64) for _ in range(3))
     (_, tile), _ = bench._kernel_layouts(args, "tiny", q, k, [], 2, 1000, "cpu")
     assert tile.q_perm is not None or tile.q_block_starts is not None  # not what the sampled check handles
-    from dit_sparse.kernels import block_sparse_attention
-
     right = block_sparse_attention(q, k, v, tile, backend="reference")
     assert bench.sampled_reference_error(q, k, v, tile, right) < 1e-5
     assert bench.sampled_reference_error(q, k, v, tile, right.flip(2)) > 0.1
@@ -109,13 +106,8 @@ def test_plot_layout(tmp_path):
 
 def test_bench_layer_tiny(tmp_path):
     out = tmp_path / "layer.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "dit_sparse.eval.bench", "layer", "--shape", "tiny", "--methods", "radial",
-         "--reps", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    data = json.loads(out.read_text())
+    data = _run_bench(out, "layer", "--shape", "tiny", "--methods", "radial",
+                      "--reps", "1")
     assert data["results"]["dense_sdpa"]["ms"] > 0
     assert 0 < data["results"]["radial"]["density"] < 1
 
@@ -211,13 +203,8 @@ def test_update_readme_writes_trained_quality_between_markers(tmp_path):
 
 def test_bench_step_tiny_writes_ratios_and_the_presets_end_to_end(tmp_path):
     out = tmp_path / "step.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "dit_sparse.eval.bench", "step", "--model", "tiny", "--methods", "radial,draft-r2",
-         "--dense-variants", "none", "--reps", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    data = json.loads(out.read_text())
+    data = _run_bench(out, "step", "--model", "tiny", "--methods", "radial,draft-r2",
+                      "--dense-variants", "none", "--reps", "1")
     assert data["benchmark"] == "step" and data["layers_timed"] == data["layers_full_model"] == 2
     rows = data["results"]
     assert rows["dense"]["step_s"] > 0
@@ -236,13 +223,8 @@ def test_bench_step_tiny_writes_ratios_and_the_presets_end_to_end(tmp_path):
 
 def test_bench_compile_tiny_counts_graphs(tmp_path):
     out = tmp_path / "compile.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "dit_sparse.eval.bench", "compile", "--model", "tiny", "--methods", "draft-r2",
-         "--steps", "3", "--warmup", "1", "--compile-backend", "eager", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = json.loads(out.read_text())["results"]
+    rows = _run_bench(out, "compile", "--model", "tiny", "--methods", "draft-r2",
+                      "--steps", "3", "--warmup", "1", "--compile-backend", "eager")["results"]
     for name in ("dense-eager", "dense-compiled", "draft-r2-eager", "draft-r2-compiled"):
         assert "error" not in rows[name], rows[name]
         assert rows[name]["step_s"] > 0
@@ -254,13 +236,8 @@ def test_bench_compile_tiny_counts_graphs(tmp_path):
 @pytest.mark.parametrize("model", ["flux-tiny", "qwen-image-tiny"])
 def test_bench_step_runs_image_transformers(tmp_path, model):
     out = tmp_path / "step.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "dit_sparse.eval.bench", "step", "--model", model, "--methods", "radial,tile",
-         "--dense-variants", "none", "--reps", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    data = json.loads(out.read_text())
+    data = _run_bench(out, "step", "--model", model, "--methods", "radial,tile",
+                      "--dense-variants", "none", "--reps", "1")
     assert data["token_grid"] == [8, 16] and data["cfg_calls_per_step"] == (2 if model.startswith("qwen") else 1)
     for label in ("radial", "tile"):
         assert "error" not in data["results"][label], data["results"][label]
@@ -272,13 +249,8 @@ def test_bench_step_runs_image_transformers(tmp_path, model):
 
 def test_bench_crossover_reports_the_smallest_faster_size(tmp_path):
     out = tmp_path / "crossover.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "dit_sparse.eval.bench", "crossover", "--frame", "8x16", "--frames", "1,2",
-         "--heads", "2", "--head-dim", "64", "--methods", "radial,draft", "--reps", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    data = json.loads(out.read_text())
+    data = _run_bench(out, "crossover", "--frame", "8x16", "--frames", "1,2",
+                      "--heads", "2", "--head-dim", "64", "--methods", "radial,draft", "--reps", "1")
     assert sorted(data["results"], key=int) == ["128", "256"]
     for entry in data["results"].values():
         assert entry["dense_sdpa"]["ms"] > 0 and "error" not in entry["radial"] and "error" not in entry["draft"]
@@ -289,15 +261,10 @@ def test_bench_crossover_reports_the_smallest_faster_size(tmp_path):
 
 def test_bench_compile_whole_model_semantic(tmp_path):
     """--route model: semantic under torch.compile(transformer, fullgraph=True) compiles a graph per CFG branch for the
-    cold first step and one for the warm steps, then no more (compile_repeated_blocks would specialise per layer)."""
+    cold first step and one for the warm steps, then no more."""
     out = tmp_path / "compile.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "dit_sparse.eval.bench", "compile", "--model", "tiny", "--methods", "semantic-b64",
-         "--steps", "4", "--warmup", "2", "--compile-backend", "eager", "--route", "model", "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    data = json.loads(out.read_text())
+    data = _run_bench(out, "compile", "--model", "tiny", "--methods", "semantic-b64",
+                      "--steps", "4", "--warmup", "2", "--compile-backend", "eager", "--route", "model", timeout=600)
     assert data["compile"].startswith("torch.compile(transformer")
     row = data["results"]["semantic-b64-compiled"]
     assert "error" not in row, row
