@@ -263,21 +263,38 @@ def _layout_check_requested(check_layout: Optional[bool]) -> bool:
     return env_flag(CHECK_LAYOUT_ENV, False)
 
 
+def _shared_order(perm: torch.Tensor) -> bool:
+    # One order for every batch row and head ([1, 1, L]: draft, tile).
+    return perm.shape[0] == 1 and perm.shape[1] == 1
+
+
+def _select_tokens(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """x (B, H, L, D) with token i of the result taken from token ``order[i]`` (one order for all rows)."""
+    if x.dim() == 4 and x.transpose(1, 2).is_contiguous():
+        # x is a view of Diffusers' (B, L, H, D) memory: gathering whole H*D rows there reads and writes contiguous
+        # rows and leaves (B, L, H, D) memory for FA4. Per-head gathers of the strided view ran at 1.2 TB/s against
+        # 3.2 TB/s for row gathers (FLUX 4096^2, bench/results/*_perm-gather.json).
+        return x.transpose(1, 2).index_select(1, order).transpose(1, 2)
+    return x.index_select(2, order)
+
+
 def _gather_tokens(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     """x (B, H, L, D) with its tokens in ``perm``'s order."""
     b, h, _, d = x.shape
-    if perm.shape[0] == 1 and perm.shape[1] == 1:
-        # One order for every row (draft, radial-like static layouts): index_select copies whole D-rows and reads
-        # one index per token, where gather with an expanded index reads one per element.
-        return x.index_select(2, perm.view(-1))
+    if _shared_order(perm):
+        return _select_tokens(x, perm.view(-1))
     return x.gather(2, perm.expand(b, h, -1).unsqueeze(-1).expand(-1, -1, -1, d))
 
 
 def _scatter_tokens(y: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     """The inverse of `_gather_tokens`: y (B, H, L, ...) in ``perm``'s order back to the original token order."""
+    if _shared_order(perm):
+        # A gather by the inverse order instead of index_copy_: the scatter ran at half the gather's bandwidth.
+        order = perm.view(-1)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device, dtype=order.dtype)
+        return _select_tokens(y, inverse)
     out = torch.empty_like(y)
-    if perm.shape[0] == 1 and perm.shape[1] == 1:
-        return out.index_copy_(2, perm.view(-1), y)
     idx = perm.expand(y.shape[0], y.shape[1], -1)
     if y.dim() == 4:
         idx = idx.unsqueeze(-1).expand_as(y)

@@ -52,13 +52,18 @@ def test_kv_valid_len_masks_tail_keys():
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("diffusers_memory", [False, True])
 @pytest.mark.parametrize("shared_perm", [False, True])
-def test_variable_blocks_and_permutation(shared_perm):
-    """Per-head permutations (semantic) and one permutation for every row (draft: the front door's index_select
-    path), output and log-sum-exp back in the original token order."""
+def test_variable_blocks_and_permutation(shared_perm, diffusers_memory):
+    """Per-head permutations (semantic) and one permutation for every row (draft, tile: the front door's row-gather
+    path), output and log-sum-exp back in the original token order; q, k, v as contiguous (B, H, L, D) tensors and
+    as the transposed views of (B, L, H, D) memory that the processors pass (gathered by whole rows there)."""
     torch.manual_seed(2)
     b, h, length, d = 2, 2, 40, 64
-    q, k, v = torch.randn(b, h, length, d), torch.randn(b, h, length, d), torch.randn(b, h, length, d)
+    if diffusers_memory:
+        q, k, v = (torch.randn(b, length, h, d).transpose(1, 2) for _ in range(3))
+    else:
+        q, k, v = torch.randn(b, h, length, d), torch.randn(b, h, length, d), torch.randn(b, h, length, d)
     starts = torch.tensor([0, 5, 16, 20, 33, 40], dtype=torch.int32).view(1, 1, -1)
     mask = torch.tensor([[1, 0, 1, 0, 0], [0, 1, 1, 0, 1], [1, 1, 1, 1, 1], [0, 0, 0, 1, 0], [1, 0, 0, 0, 1]]).bool()
     mask = mask.view(1, 1, 5, 5).expand(b, h, 5, 5)
