@@ -33,9 +33,10 @@ def load_results(results_dir: str = "bench/results") -> List[dict]:
 
 
 def _latest(results: List[dict], kind: str) -> List[dict]:
-    """The newest result per (benchmark, model/shape) — files are named by date, so sorted order is time order."""
+    """The newest result per (benchmark, model/shape) by its recorded date (file names start with the day only, and
+    "x-more.json" sorts before "x.json")."""
     chosen: Dict[str, dict] = {}
-    for r in results:
+    for r in sorted(results, key=lambda r: r.get("date", "")):
         if r.get("benchmark") != kind:
             continue
         key = r.get("model") or r.get("shape") or "all"
@@ -144,21 +145,22 @@ STEP_ROW_NOTES = {
 
 
 def step_table(results: List[dict]) -> str:
-    """Per model, every row of every step-benchmark JSON (the newest run by its recorded date wins for a row label: a
-    file's name need not sort in time order), each ratio against the dense step measured in its own run; then the
-    end-to-end speedup the presets' schedules imply."""
+    """Per model and number of blocks built, every row of every step-benchmark JSON (the newest run by its recorded
+    date wins for a row label: a file's name need not sort in time order), each ratio against the dense step measured
+    in its own run; then the end-to-end speedup the presets' schedules imply. A shortened model and the full one are
+    separate tables: their step times and peak memory do not compare."""
     from .bench import implied_e2e
 
-    by_model: Dict[str, Dict[str, tuple]] = {}
+    by_model: Dict[tuple, Dict[str, tuple]] = {}
     for r in sorted(results, key=lambda r: r.get("date", "")):
         if r.get("benchmark") != "step":
             continue
-        rows = by_model.setdefault(r["model"], {})
+        rows = by_model.setdefault((r["model"], r.get("layers_timed")), {})
         for label, e in r["results"].items():
             if "error" not in e:
                 rows[label] = (e, r)
     lines = []
-    for model, rows in by_model.items():
+    for (model, _), rows in by_model.items():
         any_run = next(iter(rows.values()))[1]
         dev = any_run.get("env", {}).get("device", "?")
         lines.append(f"**{model}** on {dev}: {any_run['layers_timed']} of {any_run['layers_full_model']} blocks "

@@ -221,6 +221,36 @@ def test_bench_step_tiny_writes_ratios_and_the_presets_end_to_end(tmp_path):
     assert "| draft-r2 |" in table and "draft (draft-r2)" in table
 
 
+def test_step_table_keeps_a_shortened_model_apart_from_the_full_one():
+    """A run of 15 of 60 blocks and a full-depth run of the same model are two tables: mixing their rows would put a
+    shortened model's peak memory and yardstick next to the full model's dense step."""
+
+    def run(layers, date, label, step):
+        return {"benchmark": "step", "model": "hunyuan-720p", "family": "hunyuan_video", "date": date,
+                "layers_timed": layers, "layers_full_model": 60, "cfg_calls_per_step": 1, "_path": f"{layers}.json",
+                "env": {"device": "H200"},
+                "results": {"dense": {"step_s": 4 * step, "peak_gib": 1.0},
+                            label: {"step_s": step, "ratio_vs_dense": 4.0, "peak_gib": 1.5}}}
+
+    table = report.step_table([run(15, "2026-12-01", "fixed-0.25", 1.0), run(60, "2026-12-02", "radial", 3.0)])
+    short, full = table.split("60 of 60 blocks")
+    assert "15 of 60 blocks" in short and "| fixed-0.25 |" in short and "| radial |" not in short
+    assert "| radial |" in full and "| fixed-0.25 |" not in full and "| 12.000 |" in full
+
+
+def test_kernel_tables_take_the_newest_run_by_its_date_not_its_file_name():
+    def run(date, ms):
+        return {"benchmark": "kernel-tile", "date": date, "commit": date, "block_size": 128, "selection": "tile",
+                "command": "bench", "env": {"device": "H200"},
+                "results": {"flux-4096": {"tokens": 65536, "heads": 24, "head_dim": 128, "dense": {}, "sparse": {
+                    "fa4": {"tile": {"median_ms": ms, "density": 0.02, "effective_tflops": 1.0,
+                                     "max_abs_err_vs_reference": 0.0}}}}}}
+
+    # In file-name order the older run comes last ("x-more.json" sorts before "x.json").
+    table = report.kernel_table([run("2026-12-02T08:00", 2.5), run("2026-12-01T08:00", 4.0)], kind="kernel-tile")
+    assert "2.50" in table and "4.00" not in table
+
+
 def test_bench_compile_tiny_counts_graphs(tmp_path):
     out = tmp_path / "compile.json"
     rows = _run_bench(out, "compile", "--model", "tiny", "--methods", "draft-r2",
