@@ -729,8 +729,9 @@ def _preset_pattern_options(family: str, method: str) -> dict:
     return {key: v for key, v in _family_presets(family).get(method, {}).items() if key not in schedule}
 
 
-# The step benchmark's rows that run what the presets run (draft plans every other step, semantic's default blocks are
-# 64 tokens), best first; the end-to-end estimate uses the first one measured.
+# The step benchmark's rows that run what the presets run (semantic's default blocks are 64 tokens), best first; the
+# end-to-end estimate uses the first one measured, after the row of the preset's own refresh period ("draft-r4" where
+# the preset says refresh_every=4).
 PRESET_ROWS = {"radial": ("radial",), "draft": ("draft-r2", "draft"), "semantic": ("semantic-b64", "semantic"),
                "tile": ("tile",)}
 
@@ -742,6 +743,8 @@ def implied_e2e(family: str, full_depth: int, ratios: Dict[str, float]) -> Dict[
     presets = _family_presets(family)
     out = {}
     for method, labels in PRESET_ROWS.items():
+        refresh = presets.get(method, {}).get("refresh_every", 1)
+        labels = ((f"{method}-r{refresh}",) if refresh > 1 else ()) + labels
         label = next((x for x in labels if x in ratios), None)
         if label is None or method not in presets:
             continue
@@ -760,6 +763,7 @@ STEP_METHODS = {
     "draft": ("draft", {"density": 0.25}),
     "draft-tiles": ("draft", {"density": 0.25, "blocks": "tiles"}),
     "draft-r2": ("draft", {"density": 0.25, "refresh_every": 2}),
+    "draft-r4": ("draft", {"density": 0.25, "refresh_every": 4}),
     "semantic": ("semantic", {"top_p": 0.3, "block_size": 128}),
     "semantic-fixed": ("semantic", {"top_p": 0.3, "fixed_blocks": True, "block_size": 128}),
     "semantic-fixed-r2": ("semantic", {"top_p": 0.3, "fixed_blocks": True, "block_size": 128, "refresh_every": 2}),

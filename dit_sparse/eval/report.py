@@ -131,7 +131,8 @@ def pattern_table(results: List[dict]) -> str:
 STEP_ROW_NOTES = {
     "dense": "Diffusers' default attention", "dense-cudnn": "Diffusers `_native_cudnn` backend",
     "fa4-full": "FA4, every block listed", "fixed-0.25": "yardstick: fixed random layout 0.25",
-    "draft": "fixed blocks (default)", "draft-r2": "fixed blocks, refresh_every=2 (preset)",
+    "draft": "fixed blocks (default)", "draft-r2": "fixed blocks, refresh_every=2 (HunyuanVideo's preset)",
+    "draft-r4": "fixed blocks, refresh_every=4 (Wan's preset)",
     "draft-tiles": "one block per tile (variable)", "semantic": "variable blocks <= 128",
     "semantic-b64": "variable blocks <= 64 (default)", "semantic-b64-r2": "blocks <= 64, refresh_every=2",
     "semantic-round": "blocks <= 64, cluster sizes rounded to blocks (tried, reverted: commit e12ac38)",

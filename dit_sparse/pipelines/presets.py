@@ -107,21 +107,23 @@ WAN_NEGATIVE_PROMPT = (
     "legs, many people in the background, walking backwards"
 )
 
-# Draft plans every other sparse step (refresh_every=2): its layout drifts little between steps (reuse penalty 1.01
-# at r=2 on tiny, ``drift-tiny.json``, 1.00 on the trained small model, ``drift-small.json``, where semantic's is
-# 1.04 at r=2 and 1.11 at r=4; -0.1 dB PSNR on the trained small model,
-# ``quality-small-block64-refresh.json``), and a Wan-1.3B 480p step gets 7 % faster (1.50x -> 1.61x vs dense,
-# ``2026-12-02_NVIDIA-H200_step-wan1.3b-480p.json``) for ~23 MB of kept layouts per layer and CFG branch at
-# HunyuanVideo 720p (``2026-12-02_NVIDIA-H200_step-hunyuan-720p.json``; kept layouts are int16-compact since, about
-# half that: `BlockLayout.compact`, not yet re-measured on the GPU). Semantic keeps refresh_every=1: its layouts
-# kept for reuse took ~82 MB per layer and branch there (fixed blocks, refresh_every=2; ~5 GB over 60 layers,
-# ``...step-hunyuan-720p-before-planning-fix.json``), while it plans in 5 ms (``2026-12-02_NVIDIA-H200_profile-
-# semantic.json``).
+# Draft reuses its layout across sparse steps: it drifts little between steps (reuse penalty, error of a layout planned
+# r steps earlier / a fresh one, on the trained small model: 1.00 at r = 1, 2 and 4, ``drift-small.json``; semantic's
+# is 1.04 at r=2 and 1.11 at r=4), and the video agrees (small, 20 steps: 25.09 / 25.15 / 25.11 dB at r = 1 / 2 / 4;
+# 10 steps: 23.69 / 23.60 / 23.48 dB, ``quality-small-draft-refresh-steps{20,10}.json``). Wan plans every 4th sparse
+# step: planning (0.49 ms compiled) against attention (3.03 ms) per call at Wan-1.3B 480p is 16 % when planned every
+# step, 8 % at r=2 and 4 % at r=4 (``2026-12-02_NVIDIA-H200_planning-compiled-vs-eager.json``; issue #13 asks <= 5 %).
+# HunyuanVideo 720p plans every other step: 3.2 % per call there, 1.6 % at r=2. The kept layouts are int16-compact
+# (`BlockLayout.compact`): draft-r2 peaks +1.17 GiB over dense at HunyuanVideo 720p with all 60 blocks
+# (``2026-12-02_NVIDIA-H200_step-hunyuan-720p-full-depth.json``); the period does not change their size. Semantic
+# keeps refresh_every=1: it drifts more, its k-means warm start already makes replanning cheap, and its layouts kept
+# for reuse took ~82 MB per layer and branch at HunyuanVideo 720p (fixed blocks, refresh_every=2; ~5 GB over 60
+# layers, ``...step-hunyuan-720p-before-planning-fix.json``).
 WAN_SPARSE = {
     "dense": {},
     "radial": {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.2},
     "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9},
-    "draft": {"dense_steps": 0.3, "dense_layers": 1, "density": 0.25, "refresh_every": 2},
+    "draft": {"dense_steps": 0.3, "dense_layers": 1, "density": 0.25, "refresh_every": 4},
 }
 HUNYUAN_SPARSE = {
     "dense": {},
