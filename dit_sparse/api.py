@@ -79,7 +79,8 @@ def sparse_attn_processors(
         setattr(transformer, _ORIGINALS_ATTR, dict(current))
     originals = getattr(transformer, _ORIGINALS_ATTR)
     setattr(transformer, _STATE_ATTR, state)
-    attach_step_hook(transformer, state, module.MODEL, module.patch_size(transformer), model_index)
+    attach_step_hook(transformer, state, module.MODEL, module.patch_size(transformer), model_index,
+                     getattr(module, "reorder_tokens", None))
 
     processors = {}
     for name, proc in current.items():

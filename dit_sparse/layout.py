@@ -254,6 +254,14 @@ class BlockLayout:
             return (starts[..., 1:] - starts[..., :-1]).float()
         return block_sizes(seq_len, block, self.kv_indices.device).view(1, 1, n)
 
+    def without_permutation(self) -> "BlockLayout":
+        """The same blocks over a sequence that is already in this layout's token order (the step hook orders the
+        image tokens once per transformer call, `Pattern.token_order`). Shares ``memo``: density and a backend's block
+        tensors depend on the blocks, not on the order."""
+        if not self.has_permutation:
+            return self
+        return dataclasses.replace(self, q_perm=None, kv_perm=None)
+
     def compact(self) -> "BlockLayout":
         """This layout in less memory, to keep between denoising steps (``refresh_every`` > 1): ``kv_indices`` as
         int16 where the key blocks fit, permutations as int32 (half of draft's ~23 MB per layer and branch at

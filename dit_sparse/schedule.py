@@ -133,6 +133,9 @@ class SparseState:
     # The current call has too few video tokens to be sparse (``min_sparse_tokens``; see ``prepare``).
     fallback_now: bool = False
     refresh_now: bool = True
+    # The order (int64 [L], `Pattern.token_order`) in which the step hook handed this call's image tokens to the
+    # transformer, or None (original order). The processors then run the layouts without their permutation.
+    token_order: Optional[torch.Tensor] = None
     # Whether a layout planned now is read by a later step (refresh_every > 1 and the next step is no refresh).
     keep_layouts: bool = False
     # Keep every planned layout of the latest step (for inspection, e.g. generate's layout plot); off by default.

@@ -172,8 +172,10 @@ def _dense_baselines(q, k, v) -> Dict[str, Callable[[], torch.Tensor]]:
 
 def _kernel_layouts(args, shape_name, q, k, densities, heads, length, device):
     """(row label, layout) pairs of the kernel benchmark: random layouts at ``densities`` (``--layout random``), or
-    the image presets' tile pattern on the shape's grid and a random layout of the same density, the yardstick of
-    issue #15's "tile kernel >= 0.9x FA4's fixed-layout effective rate" (``--layout tile``)."""
+    the image presets' tile pattern on the shape's grid — as one attention call with its token permutation ("tile")
+    and without it ("tile-in-order": what the processors run when the step hook has put the tokens in tile order,
+    `Pattern.token_order`) — and a random layout of the same density, the yardstick of issue #15's "tile kernel >=
+    0.9x FA4's fixed-layout effective rate" (``--layout tile``)."""
     if args.layout == "random":
         return [(d, random_layout(1, heads, length, d, args.block, device)) for d in densities]
     import dit_sparse as ds
@@ -191,7 +193,8 @@ def _kernel_layouts(args, shape_name, q, k, densities, heads, length, device):
     geometry = VideoGeometry(frames, height, width, model)
     tile = make_pattern(config).plan(q, k, geometry, PlanCache(shared=BoundedCache()))
     density = float(tile.density())
-    return [("tile", tile), (f"random-{density:.3f}", random_layout(1, heads, length, density, args.block, device))]
+    return [("tile", tile), ("tile-in-order", tile.without_permutation()),
+            (f"random-{density:.3f}", random_layout(1, heads, length, density, args.block, device))]
 
 
 def bench_kernel(args) -> dict:

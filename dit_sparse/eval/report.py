@@ -79,8 +79,10 @@ def kernel_table(results: List[dict], kind: str = "kernel") -> str:
                         continue
                     ratio = t["median_ms"] / dense_ms if dense_ms else None
                     err = t["max_abs_err_vs_reference"]
-                    # Rows of "kernel" are densities; rows of "kernel-tile" name their layout ("tile", "random-0.018").
-                    density = f"{t['density']:.2f}" if kind == "kernel" else f"{d.split('-')[0]} {t['density']:.3f}"
+                    # Rows of "kernel" are densities; rows of "kernel-tile" name their layout ("tile", "tile-in-order",
+                    # "random-0.018": the density is printed from the entry).
+                    name = d[: d.rfind("-")] if d.startswith("random-") else d
+                    density = f"{t['density']:.2f}" if kind == "kernel" else f"{name} {t['density']:.3f}"
                     lines.append(f"| {shape} | {backend} | {density} | {t['median_ms']:.2f} | "
                                  f"{t['effective_tflops']:.0f} | {_fmt(ratio)} | {err:.1e} |")
         lines.append("")

@@ -95,6 +95,13 @@ class Pattern:
         """Returns the layout for video queries/keys q, k of shape (B, H, L, D)."""
         raise NotImplementedError
 
+    def token_order(self, geometry: VideoGeometry, device: torch.device, cache):
+        """The one token order (int64 [L]) that every layout this pattern plans for ``geometry`` applies to queries and
+        keys alike, or None. Where there is one, the step hook can put the tokens in that order once per transformer
+        call instead of every attention call gathering and scattering them (`dit_sparse.processors.hooks`). Only
+        static patterns have one: a dynamic pattern reads q and k in their original order. Called after `prepare`."""
+        return None
+
     def prepare(self, geometry: VideoGeometry, device: torch.device, cache) -> None:
         """Builds what a static pattern shares between layers (``cache.shared``) before the transformer's forward.
 

@@ -121,6 +121,12 @@ class TilePattern(Pattern):
     def prepare(self, geometry: VideoGeometry, device, cache) -> None:
         shared_or_build(cache, self._key(geometry, device), lambda: self._build(geometry, device))
 
+    def token_order(self, geometry: VideoGeometry, device, cache):
+        """The tile order of the shared layout (the very tensor its ``q_perm`` holds), None where raster order already
+        is tile order."""
+        layout = shared_or_build(cache, self._key(geometry, device), lambda: self._build(geometry, device))
+        return None if layout.q_perm is None else layout.q_perm.view(-1)
+
     def _build(self, geometry: VideoGeometry, device) -> BlockLayout:
         c = self.config
         bs = c.block_size

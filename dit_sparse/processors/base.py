@@ -186,6 +186,10 @@ class SparseAttentionCore:
                 density = layout.memo["density"] = layout.density()
             state.record(self.name, False, density)
 
+        if state.token_order is not None:
+            # The step hook handed the tokens over in the layout's own order (`Pattern.token_order`): no gather and
+            # scatter per call.
+            layout = layout.without_permutation()
         if text_len == 0:
             return block_sparse_attention(qv, kv, vv, layout, backend=backend).transpose(1, 2)
 

@@ -109,6 +109,23 @@ class FluxSparseAttnProcessor:
         return hidden_states
 
 
+def reorder_tokens(transformer, arguments: dict, order: torch.Tensor) -> bool:
+    """Puts the image tokens of a forward's ``arguments`` (bound by name) in ``order``: the packed latents and their
+    position ids, from which the forward computes RoPE. Everything else in Flux outside attention works per token.
+    False (nothing changed) where the forward would add per-token tensors in the original order: ControlNet
+    residuals, or image tokens beyond the grid (Kontext's reference image)."""
+    if arguments.get("controlnet_block_samples") is not None or (
+        arguments.get("controlnet_single_block_samples") is not None
+    ):
+        return False
+    hidden_states, img_ids = arguments.get("hidden_states"), arguments.get("img_ids")
+    if img_ids is None or hidden_states.shape[1] != order.numel() or img_ids.shape[-2] != order.numel():
+        return False
+    arguments["hidden_states"] = hidden_states.index_select(1, order)
+    arguments["img_ids"] = img_ids.index_select(img_ids.dim() - 2, order)
+    return True
+
+
 def patch_size(transformer) -> Tuple[int, int, int]:
     # Unused for the grid (the step hook reads img_ids); Flux's transformer itself patches 1x1 packed tokens.
     p = transformer.config.patch_size

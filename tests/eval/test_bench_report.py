@@ -50,9 +50,14 @@ def test_bench_kernel_tile_layout_and_its_yardstick(tmp_path):
     data = bench.bench_kernel(args)
     rows = data["results"]["tiny"]["sparse"]["reference"]
     assert list(rows)[0] == "tile" and rows["tile"]["ok"] and 0 < rows["tile"]["density"] < 1
-    assert list(rows)[1].startswith("random-") and rows[list(rows)[1]]["ok"]
+    # The same blocks without the permutation (tokens already in tile order), then the yardstick.
+    assert list(rows)[1] == "tile-in-order" and rows["tile-in-order"]["ok"]
+    assert rows["tile-in-order"]["density"] == rows["tile"]["density"]
+    assert list(rows)[2].startswith("random-") and rows[list(rows)[2]]["ok"]
+    assert "| tiny | reference | tile-in-order " in report.kernel_table([data], kind="kernel-tile")
     q, k, v = (torch.randn(1, 2, 1000, 64) for _ in range(3))
-    (_, tile), _ = bench._kernel_layouts(args, "tiny", q, k, [], 2, 1000, "cpu")
+    (_, tile), (_, in_order), _ = bench._kernel_layouts(args, "tiny", q, k, [], 2, 1000, "cpu")
+    assert in_order.q_perm is None and in_order.kv_perm is None
     assert tile.q_perm is not None or tile.q_block_starts is not None  # not what the sampled check handles
     right = block_sparse_attention(q, k, v, tile, backend="reference")
     assert bench.sampled_reference_error(q, k, v, tile, right) < 1e-5
