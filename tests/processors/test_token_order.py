@@ -87,3 +87,44 @@ def test_flux_controlnet_residuals_keep_the_original_order(gathers):
     with torch.no_grad():
         plain = model(**inputs)[0]
     assert (with_residual - plain).abs().max() > 1e-4  # the residual did reach the blocks
+
+
+def _four_calls(model, run, make_inputs):
+    outs = []
+    with torch.no_grad():
+        for step, t in enumerate((0.9, 0.7)):
+            for name in ("cond", "uncond"):
+                with model.cache_context(name, step_index=step, num_inference_steps=2):
+                    outs.append(run(**make_inputs(height=12, width=20, seed=1 + len(outs), timestep=t))[0])
+    return outs
+
+
+@pytest.mark.parametrize("route", ["model", "blocks"])
+@pytest.mark.parametrize("family", MODELS)
+def test_token_order_under_torch_compile(family, route, gathers):
+    """`torch.compile(transformer, fullgraph=True)` and `compile_repeated_blocks` (what `--compile` uses) with the tile
+    pattern: the tokens are ordered outside the graph, the graph reads the order as an input; no recompilation over
+    2 steps x 2 CFG branches, output equal to eager."""
+    import torch._dynamo
+    import torch._dynamo.testing
+
+    build, make_inputs = MODELS[family]
+    eager_model = build()
+    ds.apply_sparse_attention(eager_model, _tile_config())
+    want = _four_calls(eager_model, eager_model, make_inputs)
+
+    model = build()
+    ds.apply_sparse_attention(model, _tile_config())
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    if route == "model":
+        run = torch.compile(model, fullgraph=True, backend=counter)
+    else:
+        model.compile_repeated_blocks(fullgraph=True, backend=counter)
+        run = model
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        got = _four_calls(model, run, make_inputs)
+    assert get_state(model).token_order is None and counter.frame_count >= 1
+    assert not gathers  # neither the eager calls nor the traced graphs permuted in the attention calls
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
