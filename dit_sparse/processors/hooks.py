@@ -81,9 +81,10 @@ class SparseStepHook(ModelHook):
         self._signature = None
 
     def initialize_hook(self, module):
-        # Inputs are read by name: the timestep is Wan's and HunyuanVideo's second argument but Flux's fourth.
-        self._signature = inspect.signature(module.forward)
-        self._params = tuple(self._signature.parameters)
+        # Inputs are read by name: the timestep is Wan's and HunyuanVideo's second argument but Flux's fourth. The
+        # class's forward, not the instance's: other hooks (offloading, caches) may have wrapped the latter.
+        self._signature = inspect.signature(type(module).forward)
+        self._params = tuple(self._signature.parameters)[1:]
         self._handles = [
             module.register_forward_pre_hook(self._before_forward, with_kwargs=True),
             module.register_forward_hook(self._after_forward),
@@ -142,11 +143,11 @@ class SparseStepHook(ModelHook):
         order = state.pattern.token_order(state.geometry, device, PlanCache(None, state.shared))
         if order is None:
             return None
-        bound = self._signature.bind(*args, **kwargs)
+        bound = self._signature.bind(module, *args, **kwargs)
         if not self.reorder_tokens(module, bound.arguments, order):
             return None
         state.token_order = order
-        return bound.args, bound.kwargs
+        return bound.args[1:], bound.kwargs
 
     @torch.compiler.disable
     def _after_forward(self, module, args, output):

@@ -49,8 +49,11 @@ def test_tokens_ordered_once_per_call_give_the_per_call_permutation_output(famil
         ordered = model(**inputs)[0]
     assert not gathers, "the attention calls still permuted the tokens"
     assert state.token_order is None  # restored after the call
-    with torch.no_grad():  # the same restore for Diffusers' output object
+    with torch.no_grad():  # the same restore for Diffusers' output object, and with the latents passed by position
         torch.testing.assert_close(model(**{**inputs, "return_dict": True}).sample, ordered, atol=0, rtol=0)
+        rest = {k: v for k, v in inputs.items() if k != "hidden_states"}
+        torch.testing.assert_close(model(inputs["hidden_states"], **rest)[0], ordered, atol=0, rtol=0)
+    assert not gathers
     assert ds.summary(model)["mean_density"] < 1.0
 
     monkeypatch.setattr(TilePattern, "token_order", lambda self, *args: None)
