@@ -1,6 +1,8 @@
-"""Token permutation passes of the kernel front door (shared [1, 1, L] orders: draft, tile) at FLUX 4096^2 sizes:
-index_select over L of the (B, H, L, D) view (what the front door does) against a row gather over L of Diffusers'
-(B, L, H, D) memory, which copies whole H*D rows and leaves the (B, L, H, D) memory that FA4 reads.
+"""Token permutation passes of the kernel front door at FLUX 4096^2 sizes. Shared [1, 1, L] orders (draft, tile):
+index_select over L of the (B, H, L, D) view (what the front door did until session 6) against a row gather over L of
+Diffusers' (B, L, H, D) memory, which copies whole H*D rows and leaves the (B, L, H, D) memory that FA4 reads (what it
+does now). Per-head [1, H, L] orders (semantic): gather with an expanded index (what it does) against an index_select of
+D-rows of the flat (B*L*H, D) memory (a candidate, not yet measured).
 
     python bench/perm_gather.py [--out FILE]
 """
@@ -25,13 +27,22 @@ x = x_bl.transpose(1, 2)  # (B, H, L, D) view, as the processors hand it over
 perm = torch.randperm(L, device="cuda")
 rows = {}
 fns = {
-    "gather_dim2_view (now)": lambda: x.index_select(2, perm),
-    "gather_rows_bl": lambda: x_bl.index_select(1, perm).transpose(1, 2),
-    "scatter_dim2_view (now)": lambda: torch.empty_like(x).index_copy_(2, perm, x),
+    "gather_dim2_view (before)": lambda: x.index_select(2, perm),
+    "gather_rows_bl (now)": lambda: x_bl.index_select(1, perm).transpose(1, 2),
+    "scatter_dim2_view (before)": lambda: torch.empty_like(x).index_copy_(2, perm, x),
     "scatter_rows_bl": lambda: torch.empty_like(x_bl).index_copy_(1, perm, x_bl).transpose(1, 2),
 }
-assert torch.equal(fns["gather_dim2_view (now)"](), fns["gather_rows_bl"]())
-assert torch.equal(fns["scatter_dim2_view (now)"](), fns["scatter_rows_bl"]())
+# Per-head orders (semantic: [B, H, L]) at Wan-1.3B 480p-like sizes would go through gather with an expanded index
+# today; the candidate picks 2*D-byte rows of the (B*L*H, D) memory by a flat index (row = (b*L + perm)*H + h).
+ph = torch.stack([torch.randperm(L, device="cuda") for _ in range(H)]).view(1, H, L)
+flat = ((torch.arange(1, device="cuda").view(1, 1, 1) * L + ph) * H + torch.arange(H, device="cuda").view(1, H, 1))
+fns.update({
+    "per_head_gather (now)": lambda: x.gather(2, ph.unsqueeze(-1).expand(-1, -1, -1, D)),
+    "per_head_flat_rows": lambda: x_bl.reshape(-1, D).index_select(0, flat.view(-1)).view(1, H, L, D),
+})
+assert torch.equal(fns["per_head_gather (now)"](), fns["per_head_flat_rows"]())
+assert torch.equal(fns["gather_dim2_view (before)"](), fns["gather_rows_bl (now)"]())
+assert torch.equal(fns["scatter_dim2_view (before)"](), fns["scatter_rows_bl"]())
 for name, fn in fns.items():
     t = time_cuda(fn, reps=20)
     t["GB_per_s"] = 2 * x.numel() * 2 / t["median_ms"] / 1e6
