@@ -286,11 +286,17 @@ E2E_MODELS = {
     ),
     # Image transformers (issue #15): one frame of 2x2-packed latents, an H x W image is an (H/16) x (W/16) grid.
     # FLUX.1-dev: 19 dual- + 38 single-stream blocks, 24 heads x 128, guidance embedded (no CFG pass).
+    # The native sizes (1024^2: 4,096 image tokens; Qwen-Image 1328^2: 6,889) are under the automatic dense fallback
+    # on a GPU (12,288 tokens) while the image presets ask for sparse there (min_sparse_tokens=0): whether sparse pays
+    # at these sizes is what these rows are for.
+    "flux-1024": dict(family="flux", grid=(64, 64), text=(512, 4096), pooled=768,
+                      config=dict(guidance_embeds=True), full_depth=57),
     "flux-2048": dict(family="flux", grid=(128, 128), text=(512, 4096), pooled=768,
                       config=dict(guidance_embeds=True), full_depth=57),
     "flux-4096": dict(family="flux", grid=(256, 256), text=(512, 4096), pooled=768,
                       config=dict(guidance_embeds=True), full_depth=57),
     # Qwen-Image: 60 blocks, 24 heads x 128, true classifier-free guidance (two calls per step).
+    "qwen-image-1328": dict(family="qwen_image", grid=(83, 83), text=(256, 3584), config=dict(), full_depth=60),
     "qwen-image-2048": dict(family="qwen_image", grid=(128, 128), text=(256, 3584), config=dict(), full_depth=60),
     "qwen-image-4096": dict(family="qwen_image", grid=(256, 256), text=(256, 3584), config=dict(), full_depth=60),
     # CPU-sized smoke configurations (tests and `--model tiny`).
