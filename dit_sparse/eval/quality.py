@@ -165,7 +165,8 @@ def evaluate(
     for label, variant in (variants or {}).items():
         method = variant["method"]
         changed = {key: v for key, v in variant.items() if key != "method"}
-        results[label] = run(label, ds.make_config(method, **{**preset.sparse[method], **changed}))
+        # A method the model's preset does not list (tile on the video models) starts from the config's defaults.
+        results[label] = run(label, ds.make_config(method, **{**preset.sparse_options(method), **changed}))
     if densities:
         knobs = calibrate_knobs(pipe, options, densities, size, steps, prompts[0], seed)
         for method in methods:

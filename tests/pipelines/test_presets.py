@@ -81,8 +81,10 @@ def test_small_preset_is_the_8640_token_model():
     assert tokens == 8640
     check_video_size(small, small.height, small.width, small.frames)
     # the same structure as the tiny model's settings, with 128-token blocks
-    assert set(small.sparse) == set(tiny.sparse)
-    for method, opts in tiny.sparse.items():
+    # (tile is tuned on tiny's attention only, so far: measuring small needs the GPU)
+    assert set(small.sparse) == set(tiny.sparse) - {"tile"}
+    for method in small.sparse:
+        opts = tiny.sparse[method]
         assert set(small.sparse_options(method)) == set(opts), method
         if opts:
             assert small.sparse_options(method)["block_size"] == 128
