@@ -148,7 +148,9 @@ def summary(pipe_or_transformer) -> Dict[str, Any]:
     Returns:
         `dict` with ``calls``, ``dense_calls``, ``sparse_calls``, ``mean_density`` (mean fraction of key blocks
         computed over sparse calls, None when no call was sparse), ``backend``, ``steps``, ``dense_fallback`` (why a
-        sparse config ran dense, e.g. ``"8,640 video tokens < min_sparse_tokens 12,288"``; None when it did not) and
+        sparse config ran dense, e.g. ``"8,640 video tokens < min_sparse_tokens 12,288"``; None when it did not),
+        ``token_ordered_calls`` (transformer calls whose image tokens the step hook put in the pattern's token order
+        once, so that no attention call permuted them: the tile pattern on Flux and Qwen-Image without autograd) and
         ``layers``.
     """
     return get_state(pipe_or_transformer).summary()

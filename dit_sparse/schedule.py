@@ -136,6 +136,8 @@ class SparseState:
     # The order (int64 [L], `Pattern.token_order`) in which the step hook handed this call's image tokens to the
     # transformer, or None (original order). The processors then run the layouts without their permutation.
     token_order: Optional[torch.Tensor] = None
+    # Transformer calls of this run whose tokens the step hook ordered that way (``summary()["token_ordered_calls"]``).
+    token_ordered_calls: int = 0
     # Whether a layout planned now is read by a later step (refresh_every > 1 and the next step is no refresh).
     keep_layouts: bool = False
     # Keep every planned layout of the latest step (for inspection, e.g. generate's layout plot); off by default.
@@ -238,6 +240,7 @@ class SparseState:
         self._new_step()
         self.clear_caches()
         self.stats.clear()
+        self.token_ordered_calls = 0
         self.backend_used = None
         self.dense_fallback = None
 
@@ -418,6 +421,7 @@ class SparseState:
             "steps": self.step + 1,
             "dense_steps": self.dense_steps,
             "dense_fallback": self.dense_fallback,
+            "token_ordered_calls": self.token_ordered_calls,
             "geometry": None if self.geometry is None else list(self.geometry.key),
             "layers": per_layer,
         }

@@ -147,6 +147,7 @@ class SparseStepHook(ModelHook):
         if not self.reorder_tokens(module, bound.arguments, order):
             return None
         state.token_order = order
+        state.token_ordered_calls += 1
         return bound.args[1:], bound.kwargs
 
     @torch.compiler.disable

@@ -49,6 +49,7 @@ def test_tokens_ordered_once_per_call_give_the_per_call_permutation_output(famil
         ordered = model(**inputs)[0]
     assert not gathers, "the attention calls still permuted the tokens"
     assert state.token_order is None  # restored after the call
+    assert ds.summary(model)["token_ordered_calls"] == 1
     with torch.no_grad():  # the same restore for Diffusers' output object, and with the latents passed by position
         torch.testing.assert_close(model(**{**inputs, "return_dict": True}).sample, ordered, atol=0, rtol=0)
         rest = {k: v for k, v in inputs.items() if k != "hidden_states"}
@@ -77,6 +78,7 @@ def test_no_token_order_under_autograd(gathers):
     out = model(**inputs)[0]
     out.square().mean().backward()
     assert gathers and get_state(model).token_order is None
+    assert ds.summary(model)["token_ordered_calls"] == 0
     assert torch.isfinite(inputs["hidden_states"].grad).all()
 
 
