@@ -34,6 +34,14 @@ def block_sizes(length: int, block: int, device=None) -> torch.Tensor:
     return sizes
 
 
+def inverse_permutation(order: torch.Tensor) -> torch.Tensor:
+    """The permutation that undoes ``order`` (1-D): ``x[order][inverse_permutation(order)] == x``, and
+    ``inverse_permutation(pos)`` is the order that puts token i at position ``pos[i]``."""
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device, dtype=order.dtype)
+    return inverse
+
+
 def whole_blocks_first(group: torch.Tensor, block: int) -> torch.Tensor:
     """The order that packs a grouped sequence into fixed ``block`` blocks with as few mixed blocks as possible.
 

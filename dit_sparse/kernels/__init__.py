@@ -20,7 +20,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 
 from ..config import env_flag
-from ..layout import BlockLayout
+from ..layout import BlockLayout, inverse_permutation
 from .reference import run as _reference_run
 
 BACKENDS = ("auto", "fa4", "triton", "flex", "reference")
@@ -290,10 +290,7 @@ def _scatter_tokens(y: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     """The inverse of `_gather_tokens`: y (B, H, L, ...) in ``perm``'s order back to the original token order."""
     if _shared_order(perm):
         # A gather by the inverse order instead of index_copy_: the scatter ran at half the gather's bandwidth.
-        order = perm.view(-1)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device, dtype=order.dtype)
-        return _select_tokens(y, inverse)
+        return _select_tokens(y, inverse_permutation(perm.view(-1)))
     out = torch.empty_like(y)
     idx = perm.expand(y.shape[0], y.shape[1], -1)
     if y.dim() == 4:

@@ -30,7 +30,7 @@ import torch
 
 from ..config import DraftConfig
 from ..geometry import VideoGeometry
-from ..layout import BlockLayout, block_sizes, cdiv, pack_block_mask, whole_blocks_first
+from ..layout import BlockLayout, block_sizes, cdiv, inverse_permutation, pack_block_mask, whole_blocks_first
 from ..schedule import shared_or_build
 from .base import Pattern, compiled_planning
 from .block_mass import block_mass_estimate, pooled_block_mass
@@ -131,7 +131,7 @@ def tile_grid(
         tile = ((fr // pt) * nth + tr) * ntw + tc
         # Raster order inside a tile; partial edge tiles are narrower, hence the per-tile row and column extents.
         pos = starts[tile] + (fr % pt) * area[tr, tc] + (r % ph) * col_sizes[tc] + c % pw
-        perm = torch.empty_like(pos).scatter_(0, pos, torch.arange(pos.numel(), device=device)).view(1, 1, -1)
+        perm = inverse_permutation(pos).view(1, 1, -1)
 
     uniform = f % pt == 0 and h % ph == 0 and w % pw == 0 and pt * ph * pw == block_size
     # The order of fixed-block layouts: whole tiles first (each exactly one block when a tile is one block), the

@@ -30,6 +30,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from ..geometry import VideoGeometry
+from ..layout import inverse_permutation
 from ..schedule import PlanCache, SparseState
 
 HOOK_NAME = "dit_sparse_step"
@@ -168,8 +169,7 @@ class SparseStepHook(ModelHook):
 def restore_token_order(output, order: torch.Tensor):
     """A transformer's output (``return_dict`` or tuple) with its tokens (dim 1 of the sample) from ``order`` back in
     their original order: a gather by the inverse order, which reads and writes whole rows."""
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel(), device=order.device, dtype=order.dtype)
+    inverse = inverse_permutation(order)
     if isinstance(output, tuple):
         return (output[0].index_select(1, inverse), *output[1:])
     output.sample = output.sample.index_select(1, inverse)
