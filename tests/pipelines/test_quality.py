@@ -11,7 +11,7 @@ from dit_sparse.eval.quality import PROMPTS, evaluate
 
 # method -> minimum PSNR (dB) against the dense video of the same seed. Measured here (2026-12-01, torch 2.13 CPU, the
 # retrained tiny at its trained size): radial 30.6 dB at density 0.76, draft 22.0 dB at 0.25, semantic 24.9 dB at 0.34;
-# tile 25.0 dB at 0.375 (2026-12-02).
+# tile 25.0 dB at 0.375 (2026-12-02, bench/results/quality-tiny-tile-steps6.json).
 THRESHOLDS = {"radial": 27.5, "draft": 19.0, "semantic": 22.0, "tile": 22.0}
 
 
