@@ -3,7 +3,16 @@
 import importlib
 from typing import TYPE_CHECKING
 
-from .config import DenseConfig, DraftConfig, RadialConfig, SemanticConfig, SparseConfig, TileConfig, make_config
+from .config import (
+    EVERY_TILE,
+    DenseConfig,
+    DraftConfig,
+    RadialConfig,
+    SemanticConfig,
+    SparseConfig,
+    TileConfig,
+    make_config,
+)
 
 __version__ = "0.1.0"
 
@@ -47,6 +56,7 @@ def __dir__():
 
 
 __all__ = [
+    "EVERY_TILE",
     "BlockLayout",
     "DenseConfig",
     "DraftConfig",

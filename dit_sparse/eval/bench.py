@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from ..config import EVERY_TILE
 from ..layout import BlockLayout
 from ..schedule import BoundedCache, PlanCache
 
@@ -742,7 +743,7 @@ def _preset_pattern_options(family: str, method: str) -> dict:
 # end-to-end estimate uses the first one measured, after the row of the preset's own refresh period ("draft-r4" where
 # the preset says refresh_every=4).
 PRESET_ROWS = {"radial": ("radial",), "draft": ("draft-r2", "draft"), "semantic": ("semantic-b64", "semantic"),
-               "tile": ("tile",)}
+               "tile": ("tile-frames-3x3", "tile")}
 
 
 def implied_e2e(family: str, full_depth: int, ratios: Dict[str, float]) -> Dict[str, dict]:
@@ -785,8 +786,8 @@ STEP_METHODS = {
     "tile": ("tile", {}),
     # Windows over every frame and narrow in space: what the trained models' heads need (oracle-small-tile.json:
     # 2x8x8 tiles with such a window beat draft; the 3x3x3 cube of the default is worse than random on video).
-    "tile-frames": ("tile", {"tile": (2, 8, 8), "window": (99, 1, 3)}),
-    "tile-frames-3x3": ("tile", {"tile": (2, 8, 8), "window": (99, 3, 3)}),
+    "tile-frames": ("tile", {"tile": (2, 8, 8), "window": (EVERY_TILE, 1, 3)}),
+    "tile-frames-3x3": ("tile", {"tile": (2, 8, 8), "window": (EVERY_TILE, 3, 3)}),  # the video presets' tile
 }
 
 

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from ..config import EVERY_TILE
+
 
 def load_results(results_dir: str = "bench/results") -> List[dict]:
     out = []
@@ -141,10 +143,22 @@ STEP_ROW_NOTES = {
     "semantic-b32": "variable blocks <= 32",
     "semantic-fixed": "fixed blocks", "semantic-fixed-r2": "fixed blocks, refresh_every=2",
     "semantic-r2": "blocks <= 128, refresh_every=2",
-    "radial": "static, default decay", "tile": "tile neighbourhood (preset window)",
+    "radial": "static, default decay", "tile": "tile neighbourhood (the preset's)",
     "semantic-k64": "blocks <= 128, 64 clusters",
     "semantic-k128": "blocks <= 128, 128 clusters", "semantic-k64-r2": "blocks <= 128, 64 clusters, refresh 2",
 }
+
+
+def _step_row_note(label: str, entry: dict) -> str:
+    """What a step row ran: its fixed note, and for a tile row the tiles and window its JSON records (the "tile" row
+    ran TileConfig's 3x3x3 window on video before the video presets had a tile entry)."""
+    note = STEP_ROW_NOTES.get(label, "")
+    config = entry.get("config") or {}
+    if config.get("method") == "tile" and config.get("window"):
+        tile = "x".join(map(str, config["tile"])) + " tiles" if config.get("tile") else "default tiles"
+        window = " x ".join("every" if w >= EVERY_TILE else str(w) for w in config["window"])
+        note = f"{tile}, window {window} (frames x rows x columns of tiles)"
+    return note
 
 
 def step_table(results: List[dict]) -> str:
@@ -178,7 +192,7 @@ def step_table(results: List[dict]) -> str:
             ratio = e.get("ratio_vs_dense", 1.0 if label == "dense" else None)
             vs_yard = ratio / yard["ratio_vs_dense"] if (yard and ratio) else None
             peak = f"{e['peak_gib']:.2f} ({dense_peak:.2f})" if e.get("peak_gib") and dense_peak else "—"
-            lines.append(f"| {label} | {STEP_ROW_NOTES.get(label, '')} | {e.get('backend', '—') or '—'} | "
+            lines.append(f"| {label} | {_step_row_note(label, e)} | {e.get('backend', '—') or '—'} | "
                          f"{_fmt(e.get('mean_density'))} | {e['step_s']:.3f} | {_fmt(ratio)} | {_fmt(vs_yard)} | "
                          f"{peak} | `{os.path.basename(r['_path'])}` |")
         family = any_run.get("family") or ("hunyuan_video" if model.startswith("hunyuan") else "wan")

@@ -283,6 +283,8 @@ def _gather_tokens(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     b, h, _, d = x.shape
     if _shared_order(perm):
         return _select_tokens(x, perm.view(-1))
+    # Per-head orders (semantic): the expanded-index gather of the strided view. index_select of D-rows of the flat
+    # (B*L*H, D) memory was slower at Wan-1.3B 480p (0.26 vs 0.18 ms, ...perm-gather-wan1.3b.json).
     return x.gather(2, perm.expand(b, h, -1).unsqueeze(-1).expand(-1, -1, -1, d))
 
 

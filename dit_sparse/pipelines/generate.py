@@ -48,6 +48,7 @@ METHOD_FLAGS: Dict[str, Tuple[str, Optional[Tuple[str, ...]]]] = {
     "block_size": ("block_size", None),
     "dense_steps": ("dense_steps", None),
     "dense_layers": ("dense_layers", None),
+    "min_sparse_tokens": ("min_sparse_tokens", None),
 }
 
 
@@ -184,6 +185,13 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     )
     s.add_argument("--refresh-every", type=int, default=None, help="recompute dynamic patterns every N steps")
     s.add_argument("--backend", default=None, choices=["auto", "fa4", "triton", "flex", "reference"])
+    s.add_argument(
+        "--min-sparse-tokens",
+        type=int,
+        default=None,
+        help="calls with fewer video/image tokens run dense, where sparse is not faster (default: the preset's, "
+        "else 12288 on CUDA); 0 runs sparse at any size",
+    )
     s.add_argument(
         "--block-size",
         type=int,

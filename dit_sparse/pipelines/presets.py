@@ -24,6 +24,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from ..config import EVERY_TILE
+
 METHODS = ("dense", "radial", "semantic", "draft", "tile")
 KINDS = ("video", "image")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -119,17 +121,28 @@ WAN_NEGATIVE_PROMPT = (
 # keeps refresh_every=1: it drifts more, its k-means warm start already makes replanning cheap, and its layouts kept
 # for reuse took ~82 MB per layer and branch at HunyuanVideo 720p (fixed blocks, refresh_every=2; ~5 GB over 60
 # layers, ``...step-hunyuan-720p-before-planning-fix.json``).
+# The tile pattern on video: 2x8x8 tiles (one 128-token block), a window of every frame and 3 x 3 tiles around the
+# query in space. The Sliding-Tile-like cube (TileConfig's default 3x3x3 window) is worse than random blocks on the
+# trained models' attention; a window over every frame is what their heads need (``oracle-small-tile.json``). On the
+# trained small model, 20 steps: 29.0 dB vs dense video at density 0.60 (radial's preset 23.7 dB at 0.51, draft 25.1
+# dB at 0.25; 2x8x8 with 1 x 3 tiles in space: 19.7 dB at 0.20; ``quality-small-tile.json``). Its density falls with
+# the grid: 0.34 at Wan 480p, 0.15 at HunyuanVideo 720p. Their grids do not divide into 2x8x8 tiles, so the edge tiles
+# are partial and the layout runs on our Triton kernel: per step 1.25x dense at Wan-1.3B 480p (radial 1.67x), 3.20x at
+# HunyuanVideo 720p (radial 2.99x; ``...step-{wan1.3b-480p,hunyuan-720p}-tile.json``).
+VIDEO_TILE = {"dense_steps": 0.25, "dense_layers": 1, "tile": (2, 8, 8), "window": (EVERY_TILE, 3, 3)}
 WAN_SPARSE = {
     "dense": {},
     "radial": {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.2},
     "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9},
     "draft": {"dense_steps": 0.3, "dense_layers": 1, "density": 0.25, "refresh_every": 4},
+    "tile": dict(VIDEO_TILE),
 }
 HUNYUAN_SPARSE = {
     "dense": {},
     "radial": {"dense_steps": 0.25, "dense_layers": 0, "decay": 0.95},
     "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9},
     "draft": {"dense_steps": 0.3, "dense_layers": 1, "density": 0.1, "refresh_every": 2},
+    "tile": dict(VIDEO_TILE),
 }
 # The packaged tiny model (6 blocks) runs at the size it was trained at, 17x256x256: 5x16x16 = 1,280 tokens, 40 blocks
 # of 32 per side, enough for the patterns to choose (at 128x128 it had 10 blocks per side).
@@ -163,22 +176,28 @@ SMALL_SPARSE = {
                  "estimate": "blocks", "min_sparse_tokens": 0},
     "draft": {"dense_steps": 0.25, "dense_layers": 1, "density": 0.25, "block_size": 128, "estimate": "blocks",
               "min_sparse_tokens": 0},
+    "tile": {**VIDEO_TILE, "block_size": 128, "min_sparse_tokens": 0},
 }
 
-# Image models: starting points, not yet tuned on the real weights (measuring them needs a GPU). One frame of packed
-# 2x2 latents: FLUX.1-dev at 1024x1024 has 64x64 = 4,096 image tokens, Qwen-Image at 1328x1328 has 83x83 = 6,889.
-# Both are under the automatic dense fallback on a GPU (12,288 tokens, see SparseConfig.min_sparse_tokens), which would
-# run every call dense; min_sparse_tokens=0 makes --method mean what it says (whether sparse pays at these sizes is
-# what the GPU benchmark of these presets is to show). The first quarter of the steps and the first block run dense,
-# as for the video models. Densities at the native size (block 128): radial decay 0.1 keeps 0.31 (FLUX) / 0.26
-# (Qwen-Image) of the key blocks on its 2-D window; tile (1, 8, 16) tiles - one 128-token block each - with a 3x3 tile
-# neighbourhood keep 0.28 / 0.15; draft keeps 0.25.
+# Image models: starting points, not yet tuned on the real weights (there is no trained image model here). One frame
+# of packed 2x2 latents: FLUX.1-dev at 1024x1024 has 64x64 = 4,096 image tokens, Qwen-Image at 1328x1328 has 83x83 =
+# 6,889. Where sparse pays was measured per step on an H200 (random full-size weights, 6 blocks, every call sparse):
+# at 4,096 tokens every method is slower than Diffusers' default (radial 0.90x, tile 0.89x, draft 0.92x,
+# ``2026-12-02_NVIDIA-H200_step-flux-1024.json``); at 6,889 radial and tile pay (1.16x, 1.11x), draft does not (0.88x,
+# ``...step-qwen-image-1328.json``); at 16,384 all do (``...step-flux-2048-token-order.json``). So radial and tile run
+# sparse from IMAGE_MIN_SPARSE_TOKENS image tokens (Qwen-Image at its native size, FLUX from ~1440x1440), and draft
+# and semantic keep the automatic dense fallback (12,288 on CUDA; their planning costs more). The first quarter of the
+# steps and the first block run dense, as for the video models. Densities at the native size (block 128): radial
+# decay 0.1 keeps 0.31 (FLUX) / 0.26 (Qwen-Image) of the key blocks on its 2-D window; tile (1, 8, 16) tiles - one
+# 128-token block each - with a 3x3 tile neighbourhood keep 0.28 / 0.15; draft keeps 0.25.
+IMAGE_MIN_SPARSE_TOKENS = 6144
 FLUX_SPARSE = {
     "dense": {},
-    "radial": {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.1, "min_sparse_tokens": 0},
-    "semantic": {"dense_steps": 0.25, "dense_layers": 1, "top_p": 0.9, "min_sparse_tokens": 0},
-    "draft": {"dense_steps": 0.25, "dense_layers": 1, "density": 0.25, "min_sparse_tokens": 0},
-    "tile": {"dense_steps": 0.25, "dense_layers": 1, "tile": (1, 8, 16), "window": (1, 3, 3), "min_sparse_tokens": 0},
+    "radial": {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.1, "min_sparse_tokens": IMAGE_MIN_SPARSE_TOKENS},
+    "semantic": {"dense_steps": 0.25, "dense_layers": 1, "top_p": 0.9},
+    "draft": {"dense_steps": 0.25, "dense_layers": 1, "density": 0.25},
+    "tile": {"dense_steps": 0.25, "dense_layers": 1, "tile": (1, 8, 16), "window": (1, 3, 3),
+             "min_sparse_tokens": IMAGE_MIN_SPARSE_TOKENS},
 }
 # The same untuned starting points (a copy: a preset's options are its own).
 QWEN_IMAGE_SPARSE = {method: dict(options) for method, options in FLUX_SPARSE.items()}

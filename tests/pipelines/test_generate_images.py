@@ -18,8 +18,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HEIGHT, WIDTH = 192, 256
 # 16-token blocks and 4x4-token tiles cut the 12 x 16 token grid into 3 x 4 tiles; a 3 x 3 tile window then skips
 # some key blocks, where the preset's 128-token tiles would cover this small image densely.
-TILE_FLAGS = ["--block-size", "16", "--tile", "1,4,4", "--window", "1,3,3", "--dense-steps", "0"]
-RADIAL_FLAGS = ["--block-size", "16", "--dense-steps", "0"]
+# The image presets run radial and tile sparse from 6,144 image tokens (below it they were slower than dense on an
+# H200); these 192-token images ask for sparse anyway.
+TILE_FLAGS = ["--block-size", "16", "--tile", "1,4,4", "--window", "1,3,3", "--dense-steps", "0",
+              "--min-sparse-tokens", "0"]
+RADIAL_FLAGS = ["--block-size", "16", "--dense-steps", "0", "--min-sparse-tokens", "0"]
 
 
 def _read_png(path):
@@ -168,3 +171,11 @@ def test_tile_flags_apply_to_tile_only(capsys):
     with pytest.raises(SystemExit):
         main(["--model", "flux.1-dev", "--method", "radial", "--window", "1,3,3"])
     assert "--window (tile only)" in capsys.readouterr().err
+
+
+def test_flux_preset_runs_dense_below_its_threshold_and_says_why(flux_folder, tmp_path):
+    """Without --min-sparse-tokens the preset's threshold (6,144 image tokens, measured on an H200) applies: a
+    192-token image runs dense, and the report says why instead of claiming a sparse run."""
+    report = _generate(flux_folder, "tile", tmp_path / "fox.png", tmp_path / "report.json", TILE_FLAGS[:-2])
+    assert report["summary"]["sparse_calls"] == 0
+    assert report["summary"]["dense_fallback"] == "192 video tokens < min_sparse_tokens 6,144"
