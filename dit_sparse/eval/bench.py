@@ -783,6 +783,10 @@ STEP_METHODS = {
     "semantic-b64-r2": ("semantic", {"top_p": 0.3, "block_size": 64, "refresh_every": 2}),
     "semantic-b32": ("semantic", {"top_p": 0.3, "block_size": 32}),
     "fixed-0.25": ("fixed", {"density": 0.25}),
+    # The step ratio at other densities (the presets trade density against dense steps for the same quality).
+    "fixed-0.35": ("fixed", {"density": 0.35}),
+    "fixed-0.5": ("fixed", {"density": 0.5}),
+    "draft-0.35-r4": ("draft", {"density": 0.35, "refresh_every": 4}),
     "tile": ("tile", {}),
     # Windows over every frame and narrow in space: what the trained models' heads need (oracle-small-tile.json:
     # 2x8x8 tiles with such a window beat draft; the 3x3x3 cube of the default is worse than random on video).

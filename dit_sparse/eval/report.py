@@ -135,6 +135,8 @@ def pattern_table(results: List[dict]) -> str:
 STEP_ROW_NOTES = {
     "dense": "Diffusers' default attention", "dense-cudnn": "Diffusers `_native_cudnn` backend",
     "fa4-full": "FA4, every block listed", "fixed-0.25": "yardstick: fixed random layout 0.25",
+    "fixed-0.35": "fixed random layout 0.35", "fixed-0.5": "fixed random layout 0.5",
+    "draft-0.35-r4": "density 0.35, refresh_every=4",
     "draft": "fixed blocks (default)", "draft-r2": "fixed blocks, refresh_every=2 (HunyuanVideo's preset)",
     "draft-r4": "fixed blocks, refresh_every=4 (Wan's preset)",
     "draft-tiles": "one block per tile (variable)", "semantic": "variable blocks <= 128",
