@@ -358,6 +358,13 @@ class TileConfig(SparseConfig):
             window of the group's centre (generalized neighborhood attention's stride); at most ``window``.
         global_frames (`int`, defaults to 0): every query also attends the key tiles holding the first
             ``global_frames`` frames (an attention sink; 1 = Wan's first-frame sink).
+        blocks (`str`, defaults to "tiles"): what a kernel block is where the grid does not divide into whole tiles.
+            "tiles": one block per tile; partial edge tiles make the blocks variable-size, which only the Triton and
+            reference kernels run, and the layout is exactly the token-level neighbourhood. "fixed": ``block_size``
+            consecutive tokens with whole tiles first and the partial edge tiles packed after them (as draft's
+            fixed blocks), so FlashAttention-4 runs it; a block that holds pieces of several edge tiles keeps every
+            key block any of them needs (a superset of the neighbourhood for those tokens, never less). Both are the
+            same layout when every tile is whole.
     """
 
     method: ClassVar[str] = "tile"
@@ -367,6 +374,7 @@ class TileConfig(SparseConfig):
     dilation: Tuple[int, int, int] = (1, 1, 1)
     stride: Tuple[int, int, int] = (1, 1, 1)
     global_frames: int = 0
+    blocks: str = "tiles"
 
     def validate(self) -> None:
         super().validate()
@@ -387,6 +395,8 @@ class TileConfig(SparseConfig):
                 "outside its group's window)"
             )
         _check_int("global_frames", self.global_frames, 0)
+        if self.blocks not in ("fixed", "tiles"):
+            raise ValueError(f"blocks={self.blocks!r} is not known; allowed: 'tiles', 'fixed'")
 
 
 CONFIGS: Dict[str, Type[SparseConfig]] = {

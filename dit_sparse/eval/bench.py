@@ -743,7 +743,7 @@ def _preset_pattern_options(family: str, method: str) -> dict:
 # end-to-end estimate uses the first one measured, after the row of the preset's own refresh period ("draft-r4" where
 # the preset says refresh_every=4).
 PRESET_ROWS = {"radial": ("radial",), "draft": ("draft-r2", "draft"), "semantic": ("semantic-b64", "semantic"),
-               "tile": ("tile-frames-3x3", "tile")}
+               "tile": ("tile",)}
 
 
 def implied_e2e(family: str, full_depth: int, ratios: Dict[str, float]) -> Dict[str, dict]:
@@ -788,10 +788,12 @@ STEP_METHODS = {
     "fixed-0.5": ("fixed", {"density": 0.5}),
     "draft-0.35-r4": ("draft", {"density": 0.35, "refresh_every": 4}),
     "tile": ("tile", {}),
+    # ("tile" is the preset's tile: on video, 2x8x8 tiles, a window over every frame and 3x3 tiles, edge tiles packed
+    # into full blocks.) The same window with one block per tile (variable blocks, Triton), and narrower in space.
     # Windows over every frame and narrow in space: what the trained models' heads need (oracle-small-tile.json:
     # 2x8x8 tiles with such a window beat draft; the 3x3x3 cube of the default is worse than random on video).
-    "tile-frames": ("tile", {"tile": (2, 8, 8), "window": (EVERY_TILE, 1, 3)}),
-    "tile-frames-3x3": ("tile", {"tile": (2, 8, 8), "window": (EVERY_TILE, 3, 3)}),  # the video presets' tile
+    "tile-frames": ("tile", {"tile": (2, 8, 8), "window": (EVERY_TILE, 1, 3), "blocks": "tiles"}),
+    "tile-frames-3x3": ("tile", {"tile": (2, 8, 8), "window": (EVERY_TILE, 3, 3), "blocks": "tiles"}),
 }
 
 

@@ -160,6 +160,8 @@ def _step_row_note(label: str, entry: dict) -> str:
         tile = "x".join(map(str, config["tile"])) + " tiles" if config.get("tile") else "default tiles"
         window = " x ".join("every" if w >= EVERY_TILE else str(w) for w in config["window"])
         note = f"{tile}, window {window} (frames x rows x columns of tiles)"
+        if config.get("blocks") == "fixed":
+            note += ", edge tiles packed into full blocks"
     return note
 
 

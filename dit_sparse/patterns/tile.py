@@ -32,7 +32,7 @@ import torch
 
 from ..config import TileConfig
 from ..geometry import VideoGeometry
-from ..layout import BlockLayout
+from ..layout import BlockLayout, cdiv, whole_blocks_first
 from ..schedule import shared_or_build
 from .base import Pattern
 from .draft import DraftTiles, default_pool, tile_grid
@@ -103,7 +103,7 @@ class TilePattern(Pattern):
     def _key(self, geometry: VideoGeometry, device) -> tuple:
         c = self.config
         return (
-            "tile", geometry.key, c.block_size, self.tile, c.window, c.dilation, c.stride, c.global_frames,
+            "tile", geometry.key, c.block_size, self.tile, c.window, c.dilation, c.stride, c.global_frames, c.blocks,
             str(torch.device(device)),
         )
 
@@ -133,11 +133,31 @@ class TilePattern(Pattern):
         mask, tiles = tile_block_mask(
             geometry, self.tile, c.window, bs, c.dilation, c.stride, c.global_frames, device=device
         )
+        length = geometry.num_tokens
+        if c.blocks == "fixed" and not tiles.uniform:
+            return fixed_block_layout(mask, tiles, bs, length)
         extra = {"q_perm": tiles.perm, "kv_perm": tiles.perm}
         if not tiles.uniform:
             extra.update(q_block_starts=tiles.starts, kv_block_starts=tiles.starts)
-        length = geometry.num_tokens
         return BlockLayout.from_block_mask(mask.view(1, 1, *mask.shape), bs, bs, length, length, **extra)
+
+
+def fixed_block_layout(tile_mask: torch.Tensor, tiles: DraftTiles, block_size: int, length: int) -> BlockLayout:
+    """The tile mask [N, N] on fixed ``block_size`` blocks of ``tiles.packed_perm`` (whole tiles first, the partial
+    edge tiles packed after them): a query block keeps a key block when any tile piece in the one needs any tile piece
+    in the other, so every token keeps at least its tile's neighbourhood."""
+    num_tiles = tiles.num_tiles
+    tile_of = torch.repeat_interleave(torch.arange(num_tiles, device=tiles.sizes.device), tiles.sizes)
+    packed_tile = tile_of[whole_blocks_first(tile_of, block_size)]  # the tile of every position in packed order
+    num_blocks = cdiv(length, block_size)
+    block_of = torch.arange(length, device=tile_of.device) // block_size
+    member = torch.zeros(num_blocks, num_tiles, device=tile_of.device)
+    member[block_of, packed_tile] = 1.0  # member[b, t]: block b holds tokens of tile t
+    mask = (member @ tile_mask.float() @ member.T) > 0
+    return BlockLayout.from_block_mask(
+        mask.view(1, 1, num_blocks, num_blocks), block_size, block_size, length, length,
+        q_perm=tiles.packed_perm, kv_perm=tiles.packed_perm,
+    )
 
 
 __all__ = ["TilePattern", "axis_neighbours", "tile_block_mask"]

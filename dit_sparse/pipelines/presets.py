@@ -126,10 +126,12 @@ WAN_NEGATIVE_PROMPT = (
 # trained models' attention; a window over every frame is what their heads need (``oracle-small-tile.json``). On the
 # trained small model, 20 steps: 29.0 dB vs dense video at density 0.60 (radial's preset 23.7 dB at 0.51, draft 25.1
 # dB at 0.25; 2x8x8 with 1 x 3 tiles in space: 19.7 dB at 0.20; ``quality-small-tile.json``). Its density falls with
-# the grid: 0.34 at Wan 480p, 0.15 at HunyuanVideo 720p. Their grids do not divide into 2x8x8 tiles, so the edge tiles
-# are partial and the layout runs on our Triton kernel: per step 1.25x dense at Wan-1.3B 480p (radial 1.67x), 3.20x at
-# HunyuanVideo 720p (radial 2.99x; ``...step-{wan1.3b-480p,hunyuan-720p}-tile.json``).
-VIDEO_TILE = {"dense_steps": 0.25, "dense_layers": 1, "tile": (2, 8, 8), "window": (EVERY_TILE, 3, 3)}
+# the grid: 0.34 at Wan 480p, 0.15 at HunyuanVideo 720p. Their grids do not divide into 2x8x8 tiles: with one block
+# per tile the edge blocks are partial and only our Triton kernel runs the layout (per step 1.25x dense at Wan-1.3B
+# 480p, radial 1.67x; 3.20x at HunyuanVideo 720p, radial 2.99x; ``...step-{wan1.3b-480p,hunyuan-720p}-tile.json``),
+# so the presets pack the edge tiles into full blocks (blocks="fixed": density 0.41 / 0.17) for FlashAttention-4.
+VIDEO_TILE = {"dense_steps": 0.25, "dense_layers": 1, "tile": (2, 8, 8), "window": (EVERY_TILE, 3, 3),
+              "blocks": "fixed"}
 WAN_SPARSE = {
     "dense": {},
     "radial": {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.2},
@@ -196,7 +198,9 @@ FLUX_SPARSE = {
     "radial": {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.1, "min_sparse_tokens": IMAGE_MIN_SPARSE_TOKENS},
     "semantic": {"dense_steps": 0.25, "dense_layers": 1, "top_p": 0.9},
     "draft": {"dense_steps": 0.25, "dense_layers": 1, "density": 0.25},
-    "tile": {"dense_steps": 0.25, "dense_layers": 1, "tile": (1, 8, 16), "window": (1, 3, 3),
+    # blocks="fixed": full blocks where the image does not divide into 8x16 tiles (Qwen-Image's 83x83 at 1328^2), so
+    # FlashAttention-4 runs the layout (with one block per tile: Triton, 1.11x at 1328^2).
+    "tile": {"dense_steps": 0.25, "dense_layers": 1, "tile": (1, 8, 16), "window": (1, 3, 3), "blocks": "fixed",
              "min_sparse_tokens": IMAGE_MIN_SPARSE_TOKENS},
 }
 # The same untuned starting points (a copy: a preset's options are its own).

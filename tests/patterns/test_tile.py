@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dit_sparse import TileConfig, VideoGeometry, make_config
+from dit_sparse import EVERY_TILE, TileConfig, VideoGeometry, make_config
 from dit_sparse.kernels import block_sparse_attention
 from dit_sparse.patterns import make_pattern
 from dit_sparse.patterns.tile import TilePattern
@@ -103,6 +103,40 @@ def test_matches_token_level_definition(grid, block, options):
         assert (out - attention(q, k, v)).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("grid, block, options", CASES)
+def test_fixed_blocks_keep_every_token_neighbourhood(grid, block, options):
+    """blocks="fixed": full blocks (FlashAttention-4 runs them) whose token mask contains the token-level definition;
+    only blocks that hold pieces of several partial edge tiles add keys (how many depends on how much of the grid
+    the partial tiles cover: on these small grids, most of it; Wan's grid is the next test)."""
+    g = VideoGeometry(*grid)
+    q, k, v = qkv(g)
+    exact = TilePattern(TileConfig(block_size=block, **options)).plan(q, k, g, {})
+    fixed = TilePattern(TileConfig(block_size=block, blocks="fixed", **options)).plan(q, k, g, {})
+    fixed.validate()
+    assert not fixed.is_variable
+    full = {"dilation": (1, 1, 1), "stride": (1, 1, 1), "global_frames": 0, **options}
+    want = token_mask(g, full["tile"], full["window"], full["dilation"], full["stride"], full["global_frames"])
+    got = layout_token_mask(fixed)
+    assert bool((got | ~want).all()), "a token lost a key of its tile neighbourhood"
+    if not exact.is_variable:
+        assert torch.equal(got, want)  # whole tiles: the same layout
+    out = block_sparse_attention(q, k, v, fixed, backend="reference")
+    torch.testing.assert_close(out, attention(q, k, v, got), atol=1e-5, rtol=1e-5)
+
+
+def test_fixed_blocks_on_a_video_grid_that_tiles_do_not_divide():
+    """Wan 480p's token grid with the video presets' tiles: fixed blocks, whole tiles first, density 0.41 (the
+    exact layout: 0.34 with variable blocks); the token order is one permutation of the sequence."""
+    g = VideoGeometry(21, 30, 52)
+    cfg = dict(block_size=128, tile=(2, 8, 8), window=(EVERY_TILE, 3, 3))
+    q = torch.zeros(1, 1, g.num_tokens, 8)
+    fixed = TilePattern(TileConfig(blocks="fixed", **cfg)).plan(q, q, g, {})
+    exact = TilePattern(TileConfig(**cfg)).plan(q, q, g, {})
+    assert not fixed.is_variable and exact.is_variable
+    assert torch.equal(fixed.q_perm.view(-1).sort().values, torch.arange(g.num_tokens))
+    assert 0.40 < float(fixed.density()) < 0.42 and 0.33 < float(exact.density()) < 0.35
+
+
 def test_uniform_tiles_give_fixed_blocks_and_partial_tiles_variable_blocks():
     q = torch.zeros(1, 1, 4 * 8 * 8, 8)
     fixed = TilePattern(TileConfig(block_size=16, tile=(1, 4, 4))).plan(q, q, VideoGeometry(4, 8, 8), {})
@@ -186,6 +220,7 @@ def test_static_layout_is_shared_between_layers():
         ({"stride": (1, 4, 1)}, "stride"),  # larger than the window
         ({"global_frames": -1}, "global_frames"),
         ({"global_frames": True}, "global_frames"),
+        ({"blocks": "packed"}, "blocks"),
     ],
 )
 def test_invalid_configs_name_the_field(options, field):
