@@ -89,7 +89,8 @@ def test_small_preset_is_the_8640_token_model():
     assert set(small.sparse) == set(tiny.sparse)
     for method in small.sparse:
         opts = tiny.sparse[method]
-        assert set(small.sparse_options(method)) == set(opts), method
+        # (small's tile packs its edge tiles into full blocks; tiny's 1x2x16 tiles divide its grid)
+        assert set(small.sparse_options(method)) - {"blocks"} == set(opts), method
         if opts:
             assert small.sparse_options(method)["block_size"] == 128
             # 8,640 tokens are under the automatic dense fallback on a GPU (12,288): the presets run sparse anyway,
