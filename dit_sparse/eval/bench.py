@@ -754,7 +754,11 @@ def implied_e2e(family: str, full_depth: int, ratios: Dict[str, float]) -> Dict[
     out = {}
     for method, labels in PRESET_ROWS.items():
         refresh = presets.get(method, {}).get("refresh_every", 1)
+        density = presets.get(method, {}).get("density")
         labels = ((f"{method}-r{refresh}",) if refresh > 1 else ()) + labels
+        if method == "draft" and density not in (None, 0.25):
+            # The preset's own density first (rows at 0.25 stand in only where none was measured).
+            labels = (f"draft-{density:g}-r{refresh}", f"draft-{density:g}") + labels
         label = next((x for x in labels if x in ratios), None)
         if label is None or method not in presets:
             continue

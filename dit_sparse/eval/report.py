@@ -136,9 +136,9 @@ STEP_ROW_NOTES = {
     "dense": "Diffusers' default attention", "dense-cudnn": "Diffusers `_native_cudnn` backend",
     "fa4-full": "FA4, every block listed", "fixed-0.25": "yardstick: fixed random layout 0.25",
     "fixed-0.35": "fixed random layout 0.35", "fixed-0.5": "fixed random layout 0.5",
-    "draft-0.35-r4": "density 0.35, refresh_every=4",
+    "draft-0.35-r4": "density 0.35, refresh_every=4 (Wan's preset)",
     "draft": "fixed blocks (default)", "draft-r2": "fixed blocks, refresh_every=2 (HunyuanVideo's preset)",
-    "draft-r4": "fixed blocks, refresh_every=4 (Wan's preset)",
+    "draft-r4": "fixed blocks, refresh_every=4",
     "draft-tiles": "one block per tile (variable)", "semantic": "variable blocks <= 128",
     "semantic-b64": "variable blocks <= 64 (default)", "semantic-b64-r2": "blocks <= 64, refresh_every=2",
     "semantic-round": "blocks <= 64, cluster sizes rounded to blocks (tried, reverted: commit e12ac38)",
@@ -481,6 +481,70 @@ def plot_e2e(results: List[dict], path: str) -> Optional[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------- README
+def _newest_step_rows(results: List[dict], model: str) -> Dict[str, tuple]:
+    """label -> (entry, run) of the newest step run of ``model`` at full depth that has the label."""
+    rows: Dict[str, tuple] = {}
+    for r in sorted(results, key=lambda r: r.get("date", "")):
+        if r.get("benchmark") != "step" or r.get("model") != model:
+            continue
+        for label, e in r.get("results", {}).items():
+            if "error" not in e and "ratio_vs_dense" in e:
+                rows[label] = (e, r)
+    return rows
+
+
+def _step_row_for(config: dict, rows: Dict[str, tuple]) -> Optional[str]:
+    """The step row that runs what a quality row ran: its method, and draft's density (a fixed random layout of that
+    density where no draft row has it: draft runs at 0.97-0.99 of it)."""
+    method = config.get("method")
+    if method == "draft":
+        d = float(config.get("density", 0.25))
+        refresh = config.get("refresh_every", 1)
+        names = [f"draft-{d:g}-r4", "draft-r4" if d == 0.25 else "", f"draft-{d:g}" if refresh == 1 else "",
+                 "draft" if d == 0.25 else "", f"fixed-{d:g}"]
+        return next((n for n in names if n and n in rows), None)
+    return method if method in rows else None
+
+
+def schedule_tradeoff_section(results: List[dict], results_dir: str, model: str = "wan1.3b-480p") -> str:
+    """Quality on the trained small model against the end-to-end speedup on Wan-1.3B 480p that each schedule implies
+    (dense steps, dense layers, density), from ``quality-small-dense-steps.json`` and the newest step rows. Rows no
+    other row beats on both are marked."""
+    quality = _read_json(os.path.join(results_dir, "quality-small-dense-steps.json"))
+    rows = _newest_step_rows(results, model)
+    if not quality or not rows:
+        return "_no schedule trade-off yet: `bash bench/gpu_session7c.sh step` and `... quality` write it_"
+    table = []
+    for label, q in quality["results"].items():
+        config = q.get("config")
+        if not config:
+            continue
+        step = _step_row_for(config, rows)
+        if step is None:
+            continue
+        entry, run = rows[step]
+        r = entry["ratio_vs_dense"]
+        ds = float(config.get("dense_steps", 0.0))
+        f = ds + (1 - ds) * config.get("dense_layers", 0) / run["layers_full_model"]
+        table.append((label, q, config, ds, step, r, 1.0 / (f + (1 - f) / r)))
+    lines = [
+        f"Trained small model, {quality['settings']['steps']} steps, {quality['settings']['prompts']} prompts "
+        f"(`quality-small-dense-steps.json`, commit `{quality['commit'][:10]}`, planned every step; draft's layouts "
+        "planned every 4th step gave the same PSNR on small); "
+        f"per-step ratio of {model} from the step benchmark's row named in the table; end to end implied "
+        "1 / (f + (1 − f) / r), f = dense steps + the dense layer's share of the sparse steps. ★: no other row has "
+        "both a higher PSNR and a higher implied speedup.\n",
+        f"| setting | density (small) | dense steps | PSNR vs dense (dB) | SSIM | {model} row | × dense per step | "
+        "end to end implied |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, q, config, ds, step, r, e2e in sorted(table, key=lambda t: -t[6]):
+        best = not any(o[1]["psnr"] > q["psnr"] and o[6] > e2e for o in table)
+        lines.append(f"| {'★ ' if best else ''}{label} | {q['density']:.2f} | {ds:g} | {q['psnr']:.2f} | "
+                     f"{q['ssim']:.3f} | {step} | {r:.2f} | {e2e:.2f}× |")
+    return "\n".join(lines)
+
+
 def replace_section(text: str, name: str, body: str) -> str:
     begin, end = f"<!-- BEGIN:{name} -->", f"<!-- END:{name} -->"
     block = f"{begin}\n{body.rstrip()}\n{end}"
@@ -498,7 +562,8 @@ def update_readme(readme: str, results_dir: str, docs: str) -> Dict[str, str]:
                 "e2e": e2e_table(results), "pattern": pattern_table(results),
                 "step": step_table(results),
                 "radial": radial_table(), "fidelity": fidelity_section(results_dir),
-                "quality": trained_quality_section(results_dir)}
+                "quality": trained_quality_section(results_dir),
+                "schedule-tradeoff": schedule_tradeoff_section(results, results_dir)}
     img = plot_kernel_speed(results, os.path.join(docs, "kernel_speed.png"))
     if img:
         sections["kernel"] += f"\n![speed vs density]({img})\n"

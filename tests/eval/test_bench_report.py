@@ -304,3 +304,41 @@ def test_bench_compile_whole_model_semantic(tmp_path):
     row = data["results"]["semantic-b64-compiled"]
     assert "error" not in row, row
     assert row["graphs"] == 4 and row["graph_breaks"] == 0
+
+
+def test_implied_e2e_takes_the_row_of_the_presets_own_draft_density():
+    """Wan's draft preset runs at density 0.35: its end-to-end estimate must use the 0.35 row, not the 0.25 one."""
+    from dit_sparse.eval.bench import implied_e2e
+    from dit_sparse.pipelines.presets import WAN_SPARSE
+
+    ratios = {"draft-r4": 1.75, "draft-0.35-r4": 1.60, "radial": 1.67}
+    e = implied_e2e("wan", 30, ratios)["draft"]
+    assert e["row"] == "draft-0.35-r4" and e["per_step_ratio"] == 1.60
+    ds = WAN_SPARSE["draft"]["dense_steps"]
+    assert abs(e["dense_fraction"] - (ds + (1 - ds) / 30)) < 1e-12
+    # where the preset's density was not measured, a 0.25 row stands in (named in the table)
+    assert implied_e2e("wan", 30, {"draft-r4": 1.75})["draft"]["row"] == "draft-r4"
+
+
+def test_schedule_tradeoff_marks_the_rows_no_other_beats(tmp_path):
+    from dit_sparse.eval.report import schedule_tradeoff_section
+
+    def q(method, ds, psnr, **extra):
+        return {"psnr": psnr, "ssim": 0.9, "density": extra.get("density", 0.5),
+                "config": {"method": method, "dense_steps": ds, "dense_layers": 1, **extra}}
+
+    quality = {"commit": "abc", "settings": {"steps": 20, "prompts": 2}, "results": {
+        "dense": {"seconds": 1.0},
+        "draft fast": q("draft", 0.1, 24.0, density=0.25),  # fastest
+        "draft slow worse": q("draft", 0.3, 23.0, density=0.25),  # slower and worse than "draft fast": no star
+        "tile": q("tile", 0.25, 30.0),  # best quality
+    }}
+    (tmp_path / "quality-small-dense-steps.json").write_text(json.dumps(quality))
+    run = {"benchmark": "step", "model": "wan1.3b-480p", "date": "2026-12-02", "layers_full_model": 30,
+           "results": {"dense": {"step_s": 1.0}, "draft-r4": {"ratio_vs_dense": 1.75},
+                       "tile": {"ratio_vs_dense": 1.5}}}
+    text = schedule_tradeoff_section([run], str(tmp_path))
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert "★ draft fast" in rows and "★ tile" in rows and "draft slow worse" in rows
+    f = 0.1 + 0.9 / 30
+    assert f"{1 / (f + (1 - f) / 1.75):.2f}×" in rows["★ draft fast"]
