@@ -18,6 +18,12 @@ step)
   timeout 100 python3 -m dit_sparse.eval.bench step --model qwen-image-1328 --layers 6 --dense-variants none \
     --methods tile,radial --out $OUT/step-qwen-image-1328-tile-fixed.json 2>&1 | grep -E "^qwen|Error" | cut -c1-200
   ;;
+step14b)
+  # Wan-14B 720p (10 of 40 blocks): the rows of the moved draft preset (density 0.35) and the video tile preset.
+  timeout 400 python3 -m dit_sparse.eval.bench step --model wan14b-720p --layers 10 --dense-variants none \
+    --methods fixed-0.25,draft-0.35-r4,tile --out $OUT/step-wan14b-720p-densities.json 2>&1 \
+    | grep -E "^wan|Error" | cut -c1-200
+  ;;
 quality)
   export HF_HUB_OFFLINE=1 TQDM_DISABLE=1
   v='{'
