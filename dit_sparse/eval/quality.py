@@ -239,7 +239,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     pipe = load_model(args.model, args.device, getattr(torch, args.dtype) if args.dtype else None)
     densities = [float(x) for x in args.densities.split(",") if x]
     t0 = time.perf_counter()
-    results = evaluate(args.methods.split(","), prompts=PROMPTS[: args.prompts], height=args.height, width=args.width,
+    # --methods '' with --variants runs the variants only (and the dense reference)
+    methods = [m for m in args.methods.split(",") if m]
+    results = evaluate(methods, prompts=PROMPTS[: args.prompts], height=args.height, width=args.width,
                        frames=args.frames, steps=args.steps, seed=args.seed, pipe=pipe, model=args.model,
                        densities=densities, random_baseline=not args.no_random, device=args.device, progress=log,
                        variants=json.loads(args.variants) if args.variants else None)

@@ -76,3 +76,18 @@ def test_random_yardstick_draws_once_per_geometry():
     assert len(shared) == 4 and all(lay is shared[0] for lay in shared)
     assert abs(float(shared[0].density()) - 0.25) < 0.05
     assert len({id(lay) for lay in fresh}) == 4
+
+
+def test_cli_runs_variants_alone(tmp_path):
+    """`--methods ''` with `--variants` measures the variants only (each method row costs a whole video)."""
+    import json
+
+    from dit_sparse.eval.quality import main
+
+    out = tmp_path / "q.json"
+    variant = {"tile narrow": {"method": "tile", "window": [3, 3, 1]}}
+    assert main(["--model", "tiny", "--prompts", "1", "--steps", "1", "--methods", "", "--densities", "",
+                 "--no-random", "--variants", json.dumps(variant), "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert set(rows) == {"dense", "tile narrow"}
+    assert rows["tile narrow"]["config"]["window"] == [3, 3, 1]
