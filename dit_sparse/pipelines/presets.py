@@ -129,7 +129,10 @@ WAN_NEGATIVE_PROMPT = (
 # the grid: 0.34 at Wan 480p, 0.15 at HunyuanVideo 720p. Their grids do not divide into 2x8x8 tiles: with one block
 # per tile the edge blocks are partial and only our Triton kernel runs the layout (per step 1.25x dense at Wan-1.3B
 # 480p, radial 1.67x; 3.20x at HunyuanVideo 720p, radial 2.99x; ``...step-{wan1.3b-480p,hunyuan-720p}-tile.json``),
-# so the presets pack the edge tiles into full blocks (blocks="fixed": density 0.41 / 0.17) for FlashAttention-4.
+# so the presets pack the edge tiles into full blocks (blocks="fixed": density 0.41 / 0.17) for FlashAttention-4
+# (1.53x / 3.89x). The window counts tiles, so its share of the frame shrinks as the grid grows: on small, the
+# window at Wan 480p's density (every frame x 2 x 3 tiles, 0.42) gives 23.89 dB (``quality-small-tile-wan-density-
+# cpu.json``), below draft at 0.35 (27.83 dB): on the big grids draft is the better choice until tile is measured there.
 VIDEO_TILE = {"dense_steps": 0.25, "dense_layers": 1, "tile": (2, 8, 8), "window": (EVERY_TILE, 3, 3),
               "blocks": "fixed"}
 WAN_SPARSE = {
