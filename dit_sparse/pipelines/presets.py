@@ -132,7 +132,8 @@ WAN_NEGATIVE_PROMPT = (
 # so the presets pack the edge tiles into full blocks (blocks="fixed": density 0.41 / 0.17) for FlashAttention-4
 # (1.53x / 3.89x). The window counts tiles, so its share of the frame shrinks as the grid grows: on small, the
 # window at Wan 480p's density (every frame x 2 x 3 tiles, 0.42) gives 23.89 dB (``quality-small-tile-wan-density-
-# cpu.json``), below draft at 0.35 (27.83 dB): on the big grids draft is the better choice until tile is measured there.
+# cpu.json``), below draft at 0.35 (27.83 dB): on the big grids draft is the better choice until tile is measured
+# there.
 VIDEO_TILE = {"dense_steps": 0.25, "dense_layers": 1, "tile": (2, 8, 8), "window": (EVERY_TILE, 3, 3),
               "blocks": "fixed"}
 WAN_SPARSE = {
