@@ -63,6 +63,8 @@ class DraftTiles:
         uniform (`bool`): every tile has exactly ``block_size`` tokens, so fixed-size blocks describe the tiling.
         packed_perm (`torch.Tensor` int64 [1, 1, L]): the order of fixed-block layouts: whole tiles first, then the
             partial tiles (see `dit_sparse.layout.whole_blocks_first`).
+        packed_tiles (`torch.Tensor` int64 [L]): the tile of every position of ``packed_perm``'s order (which tiles a
+            fixed block holds pieces of).
     """
 
     pool: Tuple[int, int]
@@ -75,6 +77,7 @@ class DraftTiles:
     uniform: bool
     frames_per_tile: int = 1
     packed_perm: Optional[torch.Tensor] = None
+    packed_tiles: Optional[torch.Tensor] = None
 
     @property
     def num_tiles(self) -> int:
@@ -138,7 +141,8 @@ def tile_grid(
     # partial edge tiles packed after them, so that they do not shift every later tile off the block grid.
     tile_of = torch.repeat_interleave(torch.arange(sizes.numel(), device=device), sizes)
     tile_order = perm.view(-1) if perm is not None else torch.arange(tile_of.numel(), device=device)
-    packed = tile_order[whole_blocks_first(tile_of, block_size)].view(1, 1, -1)
+    packing = whole_blocks_first(tile_of, block_size)
+    packed = tile_order[packing].view(1, 1, -1)
     return DraftTiles(
         pool=(ph, pw),
         grid=(ntf, nth, ntw),
@@ -150,6 +154,7 @@ def tile_grid(
         uniform=uniform,
         frames_per_tile=pt,
         packed_perm=packed,
+        packed_tiles=tile_of[packing],
     )
 
 

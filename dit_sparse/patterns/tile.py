@@ -32,7 +32,7 @@ import torch
 
 from ..config import TileConfig
 from ..geometry import VideoGeometry
-from ..layout import BlockLayout, cdiv, whole_blocks_first
+from ..layout import BlockLayout, cdiv
 from ..schedule import shared_or_build
 from .base import Pattern
 from .draft import DraftTiles, default_pool, tile_grid
@@ -146,13 +146,10 @@ def fixed_block_layout(tile_mask: torch.Tensor, tiles: DraftTiles, block_size: i
     """The tile mask [N, N] on fixed ``block_size`` blocks of ``tiles.packed_perm`` (whole tiles first, the partial
     edge tiles packed after them): a query block keeps a key block when any tile piece in the one needs any tile piece
     in the other, so every token keeps at least its tile's neighbourhood."""
-    num_tiles = tiles.num_tiles
-    tile_of = torch.repeat_interleave(torch.arange(num_tiles, device=tiles.sizes.device), tiles.sizes)
-    packed_tile = tile_of[whole_blocks_first(tile_of, block_size)]  # the tile of every position in packed order
     num_blocks = cdiv(length, block_size)
-    block_of = torch.arange(length, device=tile_of.device) // block_size
-    member = torch.zeros(num_blocks, num_tiles, device=tile_of.device)
-    member[block_of, packed_tile] = 1.0  # member[b, t]: block b holds tokens of tile t
+    device = tiles.packed_tiles.device
+    member = torch.zeros(num_blocks, tiles.num_tiles, device=device)
+    member[torch.arange(length, device=device) // block_size, tiles.packed_tiles] = 1.0  # block b holds tile t
     mask = (member @ tile_mask.float() @ member.T) > 0
     return BlockLayout.from_block_mask(
         mask.view(1, 1, num_blocks, num_blocks), block_size, block_size, length, length,
