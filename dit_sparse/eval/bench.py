@@ -746,6 +746,13 @@ PRESET_ROWS = {"radial": ("radial",), "draft": ("draft-r2", "draft"), "semantic"
                "tile": ("tile",)}
 
 
+def draft_row_labels(density: float, refresh: int = 1) -> tuple:
+    """The step-benchmark rows that time draft at ``density`` planned every ``refresh`` steps, best match first; a
+    fixed random layout of that density last (draft runs at 0.97-0.99 of it)."""
+    d = "" if density == 0.25 else f"-{density:g}"  # the 0.25 rows carry no density in their names
+    return ((f"draft{d}-r{refresh}",) if refresh > 1 else ()) + (f"draft{d}", f"fixed-{density:g}")
+
+
 def implied_e2e(family: str, full_depth: int, ratios: Dict[str, float]) -> Dict[str, dict]:
     """End to end at each preset's schedule from per-step ratios (every layer sparse): a fraction f of the work is
     dense (the dense steps, and the dense layers of the sparse steps), the rest runs at the step ratio r, so the run
@@ -754,11 +761,10 @@ def implied_e2e(family: str, full_depth: int, ratios: Dict[str, float]) -> Dict[
     out = {}
     for method, labels in PRESET_ROWS.items():
         refresh = presets.get(method, {}).get("refresh_every", 1)
-        density = presets.get(method, {}).get("density")
         labels = ((f"{method}-r{refresh}",) if refresh > 1 else ()) + labels
-        if method == "draft" and density not in (None, 0.25):
+        if method == "draft":
             # The preset's own density first (rows at 0.25 stand in only where none was measured).
-            labels = (f"draft-{density:g}-r{refresh}", f"draft-{density:g}") + labels
+            labels = draft_row_labels(presets.get(method, {}).get("density", 0.25), refresh) + labels
         label = next((x for x in labels if x in ratios), None)
         if label is None or method not in presets:
             continue

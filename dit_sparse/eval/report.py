@@ -165,13 +165,9 @@ def _step_row_note(label: str, entry: dict) -> str:
     return note
 
 
-def step_table(results: List[dict]) -> str:
-    """Per model and number of blocks built, every row of every step-benchmark JSON (the newest run by its recorded
-    date wins for a row label: a file's name need not sort in time order), each ratio against the dense step measured
-    in its own run; then the end-to-end speedup the presets' schedules imply. A shortened model and the full one are
-    separate tables: their step times and peak memory do not compare."""
-    from .bench import implied_e2e
-
+def step_rows_by_model(results: List[dict]) -> Dict[tuple, Dict[str, tuple]]:
+    """(model, blocks built) -> row label -> (entry, run) of every step-benchmark JSON, the newest run by its recorded
+    date winning for a label; failed rows left out."""
     by_model: Dict[tuple, Dict[str, tuple]] = {}
     for r in sorted(results, key=lambda r: r.get("date", "")):
         if r.get("benchmark") != "step":
@@ -180,6 +176,17 @@ def step_table(results: List[dict]) -> str:
         for label, e in r["results"].items():
             if "error" not in e:
                 rows[label] = (e, r)
+    return by_model
+
+
+def step_table(results: List[dict]) -> str:
+    """Per model and number of blocks built, every row of every step-benchmark JSON (the newest run by its recorded
+    date wins for a row label: a file's name need not sort in time order), each ratio against the dense step measured
+    in its own run; then the end-to-end speedup the presets' schedules imply. A shortened model and the full one are
+    separate tables: their step times and peak memory do not compare."""
+    from .bench import implied_e2e
+
+    by_model = step_rows_by_model(results)
     lines = []
     for (model, _), rows in by_model.items():
         any_run = next(iter(rows.values()))[1]
@@ -481,29 +488,14 @@ def plot_e2e(results: List[dict], path: str) -> Optional[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------- README
-def _newest_step_rows(results: List[dict], model: str) -> Dict[str, tuple]:
-    """label -> (entry, run) of the newest step run of ``model`` at full depth that has the label."""
-    rows: Dict[str, tuple] = {}
-    for r in sorted(results, key=lambda r: r.get("date", "")):
-        if r.get("benchmark") != "step" or r.get("model") != model:
-            continue
-        for label, e in r.get("results", {}).items():
-            if "error" not in e and "ratio_vs_dense" in e:
-                rows[label] = (e, r)
-    return rows
-
-
 def _step_row_for(config: dict, rows: Dict[str, tuple]) -> Optional[str]:
-    """The step row that runs what a quality row ran: its method, and draft's density (a fixed random layout of that
-    density where no draft row has it: draft runs at 0.97-0.99 of it)."""
+    """The step row that runs what a quality row ran: its method, and draft's density as Wan's preset plans it (every
+    4th step; on small that gave the PSNR of planning every step)."""
+    from .bench import draft_row_labels
+
     method = config.get("method")
-    if method == "draft":
-        d = float(config.get("density", 0.25))
-        refresh = config.get("refresh_every", 1)
-        names = [f"draft-{d:g}-r4", "draft-r4" if d == 0.25 else "", f"draft-{d:g}" if refresh == 1 else "",
-                 "draft" if d == 0.25 else "", f"fixed-{d:g}"]
-        return next((n for n in names if n and n in rows), None)
-    return method if method in rows else None
+    labels = draft_row_labels(float(config.get("density", 0.25)), 4) if method == "draft" else (method,)
+    return next((x for x in labels if x in rows), None)
 
 
 def schedule_tradeoff_section(results: List[dict], results_dir: str, model: str = "wan1.3b-480p") -> str:
@@ -511,7 +503,10 @@ def schedule_tradeoff_section(results: List[dict], results_dir: str, model: str 
     (dense steps, dense layers, density), from ``quality-small-dense-steps.json`` and the newest step rows. Rows no
     other row beats on both are marked."""
     quality = _read_json(os.path.join(results_dir, "quality-small-dense-steps.json"))
-    rows = _newest_step_rows(results, model)
+    # the full model's rows (a shortened model's ratios differ)
+    full = [rows for (name, built), rows in step_rows_by_model(results).items()
+            if name == model and built == next(iter(rows.values()))[1].get("layers_full_model")]
+    rows = full[0] if full else {}
     if not quality or not rows:
         return "_no schedule trade-off yet: `bash bench/gpu_session7c.sh step` and `... quality` write it_"
     table = []

@@ -334,7 +334,8 @@ def test_schedule_tradeoff_marks_the_rows_no_other_beats(tmp_path):
         "tile": q("tile", 0.25, 30.0),  # best quality
     }}
     (tmp_path / "quality-small-dense-steps.json").write_text(json.dumps(quality))
-    run = {"benchmark": "step", "model": "wan1.3b-480p", "date": "2026-12-02", "layers_full_model": 30,
+    run = {"benchmark": "step", "model": "wan1.3b-480p", "date": "2026-12-02", "layers_timed": 30,
+           "layers_full_model": 30,
            "results": {"dense": {"step_s": 1.0}, "draft-r4": {"ratio_vs_dense": 1.75},
                        "tile": {"ratio_vs_dense": 1.5}}}
     text = schedule_tradeoff_section([run], str(tmp_path))

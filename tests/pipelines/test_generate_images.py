@@ -20,9 +20,10 @@ HEIGHT, WIDTH = 192, 256
 # some key blocks, where the preset's 128-token tiles would cover this small image densely.
 # The image presets run radial and tile sparse from 6,144 image tokens (below it they were slower than dense on an
 # H200); these 192-token images ask for sparse anyway.
-TILE_FLAGS = ["--block-size", "16", "--tile", "1,4,4", "--window", "1,3,3", "--dense-steps", "0",
-              "--min-sparse-tokens", "0"]
-RADIAL_FLAGS = ["--block-size", "16", "--dense-steps", "0", "--min-sparse-tokens", "0"]
+ANY_SIZE = ["--min-sparse-tokens", "0"]
+TILE_OPTIONS = ["--block-size", "16", "--tile", "1,4,4", "--window", "1,3,3", "--dense-steps", "0"]
+TILE_FLAGS = TILE_OPTIONS + ANY_SIZE
+RADIAL_FLAGS = ["--block-size", "16", "--dense-steps", "0", *ANY_SIZE]
 
 
 def _read_png(path):
@@ -176,6 +177,6 @@ def test_tile_flags_apply_to_tile_only(capsys):
 def test_flux_preset_runs_dense_below_its_threshold_and_says_why(flux_folder, tmp_path):
     """Without --min-sparse-tokens the preset's threshold (6,144 image tokens, measured on an H200) applies: a
     192-token image runs dense, and the report says why instead of claiming a sparse run."""
-    report = _generate(flux_folder, "tile", tmp_path / "fox.png", tmp_path / "report.json", TILE_FLAGS[:-2])
+    report = _generate(flux_folder, "tile", tmp_path / "fox.png", tmp_path / "report.json", TILE_OPTIONS)
     assert report["summary"]["sparse_calls"] == 0
     assert report["summary"]["dense_fallback"] == "192 video tokens < min_sparse_tokens 6,144"
