@@ -1,5 +1,8 @@
 """Where the semantic pattern's planning time goes at Wan-1.3B 480p (12 heads x 32,760 tokens): CUDA time of each
-planning stage and of the kernel, variable vs fixed blocks (issue #13)."""
+planning stage and of the kernel, variable vs fixed vs balanced blocks (issue #13).
+
+    python bench/profile_semantic.py [OUT.json [ROWS]]
+"""
 
 import json
 import os
@@ -19,8 +22,10 @@ torch.manual_seed(0)
 q, k, v = (torch.randn(1, geometry.num_tokens, 12, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
            for _ in range(3))
 rows = {}
-for label, opts in {"variable": {}, "variable-b64": {"block_size": 64}, "fixed": {"fixed_blocks": True},
-                     "variable-k64": {"kv_clusters": 64}}.items():
+ROWS = {"variable": {}, "variable-b64": {"block_size": 64}, "fixed": {"fixed_blocks": True},
+        "variable-k64": {"kv_clusters": 64}, "balanced": {"clusters": "balanced", "block_size": 128}}
+# argv[2]: the rows to run (comma-separated; default all)
+for label, opts in ((x, ROWS[x]) for x in (sys.argv[2].split(",") if len(sys.argv) > 2 else ROWS)):
     pattern = make_pattern(ds.make_config("semantic", top_p=0.3, **opts))
     cache = PlanCache(shared=BoundedCache())
     layout = pattern.plan(q, k, geometry, cache)

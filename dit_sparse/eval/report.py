@@ -143,6 +143,8 @@ STEP_ROW_NOTES = {
     "semantic-b64": "variable blocks <= 64 (default)", "semantic-b64-r2": "blocks <= 64, refresh_every=2",
     "semantic-round": "blocks <= 64, cluster sizes rounded to blocks (tried, reverted: commit e12ac38)",
     "semantic-b32": "variable blocks <= 32",
+    "semantic-balanced": "balanced groups of 128 tokens as fixed blocks",
+    "semantic-balanced-r2": "balanced groups, refresh_every=2", "semantic-balanced-r4": "balanced groups, refresh_every=4",
     "semantic-fixed": "fixed blocks", "semantic-fixed-r2": "fixed blocks, refresh_every=2",
     "semantic-r2": "blocks <= 128, refresh_every=2",
     "radial": "static, default decay", "tile": "tile neighbourhood (the preset's)",

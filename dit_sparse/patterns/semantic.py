@@ -58,6 +58,7 @@ from ..layout import BlockLayout, block_sizes, cdiv, pack_block_mask, whole_bloc
 from .base import Pattern, compiled_planning
 from .block_mass import block_mass_estimate, pooled_block_mass, select_top_p
 from .kmeans import batched_kmeans
+from .partition import balanced_partition
 
 logger = logging.getLogger(__name__)
 
@@ -274,14 +275,28 @@ class SemanticPattern(Pattern):
 
     def prepare(self, geometry: VideoGeometry, device, cache) -> None:
         # Before the forward, outside any compiled graph: the cluster-count warning for this video size.
-        self.cluster_counts(geometry.num_tokens, geometry.num_tokens)
+        if self.config.clusters != "balanced":  # balanced groups are blocks: no cluster counts
+            self.cluster_counts(geometry.num_tokens, geometry.num_tokens)
 
     def plan(self, q: torch.Tensor, k: torch.Tensor, geometry: VideoGeometry, cache: Dict[str, Any]) -> BlockLayout:
         cfg = self.config
         b, h, lq, d = q.shape
         lk = k.shape[2]
-        kq, kk = self.cluster_counts(lq, lk)
         n = b * h
+        if cfg.clusters == "balanced":
+            if lq != lk:
+                raise ValueError(
+                    f"SemanticConfig(clusters='balanced') partitions queries and keys together and needs as many of "
+                    f"each, got {lq} and {lk}; use clusters='separate'"
+                )
+            # Groups of exactly block_size similar tokens (by [q, k], as joint): the blocks are the groups, so a fixed
+            # layout computes exactly the selected group pairs and every kernel, FlashAttention-4 included, runs it.
+            perm = balanced_partition(torch.cat([q, k], -1).reshape(n, lq, 2 * d), cfg.block_size)
+            idx, cnt, _, _ = block_plan(q.reshape(n, lq, d), k.reshape(n, lk, d), perm, perm, None, None,
+                                        cfg.block_size, True, cfg.estimate, cfg.top_p, cfg.min_kv_ratio, True)
+            perm = perm.view(b, h, lq)
+            return self._layout((self._trim(idx, cnt).contiguous(), cnt, None, None), b, h, lq, lk, perm, perm)
+        kq, kk = self.cluster_counts(lq, lk)
         if cfg.clusters == "joint":
             if lq != lk:
                 raise ValueError(
