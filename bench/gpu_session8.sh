@@ -10,8 +10,10 @@ export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
 B=semantic-balanced,semantic-balanced-r2,semantic-balanced-r4
 case "${1:-step}" in
 step)
-  timeout 120 python3 bench/profile_semantic.py $OUT/profile-semantic-balanced.json balanced,variable-b64 2>&1 \
-    | grep -E "^(balanced|variable)|Error" | cut -c1-300
+  DIT_SPARSE_COMPILE_PLANNING=0 timeout 100 python3 bench/profile_semantic.py $OUT/profile-semantic-balanced-eager.json \
+    balanced 2>&1 | grep -E "^balanced|Error|^ +[a-z]" | head -12 | cut -c1-200
+  timeout 150 python3 bench/profile_semantic.py $OUT/profile-semantic-balanced.json balanced 2>&1 \
+    | grep -E "^balanced|Error" | cut -c1-300
   timeout 200 python3 -m dit_sparse.eval.bench step --model wan1.3b-480p --dense-variants none \
     --methods fixed-0.25,$B --out $OUT/step-wan1.3b-480p-balanced.json 2>&1 | grep -E "^wan|Error" | cut -c1-200
   timeout 250 python3 -m dit_sparse.eval.bench step --model hunyuan-720p --layers 15 --dense-variants none \
