@@ -903,7 +903,12 @@ def bench_step(args) -> dict:
             if device == "cuda":
                 torch.cuda.synchronize()
             entry["first_step_s"] = time.perf_counter() - first
-            entry.update(timed(max(0, args.warmup - 1), args.reps))
+            # With layouts reused across steps, the timed steps are whole refresh cycles starting at a planning step,
+            # so that the mean carries planning's share (reused steps alone would leave it out).
+            r = cfg.refresh_every
+            n_warm = max(0, args.warmup - 1)
+            n_warm += -(1 + n_warm) % r
+            entry.update(timed(n_warm, -(-args.reps // r) * r), timed_steps_per_plan=r)
             info = ds.summary(model)
             entry.update(config=cfg.to_dict(), backend=info["backend"], mean_density=info["mean_density"],
                          ratio_vs_dense=dense_s / entry["step_s"], kept_between_steps_bytes=_layout_bytes(state))

@@ -12,9 +12,10 @@ How (per row of [N, L, F], no host synchronisation, a fixed amount of work):
 1. Features are projected on their top ``dims`` principal axes (one [F, F] covariance per row, subspace iteration),
    so the bisection below works on [N, L, dims] instead of [N, L, F].
 2. A k-d-tree-like bisection: a segment of m blocks (contiguous in the current order) is sorted along its own
-   principal axis (a few power iterations on the segment's centred points) and cut after floor(m / 2) blocks. The cut
-   points depend only on (L, block), so they are computed once on the host; after ceil(log2(blocks)) levels every
-   segment is one block of ``block`` tokens (the sequence's last block holds the remainder).
+   principal axis (power iterations on the segment's covariance) and cut after floor(m / 2) blocks. The cut points
+   depend only on (L, block), so they are computed once on the host, with the padded [segments, longest] grid that
+   turns every per-segment reduction into a batched matmul and every sort into a row-wise one; after
+   ceil(log2(blocks)) levels every segment is one block of ``block`` tokens (the last block holds the remainder).
 
 The result is a permutation; tokens ``[j * block, (j + 1) * block)`` of ``x.gather(perm)`` are group j.
 """
@@ -29,8 +30,9 @@ import torch
 from ..layout import cdiv
 from .base import compiled_planning
 
-# Power iterations per level: the split direction only has to be a direction of large spread, not the exact axis.
-POWER_ITERS = 3
+# Power iterations per level on each segment's [dims, dims] covariance (cheap): the split direction only has to be one
+# of large spread, not the exact axis.
+POWER_ITERS = 8
 # Principal axes kept for the bisection: k-means on [q, k] (256 dims at head_dim 128) is dominated by a few axes on
 # trained models, and [N, L, 32] float32 keeps every level's temporaries small (HunyuanVideo 720p: 24 heads x 119k).
 PCA_DIMS = 32
@@ -40,7 +42,7 @@ SUBSPACE_ITERS = 4
 
 @lru_cache(maxsize=64)
 def _levels(length: int, block: int) -> Tuple[Tuple[int, ...], ...]:
-    """Per level, the segment id of every position (as a tuple of segment start positions, first level excluded)."""
+    """Per level, the start positions of its segments (the first level: one segment, the whole sequence)."""
     blocks = cdiv(length, block)
     segments: List[Tuple[int, int]] = [(0, blocks)]  # [first block, end block)
     levels = []
@@ -58,20 +60,30 @@ def _levels(length: int, block: int) -> Tuple[Tuple[int, ...], ...]:
 
 
 @lru_cache(maxsize=64)
-def _segment_ids(length: int, block: int, device: torch.device) -> Tuple[Tuple[torch.Tensor, torch.Tensor], ...]:
-    """Per level: the segment id of every position int64 [L] and the segment sizes float32 [segments]."""
+def _padded_levels(length: int, block: int, device: torch.device):
+    """Per level, the segments as rows of a padded [S, M] grid (M = the longest segment), so that every per-segment
+    reduction is a batched matmul or a row-wise sort instead of an atomic scatter over the sequence:
+
+    - ``gather`` int64 [S * M]: the position (in the current order) each grid cell reads; padding reads position 0;
+    - ``valid`` bool [S, M] and ``sizes`` float32 [S];
+    - ``unpad`` int64 [L]: the grid cells of the L real positions, segment after segment (padding sorts last).
+    """
     out = []
     for starts in _levels(length, block):
-        bounds = torch.tensor(starts[1:] + (length,))
-        ids = torch.bucketize(torch.arange(length), bounds, right=True)
-        sizes = torch.diff(torch.tensor((0,) + starts[1:] + (length,))).float()
-        out.append((ids.to(device), sizes.to(device)))
+        ends = starts[1:] + (length,)
+        width = max(e - s for s, e in zip(starts, ends))
+        col = torch.arange(width)
+        start, size = torch.tensor(starts), torch.tensor(ends) - torch.tensor(starts)
+        valid = col[None, :] < size[:, None]
+        gather = torch.where(valid, start[:, None] + col[None, :], 0).reshape(-1)
+        unpad = torch.nonzero(valid.reshape(-1)).squeeze(1)
+        out.append(tuple(t.to(device) for t in (gather, valid, size.float(), unpad)))
     return tuple(out)
 
 
-def principal_features(x: torch.Tensor, dims: int = PCA_DIMS, iters: int = SUBSPACE_ITERS) -> torch.Tensor:
-    """x [N, L, F] centred and projected on (an orthonormal basis of) its top ``dims`` principal axes per row:
-    float32 [N, L, min(dims, F)].
+def principal_features(x: torch.Tensor, basis: torch.Tensor, iters: int = SUBSPACE_ITERS) -> torch.Tensor:
+    """x [N, L, F] centred and projected on (an orthonormal basis of) its top principal axes per row, as many as
+    ``basis`` [F, dims] (the subspace iteration's start) has columns: float32 [N, L, dims].
 
     Subspace iteration on the [F, F] covariance, orthonormalised by Cholesky QR, instead of ``torch.linalg.eigh``:
     batched matmuls and one small Cholesky per iteration on the GPU (``eigh`` of 12 covariances of 256 x 256 made
@@ -80,12 +92,12 @@ def principal_features(x: torch.Tensor, dims: int = PCA_DIMS, iters: int = SUBSP
     Any orthonormal basis of the subspace gives the bisection the same geometry."""
     xf = x.float()
     xf = xf - xf.mean(dim=1, keepdim=True)
-    f = xf.shape[-1]
+    f, dims = basis.shape
     if dims >= f:
         return xf
     cov = xf.transpose(1, 2) @ xf  # [N, F, F]
     cov = cov / cov.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-30)[:, None, None]  # trace 1: no overflow
-    basis = torch.randn(f, dims, generator=torch.Generator().manual_seed(1)).to(xf.device).expand(xf.shape[0], f, dims)
+    basis = basis.expand(xf.shape[0], f, dims)
     eye = torch.eye(dims, device=xf.device)
     for _ in range(iters):
         basis = cov @ basis
@@ -100,39 +112,39 @@ def principal_features(x: torch.Tensor, dims: int = PCA_DIMS, iters: int = SUBSP
 def balanced_partition(x: torch.Tensor, block: int, dims: Optional[int] = None) -> torch.Tensor:
     """Permutation int64 [N, L] grouping the L points of each row of ``x`` [N, L, F] into blocks of ``block`` tokens
     of similar points (see the module docstring)."""
-    n, length, _ = x.shape
+    n, length, f = x.shape
     if block < 1:
         raise ValueError(f"balanced_partition needs block >= 1, got {block}")
-    z = principal_features(x, PCA_DIMS if dims is None else dims)
-    levels = _segment_ids(length, block, x.device)
-    # A fixed start for the power iterations (the same for every segment): deterministic, and almost surely not
-    # orthogonal to the axis it converges to.
-    start = torch.randn(z.shape[-1], generator=torch.Generator().manual_seed(0)).to(x.device)
-    return _bisect(z, start, tuple(seg for seg, _ in levels), tuple(sizes for _, sizes in levels))
+    dims = min(PCA_DIMS if dims is None else dims, f)
+    # Fixed starts for the subspace and power iterations (seeded, the same for every row and segment): deterministic,
+    # and almost surely not orthogonal to what they converge to.
+    gen = torch.Generator().manual_seed(0)
+    basis = torch.randn(f, dims, generator=gen).to(x.device)
+    axis = torch.randn(dims, generator=gen).to(x.device)
+    return _partition(x, basis, axis, _padded_levels(length, block, x.device))
 
 
 @compiled_planning
-def _bisect(z: torch.Tensor, start: torch.Tensor, segs: Tuple[torch.Tensor, ...], sizes: Tuple[torch.Tensor, ...]):
-    """The bisection levels on features z [N, L, F] (tensors only, so that it compiles as one graph: eager, its
-    ~20 small kernels per level are launch-bound)."""
-    n, length, f = z.shape
-    perm = torch.arange(length, device=z.device).expand(n, length)
-    for seg, size in zip(segs, sizes):
-        nseg = size.shape[0]
-        zs = z.gather(1, perm.unsqueeze(-1).expand(-1, -1, f))
-        mean = torch.zeros(n, nseg, f, device=z.device, dtype=z.dtype).index_add_(1, seg, zs) / size[:, None]
-        zc = zs - mean[:, seg]
-        axis = start.expand(n, nseg, f)
+def _partition(x: torch.Tensor, basis: torch.Tensor, axis0: torch.Tensor, levels):
+    """`principal_features` and the bisection levels (tensors only, so that it compiles as one graph)."""
+    n, length, _ = x.shape
+    z = principal_features(x, basis)
+    f = z.shape[-1]
+    perm = torch.arange(length, device=x.device).expand(n, length)
+    for gather, valid, sizes, unpad in levels:
+        segments, width = valid.shape
+        pos = perm[:, gather]  # [N, S * M] token ids on the padded grid
+        mask = valid.unsqueeze(-1).to(z.dtype)
+        zs = z.gather(1, pos.unsqueeze(-1).expand(-1, -1, f)).view(n, segments, width, f) * mask
+        zc = (zs - (zs.sum(2) / sizes[:, None]).unsqueeze(2)) * mask
+        cov = zc.transpose(-1, -2) @ zc  # [N, S, F, F]: the power iterations are then tiny
+        axis = axis0.expand(n, segments, f).unsqueeze(-1)
         for _ in range(POWER_ITERS):
-            along = (zc * axis[:, seg]).sum(-1, keepdim=True)
-            axis = torch.zeros(n, nseg, f, device=z.device, dtype=z.dtype).index_add_(1, seg, zc * along)
-            axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-20)
-        along = (zc * axis[:, seg]).sum(-1).double()
-        along = along / along.square().mean(dim=1, keepdim=True).sqrt().clamp_min(1e-30)
-        # One sort per level: segment id + a monotonic map of the projection strictly inside (0, 1) orders by
-        # segment, then along the segment's axis (float64 keeps the projection's order at a thousand segments).
-        local = (seg.double() + 0.5 + 0.999 * torch.atan(along) / torch.pi).argsort(dim=1)
-        perm = perm.gather(1, local)
+            axis = cov @ axis
+            axis = axis / axis.norm(dim=-2, keepdim=True).clamp_min(1e-30)
+        along = (zc @ axis).squeeze(-1).masked_fill(~valid, float("inf"))  # padding sorts last
+        order = along.argsort(dim=-1)
+        perm = pos.view(n, segments, width).gather(-1, order).view(n, -1)[:, unpad]
     return perm
 
 
