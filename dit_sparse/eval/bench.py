@@ -765,6 +765,9 @@ def implied_e2e(family: str, full_depth: int, ratios: Dict[str, float]) -> Dict[
         if method == "draft":
             # The preset's own density first (rows at 0.25 stand in only where none was measured).
             labels = draft_row_labels(presets.get(method, {}).get("density", 0.25), refresh) + labels
+        if method == "semantic" and presets.get(method, {}).get("clusters") == "balanced":
+            # Balanced groups run fixed layouts: only their own rows time them.
+            labels = ((f"semantic-balanced-r{refresh}",) if refresh > 1 else ()) + ("semantic-balanced",)
         label = next((x for x in labels if x in ratios), None)
         if label is None or method not in presets:
             continue

@@ -23,6 +23,10 @@ every later cluster off the block grid; blocks are then chosen per query block l
 "centroids" estimate a block pair is computed when any of the query clusters touching the query block selected any of
 the key clusters touching the key block (a superset of the selection).
 
+Blocks (``clusters="balanced"``): groups of exactly ``block_size`` tokens (`dit_sparse.patterns.partition`) in one
+permutation shared by queries and keys; the groups are the blocks, so the layout is a fixed one over the permuted
+sequence that computes exactly the selected group pairs (no cover of partial blocks, no density blow-up).
+
 Clusters (``clusters``). "joint" (default): one k-means of every token's [q, k]; queries and keys share one
 permutation, so query block i and key block i are the same tokens and block i always keeps its diagonal (a token's
 own key: with q close to k, as in trained DiTs, the most attended). "separate": Sparse VideoGen 2's two clusterings.

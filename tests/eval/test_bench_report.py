@@ -320,6 +320,22 @@ def test_implied_e2e_takes_the_row_of_the_presets_own_draft_density():
     assert implied_e2e("wan", 30, {"draft-r4": 1.75})["draft"]["row"] == "draft-r4"
 
 
+def test_implied_e2e_times_balanced_semantic_by_its_own_rows(monkeypatch):
+    """A semantic preset with balanced groups runs fixed layouts: its estimate must not borrow the k-means rows."""
+    from dit_sparse.eval.bench import implied_e2e
+    from dit_sparse.pipelines import presets
+
+    ratios = {"semantic-b64": 0.90, "semantic-balanced": 1.07, "semantic-balanced-r4": 1.50}
+    monkeypatch.setitem(presets.WAN_SPARSE, "semantic", {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9})
+    assert implied_e2e("wan", 30, ratios)["semantic"]["row"] == "semantic-b64"
+    balanced = {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "clusters": "balanced", "block_size": 128}
+    monkeypatch.setitem(presets.WAN_SPARSE, "semantic", {**balanced, "refresh_every": 4})
+    assert implied_e2e("wan", 30, ratios)["semantic"]["row"] == "semantic-balanced-r4"
+    monkeypatch.setitem(presets.WAN_SPARSE, "semantic", balanced)
+    assert implied_e2e("wan", 30, ratios)["semantic"]["row"] == "semantic-balanced"
+    assert "semantic" not in implied_e2e("wan", 30, {"semantic-b64": 0.9})
+
+
 def test_schedule_tradeoff_marks_the_rows_no_other_beats(tmp_path):
     from dit_sparse.eval.report import schedule_tradeoff_section
 
