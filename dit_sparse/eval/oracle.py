@@ -126,6 +126,14 @@ def load_model(model: str, device: str = "cpu", dtype: Optional[torch.dtype] = N
     if builders.get(model) is None:
         raise ValueError(f"unknown packaged model {model!r}; use 'tiny' or 'small'")
     pipe = builders[model]()
+    if getattr(pipe, "_dit_sparse_tiny_source", None) == "random":
+        # build_tiny_pipeline falls back to random weights (for shape tests); attention measured there says nothing
+        # about a trained model, and an oracle or quality run on it looked plausible when the weights were missing.
+        raise ValueError(
+            "the trained tiny model was not found (dit_sparse/pipelines/tiny_model/ or $DIT_SPARSE_TINY_MODEL), and "
+            "these evaluators measure a trained model's attention; reinstall dit-sparse or set DIT_SPARSE_TINY_MODEL "
+            "to a folder written by python -m dit_sparse.pipelines.train_tiny"
+        )
     pipe.set_progress_bar_config(disable=True)
     if dtype is not None:
         pipe.transformer.to(dtype)

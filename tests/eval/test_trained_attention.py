@@ -218,3 +218,13 @@ def test_mutation_pattern_choosing_random_blocks_fails_the_gain(captures, monkey
     monkeypatch.setattr(DraftPattern, "plan", random_plan)
     with pytest.raises(AssertionError):
         test_pattern_beats_random_toward_the_oracle(captures, "draft")
+
+
+def test_evaluators_refuse_a_missing_trained_model(tmp_path, monkeypatch):
+    # Without the packaged weights build_tiny_pipeline builds random ones; the oracle / quality / drift evaluators
+    # must say so instead of measuring them.
+    from dit_sparse.eval.oracle import load_model
+
+    monkeypatch.setenv("DIT_SPARSE_TINY_MODEL", str(tmp_path))  # an empty folder: no model_index.json
+    with pytest.raises(ValueError, match="trained tiny model was not found"):
+        load_model("tiny")
