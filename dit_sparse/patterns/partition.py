@@ -115,13 +115,17 @@ def balanced_partition(x: torch.Tensor, block: int, dims: Optional[int] = None) 
     n, length, f = x.shape
     if block < 1:
         raise ValueError(f"balanced_partition needs block >= 1, got {block}")
-    dims = min(PCA_DIMS if dims is None else dims, f)
-    # Fixed starts for the subspace and power iterations (seeded, the same for every row and segment): deterministic,
-    # and almost surely not orthogonal to what they converge to.
-    gen = torch.Generator().manual_seed(0)
-    basis = torch.randn(f, dims, generator=gen).to(x.device)
-    axis = torch.randn(dims, generator=gen).to(x.device)
+    basis, axis = _starts(f, min(PCA_DIMS if dims is None else dims, f), x.device)
     return _partition(x, basis, axis, _padded_levels(length, block, x.device))
+
+
+@lru_cache(maxsize=16)
+def _starts(features: int, dims: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fixed starts for the subspace and power iterations (seeded, the same for every row and segment): deterministic,
+    and almost surely not orthogonal to what they converge to. Cached per device: a host-to-device copy in every plan
+    would wait for the stream."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(features, dims, generator=gen).to(device), torch.randn(dims, generator=gen).to(device)
 
 
 @compiled_planning

@@ -216,6 +216,8 @@ class SemanticPattern(Pattern):
     ):
         super().__init__(config)
         self.fixed_blocks = config.fixed_blocks if fixed_blocks is None else bool(fixed_blocks)
+        # Balanced groups are whole blocks by construction: their layout is always a fixed-block one.
+        self.fixed_blocks = self.fixed_blocks or config.clusters == "balanced"
         self.static_kmax = config.static_kmax if static_kmax is None else bool(static_kmax)
         self._warned_clusters = False
 
@@ -296,10 +298,10 @@ class SemanticPattern(Pattern):
             # Groups of exactly block_size similar tokens (by [q, k], as joint): the blocks are the groups, so a fixed
             # layout computes exactly the selected group pairs and every kernel, FlashAttention-4 included, runs it.
             perm = balanced_partition(torch.cat([q, k], -1).reshape(n, lq, 2 * d), cfg.block_size)
-            idx, cnt, _, _ = block_plan(q.reshape(n, lq, d), k.reshape(n, lk, d), perm, perm, None, None,
-                                        cfg.block_size, True, cfg.estimate, cfg.top_p, cfg.min_kv_ratio, True)
+            fields = self._block_layout(q.reshape(n, lq, d), k.reshape(n, lk, d), perm, perm, None, None,
+                                        diagonal=True)
             perm = perm.view(b, h, lq)
-            return self._layout((self._trim(idx, cnt).contiguous(), cnt, None, None), b, h, lq, lk, perm, perm)
+            return self._layout(fields, b, h, lq, lk, perm, perm)
         kq, kk = self.cluster_counts(lq, lk)
         if cfg.clusters == "joint":
             if lq != lk:
