@@ -220,11 +220,12 @@ class SemanticConfig(SparseConfig):
             `dit_sparse.patterns.partition`; ``q_clusters`` / ``kv_clusters`` unused); the groups are the blocks, so
             the layout is fixed-block (FlashAttention-4 runs it with ``block_size=128``) and computes exactly the
             selected group pairs. It chooses less well than k-means clusters (gain 1.26 vs 1.57 at density 0.25 on
-            tiny's attention) but runs at fixed-layout speed: one Wan-1.3B 480p step at density 0.25 planned every
-            4th step 1.50x dense vs 0.90x for 64-token k-means pieces; 0.84 / 0.90 of the fixed random yardstick at
-            Wan-1.3B / HunyuanVideo 720p (``...step-{wan1.3b-480p,hunyuan-720p}-balanced.json``). Its quality on
-            the trained small model is far below k-means': 21.8 dB vs 30.8 against dense video at density ~0.46
-            (68 groups of 128 tokens there; ``quality-small-balanced-cpu.json``), so no preset uses it yet.
+            tiny's attention, ``oracle-tiny-balanced.json``) but runs at fixed-layout speed: one Wan-1.3B 480p step
+            at density 0.25 planned every 4th step 1.50x dense vs 0.90x for 64-token k-means pieces; 0.84 / 0.90 of
+            the fixed random yardstick at Wan-1.3B / HunyuanVideo 720p
+            (``...step-{wan1.3b-480p,hunyuan-720p}-balanced.json``). Its quality on the trained small model is far
+            below k-means': 21.8 dB vs 30.8 against dense video at density ~0.46 (68 groups of 128 tokens there;
+            ``quality-small-balanced-cpu.json``), so no preset uses it yet.
         estimate (`str`, defaults to "pooled"): how the attention mass of a block pair is estimated. "pooled": each
             query block's mean query against each key block's mean key (cheap: blocks x blocks). "blocks": the mean
             query against every key exactly, summed per key block (1 / block_size of dense attention's score FLOPs;
