@@ -244,6 +244,10 @@ class SemanticConfig(SparseConfig):
             (``2026-12-02_NVIDIA-H200_step-wan1.3b-480p.json``), and on the trained small model PSNR vs dense was
             31.09 dB instead of 30.76 (``quality-small-block64-refresh.json``). Fixed blocks
             (``fixed_blocks=True``) on FlashAttention-4 want 128.
+        kv_block_size (`int`, optional): with ``clusters="balanced"``, key groups of this many tokens (a divisor of
+            ``block_size``, at least 16) inside each query group of ``block_size`` tokens: queries keep whole
+            ``block_size`` groups (full kernel tiles) while keys are chosen at a finer grain, as Sparse VideoGen 2
+            clusters keys several times finer than queries. `None` = ``block_size``.
     """
 
     method: ClassVar[str] = "semantic"
@@ -260,6 +264,7 @@ class SemanticConfig(SparseConfig):
     estimate: str = "pooled"
     fixed_blocks: bool = False
     static_kmax: bool = False
+    kv_block_size: Optional[int] = None
 
     def validate(self) -> None:
         super().validate()
@@ -280,6 +285,23 @@ class SemanticConfig(SparseConfig):
             )
         _check_bool("fixed_blocks", self.fixed_blocks)
         _check_bool("static_kmax", self.static_kmax)
+        if self.kv_block_size is not None:
+            _check_int("kv_block_size", self.kv_block_size, 16)
+            if self.clusters != "balanced":
+                raise ValueError(
+                    f"kv_block_size={self.kv_block_size} splits balanced groups and needs clusters='balanced' "
+                    f"(got clusters={self.clusters!r}); drop kv_block_size or set clusters='balanced'"
+                )
+            if self.block_size % self.kv_block_size:
+                raise ValueError(
+                    f"kv_block_size={self.kv_block_size} must divide block_size={self.block_size} (key groups split "
+                    "each query group); e.g. block_size=128 with kv_block_size=32 or 64"
+                )
+
+    @property
+    def key_block_size(self) -> int:
+        """Tokens per key block: ``kv_block_size``, or ``block_size`` when it is not set."""
+        return self.block_size if self.kv_block_size is None else self.kv_block_size
 
 
 @dataclass

@@ -98,13 +98,14 @@ def time_cuda(fn: Callable[[], object], warmup: int = 2, reps: int = 7) -> Dict[
     return {"median_ms": times[len(times) // 2], "min_ms": times[0], "reps": reps}
 
 
-def random_layout(batch, heads, length, density, block, device, seed=0) -> BlockLayout:
+def random_layout(batch, heads, length, density, block, device, seed=0, kv_block=None) -> BlockLayout:
     """Random block selection at ``density`` (rows hold ``floor`` or ``ceil`` of ``density * Nk`` blocks, the
     diagonal always kept) on ``device``: the fidelity evaluation's random layout, so the kernel benchmark and the
     quality baselines draw the same kind of layout."""
     from .fidelity import random_block_layout
 
-    return random_block_layout(length, length, heads, density, block, seed=seed, batch=batch).to(device)
+    return random_block_layout(length, length, heads, density, block, seed=seed, batch=batch,
+                               kv_block=kv_block).to(device)
 
 
 def sampled_reference_error(q, k, v, layout: BlockLayout, out: torch.Tensor, rows: int = 4, seed: int = 0) -> float:
@@ -178,7 +179,8 @@ def _kernel_layouts(args, shape_name, q, k, densities, heads, length, device):
     `Pattern.token_order`) — and a random layout of the same density, the yardstick of issue #15's "tile kernel >=
     0.9x FA4's fixed-layout effective rate" (``--layout tile``)."""
     if args.layout == "random":
-        return [(d, random_layout(1, heads, length, d, args.block, device)) for d in densities]
+        return [(d, random_layout(1, heads, length, d, args.block, device, kv_block=args.block_kv))
+                for d in densities]
     import dit_sparse as ds
 
     from ..geometry import VideoGeometry
@@ -256,6 +258,7 @@ def bench_kernel(args) -> dict:
         "commit": git_commit(),
         "date": _dt.datetime.utcnow().isoformat(timespec="seconds"),
         "block_size": args.block,
+        **({"block_kv": args.block_kv} if args.block_kv else {}),
         "selection": ("random blocks per row, diagonal kept" if args.layout == "random" else
                       "the image presets' tile pattern, and random blocks at its density"),
         "results": results,
@@ -802,6 +805,15 @@ STEP_METHODS = {
                                           "refresh_every": 2}),
     "semantic-balanced-r4": ("semantic", {"top_p": 0.3, "clusters": "balanced", "block_size": 128,
                                           "refresh_every": 4}),
+    # Query groups of 128 tokens split into key groups of 32 / 64 (kv_block_size): keys chosen at a finer grain.
+    "semantic-balanced-k32": ("semantic", {"top_p": 0.3, "clusters": "balanced", "block_size": 128,
+                                           "kv_block_size": 32}),
+    "semantic-balanced-k32-r4": ("semantic", {"top_p": 0.3, "clusters": "balanced", "block_size": 128,
+                                              "kv_block_size": 32, "refresh_every": 4}),
+    "semantic-balanced-k64": ("semantic", {"top_p": 0.3, "clusters": "balanced", "block_size": 128,
+                                           "kv_block_size": 64}),
+    "semantic-balanced-k64-r4": ("semantic", {"top_p": 0.3, "clusters": "balanced", "block_size": 128,
+                                              "kv_block_size": 64, "refresh_every": 4}),
     "fixed-0.25": ("fixed", {"density": 0.25}),
     # The step ratio at other densities (the presets trade density against dense steps for the same quality).
     "fixed-0.35": ("fixed", {"density": 0.35}),
@@ -1050,6 +1062,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--densities", default="1.0,0.5,0.25,0.1")
     k.add_argument("--backends", default="fa4,triton,flex")
     k.add_argument("--block", type=int, default=128)
+    k.add_argument("--block-kv", type=int, default=None,
+                   help="key block size of the random layouts (default: --block)")
     k.add_argument("--layout", default="random", choices=["random", "tile"],
                    help="random blocks at --densities, or the tile pattern (image presets) and random at its density")
     k.add_argument("--reps", type=int, default=7)

@@ -463,9 +463,11 @@ def attention_error(
 
 # ---------------------------------------------------------------------------------------------- random baseline
 def random_block_layout(
-    q_len: int, kv_len: int, heads: int, density: float, block: int = 64, seed: int = 0, batch: int = 1
+    q_len: int, kv_len: int, heads: int, density: float, block: int = 64, seed: int = 0, batch: int = 1,
+    kv_block: Optional[int] = None,
 ) -> BlockLayout:
-    """Random key blocks per query block at ``density`` (the diagonal block always among them).
+    """Random key blocks per query block at ``density`` (the diagonal block always among them); key blocks of
+    ``kv_block`` tokens when given (else ``block``).
 
     Every (batch, head) keeps ``round(density * Nq * Nk)`` blocks (at least one per row): each row gets ``floor`` or
     ``ceil`` of ``density * Nk`` blocks (the rows with one more drawn at random), namely its diagonal block
@@ -474,7 +476,8 @@ def random_block_layout(
     """
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {density}")
-    nq, nk = cdiv(q_len, block), cdiv(kv_len, block)
+    kv_block = block if kv_block is None else kv_block
+    nq, nk = cdiv(q_len, block), cdiv(kv_len, kv_block)
     total = min(nq * nk, max(nq, int(round(density * nq * nk))))
     gen = torch.Generator().manual_seed(int(seed))
     extra_rows = torch.rand(batch, heads, nq, generator=gen).argsort(-1) < (total % nq)
@@ -484,7 +487,7 @@ def random_block_layout(
     score[..., torch.arange(nq), diag] = 2.0  # ranked first
     rank = score.argsort(-1, descending=True).argsort(-1)
     mask = rank < counts.unsqueeze(-1)
-    return BlockLayout.from_block_mask(mask, block, block, q_len, kv_len)
+    return BlockLayout.from_block_mask(mask, block, kv_block, q_len, kv_len)
 
 
 # -------------------------------------------------------------------------------------------- matching densities

@@ -208,7 +208,9 @@ def evaluate_captures(
         methods (`Dict[str, dict]`): method name (or a label, with the method under ``"method"``) -> config options
             (besides the schedule, which is ignored here).
         densities (`Sequence[float]`): target densities for the matched rows.
-        block_size (`int`): block size of the oracle and random layouts (and of every method's config).
+        block_size (`int`): block size of the oracle and random layouts, and of every method's config that does
+            not set its own (a variant may: e.g. 128-token query groups with 32-token key groups, judged against the
+            oracle at ``block_size``).
     """
     from ..config import make_config
     from ..patterns import make_pattern
@@ -219,7 +221,8 @@ def evaluate_captures(
         mass = block_mass(reference, block_size)
         for label, options in methods.items():
             method = options.get("method", label)  # a label may name a variant: {"method": "semantic", ...}
-            options = {**{k: v for k, v in options.items() if k != "method"}, "block_size": block_size,
+            own_block = options.get("block_size", block_size)
+            options = {**{k: v for k, v in options.items() if k != "method"}, "block_size": own_block,
                        "dense_steps": 0, "dense_layers": 0}
             cache = PlanCache(shared=BoundedCache())  # the per-geometry cache a pipeline's state gives
             t0 = time.perf_counter()
@@ -233,7 +236,7 @@ def evaluate_captures(
                 progress(_line(row))
             tune_opts = {k: v for k, v in options.items() if k not in _KNOB_NAMES + _SCHEDULE}
             for target in densities:
-                layout, knob, _, _ = tune_layout(method, cap.q, cap.k, cap.geometry, target, block_size, cache=cache,
+                layout, knob, _, _ = tune_layout(method, cap.q, cap.k, cap.geometry, target, own_block, cache=cache,
                                                  options=tune_opts)
                 row = dict(capture=cap.name, layer=cap.layer, step=cap.step, method=label, setting=f"d={target}",
                            knob=knob)
@@ -310,7 +313,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--variants", default=None,
-                   help='more rows, JSON: {"label": {"method": "semantic", "clusters": "separate", ...}, ...}')
+                   help='more rows, JSON: {"label": {"method": "semantic", "clusters": "separate", ...}, ...}; a '
+                        'variant that names block_size keeps it, every other method runs at --block-size')
     p.add_argument("--workload", default="model", choices=["model", "photo"],
                    help="q/k/v captured from --model, or from photographic video (eval.photo_qkv; no model)")
     p.add_argument("--grid", default="9x16x24", help="photo workload: frames x height x width tokens")
@@ -330,8 +334,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cap_steps = _parse_ints(args.steps) if args.steps else sorted({steps // 4, steps // 2, (3 * steps) // 4})
     methods = {m: {k: v for k, v in preset.sparse[m].items() if k not in ("dense_steps", "dense_layers")}
                for m in args.methods.split(",") if m}
+    block = args.block_size or next((o["block_size"] for o in methods.values() if "block_size" in o),
+                                    next((o["block_size"] for o in variants.values() if "block_size" in o), 128))
+    # Preset methods run at the oracle's block size; a variant keeps the block size it names.
+    methods = {m: {k: v for k, v in o.items() if k != "block_size"} for m, o in methods.items()}
     methods.update(variants)
-    block = args.block_size or next((o["block_size"] for o in methods.values() if "block_size" in o), 128)
     t0 = time.perf_counter()
     captures = capture_attention(pipe, args.prompt, layers=layers, steps=cap_steps, height=height, width=width,
                                  frames=frames, num_inference_steps=steps, seed=args.seed)

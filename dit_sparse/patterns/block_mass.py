@@ -65,6 +65,7 @@ def block_mass_estimate(
     q_starts: Optional[torch.Tensor] = None,
     kv_starts: Optional[torch.Tensor] = None,
     chunk_elements: int = _CHUNK_ELEMENTS,
+    kv_block: Optional[int] = None,
 ) -> torch.Tensor:
     """Estimated share of each query block's attention on each key block, float32 [N, Pq, Pk] (rows sum to 1).
 
@@ -74,6 +75,8 @@ def block_mass_estimate(
         block (`int`): block size of the sides whose ``*_starts`` is None.
         q_starts, kv_starts (`torch.Tensor` int [N or 1, P + 1], optional): variable block boundaries.
         chunk_elements (`int`): bound on the score elements held at once.
+        kv_block (`int`, optional): key block size when ``kv_starts`` is None and keys are blocked differently from
+            queries; `None` = ``block``.
 
     Returns:
         `torch.Tensor` [N, Pq, Pk]; rows of empty query blocks are meaningless (callers mask them), empty key blocks
@@ -82,9 +85,10 @@ def block_mass_estimate(
     n, lk, d = k.shape
     qm = segment_means(q, q_starts, block)  # [N, Pq, D] float32
     pq = qm.shape[1]
+    kb = block if kv_block is None else kv_block
     if kv_starts is None:
-        pk = cdiv(lk, block)
-        pad = pk * block - lk
+        pk = cdiv(lk, kb)
+        pad = pk * kb - lk
     else:
         ks = kv_starts.long().expand(n, -1)
         pk = ks.shape[1] - 1
@@ -101,7 +105,7 @@ def block_mass_estimate(
         if kv_starts is None:
             if pad:
                 e = torch.nn.functional.pad(e, (0, pad))
-            sums = e.view(r1 - r0, pq, pk, block).sum(-1)
+            sums = e.view(r1 - r0, pq, pk, kb).sum(-1)
         else:
             cums = torch.nn.functional.pad(e.cumsum(-1), (1, 0))  # [c, Pq, Lk + 1]
             idx = ks[r0:r1, None, :].expand(-1, pq, -1)
@@ -117,6 +121,7 @@ def pooled_block_mass(
     block: int,
     q_starts: Optional[torch.Tensor] = None,
     kv_starts: Optional[torch.Tensor] = None,
+    kv_block: Optional[int] = None,
 ) -> torch.Tensor:
     """The cheap estimate: each query block's mean query against each key block's mean key, a key block of s tokens
     weighted by s (``softmax(mean_q . mean_k * scale + log s)``); [N, Pq, Pk] float32, rows sum to 1.
@@ -125,10 +130,11 @@ def pooled_block_mass(
     keys point in many directions (see the module docstring).
     """
     n, lk, _ = k.shape
+    kb = block if kv_block is None else kv_block  # key blocks may be finer than query blocks
     qm = segment_means(q, q_starts, block)
-    km = segment_means(k, kv_starts, block)
+    km = segment_means(k, kv_starts, kb)
     if kv_starts is None:
-        sizes = block_sizes(lk, block, k.device).unsqueeze(0)
+        sizes = block_sizes(lk, kb, k.device).unsqueeze(0)
     else:
         sizes = (kv_starts[..., 1:] - kv_starts[..., :-1]).float().expand(n, -1)
     logits = torch.bmm(qm, km.transpose(1, 2)) * scale + sizes.log().unsqueeze(1)  # log 0 = -inf: empty blocks
@@ -136,7 +142,7 @@ def pooled_block_mass(
 
 
 def select_top_p(mass: torch.Tensor, sizes: torch.Tensor, top_p: float, min_keep: int, valid: torch.Tensor,
-                 diagonal: bool = False):
+                 diagonal: bool = False, kv_per_q: int = 1):
     """Per row, the key blocks of most estimated mass per key token, until their estimated mass reaches ``top_p``
     (the crossing block kept), and at least the ``min_keep`` best; empty key blocks never.
 
@@ -151,6 +157,8 @@ def select_top_p(mass: torch.Tensor, sizes: torch.Tensor, top_p: float, min_keep
         valid (`torch.Tensor` bool [N or 1, Pk]): non-empty key blocks.
         diagonal (`bool`): query and key blocks are the same tokens (one permutation for both): key block i is ranked
             first in row i, so every query keeps its own tokens' keys (with q close to k, the most attended ones).
+        kv_per_q (`int`): key blocks per query block when both tile one permuted sequence and key blocks are finer
+            (query block i holds key blocks ``[i * kv_per_q, (i + 1) * kv_per_q)``: its diagonal).
 
     Returns:
         `torch.Tensor` bool [N, Pq, Pk].
@@ -159,8 +167,13 @@ def select_top_p(mass: torch.Tensor, sizes: torch.Tensor, top_p: float, min_keep
     if top_p >= 1.0:
         return valid.expand_as(mass).contiguous()
     score = torch.where(valid, mass / sizes.float().clamp(min=1).unsqueeze(1), torch.full_like(mass, -1.0))
-    if diagonal:
+    if diagonal and kv_per_q == 1:
         score.diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
+    elif diagonal:
+        pq, pk = mass.shape[-2:]
+        own = (torch.arange(pk, device=mass.device) // kv_per_q).unsqueeze(0) == torch.arange(
+            pq, device=mass.device).unsqueeze(1)
+        score = score.masked_fill(own, float("inf"))
     order = score.argsort(-1, descending=True)
     sorted_mass = mass.gather(-1, order)
     before = sorted_mass.cumsum(-1) - sorted_mass

@@ -16,6 +16,7 @@ How (per row of [N, L, F], no host synchronisation, a fixed amount of work):
    depend only on (L, block), so they are computed once on the host, with the padded [segments, longest] grid that
    turns every per-segment reduction into a batched matmul and every sort into a row-wise one; after
    ceil(log2(blocks)) levels every segment is one block of ``block`` tokens (the last block holds the remainder).
+   With ``sub_block``, the bisection goes on inside every block down to groups of ``sub_block`` tokens.
 
 The result is a permutation; tokens ``[j * block, (j + 1) * block)`` of ``x.gather(perm)`` are group j.
 """
@@ -41,26 +42,34 @@ SUBSPACE_ITERS = 4
 
 
 @lru_cache(maxsize=64)
-def _levels(length: int, block: int) -> Tuple[Tuple[int, ...], ...]:
-    """Per level, the start positions of its segments (the first level: one segment, the whole sequence)."""
-    blocks = cdiv(length, block)
-    segments: List[Tuple[int, int]] = [(0, blocks)]  # [first block, end block)
+def _levels(length: int, block: int, sub_block: Optional[int] = None) -> Tuple[Tuple[int, ...], ...]:
+    """Per level, the start positions of its segments (the first level: one segment, the whole sequence).
+
+    A segment longer than ``block`` is cut after floor(m / 2) of its m blocks; with ``sub_block`` (a divisor of
+    ``block``), a segment of one block is then cut the same way in units of ``sub_block``, so that every block is a
+    subtree of whole sub-blocks (the finest groups nest in the coarse ones)."""
+    segments: List[Tuple[int, int]] = [(0, length)]  # token ranges [start, end)
+    units = (block,) if sub_block is None or sub_block >= block else (block, sub_block)
     levels = []
-    while any(b1 - b0 > 1 for b0, b1 in segments):
-        levels.append(tuple(min(b0 * block, length) for b0, _ in segments))
+
+    def cut(s: int, e: int) -> Optional[int]:
+        for unit in units:
+            if e - s > unit:
+                return s + (cdiv(e - s, unit) // 2) * unit
+        return None
+
+    while any(cut(s, e) is not None for s, e in segments):
+        levels.append(tuple(s for s, _ in segments))
         nxt = []
-        for b0, b1 in segments:
-            if b1 - b0 > 1:
-                mid = b0 + (b1 - b0) // 2
-                nxt += [(b0, mid), (mid, b1)]
-            else:
-                nxt.append((b0, b1))
+        for s, e in segments:
+            mid = cut(s, e)
+            nxt += [(s, e)] if mid is None else [(s, mid), (mid, e)]
         segments = nxt
     return tuple(levels)
 
 
 @lru_cache(maxsize=64)
-def _padded_levels(length: int, block: int, device: torch.device):
+def _padded_levels(length: int, block: int, device: torch.device, sub_block: Optional[int] = None):
     """Per level, the segments as rows of a padded [S, M] grid (M = the longest segment), so that every per-segment
     reduction is a batched matmul or a row-wise sort instead of an atomic scatter over the sequence:
 
@@ -69,7 +78,7 @@ def _padded_levels(length: int, block: int, device: torch.device):
     - ``unpad`` int64 [L]: the grid cells of the L real positions, segment after segment (padding sorts last).
     """
     out = []
-    for starts in _levels(length, block):
+    for starts in _levels(length, block, sub_block):
         ends = starts[1:] + (length,)
         width = max(e - s for s, e in zip(starts, ends))
         col = torch.arange(width)
@@ -109,14 +118,20 @@ def principal_features(x: torch.Tensor, basis: torch.Tensor, iters: int = SUBSPA
     return xf @ basis
 
 
-def balanced_partition(x: torch.Tensor, block: int, dims: Optional[int] = None) -> torch.Tensor:
+def balanced_partition(
+    x: torch.Tensor, block: int, dims: Optional[int] = None, sub_block: Optional[int] = None
+) -> torch.Tensor:
     """Permutation int64 [N, L] grouping the L points of each row of ``x`` [N, L, F] into blocks of ``block`` tokens
-    of similar points (see the module docstring)."""
+    of similar points (see the module docstring); with ``sub_block`` (a divisor of ``block``) every block is in turn
+    split into groups of ``sub_block`` similar tokens, so ``[j * sub_block, (j + 1) * sub_block)`` is a finer group
+    inside block ``j * sub_block // block``."""
     n, length, f = x.shape
     if block < 1:
         raise ValueError(f"balanced_partition needs block >= 1, got {block}")
+    if sub_block is not None and (sub_block < 1 or block % sub_block):
+        raise ValueError(f"balanced_partition needs sub_block to divide block={block}, got {sub_block}")
     basis, axis = _starts(f, min(PCA_DIMS if dims is None else dims, f), x.device)
-    return _partition(x, basis, axis, _padded_levels(length, block, x.device))
+    return _partition(x, basis, axis, _padded_levels(length, block, x.device, sub_block))
 
 
 @lru_cache(maxsize=16)

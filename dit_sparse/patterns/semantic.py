@@ -167,11 +167,12 @@ def _overlap(counts: torch.Tensor, block: int, length: int) -> torch.Tensor:
 
 @compiled_planning
 def block_plan(q, k, q_perm, kv_perm, q_counts, k_counts, block: int, fixed_blocks: bool, estimate: str,
-               top_p: float, min_kv_ratio: float, diagonal: bool):
+               top_p: float, min_kv_ratio: float, diagonal: bool, kv_block: Optional[int] = None):
     """The block selection of a semantic plan after clustering (tensors only, so that it compiles as one graph, see
     `compiled_planning`): q [N, Lq, D], k [N, Lk, D] in token order, their cluster orders ``q_perm`` / ``kv_perm``
     [N, L] and cluster sizes [N, K]; blocks are cluster pieces of at most ``block`` tokens (or fixed blocks), each
-    query block keeping its key blocks of most estimated mass until ``top_p``.
+    query block keeping its key blocks of most estimated mass until ``top_p``. ``kv_block`` (fixed blocks only):
+    finer key blocks, ``block / kv_block`` of them per query block.
 
     Returns kv_indices (full width: every key block), kv_counts, q_block_starts and kv_block_starts (None for fixed
     blocks), all with a leading N = B * H.
@@ -180,9 +181,10 @@ def block_plan(q, k, q_perm, kv_perm, q_counts, k_counts, block: int, fixed_bloc
     lk = k.shape[1]
     q_sorted = q.gather(1, q_perm.unsqueeze(-1).expand(-1, -1, d))
     k_sorted = k.gather(1, kv_perm.unsqueeze(-1).expand(-1, -1, d))
+    kb = block if kv_block is None else kv_block
     if fixed_blocks:
         q_starts = kv_starts = None
-        k_sizes = block_sizes(lk, block, q.device).unsqueeze(0)
+        k_sizes = block_sizes(lk, kb, q.device).unsqueeze(0)
         k_valid = torch.ones_like(k_sizes, dtype=torch.bool)
         q_valid = None
     else:
@@ -190,9 +192,9 @@ def block_plan(q, k, q_perm, kv_perm, q_counts, k_counts, block: int, fixed_bloc
         kv_starts, _, k_valid = cluster_pieces(k_counts, block, max_pieces(lk, k_counts.shape[1], block), lk)
         k_sizes = (kv_starts[:, 1:] - kv_starts[:, :-1]).float()
     mass_of = block_mass_estimate if estimate == "blocks" else pooled_block_mass
-    mass = mass_of(q_sorted, k_sorted, 1.0 / math.sqrt(d), block, q_starts, kv_starts)
+    mass = mass_of(q_sorted, k_sorted, 1.0 / math.sqrt(d), block, q_starts, kv_starts, kv_block=kb)
     min_keep = math.ceil(min_kv_ratio * mass.shape[-1] - 1e-9)
-    select = select_top_p(mass, k_sizes, top_p, min_keep, k_valid, diagonal=diagonal)
+    select = select_top_p(mass, k_sizes, top_p, min_keep, k_valid, diagonal=diagonal, kv_per_q=block // kb)
     if q_valid is not None:
         select = select & q_valid.unsqueeze(-1)  # padding pieces compute nothing
     idx, cnt = pack_block_mask(select)
@@ -297,7 +299,9 @@ class SemanticPattern(Pattern):
                 )
             # Groups of exactly block_size similar tokens (by [q, k], as joint): the blocks are the groups, so a fixed
             # layout computes exactly the selected group pairs and every kernel, FlashAttention-4 included, runs it.
-            perm = balanced_partition(torch.cat([q, k], -1).reshape(n, lq, 2 * d), cfg.block_size)
+            # With kv_block_size, each group is split again into finer key groups (queries keep whole tiles).
+            perm = balanced_partition(torch.cat([q, k], -1).reshape(n, lq, 2 * d), cfg.block_size,
+                                      sub_block=cfg.kv_block_size)
             fields = self._block_layout(q.reshape(n, lq, d), k.reshape(n, lk, d), perm, perm, None, None,
                                         diagonal=True)
             perm = perm.view(b, h, lq)
@@ -348,16 +352,16 @@ class SemanticPattern(Pattern):
         kv_indices, kv_counts, q_starts, kv_starts = (
             None if t is None else t.view(b, h, *t.shape[1:]) for t in fields
         )
-        bs = self.config.block_size
-        return BlockLayout(kv_indices, kv_counts, bs, bs, lq, lk, q_block_starts=q_starts, kv_block_starts=kv_starts,
-                           q_perm=q_perm, kv_perm=kv_perm)
+        cfg = self.config
+        return BlockLayout(kv_indices, kv_counts, cfg.block_size, cfg.key_block_size, lq, lk,
+                           q_block_starts=q_starts, kv_block_starts=kv_starts, q_perm=q_perm, kv_perm=kv_perm)
 
     def _block_layout(self, q, k, q_perm, kv_perm, q_counts, k_counts, diagonal: bool = False):
         """Top-p per query block on the estimated block mass; kv_indices, kv_counts, q/kv starts with N = B * H."""
         cfg = self.config
         idx, cnt, q_starts, kv_starts = block_plan(
             q, k, q_perm, kv_perm, q_counts, k_counts, cfg.block_size, self.fixed_blocks, cfg.estimate, cfg.top_p,
-            cfg.min_kv_ratio, diagonal)
+            cfg.min_kv_ratio, diagonal, cfg.key_block_size)
         return self._trim(idx, cnt).contiguous(), cnt, q_starts, kv_starts
 
     def _variable_layout(self, select, q_counts, k_counts, lq: int, lk: int):

@@ -322,3 +322,27 @@ def test_stub_pattern_reported_unavailable(monkeypatch):
         VideoGeometry(5, 4, 8), heads=1, head_dim=16, densities=(0.3, 0.5), methods=("radial",), block_size=16
     )
     assert len(rows) == 1 and rows[0]["density"] is None and "not yet" in rows[0]["note"]
+
+
+def test_oracle_keeps_a_variants_own_block_size(monkeypatch):
+    """``evaluate_captures`` runs every method at the oracle's block size unless the method names its own (a variant
+    of 128-token query groups with 32-token key groups must not silently become 32 / 32)."""
+    from dit_sparse import VideoGeometry
+    from dit_sparse.eval.oracle import CapturedAttention, evaluate_captures
+    from dit_sparse.eval.photo_qkv import photo_qkv
+    from dit_sparse.patterns.semantic import SemanticPattern
+
+    geometry = VideoGeometry(2, 8, 16)
+    cap = CapturedAttention(*photo_qkv(geometry, heads=2, head_dim=32), geometry, layer=0, step=0, branch=0)
+    seen, plan = [], SemanticPattern.plan
+
+    def spy(self, q, k, geo, cache):
+        layout = plan(self, q, k, geo, cache)
+        seen.append((layout.block_q, layout.block_kv))
+        return layout
+
+    monkeypatch.setattr(SemanticPattern, "plan", spy)
+    methods = {"own": {"method": "semantic", "clusters": "balanced", "block_size": 64, "kv_block_size": 16},
+               "default": {"method": "semantic", "clusters": "balanced"}}
+    rows = evaluate_captures([cap], methods, (), block_size=32, random_seeds=1)
+    assert seen == [(64, 16), (32, 32)] and [r["method"] for r in rows] == ["own", "default"]

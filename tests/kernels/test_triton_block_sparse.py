@@ -117,6 +117,7 @@ def _var_starts(lead, length, block, n, seed):
         (torch.float32, 128, 128, 128, 257, 257, B),
         (torch.float16, 128, 64, 128, 257, 300, B),
         (torch.float32, 64, 128, 64, 300, 257, 1),
+        (torch.float16, 64, 128, 32, 300, 300, B),  # balanced semantic's 128 / 32 query / key groups
     ],
 )
 def test_fixed_blocks(dtype, d, bq, bkv, lq, lk, layout_batch):

@@ -87,3 +87,54 @@ def test_balanced_needs_as_many_queries_as_keys():
         make_pattern(cfg).plan(torch.randn(1, 1, 64, 16), torch.randn(1, 1, 96, 16), VideoGeometry(1, 8, 8), {})
     with pytest.raises(ValueError, match="'joint', 'separate', 'balanced'"):
         ds.make_config("semantic", clusters="kmeans")
+
+
+@pytest.mark.parametrize("length,block,sub", [(1024, 128, 32), (1000, 128, 64), (300, 64, 16), (130, 128, 32)])
+def test_sub_groups_nest_inside_the_blocks(length, block, sub):
+    """With ``sub_block`` every block is the same set of tokens as without it, only ordered into finer groups: the
+    cuts above the block size are the same, the extra levels stay inside each block."""
+    x = torch.randn(2, length, 24)
+    coarse = balanced_partition(x, block)
+    fine = balanced_partition(x, block, sub_block=sub)
+    for row in range(2):
+        for start in range(0, length, block):
+            assert sorted(coarse[row, start:start + block].tolist()) == sorted(fine[row, start:start + block].tolist())
+    # Every cut lies on the sub-group grid and no final group is longer than ``sub``.
+    for starts in _levels(length, block, sub):
+        assert all(s % sub == 0 for s in starts)
+
+
+def test_sub_groups_are_the_planted_clusters():
+    x, labels = planted(8, 16, 16)  # 128 points: blocks of 64 hold 4 planted clusters of 16
+    perm = balanced_partition(x, 64, sub_block=16)
+    for row in range(2):
+        groups = labels[row][perm[row]].view(8, 16)
+        assert (groups == groups[:, :1]).all(), groups
+
+
+def test_balanced_kv_block_size_layout_keeps_each_query_groups_own_keys():
+    geometry = VideoGeometry(3, 10, 10)  # 300 tokens: query groups of 64 (the last 44), key groups of 16
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 300, 32) for _ in range(3))
+    dense = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(32), -1) @ v
+    full = make_pattern(ds.make_config("semantic", clusters="balanced", block_size=64, kv_block_size=16,
+                                       top_p=1.0)).plan(q, k, geometry, {})
+    assert (full.block_q, full.block_kv, full.num_q_blocks, full.num_kv_blocks) == (64, 16, 5, 19)
+    torch.testing.assert_close(block_sparse_attention(q, k, v, full, backend="reference"), dense, atol=1e-5,
+                               rtol=1e-5)
+    sparse = make_pattern(ds.make_config("semantic", clusters="balanced", block_size=64, kv_block_size=16,
+                                         top_p=0.3, min_kv_ratio=0.0)).plan(q, k, geometry, {})
+    assert sparse.kind == "fixed" and 0.05 < float(sparse.density()) < 0.6
+    # Query group i holds key groups [4i, 4i + 4): all of them are kept (its own tokens' keys).
+    mask = sparse.to_block_mask()
+    own = (torch.arange(19) // 4).view(1, -1) == torch.arange(5).view(-1, 1)
+    assert mask[..., own].all()
+
+
+def test_kv_block_size_is_checked():
+    with pytest.raises(ValueError, match="needs clusters='balanced'"):
+        ds.make_config("semantic", kv_block_size=32)
+    with pytest.raises(ValueError, match="must divide block_size=128"):
+        ds.make_config("semantic", clusters="balanced", block_size=128, kv_block_size=48)
+    with pytest.raises(ValueError, match=r"kv_block_size=8 is out of range; allowed: \[16"):
+        ds.make_config("semantic", clusters="balanced", block_size=128, kv_block_size=8)
