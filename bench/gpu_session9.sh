@@ -5,6 +5,7 @@
 #            Triton's warp specialisation (item 2: >= 500 effective TFLOP/s at density 0.25).
 #   step:    one Wan-1.3B 480p step with balanced query groups of 128 and key groups of 32 / 64, against the 128 / 128
 #            groups and the fixed 0.25 yardstick in the same run; then Wan-14B 720p (10 of 40 blocks).
+#   quality: the trained small model's video against dense with balanced groups of several sizes.
 # Each part's timeouts sum below one device call (600 s).
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
 K="python3 -m dit_sparse.eval.bench kernel --shapes wan1.3b-480p --reps 7"
@@ -26,5 +27,20 @@ step)
     | grep -E "^wan|Error" | cut -c1-200
   timeout 330 python3 -m dit_sparse.eval.bench step --model wan14b-720p --layers 10 --dense-variants none \
     --methods fixed-0.25,$B --out $OUT/step-wan14b-720p-key-groups.json 2>&1 | grep -E "^wan|Error" | cut -c1-200
+  ;;
+quality)
+  # small_model in the tree (a warm call after the staging ones): balanced groups at several query / key grains on
+  # the trained small model, against the k-means preset in the same run (10 steps, 1 prompt: as
+  # quality-small-balanced-cpu.json, which has the 128 and 128 / 32 groups). Triton runs every layout (exact like
+  # FA4: the kernel does not change which blocks are chosen), so that no variant can stop the run on FA4's limits.
+  export HF_HUB_OFFLINE=1 TQDM_DISABLE=1 DIT_SPARSE_BACKEND=triton
+  bal='"method": "semantic", "clusters": "balanced"'
+  v="{\"semantic balanced b64 k32\": {$bal, \"block_size\": 64, \"kv_block_size\": 32},"
+  v+="\"semantic balanced b64 k16\": {$bal, \"block_size\": 64, \"kv_block_size\": 16},"
+  v+="\"semantic balanced b64\": {$bal, \"block_size\": 64},"
+  v+="\"semantic balanced b32\": {$bal, \"block_size\": 32}}"
+  timeout 430 python3 -m dit_sparse.eval.quality --model small --device cuda --dtype bfloat16 --prompts 1 \
+    --steps 10 --densities '' --no-random --methods semantic --variants "$v" \
+    --out $OUT/quality-small-balanced-grain.json 2>&1 | grep -v "^Loading" | tail -n 12
   ;;
 esac

@@ -35,6 +35,15 @@ class _Backend:
     available: Callable[[torch.device, torch.dtype, int, str], Optional[str]]
     # run(q, k, v, layout, scale, return_lse) on permuted (B, H, L, D) tensors -> out or (out, lse)
     run: Callable
+    # blocks(device, block_q, block_kv) -> None when the engine runs blocks of these sizes, else the reason it cannot
+    # (None: any size).
+    blocks: Optional[Callable[[torch.device, int, int], Optional[str]]] = None
+
+    def reason(self, device, dtype, head_dim: int, kind: str, blocks: Optional[Tuple[int, int]]) -> Optional[str]:
+        why = self.available(device, dtype, head_dim, kind)
+        if why is None and blocks is not None and self.blocks is not None:
+            why = self.blocks(device, *blocks)
+        return why
 
 
 _BACKENDS: Dict[str, _Backend] = {}
@@ -42,9 +51,9 @@ _AUTO_CACHE: Dict[Tuple, str] = {}
 AUTO_ORDER_CUDA = ("fa4", "triton", "flex")
 
 
-def register_backend(name: str, available, run) -> None:
+def register_backend(name: str, available, run, blocks=None) -> None:
     """Registers a kernel engine under ``name`` (used by the kernel modules of this package)."""
-    _BACKENDS[name] = _Backend(name, available, run)
+    _BACKENDS[name] = _Backend(name, available, run, blocks)
     _AUTO_CACHE.clear()
 
 
@@ -62,8 +71,12 @@ for _mod in ("triton_block_sparse", "flex", "fa4"):
         pass
 
 
-def available_backends(device="cpu", dtype=torch.float16, head_dim: int = 128, kind: str = "fixed") -> Dict[str, str]:
-    """Maps every known backend to ``"ok"`` or the reason it cannot run for these inputs."""
+def available_backends(
+    device="cpu", dtype=torch.float16, head_dim: int = 128, kind: str = "fixed",
+    blocks: Optional[Tuple[int, int]] = None,
+) -> Dict[str, str]:
+    """Maps every known backend to ``"ok"`` or the reason it cannot run for these inputs (``blocks``: the layout's
+    (block_q, block_kv), when known)."""
     device = torch.device(device)
     result = {}
     for name in BACKENDS[1:]:
@@ -71,15 +84,17 @@ def available_backends(device="cpu", dtype=torch.float16, head_dim: int = 128, k
         if be is None:
             result[name] = "not installed (its optional dependency did not import)"
         else:
-            result[name] = be.available(device, dtype, head_dim, kind) or "ok"
+            result[name] = be.reason(device, dtype, head_dim, kind, blocks) or "ok"
     return result
 
 
-def resolve_backend(backend: str, device, dtype, head_dim: int, kind: str = "fixed") -> str:
+def resolve_backend(
+    backend: str, device, dtype, head_dim: int, kind: str = "fixed", blocks: Optional[Tuple[int, int]] = None
+) -> str:
     """Turns ``backend`` ('auto' or a name) into the engine that will run, or raises a clear ``ValueError``.
 
     The ``DIT_SPARSE_BACKEND`` environment variable overrides ``'auto'``. The automatic choice is made once per
-    (device type, dtype, head_dim, layout kind) and cached.
+    (device type, dtype, head_dim, layout kind, block sizes) and cached.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -97,25 +112,26 @@ def resolve_backend(backend: str, device, dtype, head_dim: int, kind: str = "fix
                 f"backend {backend!r} is not installed here; "
                 + ("pip install 'dit-sparse[fa4]'" if backend == "fa4" else "use backend='auto' or 'reference'")
             )
-        reason = be.available(device, dtype, head_dim, kind)
+        reason = be.reason(device, dtype, head_dim, kind, blocks)
         if reason is not None:
             raise ValueError(f"backend {backend!r} cannot run these inputs: {reason}; use backend='auto'")
         return backend
     if torch.compiler.is_compiling():
         # Not through the cache: a graph that read (or filled) it would guard on its contents and recompile once an
         # eager call fills it. The choice is the same either way.
-        return _auto_choice(device, dtype, head_dim, kind)
-    key = (device.type, dtype, head_dim, kind)
+        return _auto_choice(device, dtype, head_dim, kind, blocks)
+    key = (device.type, dtype, head_dim, kind, blocks)
     if key not in _AUTO_CACHE:
-        _AUTO_CACHE[key] = _auto_choice(device, dtype, head_dim, kind)
+        _AUTO_CACHE[key] = _auto_choice(device, dtype, head_dim, kind, blocks)
     return _AUTO_CACHE[key]
 
 
-def _auto_choice(device: torch.device, dtype: torch.dtype, head_dim: int, kind: str) -> str:
+def _auto_choice(device: torch.device, dtype: torch.dtype, head_dim: int, kind: str,
+                 blocks: Optional[Tuple[int, int]] = None) -> str:
     if device.type == "cuda":
         for name in AUTO_ORDER_CUDA:
             be = _BACKENDS.get(name)
-            if be is not None and be.available(device, dtype, head_dim, kind) is None:
+            if be is not None and be.reason(device, dtype, head_dim, kind, blocks) is None:
                 return name
     return "reference"
 
@@ -330,7 +346,7 @@ def block_sparse_attention(
     _check_inputs(q, k, v, layout)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    name = resolve_backend(backend, q.device, q.dtype, q.shape[-1], layout.kind)
+    name = resolve_backend(backend, q.device, q.dtype, q.shape[-1], layout.kind, (layout.block_q, layout.block_kv))
     if not torch.compiler.is_compiling() and (
         _layout_check_requested(check_layout)
         or (check_layout is None and name == "reference" and q.device.type == "cpu")

@@ -46,6 +46,22 @@ def available(device: torch.device, dtype: torch.dtype, head_dim: int, kind: str
     return None
 
 
+def supports_blocks(device: torch.device, block_q: int, block_kv: int) -> Optional[str]:
+    """FlashAttention-4's block sparsity on Hopper runs query blocks that are whole 64- or 128-row tiles and key
+    blocks of one key tile (a multiple of 16 up to 128) or of whole 128-key tiles (``_fit_sm90_fwd_tile_to_block_
+    sparsity`` and ``infer_block_sparse_expected_shapes`` in flash_attn.cute: a 32-token query block fails deep in
+    its launch). Measured on the H200 at Wan-1.3B 480p, density 0.25: 128 / 64 blocks run at 594 effective TFLOP/s
+    (128 / 128: 602), 128 / 32 at 437 (``2026-12-02_NVIDIA-H200_kernel-wan1.3b-kv{128,64,32}.json``). Blackwell
+    (not measured here) is held to whole 128-token blocks."""
+    major = torch.cuda.get_device_capability(device)[0] if device.type == "cuda" and torch.cuda.is_available() else 9
+    q_ok = block_q % 64 == 0 if major == 9 else block_q % 128 == 0
+    kv_ok = (block_kv % 16 == 0 and block_kv <= 128) or block_kv % 128 == 0 if major == 9 else block_kv % 128 == 0
+    if q_ok and kv_ok:
+        return None
+    return (f"FlashAttention-4 block sparsity cannot run {block_q}-token query / {block_kv}-token key blocks on "
+            f"sm{major}x (query blocks: multiples of 64 on Hopper; key blocks: multiples of 16 up to 128, or of 128)")
+
+
 def _sparse_tensors(counts: torch.Tensor, indices: torch.Tensor, block_q: int, block_kv: int):
     empty_cnt = torch.zeros_like(counts)
     empty_idx = torch.zeros(*indices.shape[:3], 1, dtype=torch.int32, device=indices.device)
@@ -107,7 +123,7 @@ def run(q, k, v, layout: BlockLayout, scale: float, return_lse: bool):
 def _register():
     from . import register_backend
 
-    register_backend("fa4", available, run)
+    register_backend("fa4", available, run, supports_blocks)
 
 
 _register()

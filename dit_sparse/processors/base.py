@@ -177,7 +177,8 @@ class SparseAttentionCore:
         else:
             layout = self._plan(qv, kv, slot)
         backend = state.config.backend
-        state.backend_used = resolve_backend(backend, q.device, q.dtype, q.shape[-1], layout.kind)
+        state.backend_used = resolve_backend(backend, q.device, q.dtype, q.shape[-1], layout.kind,
+                                             (layout.block_q, layout.block_kv))
         # Under torch.compile statistics are not recorded (``record`` returns), and the memo is not written either: a
         # mutation of the shared layout inside the graph would change the graph's guards for the next call.
         if not replay and not torch.compiler.is_compiling():
