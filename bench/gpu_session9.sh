@@ -43,4 +43,9 @@ quality)
     --steps 10 --densities '' --no-random --methods semantic --variants "$v" \
     --out $OUT/quality-small-balanced-grain.json 2>&1 | grep -v "^Loading" | tail -n 12
   ;;
+e2e)
+  # The presets end to end (their whole schedules, 20 steps with CFG): the measured counterpart of the implied rows.
+  timeout 420 python3 -m dit_sparse.eval.bench e2e --model wan1.3b-480p --methods radial,draft --steps 20 --presets \
+    --out $OUT/e2e-wan1.3b-480p-presets.json 2>&1 | grep -E "^wan|Error" | cut -c1-400
+  ;;
 esac

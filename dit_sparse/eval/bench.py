@@ -425,7 +425,13 @@ def bench_e2e(args) -> dict:
     for method in ["dense"] + [m for m in methods if m != "dense"]:
         entry = {}
         try:
-            if method != "dense":
+            if method != "dense" and args.presets:
+                # The preset's whole config, schedule included (dense_steps as a fraction of --steps).
+                cfg = ds.make_config(method, backend=args.backend, **_family_presets(spec["family"])[method])
+                ds.apply_sparse_attention(model, cfg)
+                ds.set_num_inference_steps(model, args.steps)
+                entry["config"] = cfg.to_dict()
+            elif method != "dense":
                 opts = dict(model_defaults.get(method, {}))
                 cfg = ds.make_config(method, dense_steps=args.dense_steps, dense_layers=args.dense_layers,
                                      backend=args.backend, **opts)
@@ -495,8 +501,9 @@ def bench_e2e(args) -> dict:
         "steps": args.steps,
         "cfg": spec["family"] == "wan",
         "guidance": args.guidance,
-        "dense_steps": args.dense_steps,
-        "dense_layers": args.dense_layers,
+        "dense_steps": "each preset's" if args.presets else args.dense_steps,
+        "dense_layers": "each preset's" if args.presets else args.dense_layers,
+        "presets": bool(args.presets),
         "weights": "random (no download); PSNR is on final latents vs the dense run",
         "attention_share": share,
         "runs": runs,
@@ -1075,6 +1082,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=int, default=10)
     e.add_argument("--dense-steps", type=int, default=2)
     e.add_argument("--dense-layers", type=int, default=1)
+    e.add_argument("--presets", action="store_true",
+                   help="each method at its preset for the model family, schedule included (ignores --dense-steps/"
+                        "--dense-layers): the measured counterpart of the step benchmark's implied end to end")
     e.add_argument("--guidance", type=float, default=5.0)
     e.add_argument("--backend", default="auto")
     e.add_argument("--seed", type=int, default=0)

@@ -28,6 +28,20 @@ def test_bench_e2e_tiny_writes_valid_json(tmp_path):
     assert data["env"]["device"] == "cpu" and "commit" in data
 
 
+def test_bench_e2e_presets_run_each_methods_whole_preset(tmp_path):
+    """``--presets``: the measured counterpart of the implied end to end runs each method's preset schedule."""
+    from dit_sparse.pipelines.presets import WAN_SPARSE
+
+    out = tmp_path / "e2e.json"
+    data = _run_bench(out, "e2e", "--model", "tiny", "--methods", "radial", "--steps", "4", "--presets")
+    radial = data["runs"]["radial"]
+    assert "error" not in radial, radial
+    assert data["presets"] is True and radial["config"]["dense_steps"] == WAN_SPARSE["radial"]["dense_steps"]
+    assert radial["config"]["decay"] == WAN_SPARSE["radial"]["decay"]
+    # 0.25 of 4 steps dense, with its dense layer in the sparse ones.
+    assert radial["dense_calls"] > 0 and radial["sparse_calls"] > 0
+
+
 def test_bench_kernel_tiny_checks_against_reference(tmp_path):
     out = tmp_path / "k.json"
     data = _run_bench(out, "kernel", "--shapes", "tiny", "--backends", "reference",
