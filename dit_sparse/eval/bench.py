@@ -826,6 +826,8 @@ STEP_METHODS = {
     "fixed-0.35": ("fixed", {"density": 0.35}),
     "fixed-0.5": ("fixed", {"density": 0.5}),
     "draft-0.35-r4": ("draft", {"density": 0.35, "refresh_every": 4}),
+    "fixed-0.1": ("fixed", {"density": 0.1}),
+    "draft-0.1-r2": ("draft", {"density": 0.1, "refresh_every": 2}),
     "tile": ("tile", {}),
     # ("tile" is the preset's tile: on video, 2x8x8 tiles, a window over every frame and 3x3 tiles, edge tiles packed
     # into full blocks.) The same window with one block per tile (variable blocks, Triton), and narrower in space.
