@@ -112,3 +112,22 @@ def test_valid_inputs_still_run():
         q, k, v = qkv(dtype)
         out = block_sparse_attention(q, k, v, hand_built([[0, 0], [0, 1]], [1, 2]), check_layout=True)
         assert out.dtype == dtype and out.shape == q.shape and torch.isfinite(out.float()).all()
+
+
+def test_auto_skips_an_engine_that_cannot_run_the_block_sizes(monkeypatch):
+    """FlashAttention-4 runs query blocks of whole 64/128-row tiles only: a layout of 32-token query blocks must go to
+    the next engine under 'auto' (it failed deep inside FA4's launch), and naming the engine must say why."""
+    ok = lambda device, dtype, head_dim, kind: None  # noqa: E731
+
+    def whole_tiles(device, block_q, block_kv):
+        return None if block_q % 64 == 0 else f"{block_q}-token query blocks"
+
+    backends = {"fa4": kernels._Backend("fa4", ok, None, whole_tiles), "triton": kernels._Backend("triton", ok, None)}
+    monkeypatch.setattr(kernels, "_BACKENDS", backends)
+    monkeypatch.setattr(kernels, "_AUTO_CACHE", {})
+    cuda = torch.device("cuda")
+    assert kernels.resolve_backend("auto", cuda, torch.bfloat16, 128, "fixed", (128, 32)) == "fa4"
+    assert kernels.resolve_backend("auto", cuda, torch.bfloat16, 128, "fixed", (32, 32)) == "triton"
+    with pytest.raises(ValueError, match="32-token query blocks"):
+        kernels.resolve_backend("fa4", cuda, torch.bfloat16, 128, "fixed", (32, 32))
+    assert kernels.available_backends(cuda, torch.bfloat16, 128, "fixed", (32, 32))["fa4"] == "32-token query blocks"
