@@ -54,20 +54,19 @@ def _fmt(x, nd=2):
     return str(x)
 
 
-# The kernel table compares engines over the model shapes: only a sweep of all of them is the table; runs of one shape
-# (a knob, a key block size, one engine) are experiments that the prose cites by file.
-KERNEL_TABLE_SHAPES = ("wan1.3b-480p", "wan14b-720p", "hunyuan-720p")
-
-
 def _kernel_runs(results: List[dict], kind: str) -> List[dict]:
+    """The kernel table compares engines over the model shapes: it is the newest of the widest sweeps (most shapes);
+    narrower runs (one shape for a knob, a key block size, one engine) are experiments the prose cites by file."""
     if kind != "kernel":
         return _latest(results, kind)
-    return _latest([r for r in results if set(KERNEL_TABLE_SHAPES) <= set(r.get("results", {}))], kind)
+    runs = [r for r in results if r.get("benchmark") == kind]
+    widest = max((len(r.get("results", {})) for r in runs), default=0)
+    return _latest([r for r in runs if len(r.get("results", {})) == widest], kind)
 
 
 def kernel_table(results: List[dict], kind: str = "kernel") -> str:
-    """The newest ``kind`` run ("kernel": random layouts per density over every shape of ``KERNEL_TABLE_SHAPES``;
-    "kernel-tile": the tile pattern and a random layout of its density, rows named by their layout)."""
+    """The newest ``kind`` run ("kernel": random layouts per density, the newest of the widest sweeps; "kernel-tile":
+    the tile pattern and a random layout of its density, rows named by their layout)."""
     lines = []
     for r in _kernel_runs(results, kind):
         dev = r.get("env", {}).get("device", "?")
