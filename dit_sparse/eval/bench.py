@@ -812,15 +812,6 @@ STEP_METHODS = {
                                           "refresh_every": 2}),
     "semantic-balanced-r4": ("semantic", {"top_p": 0.3, "clusters": "balanced", "block_size": 128,
                                           "refresh_every": 4}),
-    # Query groups of 128 tokens split into key groups of 32 / 64 (kv_block_size): keys chosen at a finer grain.
-    "semantic-balanced-k32": ("semantic", {"top_p": 0.3, "clusters": "balanced", "block_size": 128,
-                                           "kv_block_size": 32}),
-    "semantic-balanced-k32-r4": ("semantic", {"top_p": 0.3, "clusters": "balanced", "block_size": 128,
-                                              "kv_block_size": 32, "refresh_every": 4}),
-    "semantic-balanced-k64": ("semantic", {"top_p": 0.3, "clusters": "balanced", "block_size": 128,
-                                           "kv_block_size": 64}),
-    "semantic-balanced-k64-r4": ("semantic", {"top_p": 0.3, "clusters": "balanced", "block_size": 128,
-                                              "kv_block_size": 64, "refresh_every": 4}),
     "fixed-0.25": ("fixed", {"density": 0.25}),
     # The step ratio at other densities (the presets trade density against dense steps for the same quality).
     "fixed-0.35": ("fixed", {"density": 0.35}),
