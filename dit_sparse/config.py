@@ -88,6 +88,12 @@ class SparseConfig:
             and one warning is logged. `None` = automatic: 12,288 on CUDA devices (ComfyUI's threshold, to be
             re-measured per backend), 0 elsewhere (the CPU reference kernel is for tests and small models that run
             sparse on purpose). 0 = always sparse.
+        fast_dense (`bool`, defaults to False): dense steps and layers run FlashAttention-4 through our kernel front
+            door (exact attention, every block listed) where it can run them, instead of Diffusers' attention (used
+            where it cannot, and always when False: then dense steps match stock Diffusers bit for bit). Worth it
+            where Diffusers' default is slow: HunyuanVideo passes its text mask to SDPA, and its 720p dense step took
+            7.88 s that way against 5.37 s on FA4 (H200, 15 of 60 blocks,
+            ``2026-12-02_NVIDIA-H200_step-hunyuan-720p-dense-variants.json``); Wan gains 7-9 %.
     """
 
     method: ClassVar[str] = "base"
@@ -98,6 +104,7 @@ class SparseConfig:
     backend: str = "auto"
     block_size: int = 128
     min_sparse_tokens: Optional[int] = None
+    fast_dense: bool = False
 
     def __post_init__(self):
         self.validate()
@@ -135,6 +142,7 @@ class SparseConfig:
             raise ValueError(f"block_size={self.block_size} must be a power of two in [16, 1024] (64 or 128 are fast)")
         if self.min_sparse_tokens is not None:
             _check_int("min_sparse_tokens", self.min_sparse_tokens, 0)
+        _check_bool("fast_dense", self.fast_dense)
 
     def resolve_min_sparse_tokens(self, device) -> int:
         """The video token count below which a call on ``device`` runs dense (``min_sparse_tokens``, or its

@@ -745,7 +745,7 @@ def _family_presets(family: str) -> dict:
 def _preset_pattern_options(family: str, method: str) -> dict:
     """A preset's options of ``method`` that shape the pattern (decay, window, density, ...), without the schedule:
     the benchmarks time every layer and step sparse, planning on every step unless a row says otherwise."""
-    schedule = ("dense_steps", "dense_layers", "refresh_every", "min_sparse_tokens")
+    schedule = ("dense_steps", "dense_layers", "refresh_every", "min_sparse_tokens", "fast_dense")
     return {key: v for key, v in _family_presets(family).get(method, {}).items() if key not in schedule}
 
 
@@ -766,7 +766,9 @@ def draft_row_labels(density: float, refresh: int = 1) -> tuple:
 def implied_e2e(family: str, full_depth: int, ratios: Dict[str, float]) -> Dict[str, dict]:
     """End to end at each preset's schedule from per-step ratios (every layer sparse): a fraction f of the work is
     dense (the dense steps, and the dense layers of the sparse steps), the rest runs at the step ratio r, so the run
-    is ``1 / (f + (1 - f) / r)`` times faster. ``ratios``: step row label -> ratio vs dense."""
+    is ``1 / (f / d + (1 - f) / r)`` times faster, d = 1 for Diffusers' dense attention and the "fa4-full" row's ratio
+    for a preset with ``fast_dense`` (1 where that row was not measured). ``ratios``: step row label -> ratio vs
+    dense."""
     presets = _family_presets(family)
     out = {}
     for method, labels in PRESET_ROWS.items():
@@ -784,7 +786,10 @@ def implied_e2e(family: str, full_depth: int, ratios: Dict[str, float]) -> Dict[
         steps = float(presets[method].get("dense_steps", 0.0))
         f = steps + (1 - steps) * presets[method].get("dense_layers", 0) / full_depth
         r = ratios[label]
-        out[method] = {"row": label, "dense_fraction": f, "per_step_ratio": r, "e2e_implied": 1.0 / (f + (1 - f) / r)}
+        # With fast_dense the dense steps and layers run FA4 (the "fa4-full" row) instead of Diffusers' attention.
+        d = ratios.get("fa4-full", 1.0) if presets[method].get("fast_dense") else 1.0
+        out[method] = {"row": label, "dense_fraction": f, "per_step_ratio": r, "dense_ratio": d,
+                       "e2e_implied": 1.0 / (f / d + (1 - f) / r)}
     return out
 
 

@@ -226,9 +226,11 @@ def step_table(results: List[dict]) -> str:
         for method, e in implied_e2e(family, any_run["layers_full_model"], ratios).items():
             stale = " — semantic planning before the fix" if method == "semantic" and (
                 "before-planning-fix" in rows[e["row"]][1]["_path"]) else ""
+            on_fa4 = f", dense on FA4 {e['dense_ratio']:.2f}×" if e.get("dense_ratio", 1.0) != 1.0 else ""
             cells.append(f"{method} ({e['row']}{stale}) {e['e2e_implied']:.2f}× (dense fraction "
-                         f"{e['dense_fraction']:.3f})")
-        lines.append("\nEnd to end at the preset's schedule, 1 / (f + (1 − f) / r): " + "; ".join(cells) + ".\n")
+                         f"{e['dense_fraction']:.3f}{on_fa4})")
+        lines.append("\nEnd to end at the preset's schedule, 1 / (f / d + (1 − f) / r), d = the dense steps' ratio "
+                     "(1, or the fa4-full row's where a preset runs them on FA4): " + "; ".join(cells) + ".\n")
     return "\n".join(lines) if lines else "_no step results yet_"
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
-from ..kernels import block_sparse_attention, resolve_backend
+from ..kernels import available_backends, block_sparse_attention, resolve_backend
 from ..layout import BlockLayout
 from ..parallel import heads_to_seq, seq_to_heads, ulysses_group
 from ..schedule import CACHED, DENSE, STATIC, PlanCache, SparseState
@@ -38,6 +38,10 @@ def merge_attention(o1: torch.Tensor, lse1: torch.Tensor, o2: torch.Tensor, lse2
     w2 = torch.exp(lse2 - safe).unsqueeze(-1)
     out = o1.float() * w1 + o2.float() * w2
     return out.to(o1.dtype), lse
+
+
+# Whether FlashAttention-4 runs dense calls of (device, dtype, head_dim, block): `fast_dense` asks once per kind.
+_FA4_RUNS: dict = {}
 
 
 @functools.lru_cache(maxsize=16)
@@ -155,7 +159,8 @@ class SparseAttentionCore:
                 )
                 self._warned = True
             decision = DENSE
-        if decision == DENSE:
+        dense_kernel = decision == DENSE and self._fast_dense(query, video_len)
+        if decision == DENSE and not dense_kernel:
             state.record(self.name, True)
             return dispatch_attention_fn(
                 query, key, value, attn_mask=attn_mask, dropout_p=0.0, is_causal=False,
@@ -167,7 +172,12 @@ class SparseAttentionCore:
         v = value.transpose(1, 2)
         qv, kv, vv = q[:, :, video], k[:, :, video], v[:, :, video]
         replay = False
-        if decision == CACHED:
+        backend = state.config.backend
+        if dense_kernel:
+            # Exact attention on FlashAttention-4 (every block listed), text merged as on sparse calls below.
+            layout, backend = _dense_layout(video_len, video_len, state.config.block_size, q.device), "fa4"
+            state.record(self.name, True)
+        elif decision == CACHED:
             entry = self._caches[slot]
             layout = entry["layout"].expanded()
             # Planned at this very step: a recomputation in backward (gradient checkpointing), not a new call.
@@ -176,12 +186,12 @@ class SparseAttentionCore:
                 del entry["layout"], entry["planned_at"]
         else:
             layout = self._plan(qv, kv, slot)
-        backend = state.config.backend
-        state.backend_used = resolve_backend(backend, q.device, q.dtype, q.shape[-1], layout.kind,
-                                             (layout.block_q, layout.block_kv))
+        if not dense_kernel:
+            state.backend_used = resolve_backend(backend, q.device, q.dtype, q.shape[-1], layout.kind,
+                                                 (layout.block_q, layout.block_kv))
         # Under torch.compile statistics are not recorded (``record`` returns), and the memo is not written either: a
         # mutation of the shared layout inside the graph would change the graph's guards for the next call.
-        if not replay and not torch.compiler.is_compiling():
+        if not dense_kernel and not replay and not torch.compiler.is_compiling():
             density = layout.memo.get("density")
             if density is None:  # layouts are not modified after planning: one reduction per layout, not per call
                 density = layout.memo["density"] = layout.density()
@@ -212,8 +222,8 @@ class SparseAttentionCore:
         # A fresh layout object per call (the valid lengths change); its index tensors are the cached ones.
         text_layout = BlockLayout(text_layout.kv_indices, text_layout.kv_counts, bs, bs, video_len, text_len,
                                   kv_valid_len=text_valid)
-        o_text, lse_text = block_sparse_attention(
-            qv, k_text, v_text, text_layout, backend=backend, return_lse=True
+        o_text, lse_text = block_sparse_attention(  # the config's engine: FA4 does not take padded text keys
+            qv, k_text, v_text, text_layout, backend=state.config.backend, return_lse=True
         )
         out_video, _ = merge_attention(o_video, lse_video, o_text, lse_text)
         out_text_rows = dispatch_attention_fn(
@@ -222,6 +232,20 @@ class SparseAttentionCore:
         )
         parts = [out_video.transpose(1, 2), out_text_rows.to(out_video.dtype)]
         return torch.cat(parts[::-1] if text_first else parts, dim=1)
+
+    def _fast_dense(self, query: torch.Tensor, video_len: int) -> bool:
+        """Whether this dense call runs on FlashAttention-4 (``config.fast_dense``): only where FA4 can run the
+        inputs and the video tokens are the geometry's (the text span is then known); else Diffusers' attention."""
+        state = self.state
+        if not state.config.fast_dense or state.geometry is None or video_len != state.geometry.num_tokens:
+            return False
+        bs = state.config.block_size
+        key = (query.device, query.dtype, query.shape[-1], bs)
+        ok = _FA4_RUNS.get(key)
+        if ok is None:
+            ok = _FA4_RUNS[key] = available_backends(query.device, query.dtype, query.shape[-1], "fixed",
+                                                     (bs, bs))["fa4"] == "ok"
+        return ok
 
     def _keep(self, qv: torch.Tensor, kv: torch.Tensor) -> bool:
         """Whether a later call reads this call's layout: a later step (``refresh_every`` > 1), an inspection, or,

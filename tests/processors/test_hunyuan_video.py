@@ -49,3 +49,38 @@ def test_sparse_radial_finite_and_padding_respected():
     with torch.no_grad():
         out2 = model(**x)[0]
     torch.testing.assert_close(out, out2, atol=1e-5, rtol=1e-5)
+
+
+def test_fast_dense_runs_dense_steps_on_fa4_where_it_can(monkeypatch):
+    """``fast_dense``: dense steps go through the kernel front door on FlashAttention-4 (here a stand-in engine that
+    runs the exact reference kernel on the CPU), text merged as on sparse calls, and match stock attention; where FA4
+    cannot run they stay Diffusers' own, bit for bit."""
+    import dit_sparse.kernels as kernels
+    import dit_sparse.processors.base as base
+    from dit_sparse.kernels.reference import run as reference_run
+
+    model = tiny_hunyuan()
+    kw = dict(batch=2, valid=(6, 2), frames=2, height=8, width=8)
+    ref = run(model, **kw)
+    config = RadialConfig(dense_steps=1, dense_layers=0, block_size=32, fast_dense=True)
+
+    monkeypatch.setattr(base, "_FA4_RUNS", {})
+    ds.apply_sparse_attention(model, config)  # no FA4 on this machine: Diffusers' attention
+    assert torch.equal(run(model, **kw), ref) and ds.summary(model)["dense_calls"] == 4
+    ds.remove_sparse_attention(model)
+
+    calls = []
+
+    def fa4_run(q, k, v, layout, scale, return_lse):
+        calls.append((layout.kind, float(layout.density())))
+        return reference_run(q, k, v, layout, scale, return_lse)
+
+    backends = dict(kernels._BACKENDS, fa4=kernels._Backend("fa4", lambda *a: None, fa4_run))
+    monkeypatch.setattr(kernels, "_BACKENDS", backends)
+    monkeypatch.setattr(kernels, "_AUTO_CACHE", {})
+    monkeypatch.setattr(base, "_FA4_RUNS", {})
+    ds.apply_sparse_attention(model, config)
+    out = run(model, **kw)
+    # The 4 blocks' video rows on "FA4" with every block listed; the padded text keys on the config's engine.
+    assert calls == [("fixed", 1.0)] * 4 and ds.summary(model)["dense_calls"] == 4
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
