@@ -55,4 +55,10 @@ densefast)
   timeout 240 python3 -m dit_sparse.eval.bench step --model hunyuan-720p --layers 15 --dense-variants cudnn,fa4 \
     --methods fixed-0.25 --out $OUT/step-hunyuan-720p-dense-variants.json 2>&1 | grep -E "^hunyuan|Error" | cut -c1-200
   ;;
+hunyuan-e2e)
+  # Not run yet (device time): HunyuanVideo 720p end to end at its presets (dense steps on FA4 with fast_dense), 15 of
+  # 60 blocks, 10 steps; the measured counterpart of the implied 2.75x / 2.71x.
+  timeout 560 python3 -m dit_sparse.eval.bench e2e --model hunyuan-720p --layers 15 --methods draft,tile --steps 10 \
+    --presets --out $OUT/e2e-hunyuan-720p-presets.json 2>&1 | grep -E "^hunyuan|Error" | cut -c1-400
+  ;;
 esac

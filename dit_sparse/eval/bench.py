@@ -401,7 +401,8 @@ def bench_e2e(args) -> dict:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    spec = E2E_MODELS[args.model]
+    spec = dict(E2E_MODELS[args.model])
+    spec["config"] = _depth(spec, args.layers)
     model = _build_transformer(spec, device, dtype)
     sched = FlowMatchEulerDiscreteScheduler(shift=spec["flow_shift"])
     sched.set_timesteps(args.steps, device="cpu")
@@ -497,6 +498,7 @@ def bench_e2e(args) -> dict:
         "commit": git_commit(),
         "date": _dt.datetime.utcnow().isoformat(timespec="seconds"),
         "model": args.model,
+        "layers_built": args.layers,
         "latent_shape": list(spec["latent"]),
         "steps": args.steps,
         "cfg": spec["family"] == "wan",
@@ -1080,6 +1082,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=int, default=10)
     e.add_argument("--dense-steps", type=int, default=2)
     e.add_argument("--dense-layers", type=int, default=1)
+    e.add_argument("--layers", type=int, default=None,
+                   help="blocks to build (default: the full model); a preset's dense layers then weigh more")
     e.add_argument("--presets", action="store_true",
                    help="each method at its preset for the model family, schedule included (ignores --dense-steps/"
                         "--dense-layers): the measured counterpart of the step benchmark's implied end to end")

@@ -33,8 +33,10 @@ def test_bench_e2e_presets_run_each_methods_whole_preset(tmp_path):
     from dit_sparse.pipelines.presets import WAN_SPARSE
 
     out = tmp_path / "e2e.json"
-    data = _run_bench(out, "e2e", "--model", "tiny", "--methods", "radial", "--steps", "4", "--presets")
+    data = _run_bench(out, "e2e", "--model", "tiny", "--methods", "radial", "--steps", "4", "--presets",
+                      "--layers", "2")
     radial = data["runs"]["radial"]
+    assert data["layers_built"] == 2
     assert "error" not in radial, radial
     assert data["presets"] is True and radial["config"]["dense_steps"] == WAN_SPARSE["radial"]["dense_steps"]
     assert radial["config"]["decay"] == WAN_SPARSE["radial"]["decay"]

@@ -145,7 +145,7 @@ def test_dense_steps_int_or_fraction():
     assert opts["decay"] == 0.2 and opts["dense_layers"] == 1
     args = parser.parse_args(["--method", "radial", "--dense-steps", "0.5", "--decay", "0.4"])
     opts = sparse_options(args, PRESETS["hunyuanvideo"])
-    assert opts == {"dense_steps": 0.5, "dense_layers": 0, "decay": 0.4}
+    assert opts == {"dense_steps": 0.5, "dense_layers": 0, "decay": 0.4, "fast_dense": True}
     with pytest.raises(SystemExit):
         parser.parse_args(["--dense-steps", "many"])
 
