@@ -606,6 +606,59 @@ def bench_layer(args) -> dict:
     return payload
 
 
+# ---------------------------------------------------------------------------------------------------------- prologue
+def bench_prologue(args) -> dict:
+    """Wan's q/k prologue (QK-norm across heads, then RoPE) as Diffusers computes it against the fused kernel
+    (`kernels.qk_norm_rope`) at a model's shape: time for q and k of one call, and how far the results differ."""
+    from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+    from dit_sparse.kernels import qk_norm_rope
+    from dit_sparse.processors.wan import _apply_rotary_emb
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    rows = {}
+    for shape in args.shapes.split(","):
+        tokens, heads, dim = KERNEL_SHAPES[shape]
+        f, h, w, _ = KERNEL_GRIDS[shape]
+        width = heads * dim
+        torch.manual_seed(0)
+        norm = torch.nn.RMSNorm(width, eps=1e-6, device=device, dtype=dtype)
+        with torch.no_grad():
+            norm.weight.copy_(torch.rand(width, device=device) + 0.5)
+        # A slice of the fused projection's output, as with fused q/k/v projections (the strided case).
+        qkv = torch.randn(1, tokens, 3 * width, device=device, dtype=dtype) * 2
+        x = qkv[..., :width]
+        cos, sin = WanRotaryPosEmbed(dim, (1, 2, 2), 1024).to(device)(
+            torch.zeros(1, 1, f, 2 * h, 2 * w, device=device))
+        entry = {"tokens": tokens, "heads": heads, "head_dim": dim}
+        for freqs_name, freqs in (("fp32 freqs (from_pretrained keeps rope in fp32)", (cos, sin)),
+                                  ("16-bit freqs (a model cast with .to())", (cos.to(dtype), sin.to(dtype)))):
+            def stock():
+                with torch.no_grad():
+                    return _apply_rotary_emb(norm(x).unflatten(2, (heads, -1)), *freqs)
+
+            def fused():
+                return qk_norm_rope.rms_norm_rope(x, norm.weight, norm.eps, *freqs, heads)
+
+            ref, out = stock(), fused()
+            diff = (out.float() - ref.float()).abs()
+            entry[freqs_name] = {
+                "stock_ms_q_and_k": 2 * time_cuda(stock, reps=args.reps)["median_ms"],
+                "fused_ms_q_and_k": 2 * time_cuda(fused, reps=args.reps)["median_ms"],
+                "max_abs_diff": float(diff.max()), "share_bit_identical": float((out == ref).float().mean()),
+                "max_abs_value": float(ref.float().abs().max()),
+            }
+        rows[shape] = entry
+        print("prologue", shape, entry, flush=True)
+    payload = {"benchmark": "prologue", "command": "python -m dit_sparse.eval.bench " + " ".join(sys.argv[1:]),
+               "commit": git_commit(), "date": _dt.datetime.utcnow().isoformat(timespec="seconds"),
+               "dtype": str(dtype), "results": rows}
+    path = write_result("prologue", payload, args.out)
+    print("wrote", path)
+    return payload
+
+
 # ---------------------------------------------------------------------------------------------------------- crossover
 def bench_crossover(args) -> dict:
     """Where block sparsity starts to pay: one self-attention call (pattern planning + kernel, each method at its
@@ -1132,6 +1185,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="blocks: compile_repeated_blocks(fullgraph=True); model: torch.compile(the transformer)")
     co.add_argument("--out", default=None)
     co.set_defaults(func=bench_compile)
+    pr = sub.add_parser("prologue", help="Wan's QK-norm + RoPE: Diffusers' arithmetic vs the fused kernel")
+    pr.add_argument("--shapes", default="wan1.3b-480p,wan14b-720p")
+    pr.add_argument("--reps", type=int, default=7)
+    pr.add_argument("--out", default=None)
+    pr.set_defaults(func=bench_prologue)
+
     cr = sub.add_parser("crossover", help="the video size from which each method's sparse call beats dense SDPA")
     cr.add_argument("--frame", default="30x52", help="tokens per frame, height x width (Wan 480p: 30x52)")
     cr.add_argument("--frames", default="1,2,3,5,8,13,21")

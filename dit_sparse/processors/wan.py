@@ -11,6 +11,7 @@ from typing import Optional, Tuple
 import torch
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
+from ..kernels import qk_norm_rope
 from .base import SparseAttentionCore
 
 MODEL = "wan"
@@ -58,16 +59,22 @@ class WanSparseAttnProcessor:
             key = attn.to_k(hidden_states)
             value = attn.to_v(hidden_states)
 
-        query = attn.norm_q(query)
-        key = attn.norm_k(key)
+        if self._fused_prologue(attn, query, rotary_emb):
+            # QK-norm and RoPE in one pass per tensor on sparse calls (`kernels.qk_norm_rope`).
+            query = qk_norm_rope.rms_norm_rope(query, attn.norm_q.weight, attn.norm_q.eps, *rotary_emb, attn.heads)
+            key = qk_norm_rope.rms_norm_rope(key, attn.norm_k.weight, attn.norm_k.eps, *rotary_emb, attn.heads)
+            value = value.unflatten(2, (attn.heads, -1))
+        else:
+            query = attn.norm_q(query)
+            key = attn.norm_k(key)
 
-        query = query.unflatten(2, (attn.heads, -1))
-        key = key.unflatten(2, (attn.heads, -1))
-        value = value.unflatten(2, (attn.heads, -1))
+            query = query.unflatten(2, (attn.heads, -1))
+            key = key.unflatten(2, (attn.heads, -1))
+            value = value.unflatten(2, (attn.heads, -1))
 
-        if rotary_emb is not None:
-            query = _apply_rotary_emb(query, *rotary_emb)
-            key = _apply_rotary_emb(key, *rotary_emb)
+            if rotary_emb is not None:
+                query = _apply_rotary_emb(query, *rotary_emb)
+                key = _apply_rotary_emb(key, *rotary_emb)
 
         hidden_states = self.core(
             query, key, value, attn_mask=attention_mask,
@@ -79,6 +86,22 @@ class WanSparseAttnProcessor:
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
         return hidden_states
+
+
+    def _fused_prologue(self, attn, query: torch.Tensor, rotary_emb) -> bool:
+        """Whether this call builds q and k with the fused kernel: a sparse call (dense ones keep the stock arithmetic
+        and reproduce Diffusers bit for bit), RMS norms with weights as Wan's, no autograd (the kernel has no
+        backward), not inside torch.compile (Inductor fuses the stock ops itself), and the kernel available here."""
+        if rotary_emb is None or torch.compiler.is_compiling() or not qk_norm_rope.enabled(query):
+            return False
+        if torch.is_grad_enabled() and query.requires_grad:
+            return False
+        norms = (attn.norm_q, attn.norm_k)
+        width = (query.shape[-1],)
+        if not all(isinstance(n, torch.nn.RMSNorm) and n.weight is not None and tuple(n.normalized_shape) == width
+                   for n in norms):
+            return False
+        return self.core.runs_sparse(query.shape[1])
 
 
 def patch_size(transformer) -> Tuple[int, int, int]:

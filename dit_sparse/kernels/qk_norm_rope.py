@@ -1,0 +1,145 @@
+"""Wan's query/key prologue in one pass: RMS norm across heads, then the interleaved rotary embedding.
+
+Diffusers' ``WanAttnProcessor`` normalises q and k over all heads (``torch.nn.RMSNorm`` of ``heads * head_dim``) and
+then rotates pairs of channels with some eight elementwise kernels per tensor (strided views, fp32 products, two
+strided copies back). On an H200 at Wan-1.3B 480p those passes took more time than the q/k/v projections' share of
+the step once attention was sparse (``probe`` profile in the closing note of issue #13): the sparse step's attention
+is 0.35 of dense, the prologue stays. Here one program reads a token's row once and writes it once.
+
+The arithmetic is the stock one: the norm in fp32 (``x * rsqrt(mean(x^2) + eps) * weight``, rounded once to the
+input dtype, as torch's RMSNorm does), then each pair rotated in fp32 from those rounded values and rounded again.
+Only the order of the sum of squares (and any fused multiply-add the compiler forms) differs, so results agree with
+the stock path to the input dtype's last bit on most elements, not bit for bit. That is why the Wan processor runs it
+only on calls that are sparse anyway; dense calls keep the stock arithmetic and reproduce Diffusers exactly.
+
+Runs on CUDA; on a CPU under ``TRITON_INTERPRET=1`` (fp16/fp32) for the tests. ``DIT_SPARSE_FUSED_PROLOGUE``: unset
+uses it on CUDA, ``0`` never, ``1`` also under the interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except Exception:  # no (usable) triton: the processors keep the stock arithmetic
+    triton = None
+
+ENV = "DIT_SPARSE_FUSED_PROLOGUE"
+
+
+def enabled(x: torch.Tensor) -> bool:
+    """Whether ``rms_norm_rope`` runs for ``x`` here: Triton present, CUDA (or the interpreter when asked for), and
+    not switched off."""
+    if triton is None:
+        return False
+    flag = os.environ.get(ENV, "").strip().lower()
+    if flag in ("0", "false", "no", "off"):
+        return False
+    if x.is_cuda:
+        return True
+    return flag in ("1", "true", "yes", "on") and os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, int(x) - 1).bit_length()
+
+
+if triton is not None:
+
+    @triton.jit
+    def _rms_norm_rope_kernel(
+        x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr,
+        L, stride_xb, stride_xl, stride_cb, stride_cl, stride_cd, stride_sb, stride_sl, stride_sd,
+        stride_ob, stride_ol, eps, inv_n,
+        HEADS: tl.constexpr, HALF: tl.constexpr, H_TILE: tl.constexpr, J_TILE: tl.constexpr,
+        ROUND_PRODUCTS: tl.constexpr,
+    ):
+        row = tl.program_id(0)
+        b = row // L
+        pos = row % L
+        offs_h = tl.arange(0, H_TILE)[:, None]
+        offs_j = tl.arange(0, J_TILE)[None, :]
+        mask = (offs_h < HEADS) & (offs_j < HALF)
+        even = offs_h * (2 * HALF) + 2 * offs_j  # channel 2j of head h in the (heads * head_dim) row
+        x_row = x_ptr + b.to(tl.int64) * stride_xb + pos.to(tl.int64) * stride_xl
+        x1 = tl.load(x_row + even, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(x_row + even + 1, mask=mask, other=0.0).to(tl.float32)
+        sum_sq = tl.sum(tl.sum(x1 * x1 + x2 * x2, axis=1), axis=0)
+        rstd = 1.0 / tl.sqrt(sum_sq * inv_n + eps)
+        w1 = tl.load(w_ptr + even, mask=mask, other=0.0).to(tl.float32)
+        w2 = tl.load(w_ptr + even + 1, mask=mask, other=0.0).to(tl.float32)
+        # Rounded to the storage dtype between the norm and the rotation, as the stock path stores the norm's output.
+        y1 = (x1 * rstd * w1).to(out_ptr.dtype.element_ty).to(tl.float32)
+        y2 = (x2 * rstd * w2).to(out_ptr.dtype.element_ty).to(tl.float32)
+        # Diffusers' Wan frequencies repeat each angle for the pair: cos at channel 2j, sin at 2j + 1.
+        jm = offs_j < HALF
+        c = tl.load(cos_ptr + b.to(tl.int64) * stride_cb + pos.to(tl.int64) * stride_cl + (2 * offs_j) * stride_cd,
+                    mask=jm, other=0.0).to(tl.float32)
+        s = tl.load(sin_ptr + b.to(tl.int64) * stride_sb + pos.to(tl.int64) * stride_sl
+                    + (2 * offs_j + 1) * stride_sd, mask=jm, other=0.0).to(tl.float32)
+        if ROUND_PRODUCTS:
+            # 16-bit frequencies (a model cast with ``.to(dtype)``): the stock products are then 16-bit tensors too.
+            dt = cos_ptr.dtype.element_ty
+            o1 = (y1 * c).to(dt).to(tl.float32) - (y2 * s).to(dt).to(tl.float32)
+            o2 = (y1 * s).to(dt).to(tl.float32) + (y2 * c).to(dt).to(tl.float32)
+        else:
+            o1 = y1 * c - y2 * s
+            o2 = y1 * s + y2 * c
+        o_row = out_ptr + b.to(tl.int64) * stride_ob + pos.to(tl.int64) * stride_ol
+        tl.store(o_row + even, o1.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(o_row + even + 1, o2.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _freq_strides(freqs: torch.Tensor, batch: int, length: int, head_dim: int, name: str):
+    if freqs.dim() != 4 or freqs.shape[1] != length or freqs.shape[2] != 1 or freqs.shape[3] != head_dim \
+            or freqs.shape[0] not in (1, batch):
+        raise ValueError(
+            f"{name} has shape {tuple(freqs.shape)}; expected (1 or {batch}, {length}, 1, {head_dim}) as Wan's rotary "
+            "embedding returns it"
+        )
+    return (freqs.stride(0) if freqs.shape[0] > 1 else 0), freqs.stride(1), freqs.stride(3)
+
+
+def rms_norm_rope(
+    x: torch.Tensor, weight: torch.Tensor, eps: Optional[float], freqs_cos: torch.Tensor, freqs_sin: torch.Tensor,
+    heads: int,
+) -> torch.Tensor:
+    """``rope(rms_norm(x).unflatten(-1, (heads, -1)))`` for a projection output ``x`` (B, L, heads * head_dim) whose
+    last dim is contiguous; returns a new (B, L, heads, head_dim) tensor of ``x``'s dtype. ``eps=None`` means the
+    dtype's machine epsilon (``torch.nn.RMSNorm``'s default)."""
+    if x.dim() != 3 or x.shape[-1] % heads or (x.shape[-1] // heads) % 2:
+        raise ValueError(f"x has shape {tuple(x.shape)}; expected (B, L, heads * head_dim) with {heads} heads and an "
+                         "even head_dim")
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    batch, length, width = x.shape
+    head_dim = width // heads
+    if weight.shape != (width,):
+        raise ValueError(f"the norm's weight has shape {tuple(weight.shape)}; expected ({width},)")
+    if freqs_cos.dtype != freqs_sin.dtype:
+        raise ValueError(f"freqs_cos is {freqs_cos.dtype} and freqs_sin {freqs_sin.dtype}; expected one dtype")
+    cos_strides = _freq_strides(freqs_cos, batch, length, head_dim, "freqs_cos")
+    sin_strides = _freq_strides(freqs_sin, batch, length, head_dim, "freqs_sin")
+    if eps is None:
+        eps = torch.finfo(x.dtype).eps
+    out = torch.empty(batch, length, heads, head_dim, device=x.device, dtype=x.dtype)
+    if out.numel() == 0:
+        return out
+    half = head_dim // 2
+    _rms_norm_rope_kernel[(batch * length,)](
+        x, weight, freqs_cos, freqs_sin, out,
+        length, x.stride(0), x.stride(1), *cos_strides, *sin_strides, out.stride(0), out.stride(1),
+        float(eps), 1.0 / width,
+        HEADS=heads, HALF=half, H_TILE=_next_pow2(heads), J_TILE=_next_pow2(half),
+        ROUND_PRODUCTS=freqs_cos.dtype == x.dtype and x.element_size() < 4,
+        num_warps=4 if width <= 2048 else 8,
+    )
+    return out
+
+
+__all__ = ["ENV", "enabled", "rms_norm_rope"]

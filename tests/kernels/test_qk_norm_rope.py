@@ -1,0 +1,104 @@
+"""The fused QK-norm + RoPE kernel (`kernels.qk_norm_rope`) against Diffusers' Wan arithmetic, under the Triton
+interpreter (fp32 / fp16), and the Wan processor's use of it on sparse calls only."""
+
+import pytest
+import torch
+from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+from tiny_models import tiny_wan, wan_inputs
+
+import dit_sparse as ds
+from dit_sparse import RadialConfig
+from dit_sparse.kernels import qk_norm_rope
+from dit_sparse.processors.wan import _apply_rotary_emb
+
+pytest.importorskip("triton")
+
+
+def stock(x, norm, freqs_cos, freqs_sin, heads):
+    return _apply_rotary_emb(norm(x).unflatten(2, (heads, -1)), freqs_cos, freqs_sin)
+
+
+def wan_freqs(frames, height, width, head_dim, dtype=torch.float32):
+    rope = WanRotaryPosEmbed(head_dim, (1, 2, 2), 64)
+    cos, sin = rope(torch.zeros(1, 4, frames, 2 * height, 2 * width))
+    return cos.to(dtype), sin.to(dtype)
+
+
+@pytest.fixture
+def interpreted(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv(qk_norm_rope.ENV, "1")
+
+
+@pytest.mark.parametrize("dtype,heads,batch,freq_dtype", [
+    (torch.float32, 3, 2, torch.float32),
+    (torch.float16, 2, 1, torch.float32),
+    (torch.float16, 5, 1, torch.float16),  # 16-bit frequencies (a model cast with .to()): 16-bit products
+])
+def test_matches_the_stock_norm_and_rotation(interpreted, dtype, heads, batch, freq_dtype):
+    torch.manual_seed(0)
+    head_dim = 64
+    cos, sin = wan_freqs(3, 4, 5, head_dim, freq_dtype)
+    length = cos.shape[1]
+    norm = torch.nn.RMSNorm(heads * head_dim, eps=1e-6).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(heads * head_dim) + 0.5)
+    # A slice of a wider projection (fused to_qkv): rows are strided, the last dim contiguous.
+    x = (torch.randn(batch, length, 3 * heads * head_dim) * 3).to(dtype)[..., : heads * head_dim]
+    with torch.no_grad():
+        ref = stock(x, norm, cos, sin, heads)
+    out = qk_norm_rope.rms_norm_rope(x, norm.weight, norm.eps, cos, sin, heads)
+    assert out.shape == ref.shape == (batch, length, heads, head_dim) and out.dtype == dtype
+    # fp32: only the sum's order differs; fp16: one unit in the last place on a few elements at most.
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(out, ref, **tol)
+    if dtype == torch.float16:
+        assert (out == ref).float().mean() > 0.97
+
+
+def test_rejects_shapes_it_cannot_run(interpreted):
+    cos, sin = wan_freqs(1, 2, 2, 64)
+    x = torch.randn(1, cos.shape[1], 128)
+    with pytest.raises(ValueError, match="heads"):
+        qk_norm_rope.rms_norm_rope(x, torch.ones(128), 1e-6, cos, sin, heads=3)
+    with pytest.raises(ValueError, match="freqs_cos"):
+        qk_norm_rope.rms_norm_rope(x[:, :-1], torch.ones(128), 1e-6, cos, sin, heads=2)
+
+
+def test_enabled_only_on_cuda_unless_asked(monkeypatch):
+    x = torch.zeros(1)
+    monkeypatch.delenv(qk_norm_rope.ENV, raising=False)
+    assert not qk_norm_rope.enabled(x)  # CPU: the stock arithmetic unless the tests ask for the interpreter
+    monkeypatch.setenv(qk_norm_rope.ENV, "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert qk_norm_rope.enabled(x)
+    monkeypatch.setenv(qk_norm_rope.ENV, "0")
+    assert not qk_norm_rope.enabled(x)
+
+
+def test_wan_processor_fuses_sparse_calls_only(interpreted, monkeypatch):
+    """Dense calls (the first layer here) keep the stock arithmetic; sparse ones run the fused kernel, and the
+    model's output is the unfused sparse output up to rounding."""
+    calls = []
+    kernel = qk_norm_rope.rms_norm_rope
+
+    def counting(x, *args):
+        calls.append(x.shape)
+        return kernel(x, *args)
+
+    model = tiny_wan(num_layers=3)
+    kw = dict(frames=5, height=8, width=12)
+    cfg = RadialConfig(dense_steps=0, dense_layers=1, block_size=16, decay=0.3)
+    ds.apply_sparse_attention(model, cfg)
+    monkeypatch.setenv(qk_norm_rope.ENV, "0")
+    with torch.no_grad():
+        unfused = model(**wan_inputs(**kw))[0]
+    monkeypatch.setenv(qk_norm_rope.ENV, "1")
+    monkeypatch.setattr(qk_norm_rope, "rms_norm_rope", counting)
+    ds.reset_sparse_state(model)
+    with torch.no_grad():
+        fused = model(**wan_inputs(**kw))[0]
+    s = ds.summary(model)
+    assert s["dense_calls"] == 1 and s["sparse_calls"] == 2
+    assert len(calls) == 2 * 2  # q and k of the two sparse layers, none for the dense one
+    torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=1e-5)
