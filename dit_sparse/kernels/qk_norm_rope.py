@@ -45,6 +45,11 @@ def enabled(x: torch.Tensor) -> bool:
     return flag in ("1", "true", "yes", "on") and os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def supported_head_dim(head_dim: int) -> bool:
+    # The kernel holds a head's channels as one power-of-two tile (Wan: 128).
+    return head_dim >= 2 and head_dim & (head_dim - 1) == 0
+
+
 def _next_pow2(x: int) -> int:
     return 1 << max(0, int(x) - 1).bit_length()
 
@@ -56,32 +61,31 @@ if triton is not None:
         x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr,
         L, stride_xb, stride_xl, stride_cb, stride_cl, stride_cd, stride_sb, stride_sl, stride_sd,
         stride_ob, stride_ol, eps, inv_n,
-        HEADS: tl.constexpr, HALF: tl.constexpr, H_TILE: tl.constexpr, J_TILE: tl.constexpr,
-        ROUND_PRODUCTS: tl.constexpr,
+        HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, H_TILE: tl.constexpr, ROUND_PRODUCTS: tl.constexpr,
     ):
+        HALF: tl.constexpr = HEAD_DIM // 2
         row = tl.program_id(0)
-        b = row // L
-        pos = row % L
+        b = (row // L).to(tl.int64)
+        pos = (row % L).to(tl.int64)
         offs_h = tl.arange(0, H_TILE)[:, None]
-        offs_j = tl.arange(0, J_TILE)[None, :]
-        mask = (offs_h < HEADS) & (offs_j < HALF)
-        even = offs_h * (2 * HALF) + 2 * offs_j  # channel 2j of head h in the (heads * head_dim) row
-        x_row = x_ptr + b.to(tl.int64) * stride_xb + pos.to(tl.int64) * stride_xl
-        x1 = tl.load(x_row + even, mask=mask, other=0.0).to(tl.float32)
-        x2 = tl.load(x_row + even + 1, mask=mask, other=0.0).to(tl.float32)
-        sum_sq = tl.sum(tl.sum(x1 * x1 + x2 * x2, axis=1), axis=0)
+        offs_d = tl.arange(0, HEAD_DIM)
+        mask = (offs_h < HEADS) & (offs_d[None, :] < HEAD_DIM)
+        # The row read and written contiguously (vector loads); the channel pairs split in registers.
+        offs = offs_h * HEAD_DIM + offs_d[None, :]
+        x = tl.load(x_ptr + b * stride_xb + pos * stride_xl + offs, mask=mask, other=0.0).to(tl.float32)
+        sum_sq = tl.sum(tl.sum(x * x, axis=1), axis=0)
         rstd = 1.0 / tl.sqrt(sum_sq * inv_n + eps)
-        w1 = tl.load(w_ptr + even, mask=mask, other=0.0).to(tl.float32)
-        w2 = tl.load(w_ptr + even + 1, mask=mask, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         # Rounded to the storage dtype between the norm and the rotation, as the stock path stores the norm's output.
-        y1 = (x1 * rstd * w1).to(out_ptr.dtype.element_ty).to(tl.float32)
-        y2 = (x2 * rstd * w2).to(out_ptr.dtype.element_ty).to(tl.float32)
+        y = (x * rstd * w).to(out_ptr.dtype.element_ty).to(tl.float32)
+        y1, y2 = tl.split(tl.reshape(y, (H_TILE, HALF, 2)))
         # Diffusers' Wan frequencies repeat each angle for the pair: cos at channel 2j, sin at 2j + 1.
-        jm = offs_j < HALF
-        c = tl.load(cos_ptr + b.to(tl.int64) * stride_cb + pos.to(tl.int64) * stride_cl + (2 * offs_j) * stride_cd,
-                    mask=jm, other=0.0).to(tl.float32)
-        s = tl.load(sin_ptr + b.to(tl.int64) * stride_sb + pos.to(tl.int64) * stride_sl
-                    + (2 * offs_j + 1) * stride_sd, mask=jm, other=0.0).to(tl.float32)
+        c, _ = tl.split(tl.reshape(
+            tl.load(cos_ptr + b * stride_cb + pos * stride_cl + offs_d * stride_cd).to(tl.float32), (HALF, 2)))
+        _, s = tl.split(tl.reshape(
+            tl.load(sin_ptr + b * stride_sb + pos * stride_sl + offs_d * stride_sd).to(tl.float32), (HALF, 2)))
+        c = c[None, :]
+        s = s[None, :]
         if ROUND_PRODUCTS:
             # 16-bit frequencies (a model cast with ``.to(dtype)``): the stock products are then 16-bit tensors too.
             dt = cos_ptr.dtype.element_ty
@@ -90,9 +94,8 @@ if triton is not None:
         else:
             o1 = y1 * c - y2 * s
             o2 = y1 * s + y2 * c
-        o_row = out_ptr + b.to(tl.int64) * stride_ob + pos.to(tl.int64) * stride_ol
-        tl.store(o_row + even, o1.to(out_ptr.dtype.element_ty), mask=mask)
-        tl.store(o_row + even + 1, o2.to(out_ptr.dtype.element_ty), mask=mask)
+        o = tl.reshape(tl.join(o1, o2), (H_TILE, HEAD_DIM))
+        tl.store(out_ptr + b * stride_ob + pos * stride_ol + offs, o.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _freq_strides(freqs: torch.Tensor, batch: int, length: int, head_dim: int, name: str):
@@ -112,9 +115,9 @@ def rms_norm_rope(
     """``rope(rms_norm(x).unflatten(-1, (heads, -1)))`` for a projection output ``x`` (B, L, heads * head_dim) whose
     last dim is contiguous; returns a new (B, L, heads, head_dim) tensor of ``x``'s dtype. ``eps=None`` means the
     dtype's machine epsilon (``torch.nn.RMSNorm``'s default)."""
-    if x.dim() != 3 or x.shape[-1] % heads or (x.shape[-1] // heads) % 2:
-        raise ValueError(f"x has shape {tuple(x.shape)}; expected (B, L, heads * head_dim) with {heads} heads and an "
-                         "even head_dim")
+    if x.dim() != 3 or x.shape[-1] % heads or not supported_head_dim(x.shape[-1] // heads):
+        raise ValueError(f"x has shape {tuple(x.shape)}; expected (B, L, heads * head_dim) with {heads} heads and a "
+                         "power-of-two head_dim of at least 2")
     if x.stride(-1) != 1:
         x = x.contiguous()
     batch, length, width = x.shape
@@ -130,16 +133,15 @@ def rms_norm_rope(
     out = torch.empty(batch, length, heads, head_dim, device=x.device, dtype=x.dtype)
     if out.numel() == 0:
         return out
-    half = head_dim // 2
     _rms_norm_rope_kernel[(batch * length,)](
         x, weight, freqs_cos, freqs_sin, out,
         length, x.stride(0), x.stride(1), *cos_strides, *sin_strides, out.stride(0), out.stride(1),
         float(eps), 1.0 / width,
-        HEADS=heads, HALF=half, H_TILE=_next_pow2(heads), J_TILE=_next_pow2(half),
+        HEADS=heads, HEAD_DIM=head_dim, H_TILE=_next_pow2(heads),
         ROUND_PRODUCTS=freqs_cos.dtype == x.dtype and x.element_size() < 4,
         num_warps=4 if width <= 2048 else 8,
     )
     return out
 
 
-__all__ = ["ENV", "enabled", "rms_norm_rope"]
+__all__ = ["ENV", "enabled", "rms_norm_rope", "supported_head_dim"]

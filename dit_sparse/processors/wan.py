@@ -97,6 +97,8 @@ class WanSparseAttnProcessor:
         if torch.is_grad_enabled() and query.requires_grad:
             return False
         norms = (attn.norm_q, attn.norm_k)
+        if not qk_norm_rope.supported_head_dim(query.shape[-1] // attn.heads):
+            return False
         width = (query.shape[-1],)
         if not all(isinstance(n, torch.nn.RMSNorm) and n.weight is not None and tuple(n.normalized_shape) == width
                    for n in norms):
