@@ -9,6 +9,8 @@
 #          720p, far from the memory bound) was replaced by contiguous loads split in registers: the prologue bench,
 #          Wan-1.3B 480p steps fused, Wan-14B 720p steps stock and fused.
 #   e2e:   Wan-1.3B 480p end to end at the presets (fused).
+#   fastdense: Wan's presets with fast_dense (dense steps on FA4, q/k fused there too): the fa4-full step row, then
+#          end to end at the presets.
 # Each part's timeouts sum below one device call (600 s).
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
 S="python3 -m dit_sparse.eval.bench step --dense-variants none"
@@ -41,5 +43,11 @@ v2)
 e2e)
   timeout 300 python3 -m dit_sparse.eval.bench e2e --model wan1.3b-480p --methods radial,draft --steps 20 --presets \
     --out $OUT/e2e-wan1.3b-480p-presets-fused-prologue.json 2>&1 | grep -E "^wan|Error" | cut -c1-400
+  ;;
+fastdense)
+  timeout 90 $S --model wan1.3b-480p --dense-variants fa4 --methods radial,draft-0.35-r4 \
+    --out $OUT/step-wan1.3b-480p-fa4-full-fused-prologue.json 2>&1 | grep -E "^wan|Error" | cut -c1-200
+  timeout 250 python3 -m dit_sparse.eval.bench e2e --model wan1.3b-480p --methods radial,draft --steps 20 --presets \
+    --out $OUT/e2e-wan1.3b-480p-presets-fast-dense.json 2>&1 | grep -E "^wan|Error" | cut -c1-400
   ;;
 esac

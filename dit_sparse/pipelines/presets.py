@@ -136,23 +136,27 @@ WAN_NEGATIVE_PROMPT = (
 # there.
 VIDEO_TILE = {"dense_steps": 0.25, "dense_layers": 1, "tile": (2, 8, 8), "window": (EVERY_TILE, 3, 3),
               "blocks": "fixed"}
+# Wan's dense steps and layers also run through our kernels (``fast_dense``): FlashAttention-4 with every block
+# listed, q and k built by the fused QK-norm + RoPE kernel (`kernels.qk_norm_rope`), which the processors use on every
+# call our kernels run (the stock prologue took 1.4-2.1 ms for q and k per call at Wan-1.3B 480p, the fused one 0.22;
+# 10-15 ms against 1.1 at Wan-14B 720p, ``2026-12-02_NVIDIA-H200_prologue.json``). Dense steps are then exact
+# attention but not Diffusers' bits; DenseConfig (and fast_dense=False) keeps those.
 WAN_SPARSE = {
     "dense": {},
-    "radial": {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.2},
-    "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9},
+    "radial": {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.2, "fast_dense": True},
+    "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "fast_dense": True},
     # Fewer dense steps at a higher density: on the trained small model (20 steps, 2 prompts,
     # ``quality-small-dense-steps.json``) density 0.35 with 10 % dense steps gives 26.09 dB against dense video where
     # 0.25 with 25 % gave 25.42, and Wan-1.3B 480p's steps imply 1.49x end to end against 1.41x for the 0.25 / 30 %
     # schedule it replaces (draft-0.35-r4 1.60x, draft-r4 1.75x per step, ``...step-wan1.3b-480p-densities.json``).
     # 30 dB needs density 0.5 (30.83 dB with 20 % dense steps, 1.34x): the README's schedule trade-off table.
-    "draft": {"dense_steps": 0.1, "dense_layers": 1, "density": 0.35, "refresh_every": 4},
-    "tile": dict(VIDEO_TILE),
+    "draft": {"dense_steps": 0.1, "dense_layers": 1, "density": 0.35, "refresh_every": 4, "fast_dense": True},
+    "tile": dict(VIDEO_TILE, fast_dense=True),
 }
 # HunyuanVideo's dense steps run FlashAttention-4 (exact attention, ``fast_dense``) where it is installed: Diffusers'
 # default passes the text mask to SDPA, and the 720p dense step took 7.88 s that way against 5.37 s on FA4 through our
 # processors (H200, 15 of 60 blocks, ``2026-12-02_NVIDIA-H200_step-hunyuan-720p-dense-variants.json``), and these
-# presets keep 25-30 % of the steps dense. (Wan's dense step gains 7-9 %: its presets keep stock dense steps, bit for
-# bit.)
+# presets keep 25-30 % of the steps dense.
 HUNYUAN_SPARSE = {
     "dense": {},
     "radial": {"dense_steps": 0.25, "dense_layers": 0, "decay": 0.95, "fast_dense": True},

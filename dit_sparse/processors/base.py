@@ -233,15 +233,19 @@ class SparseAttentionCore:
         parts = [out_video.transpose(1, 2), out_text_rows.to(out_video.dtype)]
         return torch.cat(parts[::-1] if text_first else parts, dim=1)
 
-    def runs_sparse(self, video_len: int) -> bool:
-        """Whether a call with ``video_len`` video tokens will run a sparse layout (not Diffusers' or FA4's dense
-        attention): the processors may then build q and k with fused kernels, since the output is not the stock one
-        anyway. Reads the schedule without changing it."""
+    def runs_own_kernel(self, query: torch.Tensor) -> bool:
+        """Whether this call (q of the joint sequence, (B, L, H, D)) runs our kernel: a sparse
+        layout, or a dense step on FlashAttention-4 (``fast_dense``); not Diffusers' attention. The processors may then
+        build q and k with fused kernels, since the output is not Diffusers' bit for bit anyway. Reads the schedule
+        without changing it. (Model processors without text tokens in self-attention: the whole sequence is video.)"""
         state = self.state
+        video_len = query.shape[1]
         if state.geometry is None or video_len != state.geometry.num_tokens:
             return False
         static = bool(getattr(state.pattern, "static", False))
-        return state.decide(self.layer, static, dense_layer=self._in_dense_layers()) != DENSE
+        if state.decide(self.layer, static, dense_layer=self._in_dense_layers()) != DENSE:
+            return True
+        return state.config.fast_dense and self._fast_dense(query, video_len)
 
     def _fast_dense(self, query: torch.Tensor, video_len: int) -> bool:
         """Whether this dense call runs on FlashAttention-4 (``config.fast_dense``): only where FA4 can run the

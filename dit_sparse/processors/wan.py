@@ -60,7 +60,7 @@ class WanSparseAttnProcessor:
             value = attn.to_v(hidden_states)
 
         if self._fused_prologue(attn, query, rotary_emb):
-            # QK-norm and RoPE in one pass per tensor on sparse calls (`kernels.qk_norm_rope`).
+            # QK-norm and RoPE in one pass per tensor when our kernel runs the call (`kernels.qk_norm_rope`).
             query = qk_norm_rope.rms_norm_rope(query, attn.norm_q.weight, attn.norm_q.eps, *rotary_emb, attn.heads)
             key = qk_norm_rope.rms_norm_rope(key, attn.norm_k.weight, attn.norm_k.eps, *rotary_emb, attn.heads)
             value = value.unflatten(2, (attn.heads, -1))
@@ -89,8 +89,9 @@ class WanSparseAttnProcessor:
 
 
     def _fused_prologue(self, attn, query: torch.Tensor, rotary_emb) -> bool:
-        """Whether this call builds q and k with the fused kernel: a sparse call (dense ones keep the stock arithmetic
-        and reproduce Diffusers bit for bit), RMS norms with weights as Wan's, no autograd (the kernel has no
+        """Whether this call builds q and k with the fused kernel: a call that runs our kernel, sparse or a
+        ``fast_dense`` dense step (dense calls through Diffusers' attention keep the stock arithmetic and reproduce
+        Diffusers bit for bit), RMS norms with weights as Wan's, no autograd (the kernel has no
         backward), not inside torch.compile (Inductor fuses the stock ops itself), and the kernel available here."""
         if rotary_emb is None or torch.compiler.is_compiling() or not qk_norm_rope.enabled(query):
             return False
@@ -103,7 +104,7 @@ class WanSparseAttnProcessor:
         if not all(isinstance(n, torch.nn.RMSNorm) and n.weight is not None and tuple(n.normalized_shape) == width
                    for n in norms):
             return False
-        return self.core.runs_sparse(query.shape[1])
+        return self.core.runs_own_kernel(query.unflatten(2, (attn.heads, -1)))
 
 
 def patch_size(transformer) -> Tuple[int, int, int]:

@@ -350,19 +350,21 @@ def test_implied_e2e_takes_the_row_of_the_presets_own_draft_density():
     assert implied_e2e("wan", 30, {"draft-r4": 1.75})["draft"]["row"] == "draft-r4"
 
 
-def test_implied_e2e_times_fast_dense_steps_by_the_fa4_full_row():
-    """HunyuanVideo's presets run their dense steps on FA4 (``fast_dense``): the dense fraction costs 1 / fa4-full of
-    a default dense step there; Wan's presets keep Diffusers' dense steps."""
+def test_implied_e2e_times_fast_dense_steps_by_the_fa4_full_row(monkeypatch):
+    """The presets run their dense steps on FA4 (``fast_dense``): the dense fraction costs 1 / fa4-full of a default
+    dense step there; without the row, or for a preset that keeps Diffusers' dense steps, 1."""
     from dit_sparse.eval.bench import implied_e2e
     from dit_sparse.pipelines.presets import HUNYUAN_SPARSE, WAN_SPARSE
 
-    assert HUNYUAN_SPARSE["draft"]["fast_dense"] and not WAN_SPARSE["draft"].get("fast_dense")
+    assert HUNYUAN_SPARSE["draft"]["fast_dense"] and WAN_SPARSE["draft"]["fast_dense"]
     ratios = {"draft-0.1-r2": 4.56, "fa4-full": 1.47}
     e = implied_e2e("hunyuan_video", 60, ratios)["draft"]
     f = e["dense_fraction"]
     assert e["dense_ratio"] == 1.47 and abs(e["e2e_implied"] - 1 / (f / 1.47 + (1 - f) / 4.56)) < 1e-12
     # without the row the dense steps count at Diffusers' speed
     assert implied_e2e("hunyuan_video", 60, {"draft-0.1-r2": 4.56})["draft"]["dense_ratio"] == 1.0
+    assert implied_e2e("wan", 30, {"draft-0.35-r4": 1.6, "fa4-full": 1.07})["draft"]["dense_ratio"] == 1.07
+    monkeypatch.setitem(WAN_SPARSE, "draft", {**WAN_SPARSE["draft"], "fast_dense": False})
     assert implied_e2e("wan", 30, {"draft-0.35-r4": 1.6, "fa4-full": 1.07})["draft"]["dense_ratio"] == 1.0
 
 
