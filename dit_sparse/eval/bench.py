@@ -374,7 +374,10 @@ def _attention_share(model, spec, device, dtype) -> float:
         tokens += spec["text"][0]
         layers += model.config.num_single_layers
     q = torch.randn(1, tokens, heads, dim, device=device, dtype=dtype).transpose(1, 2)
-    t_attn = time_cuda(lambda: F.scaled_dot_product_attention(q, q, q), reps=3)["median_ms"]
+    # Diffusers' HunyuanVideo passes its text mask to SDPA (no flash kernel then): time the call it makes.
+    mask = (torch.ones(1, 1, 1, tokens, device=device, dtype=torch.bool)
+            if spec["family"] == "hunyuan_video" else None)
+    t_attn = time_cuda(lambda: F.scaled_dot_product_attention(q, q, q, attn_mask=mask), reps=3)["median_ms"]
     g = torch.Generator(device="cpu").manual_seed(1)
     x = torch.randn(1, c, f, h, w, generator=g).to(device, dtype)
     n_text, d_text = spec["text"]
@@ -889,6 +892,12 @@ STEP_METHODS = {
 }
 
 
+def _wan_prologue(device: str) -> str:
+    from dit_sparse.kernels import qk_norm_rope
+
+    return "fused" if qk_norm_rope.enabled(torch.empty(0, device=device)) else "stock"
+
+
 def bench_step(args) -> dict:
     """One denoising step (every transformer call of it, CFG included), every layer sparse, vs Diffusers' default
     dense attention in the same process; plus the end-to-end speedup each preset's schedule implies."""
@@ -1006,6 +1015,8 @@ def bench_step(args) -> dict:
         "benchmark": "step", "command": "python -m dit_sparse.eval.bench " + " ".join(sys.argv[1:]),
         "commit": git_commit(), "date": _dt.datetime.utcnow().isoformat(timespec="seconds"),
         "model": args.model, "family": spec["family"],
+        # How Wan's sparse calls built q and k (`kernels.qk_norm_rope`): the report marks rows measured without it.
+        "wan_qk_prologue": _wan_prologue(device) if spec["family"] == "wan" else None,
         "latent_shape": list(spec["latent"]) if "latent" in spec else None,
         "token_grid": list(spec["grid"]) if "grid" in spec else None, "cfg_calls_per_step": len(branches),
         "layers_timed": depth, "layers_full_model": full,

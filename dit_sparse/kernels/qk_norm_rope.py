@@ -2,15 +2,20 @@
 
 Diffusers' ``WanAttnProcessor`` normalises q and k over all heads (``torch.nn.RMSNorm`` of ``heads * head_dim``) and
 then rotates pairs of channels with some eight elementwise kernels per tensor (strided views, fp32 products, two
-strided copies back). On an H200 at Wan-1.3B 480p those passes took more time than the q/k/v projections' share of
-the step once attention was sparse (``probe`` profile in the closing note of issue #13): the sparse step's attention
-is 0.35 of dense, the prologue stays. Here one program reads a token's row once and writes it once.
+strided copies back). Once attention is sparse those passes are a visible part of a step: on an H200 they took
+1.4-2.1 ms for q and k per call at Wan-1.3B 480p (this kernel: 0.22 ms) and 10-15 ms at Wan-14B 720p (1.1 ms),
+``python -m dit_sparse.eval.bench prologue`` (``2026-12-02_NVIDIA-H200_prologue.json``); a sparse step at density 0.35
+went from 0.729 s to 0.671 s at Wan-1.3B 480p. Here one program reads a token's row once, contiguously, and writes it
+once. (A first version loaded the even and odd channels with two strided loads and ran ~10x off the memory bound:
+``...prologue-strided-loads.json``.)
 
 The arithmetic is the stock one: the norm in fp32 (``x * rsqrt(mean(x^2) + eps) * weight``, rounded once to the
 input dtype, as torch's RMSNorm does), then each pair rotated in fp32 from those rounded values and rounded again.
 Only the order of the sum of squares (and any fused multiply-add the compiler forms) differs, so results agree with
-the stock path to the input dtype's last bit on most elements, not bit for bit. That is why the Wan processor runs it
-only on calls that are sparse anyway; dense calls keep the stock arithmetic and reproduce Diffusers exactly.
+the stock path to the input dtype's last bit on most elements, not bit for bit (bf16 at Wan's shapes: 99.998 % of the
+elements identical with fp32 frequencies). That is why the Wan processor runs it only on calls our kernels run (sparse
+ones, and ``fast_dense`` steps on FlashAttention-4), whose output is not Diffusers' bits anyway; dense calls through
+Diffusers' attention keep the stock arithmetic and reproduce it exactly.
 
 Runs on CUDA; on a CPU under ``TRITON_INTERPRET=1`` (fp16/fp32) for the tests. ``DIT_SPARSE_FUSED_PROLOGUE``: unset
 uses it on CUDA, ``0`` never, ``1`` also under the interpreter.

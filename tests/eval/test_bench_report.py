@@ -239,7 +239,23 @@ def test_bench_step_tiny_writes_ratios_and_the_presets_end_to_end(tmp_path):
     # The README's per-step table reads it, with the preset's row for draft (refresh_every=2).
     data["_path"] = str(out)
     table = report.step_table([data])
-    assert "| draft-r2 |" in table and "draft (draft-r2)" in table
+    # On a CPU the q/k prologue is Diffusers' arithmetic (the fused kernel runs on CUDA): the row says so.
+    assert data["wan_qk_prologue"] == "stock"
+    assert "| draft-r2 † |" in table and "draft (draft-r2)" in table and "† measured before" in table
+
+
+def test_step_table_marks_wan_rows_measured_with_the_stock_prologue():
+    def run(date, **extra):
+        return {"benchmark": "step", "model": "wan1.3b-480p", "family": "wan", "date": date, "layers_timed": 30,
+                "layers_full_model": 30, "cfg_calls_per_step": 2, "_path": "x.json", "env": {"device": "H200"},
+                "results": {"dense": {"step_s": 1.2}, "radial": {"step_s": 0.7, "ratio_vs_dense": 1.7}}, **extra}
+
+    assert "| radial † |" in report.step_table([run("2026-12-02T10:00:00")])
+    assert "| radial |" in report.step_table([run("2026-12-03T01:00:00")])
+    assert "| radial † |" in report.step_table([run("2026-12-04T01:00:00", wan_qk_prologue="stock")])
+    assert "| radial |" in report.step_table([run("2026-12-01", wan_qk_prologue="fused")])
+    hunyuan = dict(run("2026-12-02"), model="hunyuan-720p", family="hunyuan_video")
+    assert "| radial |" in report.step_table([hunyuan]) and "†" not in report.step_table([hunyuan])
 
 
 def test_step_table_keeps_a_shortened_model_apart_from_the_full_one():

@@ -102,3 +102,41 @@ def test_wan_processor_fuses_sparse_calls_only(interpreted, monkeypatch):
     assert s["dense_calls"] == 1 and s["sparse_calls"] == 2
     assert len(calls) == 2 * 2  # q and k of the two sparse layers, none for the dense one
     torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=1e-5)
+
+
+def test_wan_fast_dense_steps_fuse_only_where_fa4_runs_them(interpreted, monkeypatch):
+    """``fast_dense`` dense steps run our kernel (FlashAttention-4; here a stand-in running the exact reference kernel
+    on the CPU), so they take the fused prologue as well; without FA4 they stay Diffusers' own, bit for bit."""
+    import dit_sparse.kernels as kernels
+    import dit_sparse.processors.base as base
+    from dit_sparse.kernels.reference import run as reference_run
+
+    calls = []
+    kernel = qk_norm_rope.rms_norm_rope
+
+    def counting(x, *args):
+        calls.append(x.shape)
+        return kernel(x, *args)
+
+    monkeypatch.setattr(qk_norm_rope, "rms_norm_rope", counting)
+    model = tiny_wan(num_layers=2)
+    kw = dict(frames=5, height=8, width=8)
+    with torch.no_grad():
+        ref = model(**wan_inputs(**kw))[0]
+    config = RadialConfig(dense_steps=1, dense_layers=0, block_size=32, fast_dense=True)
+    monkeypatch.setattr(base, "_FA4_RUNS", {})
+    ds.apply_sparse_attention(model, config)  # no FA4 on this machine: Diffusers' attention, stock q and k
+    with torch.no_grad():
+        assert torch.equal(model(**wan_inputs(**kw))[0], ref)
+    assert calls == [] and ds.summary(model)["dense_calls"] == 2
+    ds.remove_sparse_attention(model)
+
+    backends = dict(kernels._BACKENDS, fa4=kernels._Backend("fa4", lambda *a: None, reference_run))
+    monkeypatch.setattr(kernels, "_BACKENDS", backends)
+    monkeypatch.setattr(kernels, "_AUTO_CACHE", {})
+    monkeypatch.setattr(base, "_FA4_RUNS", {})
+    ds.apply_sparse_attention(model, config)
+    with torch.no_grad():
+        out = model(**wan_inputs(**kw))[0]
+    assert len(calls) == 2 * 2 and ds.summary(model)["dense_calls"] == 2
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
