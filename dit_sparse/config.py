@@ -93,7 +93,8 @@ class SparseConfig:
             where it cannot, and always when False: then dense steps match stock Diffusers bit for bit). Worth it
             where Diffusers' default is slow: HunyuanVideo passes its text mask to SDPA, and its 720p dense step took
             7.88 s that way against 5.37 s on FA4 (H200, 15 of 60 blocks,
-            ``2026-12-02_NVIDIA-H200_step-hunyuan-720p-dense-variants.json``); Wan gains 7-9 %.
+            ``2026-12-02_NVIDIA-H200_step-hunyuan-720p-dense-variants.json``); Wan's 15 % with its q and k from the
+            fused prologue (``...step-wan1.3b-480p-fa4-full-fused-prologue.json``).
     """
 
     method: ClassVar[str] = "base"

@@ -207,10 +207,15 @@ def step_rows_by_model(results: List[dict]) -> Dict[tuple, Dict[str, tuple]]:
 FUSED_PROLOGUE_SINCE = "2026-12-03"
 
 
+def _step_family(run: dict) -> str:
+    # Early step JSONs (Wan and HunyuanVideo only) do not record their family.
+    return run.get("family") or ("hunyuan_video" if run["model"].startswith("hunyuan") else "wan")
+
+
 def _stock_wan_prologue(run: dict) -> bool:
     """Whether a Wan step run built q and k with Diffusers' arithmetic on its sparse calls (``wan_qk_prologue``, or for
     JSONs written before that field, their date)."""
-    if (run.get("family") or "wan") != "wan" or run.get("model", "").startswith(("hunyuan", "flux", "qwen")):
+    if _step_family(run) != "wan":
         return False
     recorded = run.get("wan_qk_prologue")
     if recorded is not None:
@@ -254,7 +259,7 @@ def step_table(results: List[dict]) -> str:
                          "QK-norm and RoPE: a sparse step then took 7-8 % longer at Wan-1.3B 480p and 4 % at Wan-14B "
                          "720p (`...step-wan1.3b-480p-stock-prologue.json`, "
                          "`...step-wan14b-720p-stock-prologue.json`).")
-        family = any_run.get("family") or ("hunyuan_video" if model.startswith("hunyuan") else "wan")
+        family = _step_family(any_run)
         ratios = {label: e["ratio_vs_dense"] for label, (e, _) in rows.items() if "ratio_vs_dense" in e}
         cells = []
         for method, e in implied_e2e(family, any_run["layers_full_model"], ratios).items():

@@ -28,6 +28,8 @@ from typing import Optional
 
 import torch
 
+from ..config import env_flag
+
 try:
     import triton
     import triton.language as tl
@@ -40,23 +42,14 @@ ENV = "DIT_SPARSE_FUSED_PROLOGUE"
 def enabled(x: torch.Tensor) -> bool:
     """Whether ``rms_norm_rope`` runs for ``x`` here: Triton present, CUDA (or the interpreter when asked for), and
     not switched off."""
-    if triton is None:
+    if triton is None or not env_flag(ENV, True):
         return False
-    flag = os.environ.get(ENV, "").strip().lower()
-    if flag in ("0", "false", "no", "off"):
-        return False
-    if x.is_cuda:
-        return True
-    return flag in ("1", "true", "yes", "on") and os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return x.is_cuda or (env_flag(ENV, False) and os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 
 def supported_head_dim(head_dim: int) -> bool:
     # The kernel holds a head's channels as one power-of-two tile (Wan: 128).
     return head_dim >= 2 and head_dim & (head_dim - 1) == 0
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, int(x) - 1).bit_length()
 
 
 if triton is not None:
@@ -142,7 +135,7 @@ def rms_norm_rope(
         x, weight, freqs_cos, freqs_sin, out,
         length, x.stride(0), x.stride(1), *cos_strides, *sin_strides, out.stride(0), out.stride(1),
         float(eps), 1.0 / width,
-        HEADS=heads, HEAD_DIM=head_dim, H_TILE=_next_pow2(heads),
+        HEADS=heads, HEAD_DIM=head_dim, H_TILE=triton.next_power_of_2(heads),
         ROUND_PRODUCTS=freqs_cos.dtype == x.dtype and x.element_size() < 4,
         num_warps=4 if width <= 2048 else 8,
     )

@@ -159,7 +159,7 @@ class SparseAttentionCore:
                 )
                 self._warned = True
             decision = DENSE
-        dense_kernel = decision == DENSE and self._fast_dense(query, video_len)
+        dense_kernel = decision == DENSE and self._runs_own_kernel(decision, query, video_len)
         if decision == DENSE and not dense_kernel:
             state.record(self.name, True)
             return dispatch_attention_fn(
@@ -234,31 +234,31 @@ class SparseAttentionCore:
         return torch.cat(parts[::-1] if text_first else parts, dim=1)
 
     def runs_own_kernel(self, query: torch.Tensor) -> bool:
-        """Whether this call (q of the joint sequence, (B, L, H, D)) runs our kernel: a sparse
-        layout, or a dense step on FlashAttention-4 (``fast_dense``); not Diffusers' attention. The processors may then
-        build q and k with fused kernels, since the output is not Diffusers' bit for bit anyway. Reads the schedule
-        without changing it. (Model processors without text tokens in self-attention: the whole sequence is video.)"""
+        """Whether this call (q of the video sequence, (B, L, H, D)) runs our kernel: a sparse layout, or a dense step
+        on FlashAttention-4 (``fast_dense``); not Diffusers' attention. The processors may then build q and k with
+        fused kernels, since the output is not Diffusers' bit for bit anyway. Reads the schedule without changing it
+        (the layer's cache entry only tells a fresh plan from a reused one, both sparse)."""
+        static = bool(getattr(self.state.pattern, "static", False))
+        decision = self.state.decide(self.layer, static, dense_layer=self._in_dense_layers())
+        return self._runs_own_kernel(decision, query, query.shape[1])
+
+    def _runs_own_kernel(self, decision: str, query: torch.Tensor, video_len: int) -> bool:
+        """Where a call of the schedule's ``decision`` goes: our kernel for sparse decisions on the geometry's video
+        tokens, and for dense ones where ``fast_dense`` and FlashAttention-4 can run them; else Diffusers'
+        attention."""
         state = self.state
-        video_len = query.shape[1]
         if state.geometry is None or video_len != state.geometry.num_tokens:
             return False
-        static = bool(getattr(state.pattern, "static", False))
-        if state.decide(self.layer, static, dense_layer=self._in_dense_layers()) != DENSE:
+        if decision != DENSE:
             return True
-        return state.config.fast_dense and self._fast_dense(query, video_len)
-
-    def _fast_dense(self, query: torch.Tensor, video_len: int) -> bool:
-        """Whether this dense call runs on FlashAttention-4 (``config.fast_dense``): only where FA4 can run the
-        inputs and the video tokens are the geometry's (the text span is then known); else Diffusers' attention."""
-        state = self.state
-        if not state.config.fast_dense or state.geometry is None or video_len != state.geometry.num_tokens:
+        if not state.config.fast_dense:
             return False
         bs = state.config.block_size
-        key = (query.device, query.dtype, query.shape[-1], bs)
-        ok = _FA4_RUNS.get(key)
+        kind = (query.device, query.dtype, query.shape[-1], bs)
+        ok = _FA4_RUNS.get(kind)
         if ok is None:
-            ok = _FA4_RUNS[key] = available_backends(query.device, query.dtype, query.shape[-1], "fixed",
-                                                     (bs, bs))["fa4"] == "ok"
+            ok = _FA4_RUNS[kind] = available_backends(query.device, query.dtype, query.shape[-1], "fixed",
+                                                      (bs, bs))["fa4"] == "ok"
         return ok
 
     def _keep(self, qv: torch.Tensor, kv: torch.Tensor) -> bool:

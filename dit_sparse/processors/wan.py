@@ -87,7 +87,6 @@ class WanSparseAttnProcessor:
         hidden_states = attn.to_out[1](hidden_states)
         return hidden_states
 
-
     def _fused_prologue(self, attn, query: torch.Tensor, rotary_emb) -> bool:
         """Whether this call builds q and k with the fused kernel: a call that runs our kernel, sparse or a
         ``fast_dense`` dense step (dense calls through Diffusers' attention keep the stock arithmetic and reproduce
@@ -97,12 +96,11 @@ class WanSparseAttnProcessor:
             return False
         if torch.is_grad_enabled() and query.requires_grad:
             return False
-        norms = (attn.norm_q, attn.norm_k)
         if not qk_norm_rope.supported_head_dim(query.shape[-1] // attn.heads):
             return False
         width = (query.shape[-1],)
         if not all(isinstance(n, torch.nn.RMSNorm) and n.weight is not None and tuple(n.normalized_shape) == width
-                   for n in norms):
+                   for n in (attn.norm_q, attn.norm_k)):
             return False
         return self.core.runs_own_kernel(query.unflatten(2, (attn.heads, -1)))
 
