@@ -1,5 +1,5 @@
-# Probe (not committed): where a Wan-1.3B 480p step spends its GPU time, dense (Diffusers) vs a fixed 0.35 layout on
-# FA4 through our processors. 4 blocks, 1 CFG call.
+# Probe: where a Wan-1.3B 480p step spends its GPU time (torch profiler kernel table, printed; no JSON, so not a
+# speed claim), dense (Diffusers) vs a fixed 0.35 layout on FA4 through our processors. 4 blocks, 1 CFG call.
 import sys
 import torch
 import dit_sparse as ds
