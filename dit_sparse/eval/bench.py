@@ -31,6 +31,7 @@ KERNEL_SHAPES = {
     "wan14b-720p": (75600, 40, 128),
     "hunyuan-720p": (119056, 24, 128),
     "tiny": (1000, 2, 64),
+    "hunyuan-tiny": (3 * 4 * 5 + 7, 2, 64),
     # Image transformers (one frame of 2x2-packed latents; FLUX.1-dev's 24 heads x 128) for `--layout tile`.
     "flux-2048": (128 * 128, 24, 128),
     "flux-4096": (256 * 256, 24, 128),
@@ -43,6 +44,9 @@ KERNEL_GRIDS = {
     "flux-2048": (1, 128, 128, "flux"),
     "flux-4096": (1, 256, 256, "flux"),
 }
+
+# HunyuanVideo's latent grid (frames, height, width; patch 1x2x2 already applied) and its text tokens.
+HUNYUAN_GRIDS = {"hunyuan-720p": (33, 45, 80, 256), "hunyuan-tiny": (3, 4, 5, 7)}
 
 RESULTS_DIR = Path("bench/results")
 
@@ -417,11 +421,16 @@ def bench_e2e(args) -> dict:
     runs = {}
     reference = None
 
-    def run_once(cache_contexts=False):
+    warm_sched = FlowMatchEulerDiscreteScheduler(shift=spec["flow_shift"])
+    warm_sched.set_timesteps(args.warmup_steps or args.steps, device="cpu")
+    warm_timesteps = warm_sched.timesteps.float()
+
+    def run_once(cache_contexts=False, steps=None):
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        out = _denoise(model, spec, timesteps, device, dtype, args.guidance, args.seed, cache_contexts)
+        out = _denoise(model, spec, timesteps if steps is None else steps, device, dtype, args.guidance, args.seed,
+                       cache_contexts)
         if device == "cuda":
             torch.cuda.synchronize()
         return out, time.perf_counter() - t0
@@ -441,8 +450,16 @@ def bench_e2e(args) -> dict:
                                      backend=args.backend, **opts)
                 ds.apply_sparse_attention(model, cfg)
                 entry["config"] = cfg.to_dict()
-            if args.warmup and device == "cuda":
-                run_once()  # compile / autotune / build caches outside the timed run
+            if args.warmup and (device == "cuda" or args.warmup_steps):
+                # Compile / autotune / build caches outside the timed run; ``--warmup-steps`` runs a shorter loop
+                # whose schedule has the same kinds of step (dense, fresh plan, reused plan) to save device time
+                # (and runs on a CPU too, for the tests).
+                if args.warmup_steps and method != "dense":
+                    ds.set_num_inference_steps(model, args.warmup_steps)
+                run_once(steps=warm_timesteps)
+                if args.warmup_steps and method != "dense":
+                    ds.set_num_inference_steps(model, args.steps)
+                    ds.reset_sparse_state(model)
             out, seconds = run_once()
             entry["seconds"] = seconds
             if method == "dense":
@@ -506,6 +523,7 @@ def bench_e2e(args) -> dict:
         "layers_built": args.layers,
         "latent_shape": list(spec["latent"]),
         "steps": args.steps,
+        "warmup_steps": (args.warmup_steps or args.steps) if args.warmup else 0,
         "cfg": spec["family"] == "wan",
         "guidance": args.guidance,
         "dense_steps": "each preset's" if args.presets else args.dense_steps,
@@ -612,50 +630,110 @@ def bench_layer(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------- prologue
-def bench_prologue(args) -> dict:
-    """Wan's q/k prologue (QK-norm across heads, then RoPE) as Diffusers computes it against the fused kernel
-    (`kernels.qk_norm_rope`) at a model's shape: time for q and k of one call, and how far the results differ."""
+def _prologue_diff(out: torch.Tensor, ref: torch.Tensor) -> dict:
+    diff = (out.float() - ref.float()).abs()
+    return {"max_abs_diff": float(diff.max()), "share_bit_identical": float((out == ref).float().mean()),
+            "max_abs_value": float(ref.float().abs().max())}
+
+
+def _prologue_wan(shape: str, device, dtype, reps: int) -> dict:
+    """Wan: torch.nn.RMSNorm across heads, then the interleaved rotation, on a slice of a fused projection."""
     from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
     from dit_sparse.kernels import qk_norm_rope
     from dit_sparse.processors.wan import _apply_rotary_emb
 
+    tokens, heads, dim = KERNEL_SHAPES[shape]
+    f, h, w, _ = KERNEL_GRIDS[shape]
+    width = heads * dim
+    torch.manual_seed(0)
+    norm = torch.nn.RMSNorm(width, eps=1e-6, device=device, dtype=dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(width, device=device) + 0.5)
+    # A slice of the fused projection's output, as with fused q/k/v projections (the strided case).
+    qkv = torch.randn(1, tokens, 3 * width, device=device, dtype=dtype) * 2
+    x = qkv[..., :width]
+    cos, sin = WanRotaryPosEmbed(dim, (1, 2, 2), 1024).to(device)(torch.zeros(1, 1, f, 2 * h, 2 * w, device=device))
+    entry = {"tokens": tokens, "heads": heads, "head_dim": dim}
+    for freqs_name, freqs in (("fp32 freqs (from_pretrained keeps rope in fp32)", (cos, sin)),
+                              ("16-bit freqs (a model cast with .to())", (cos.to(dtype), sin.to(dtype)))):
+        def stock():
+            with torch.no_grad():
+                return _apply_rotary_emb(norm(x).unflatten(2, (heads, -1)), *freqs)
+
+        def fused():
+            return qk_norm_rope.rms_norm_rope(x, norm.weight, norm.eps, *freqs, heads)
+
+        entry[freqs_name] = {"stock_ms_q_and_k": 2 * time_cuda(stock, reps=reps)["median_ms"],
+                             "fused_ms_q_and_k": 2 * time_cuda(fused, reps=reps)["median_ms"],
+                             **_prologue_diff(fused(), stock())}
+    return entry
+
+
+def _prologue_hunyuan(shape: str, device, dtype, reps: int) -> dict:
+    """HunyuanVideo: Diffusers' RMSNorm per head, the rotation on the video tokens, text after them: a single-stream
+    block (one projection of [video; text]) and a dual-stream one (text from its own projection, concatenated)."""
+    from diffusers.models.embeddings import apply_rotary_emb
+    from diffusers.models.normalization import RMSNorm
+    from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoRotaryPosEmbed
+
+    from dit_sparse.kernels import qk_norm_rope
+
+    tokens, heads, dim = KERNEL_SHAPES[shape]
+    f, h, w, text = HUNYUAN_GRIDS[shape]
+    video = f * h * w
+    assert video + text == tokens, (shape, video, text, tokens)
+    torch.manual_seed(0)
+    norms = [RMSNorm(dim, eps=1e-6).to(device=device, dtype=dtype) for _ in range(2)]
+    with torch.no_grad():
+        for n in norms:
+            n.weight.copy_(torch.rand(dim, device=device) + 0.5)
+    x = torch.randn(1, tokens, heads * dim, device=device, dtype=dtype) * 2
+    # HunyuanVideo's split of a head's channels between time and the two image axes (16, 56, 56 of 128).
+    rope_dims = (16, (dim - 16) // 2, (dim - 16) // 2)
+    cos, sin = HunyuanVideoRotaryPosEmbed(2, 1, rope_dims, 256.0)(torch.zeros(1, 1, f, 2 * h, 2 * w, device=device))
+    entry = {"tokens": tokens, "video_tokens": video, "text_tokens": text, "heads": heads, "head_dim": dim}
+
+    def single_stock():
+        with torch.no_grad():
+            y = norms[0](x.unflatten(2, (heads, -1)))
+            return torch.cat([apply_rotary_emb(y[:, :video], (cos, sin), sequence_dim=1), y[:, video:]], dim=1)
+
+    def single_fused():
+        return qk_norm_rope.head_rms_norm_rope(x, norms[0].weight, norms[0].eps, cos, sin, heads, video)
+
+    xv, xt = x[:, :video].contiguous(), x[:, video:].contiguous()
+
+    def dual_stock():
+        with torch.no_grad():
+            y = apply_rotary_emb(norms[0](xv.unflatten(2, (heads, -1))), (cos, sin), sequence_dim=1)
+            return torch.cat([y, norms[1](xt.unflatten(2, (heads, -1)))], dim=1)
+
+    def dual_fused():
+        out = torch.empty(1, tokens, heads, dim, device=device, dtype=dtype)
+        qk_norm_rope.head_rms_norm_rope(xv, norms[0].weight, norms[0].eps, cos, sin, heads, video,
+                                        out=out[:, :video])
+        qk_norm_rope.head_rms_norm_rope(xt, norms[1].weight, norms[1].eps, cos, sin, heads, 0, out=out[:, video:])
+        return out
+
+    for name, stock, fused in (("single-stream", single_stock, single_fused), ("dual-stream", dual_stock, dual_fused)):
+        entry[name] = {"stock_ms_q_and_k": 2 * time_cuda(stock, reps=reps)["median_ms"],
+                       "fused_ms_q_and_k": 2 * time_cuda(fused, reps=reps)["median_ms"],
+                       **_prologue_diff(fused(), stock())}
+    return entry
+
+
+def bench_prologue(args) -> dict:
+    """The q/k prologue (QK-norm, then RoPE) as Diffusers computes it against the fused kernel
+    (`kernels.qk_norm_rope`) at a model's shape: time for q and k of one call, and how far the results differ.
+    Wan's norm spans all heads; HunyuanVideo's is per head, with text tokens after the rotated video ones."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     rows = {}
     for shape in args.shapes.split(","):
-        tokens, heads, dim = KERNEL_SHAPES[shape]
-        f, h, w, _ = KERNEL_GRIDS[shape]
-        width = heads * dim
-        torch.manual_seed(0)
-        norm = torch.nn.RMSNorm(width, eps=1e-6, device=device, dtype=dtype)
-        with torch.no_grad():
-            norm.weight.copy_(torch.rand(width, device=device) + 0.5)
-        # A slice of the fused projection's output, as with fused q/k/v projections (the strided case).
-        qkv = torch.randn(1, tokens, 3 * width, device=device, dtype=dtype) * 2
-        x = qkv[..., :width]
-        cos, sin = WanRotaryPosEmbed(dim, (1, 2, 2), 1024).to(device)(
-            torch.zeros(1, 1, f, 2 * h, 2 * w, device=device))
-        entry = {"tokens": tokens, "heads": heads, "head_dim": dim}
-        for freqs_name, freqs in (("fp32 freqs (from_pretrained keeps rope in fp32)", (cos, sin)),
-                                  ("16-bit freqs (a model cast with .to())", (cos.to(dtype), sin.to(dtype)))):
-            def stock():
-                with torch.no_grad():
-                    return _apply_rotary_emb(norm(x).unflatten(2, (heads, -1)), *freqs)
-
-            def fused():
-                return qk_norm_rope.rms_norm_rope(x, norm.weight, norm.eps, *freqs, heads)
-
-            ref, out = stock(), fused()
-            diff = (out.float() - ref.float()).abs()
-            entry[freqs_name] = {
-                "stock_ms_q_and_k": 2 * time_cuda(stock, reps=args.reps)["median_ms"],
-                "fused_ms_q_and_k": 2 * time_cuda(fused, reps=args.reps)["median_ms"],
-                "max_abs_diff": float(diff.max()), "share_bit_identical": float((out == ref).float().mean()),
-                "max_abs_value": float(ref.float().abs().max()),
-            }
-        rows[shape] = entry
-        print("prologue", shape, entry, flush=True)
+        run = _prologue_hunyuan if shape in HUNYUAN_GRIDS else _prologue_wan
+        rows[shape] = run(shape, device, dtype, args.reps)
+        print("prologue", shape, rows[shape], flush=True)
     payload = {"benchmark": "prologue", "command": "python -m dit_sparse.eval.bench " + " ".join(sys.argv[1:]),
                "commit": git_commit(), "date": _dt.datetime.utcnow().isoformat(timespec="seconds"),
                "dtype": str(dtype), "results": rows}
@@ -894,7 +972,11 @@ STEP_METHODS = {
 }
 
 
-def _wan_prologue(device: str) -> str:
+# The families whose processors build q and k with the fused kernel (`kernels.qk_norm_rope`) on our kernels' calls.
+FUSED_PROLOGUE_FAMILIES = ("wan", "hunyuan_video")
+
+
+def _qk_prologue(device: str) -> str:
     from dit_sparse.kernels import qk_norm_rope
 
     return "fused" if qk_norm_rope.enabled(torch.empty(0, device=device)) else "stock"
@@ -1017,8 +1099,8 @@ def bench_step(args) -> dict:
         "benchmark": "step", "command": "python -m dit_sparse.eval.bench " + " ".join(sys.argv[1:]),
         "commit": git_commit(), "date": _dt.datetime.utcnow().isoformat(timespec="seconds"),
         "model": args.model, "family": spec["family"],
-        # How Wan's sparse calls built q and k (`kernels.qk_norm_rope`): the report marks rows measured without it.
-        "wan_qk_prologue": _wan_prologue(device) if spec["family"] == "wan" else None,
+        # How the sparse calls built q and k (`kernels.qk_norm_rope`): the report marks rows measured without it.
+        "qk_prologue": _qk_prologue(device) if spec["family"] in FUSED_PROLOGUE_FAMILIES else None,
         "latent_shape": list(spec["latent"]) if "latent" in spec else None,
         "token_grid": list(spec["grid"]) if "grid" in spec else None, "cfg_calls_per_step": len(branches),
         "layers_timed": depth, "layers_full_model": full,
@@ -1157,6 +1239,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--backend", default="auto")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--warmup", type=int, default=1)
+    e.add_argument("--warmup-steps", type=int, default=None,
+                   help="steps of the warm-up run (default: --steps); the preset's schedule scales to them")
     e.add_argument("--with-cache", action="store_true", help="also run FirstBlockCache together with sparse attention")
     e.add_argument("--cache-threshold", type=float, default=0.05)
     e.add_argument("--out", default=None)
@@ -1198,8 +1282,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="blocks: compile_repeated_blocks(fullgraph=True); model: torch.compile(the transformer)")
     co.add_argument("--out", default=None)
     co.set_defaults(func=bench_compile)
-    pr = sub.add_parser("prologue", help="Wan's QK-norm + RoPE: Diffusers' arithmetic vs the fused kernel")
-    pr.add_argument("--shapes", default="wan1.3b-480p,wan14b-720p")
+    pr = sub.add_parser("prologue", help="QK-norm + RoPE (Wan, HunyuanVideo): stock vs fused kernel")
+    pr.add_argument("--shapes", default="wan1.3b-480p,wan14b-720p,hunyuan-720p")
     pr.add_argument("--reps", type=int, default=7)
     pr.add_argument("--out", default=None)
     pr.set_defaults(func=bench_prologue)

@@ -203,8 +203,16 @@ def step_rows_by_model(results: List[dict]) -> Dict[tuple, Dict[str, tuple]]:
     return by_model
 
 
-# The first step runs with Wan's fused q/k prologue are of 2026-12-03 (UTC); later JSONs say which they ran.
+# The first step runs with Wan's fused q/k prologue are of 2026-12-03 (UTC); later JSONs say which they ran
+# (``wan_qk_prologue``, then ``qk_prologue`` once HunyuanVideo's was fused: a HunyuanVideo JSON without it is stock).
 FUSED_PROLOGUE_SINCE = "2026-12-03"
+# What the stock prologue cost, measured against the fused one in the same session (for the table's footnote).
+STOCK_PROLOGUE_COST = {
+    "wan": "a sparse step then took 7-8 % longer at Wan-1.3B 480p and 4 % at Wan-14B 720p "
+           "(`...step-wan1.3b-480p-stock-prologue.json`, `...step-wan14b-720p-stock-prologue.json`)",
+    "hunyuan_video": "HunyuanVideo's per-head QK-norm and RoPE over the video tokens, then concatenated with "
+                     "the text's",
+}
 
 
 def _step_family(run: dict) -> str:
@@ -212,15 +220,16 @@ def _step_family(run: dict) -> str:
     return run.get("family") or ("hunyuan_video" if run["model"].startswith("hunyuan") else "wan")
 
 
-def _stock_wan_prologue(run: dict) -> bool:
-    """Whether a Wan step run built q and k with Diffusers' arithmetic on its sparse calls (``wan_qk_prologue``, or for
-    JSONs written before that field, their date)."""
-    if _step_family(run) != "wan":
+def _stock_qk_prologue(run: dict) -> bool:
+    """Whether a step run built q and k with Diffusers' arithmetic on its sparse calls where the fused prologue exists
+    now (``qk_prologue``, ``wan_qk_prologue``, or for Wan JSONs written before either field, their date)."""
+    family = _step_family(run)
+    if family not in STOCK_PROLOGUE_COST:
         return False
-    recorded = run.get("wan_qk_prologue")
+    recorded = run.get("qk_prologue", run.get("wan_qk_prologue"))
     if recorded is not None:
         return recorded == "stock"
-    return run.get("date", "") < FUSED_PROLOGUE_SINCE
+    return family == "hunyuan_video" or run.get("date", "") < FUSED_PROLOGUE_SINCE
 
 
 def step_table(results: List[dict]) -> str:
@@ -244,7 +253,7 @@ def step_table(results: List[dict]) -> str:
         yard = rows.get("fixed-0.25", (None,))[0]
         stock_rows = False
         for label, (e, r) in rows.items():
-            stock = not label.startswith("dense") and _stock_wan_prologue(r)
+            stock = not label.startswith("dense") and _stock_qk_prologue(r)
             stock_rows = stock_rows or stock
             dense_peak = r["results"]["dense"].get("peak_gib")
             ratio = e.get("ratio_vs_dense", 1.0 if label == "dense" else None)
@@ -254,12 +263,10 @@ def step_table(results: List[dict]) -> str:
                          f"{e.get('backend', '—') or '—'} | "
                          f"{_fmt(e.get('mean_density'))} | {e['step_s']:.3f} | {_fmt(ratio)} | {_fmt(vs_yard)} | "
                          f"{peak} | `{os.path.basename(r['_path'])}` |")
+        family = _step_family(any_run)
         if stock_rows:
             lines.append("\n† measured before the fused q/k prologue (`kernels.qk_norm_rope`), with Diffusers' "
-                         "QK-norm and RoPE: a sparse step then took 7-8 % longer at Wan-1.3B 480p and 4 % at Wan-14B "
-                         "720p (`...step-wan1.3b-480p-stock-prologue.json`, "
-                         "`...step-wan14b-720p-stock-prologue.json`).")
-        family = _step_family(any_run)
+                         f"QK-norm and RoPE: {STOCK_PROLOGUE_COST[family]}.")
         ratios = {label: e["ratio_vs_dense"] for label, (e, _) in rows.items() if "ratio_vs_dense" in e}
         cells = []
         for method, e in implied_e2e(family, any_run["layers_full_model"], ratios).items():

@@ -233,14 +233,15 @@ class SparseAttentionCore:
         parts = [out_video.transpose(1, 2), out_text_rows.to(out_video.dtype)]
         return torch.cat(parts[::-1] if text_first else parts, dim=1)
 
-    def runs_own_kernel(self, query: torch.Tensor) -> bool:
-        """Whether this call (q of the video sequence, (B, L, H, D)) runs our kernel: a sparse layout, or a dense step
-        on FlashAttention-4 (``fast_dense``); not Diffusers' attention. The processors may then build q and k with
-        fused kernels, since the output is not Diffusers' bit for bit anyway. Reads the schedule without changing it
-        (the layer's cache entry only tells a fresh plan from a reused one, both sparse)."""
+    def runs_own_kernel(self, query: torch.Tensor, video_len: Optional[int] = None) -> bool:
+        """Whether this call (q (B, L, H, D); its first ``video_len`` tokens, all by default, are the video's) runs
+        our kernel: a sparse layout, or a dense step on FlashAttention-4 (``fast_dense``); not Diffusers' attention.
+        The processors may then build q and k with fused kernels, since the output is not Diffusers' bit for bit
+        anyway. Reads the schedule without changing it (the layer's cache entry only tells a fresh plan from a reused
+        one, both sparse)."""
         static = bool(getattr(self.state.pattern, "static", False))
         decision = self.state.decide(self.layer, static, dense_layer=self._in_dense_layers())
-        return self._runs_own_kernel(decision, query, query.shape[1])
+        return self._runs_own_kernel(decision, query, query.shape[1] if video_len is None else video_len)
 
     def _runs_own_kernel(self, decision: str, query: torch.Tensor, video_len: int) -> bool:
         """Where a call of the schedule's ``decision`` goes: our kernel for sparse decisions on the geometry's video

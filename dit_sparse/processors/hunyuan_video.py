@@ -12,7 +12,9 @@ from typing import Optional, Tuple
 
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.normalization import RMSNorm
 
+from ..kernels import qk_norm_rope
 from .base import SparseAttentionCore
 
 MODEL = "hunyuan_video"
@@ -42,10 +44,48 @@ class HunyuanVideoSparseAttnProcessor:
         query = attn.to_q(hidden_states)
         key = attn.to_k(hidden_states)
         value = attn.to_v(hidden_states)
+        value = value.unflatten(2, (attn.heads, -1))
 
+        text_len = encoder_hidden_states.shape[1] if encoder_hidden_states is not None else 0
+        video_len = query.shape[1] - (text_len if single_stream else 0)
+        if self._fused_prologue(attn, query, image_rotary_emb, video_len, text_len, single_stream):
+            # QK-norm and RoPE in one pass per tensor, written straight into the joint sequence
+            # (`kernels.qk_norm_rope`), when our kernel runs the call.
+            query = self._fused_qk(attn, query, "q", encoder_hidden_states, image_rotary_emb, video_len, single_stream)
+            key = self._fused_qk(attn, key, "k", encoder_hidden_states, image_rotary_emb, video_len, single_stream)
+            if not single_stream and encoder_hidden_states is not None:
+                encoder_value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+                value = torch.cat([value, encoder_value], dim=1)
+        else:
+            query, key, value = self._stock_qkv(attn, query, key, value, encoder_hidden_states, image_rotary_emb,
+                                                single_stream)
+
+        hidden_states = self.core(
+            query, key, value, attn_mask=attention_mask, text_len=text_len,
+            attention_backend=self._attention_backend, parallel_config=self._parallel_config,
+        )
+        hidden_states = hidden_states.flatten(2, 3)
+        hidden_states = hidden_states.to(query.dtype)
+
+        if encoder_hidden_states is not None:
+            hidden_states, encoder_hidden_states = (
+                hidden_states[:, : -encoder_hidden_states.shape[1]],
+                hidden_states[:, -encoder_hidden_states.shape[1] :],
+            )
+            if getattr(attn, "to_out", None) is not None:
+                hidden_states = attn.to_out[0](hidden_states)
+                hidden_states = attn.to_out[1](hidden_states)
+            if getattr(attn, "to_add_out", None) is not None:
+                encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+
+        return hidden_states, encoder_hidden_states
+
+
+    @staticmethod
+    def _stock_qkv(attn, query, key, value, encoder_hidden_states, image_rotary_emb, single_stream):
+        """q, k, v of the joint sequence exactly as Diffusers' ``HunyuanVideoAttnProcessor2_0`` builds them."""
         query = query.unflatten(2, (attn.heads, -1))
         key = key.unflatten(2, (attn.heads, -1))
-        value = value.unflatten(2, (attn.heads, -1))
 
         if attn.norm_q is not None:
             query = attn.norm_q(query)
@@ -76,27 +116,50 @@ class HunyuanVideoSparseAttnProcessor:
             query = torch.cat([query, encoder_query], dim=1)
             key = torch.cat([key, encoder_key], dim=1)
             value = torch.cat([value, encoder_value], dim=1)
+        return query, key, value
 
-        text_len = encoder_hidden_states.shape[1] if encoder_hidden_states is not None else 0
-        hidden_states = self.core(
-            query, key, value, attn_mask=attention_mask, text_len=text_len,
-            attention_backend=self._attention_backend, parallel_config=self._parallel_config,
-        )
-        hidden_states = hidden_states.flatten(2, 3)
-        hidden_states = hidden_states.to(query.dtype)
+    @staticmethod
+    def _fused_qk(attn, x, which, encoder_hidden_states, image_rotary_emb, video_len, single_stream):
+        """q or k of the joint sequence with the fused kernel: single-stream blocks normalise every token and rotate
+        the video ones; dual-stream blocks write the video part and the text part (its own projection and norm) into
+        one buffer instead of concatenating."""
+        norm = attn.norm_q if which == "q" else attn.norm_k
+        if single_stream or encoder_hidden_states is None:
+            return qk_norm_rope.head_rms_norm_rope(x, norm.weight, norm.eps, *image_rotary_emb, attn.heads, video_len)
+        text = (attn.add_q_proj if which == "q" else attn.add_k_proj)(encoder_hidden_states)
+        text_norm = attn.norm_added_q if which == "q" else attn.norm_added_k
+        batch, _, width = x.shape
+        out = x.new_empty(batch, video_len + text.shape[1], attn.heads, width // attn.heads)
+        qk_norm_rope.head_rms_norm_rope(x, norm.weight, norm.eps, *image_rotary_emb, attn.heads, video_len,
+                                        out=out[:, :video_len])
+        qk_norm_rope.head_rms_norm_rope(text, text_norm.weight, text_norm.eps, *image_rotary_emb, attn.heads, 0,
+                                        out=out[:, video_len:])
+        return out
 
-        if encoder_hidden_states is not None:
-            hidden_states, encoder_hidden_states = (
-                hidden_states[:, : -encoder_hidden_states.shape[1]],
-                hidden_states[:, -encoder_hidden_states.shape[1] :],
-            )
-            if getattr(attn, "to_out", None) is not None:
-                hidden_states = attn.to_out[0](hidden_states)
-                hidden_states = attn.to_out[1](hidden_states)
-            if getattr(attn, "to_add_out", None) is not None:
-                encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
-
-        return hidden_states, encoder_hidden_states
+    def _fused_prologue(self, attn, query, image_rotary_emb, video_len, text_len, single_stream) -> bool:
+        """Whether this call builds q and k with the fused kernel: a call that runs our kernel, sparse or a
+        ``fast_dense`` dense step (dense calls through Diffusers' attention keep the stock arithmetic, bit for bit),
+        Diffusers' RMSNorm per head with a weight in q's dtype and no bias, the rotary embedding as HunyuanVideo
+        passes it, no autograd (the kernel has no backward), not inside torch.compile (Inductor fuses the stock ops
+        itself), and the kernel available here."""
+        if not isinstance(image_rotary_emb, (tuple, list)) or len(image_rotary_emb) != 2:
+            return False
+        if torch.compiler.is_compiling() or not qk_norm_rope.enabled(query):
+            return False
+        if torch.is_grad_enabled() and query.requires_grad:
+            return False
+        head_dim = query.shape[-1] // attn.heads
+        if not qk_norm_rope.supported_head_dim(head_dim):
+            return False
+        norms = [attn.norm_q, attn.norm_k]
+        if not single_stream and text_len:
+            norms += [attn.norm_added_q, attn.norm_added_k]
+        if not all(isinstance(n, RMSNorm) and n.weight is not None and n.bias is None
+                   and tuple(n.weight.shape) == (head_dim,) and n.weight.dtype == query.dtype for n in norms):
+            return False
+        if any(f.dim() != 2 or tuple(f.shape) != (video_len, head_dim) for f in image_rotary_emb):
+            return False
+        return self.core.runs_own_kernel(query.unflatten(2, (attn.heads, -1)), video_len)
 
 
 def context_parallel_plan() -> dict:

@@ -44,6 +44,23 @@ def test_bench_e2e_presets_run_each_methods_whole_preset(tmp_path):
     assert radial["dense_calls"] > 0 and radial["sparse_calls"] > 0
 
 
+def test_bench_e2e_short_warmup_leaves_the_timed_run_on_its_own_schedule(tmp_path):
+    """``--warmup-steps``: a shorter warm-up loop (its schedule scaled to it) must not shift the timed run's schedule:
+    the timed run counts the same dense and sparse calls as a run without warm-up, and the same latents."""
+    runs = {}
+    for name, extra in (("none", ["--warmup", "0"]), ("short", ["--warmup-steps", "2"])):
+        out = tmp_path / f"{name}.json"
+        data = _run_bench(out, "e2e", "--model", "tiny", "--methods", "draft", "--steps", "8", "--presets",
+                          "--layers", "2", *extra)
+        assert "error" not in data["runs"]["draft"], data["runs"]["draft"]
+        runs[name] = data
+    assert runs["short"]["warmup_steps"] == 2 and runs["none"]["warmup_steps"] == 0
+    a, b = runs["none"]["runs"]["draft"], runs["short"]["runs"]["draft"]
+    assert (a["dense_calls"], a["sparse_calls"]) == (b["dense_calls"], b["sparse_calls"])
+    assert a["dense_calls"] > 0 and a["sparse_calls"] > 0
+    assert a["psnr_latents_vs_dense"] == b["psnr_latents_vs_dense"]
+
+
 def test_bench_kernel_tiny_checks_against_reference(tmp_path):
     out = tmp_path / "k.json"
     data = _run_bench(out, "kernel", "--shapes", "tiny", "--backends", "reference",
@@ -240,7 +257,7 @@ def test_bench_step_tiny_writes_ratios_and_the_presets_end_to_end(tmp_path):
     data["_path"] = str(out)
     table = report.step_table([data])
     # On a CPU the q/k prologue is Diffusers' arithmetic (the fused kernel runs on CUDA): the row says so.
-    assert data["wan_qk_prologue"] == "stock"
+    assert data["qk_prologue"] == "stock"
     assert "| draft-r2 † |" in table and "draft (draft-r2)" in table and "† measured before" in table
 
 
@@ -254,8 +271,14 @@ def test_step_table_marks_wan_rows_measured_with_the_stock_prologue():
     assert "| radial |" in report.step_table([run("2026-12-03T01:00:00")])
     assert "| radial † |" in report.step_table([run("2026-12-04T01:00:00", wan_qk_prologue="stock")])
     assert "| radial |" in report.step_table([run("2026-12-01", wan_qk_prologue="fused")])
-    hunyuan = dict(run("2026-12-02"), model="hunyuan-720p", family="hunyuan_video")
-    assert "| radial |" in report.step_table([hunyuan]) and "†" not in report.step_table([hunyuan])
+    assert "| radial † |" in report.step_table([run("2026-12-04T01:00:00", qk_prologue="stock")])
+    assert "| radial |" in report.step_table([run("2026-12-04T01:00:00", qk_prologue="fused")])
+    # HunyuanVideo's prologue was fused later: its JSONs without the field ran the stock one, whatever their date.
+    hunyuan = dict(run("2026-12-05"), model="hunyuan-720p", family="hunyuan_video")
+    assert "| radial † |" in report.step_table([hunyuan]) and "HunyuanVideo's per-head" in report.step_table([hunyuan])
+    assert "| radial |" in report.step_table([dict(hunyuan, qk_prologue="fused")])
+    flux = dict(run("2026-12-02"), model="flux-1024", family="flux")
+    assert "†" not in report.step_table([flux])
 
 
 def test_step_table_keeps_a_shortened_model_apart_from_the_full_one():
@@ -265,7 +288,7 @@ def test_step_table_keeps_a_shortened_model_apart_from_the_full_one():
     def run(layers, date, label, step):
         return {"benchmark": "step", "model": "hunyuan-720p", "family": "hunyuan_video", "date": date,
                 "layers_timed": layers, "layers_full_model": 60, "cfg_calls_per_step": 1, "_path": f"{layers}.json",
-                "env": {"device": "H200"},
+                "env": {"device": "H200"}, "qk_prologue": "fused",
                 "results": {"dense": {"step_s": 4 * step, "peak_gib": 1.0},
                             label: {"step_s": step, "ratio_vs_dense": 4.0, "peak_gib": 1.5}}}
 

@@ -140,3 +140,133 @@ def test_wan_fast_dense_steps_fuse_only_where_fa4_runs_them(interpreted, monkeyp
         out = model(**wan_inputs(**kw))[0]
     assert len(calls) == 2 * 2 and ds.summary(model)["dense_calls"] == 2
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------ HunyuanVideo
+def hunyuan_freqs(frames, height, width, dtype=torch.float32):
+    from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoRotaryPosEmbed
+
+    rope = HunyuanVideoRotaryPosEmbed(1, 1, (16, 24, 24), 256.0)
+    cos, sin = rope(torch.zeros(1, 4, frames, height, width))
+    return cos.to(dtype), sin.to(dtype)
+
+
+def hunyuan_stock(x, norm, cos, sin, heads, rope_len):
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    y = norm(x.unflatten(2, (heads, -1)))
+    return torch.cat([apply_rotary_emb(y[:, :rope_len], (cos, sin), sequence_dim=1), y[:, rope_len:]], dim=1)
+
+
+@pytest.mark.parametrize("dtype,heads,batch,freq_dtype", [
+    (torch.float32, 3, 2, torch.float32),
+    (torch.float16, 2, 1, torch.float32),
+    (torch.float16, 5, 1, torch.float16),  # 16-bit frequencies: HunyuanVideo's products stay fp32 all the same
+])
+def test_head_norm_matches_hunyuan_stock_norm_and_rotation(interpreted, dtype, heads, batch, freq_dtype):
+    """Per-head RMSNorm (Diffusers' class: two roundings with a 16-bit weight), the rotation on the video tokens only,
+    text tokens after them only normed, written into a slice of a longer joint buffer."""
+    from diffusers.models.normalization import RMSNorm
+
+    torch.manual_seed(0)
+    head_dim, text = 64, 7
+    cos, sin = hunyuan_freqs(3, 4, 5, freq_dtype)
+    video = cos.shape[0]
+    norm = RMSNorm(head_dim, eps=1e-6).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(head_dim) + 0.5)
+    x = (torch.randn(batch, video + text, heads * head_dim) * 3).to(dtype)
+    with torch.no_grad():
+        ref = hunyuan_stock(x, norm, cos, sin, heads, video)
+    joint = torch.full((batch, video + text + 4, heads, head_dim), float("nan"), dtype=dtype)
+    out = qk_norm_rope.head_rms_norm_rope(x, norm.weight, norm.eps, cos, sin, heads, video,
+                                          out=joint[:, 2: 2 + video + text])
+    assert out.data_ptr() == joint[:, 2:].data_ptr() and out.shape == ref.shape and out.dtype == dtype
+    assert joint[:, :2].isnan().all() and joint[:, -2:].isnan().all()  # nothing written outside the slice
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(out, ref, **tol)
+    if dtype == torch.float16:
+        assert (out == ref).float().mean() > 0.97
+        # The text rows are the norm's output, bit for bit: nothing rotated, nothing rounded twice.
+        assert torch.equal(out[:, video:], ref[:, video:])
+
+
+def test_head_norm_rejects_what_it_cannot_run(interpreted):
+    cos, sin = hunyuan_freqs(1, 2, 2)
+    x = torch.randn(1, cos.shape[0] + 3, 128)
+    with pytest.raises(ValueError, match="weight"):
+        qk_norm_rope.head_rms_norm_rope(x, torch.ones(128), 1e-6, cos, sin, 2, cos.shape[0])
+    with pytest.raises(ValueError, match="rope_len"):
+        qk_norm_rope.head_rms_norm_rope(x, torch.ones(64), 1e-6, cos, sin, 2, x.shape[1] + 1)
+    with pytest.raises(ValueError, match="freqs_cos"):
+        qk_norm_rope.head_rms_norm_rope(x, torch.ones(64), 1e-6, cos[:-1], sin, 2, cos.shape[0])
+    with pytest.raises(ValueError, match="out"):
+        qk_norm_rope.head_rms_norm_rope(x, torch.ones(64), 1e-6, cos, sin, 2, cos.shape[0],
+                                        out=torch.empty(1, x.shape[1], 64, 2).transpose(2, 3))
+
+
+def _randomise_norms(model):
+    from diffusers.models.normalization import RMSNorm
+
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, RMSNorm) and m.weight is not None:
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+
+
+def test_hunyuan_processor_fuses_sparse_calls_only(interpreted, monkeypatch):
+    """Dual- and single-stream blocks: dense calls keep Diffusers' arithmetic, sparse ones build q and k with the
+    fused kernel (video part and text part into one buffer), and the output is the unfused sparse output up to
+    rounding. The token refiner's attention is not ours and is never fused."""
+    from tiny_models import hunyuan_inputs, tiny_hunyuan
+
+    calls = []
+    kernel = qk_norm_rope.head_rms_norm_rope
+
+    def counting(x, weight, eps, cos, sin, heads, rope_len, out=None):
+        calls.append((x.shape[1], rope_len))
+        return kernel(x, weight, eps, cos, sin, heads, rope_len, out=out)
+
+    model = tiny_hunyuan(dual=2, single=2)
+    _randomise_norms(model)
+    kw = dict(frames=3, height=6, width=10, text_len=9, valid=(6,))
+    cfg = RadialConfig(dense_steps=0, dense_layers=1, block_size=16, decay=0.3)
+    ds.apply_sparse_attention(model, cfg)
+    monkeypatch.setenv(qk_norm_rope.ENV, "0")
+    with torch.no_grad():
+        unfused = model(**hunyuan_inputs(**kw))[0]
+    monkeypatch.setenv(qk_norm_rope.ENV, "1")
+    monkeypatch.setattr(qk_norm_rope, "head_rms_norm_rope", counting)
+    ds.reset_sparse_state(model)
+    with torch.no_grad():
+        fused = model(**hunyuan_inputs(**kw))[0]
+    s = ds.summary(model)
+    assert s["dense_calls"] == 1 and s["sparse_calls"] == 3
+    video = 3 * 6 * 10
+    # Dual-stream block 1: q and k each as video (rotated) + text (normed only); single-stream blocks: one call per
+    # tensor over [video; text] rotating the video tokens. Block 0 is dense (stock).
+    assert calls == [(video, video), (9, 0)] * 2 + [(video + 9, video)] * 4
+    torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(fused, model_output_dense(model, kw))  # sparse: the comparison above is not vacuous
+
+
+def model_output_dense(model, kw):
+    from tiny_models import hunyuan_inputs
+
+    ds.remove_sparse_attention(model)
+    with torch.no_grad():
+        return model(**hunyuan_inputs(**kw))[0]
+
+
+def test_prologue_bench_compares_hunyuan_stock_and_fused(interpreted, tmp_path):
+    """`bench prologue` at a tiny HunyuanVideo shape: both block kinds, fused agrees with Diffusers' arithmetic."""
+    import json
+
+    from dit_sparse.eval import bench
+
+    assert bench.main(["prologue", "--shapes", "hunyuan-tiny", "--reps", "1", "--out", str(tmp_path / "p.json")]) == 0
+    row = json.loads((tmp_path / "p.json").read_text())["results"]["hunyuan-tiny"]
+    assert row["video_tokens"] == 60 and row["text_tokens"] == 7
+    for kind in ("single-stream", "dual-stream"):
+        assert row[kind]["max_abs_diff"] < 1e-5 and row[kind]["share_bit_identical"] > 0.5
