@@ -973,7 +973,7 @@ STEP_METHODS = {
 
 
 # The families whose processors build q and k with the fused kernel (`kernels.qk_norm_rope`) on our kernels' calls.
-FUSED_PROLOGUE_FAMILIES = ("wan", "hunyuan_video")
+FUSED_PROLOGUE_FAMILIES = ("wan", "hunyuan_video", "flux")
 
 
 def _qk_prologue(device: str) -> str:

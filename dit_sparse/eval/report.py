@@ -204,7 +204,7 @@ def step_rows_by_model(results: List[dict]) -> Dict[tuple, Dict[str, tuple]]:
 
 
 # The first step runs with Wan's fused q/k prologue are of 2026-12-03 (UTC); later JSONs say which they ran
-# (``wan_qk_prologue``, then ``qk_prologue`` once HunyuanVideo's was fused: a HunyuanVideo JSON without it is stock).
+# (``wan_qk_prologue``, then ``qk_prologue`` once HunyuanVideo's and FLUX's were fused: theirs without it are stock).
 FUSED_PROLOGUE_SINCE = "2026-12-03"
 # What the stock prologue cost, measured against the fused one in the same session (for the table's footnote).
 STOCK_PROLOGUE_COST = {
@@ -212,6 +212,7 @@ STOCK_PROLOGUE_COST = {
            "(`...step-wan1.3b-480p-stock-prologue.json`, `...step-wan14b-720p-stock-prologue.json`)",
     "hunyuan_video": "HunyuanVideo's per-head QK-norm and RoPE over the video tokens, then concatenated with "
                      "the text's",
+    "flux": "FLUX's per-head QK-norm, the text's and the image's concatenated, then RoPE over both",
 }
 
 
@@ -229,7 +230,8 @@ def _stock_qk_prologue(run: dict) -> bool:
     recorded = run.get("qk_prologue", run.get("wan_qk_prologue"))
     if recorded is not None:
         return recorded == "stock"
-    return family == "hunyuan_video" or run.get("date", "") < FUSED_PROLOGUE_SINCE
+    # Only Wan's was fused before the field existed.
+    return family != "wan" or run.get("date", "") < FUSED_PROLOGUE_SINCE
 
 
 def step_table(results: List[dict]) -> str:

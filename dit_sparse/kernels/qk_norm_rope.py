@@ -1,4 +1,4 @@
-"""The query/key prologue in one pass: RMS norm, then the interleaved rotary embedding (Wan and HunyuanVideo).
+"""The query/key prologue in one pass: RMS norm, then the interleaved rotary embedding (Wan, HunyuanVideo, FLUX).
 
 Diffusers' ``WanAttnProcessor`` normalises q and k over all heads (``torch.nn.RMSNorm`` of ``heads * head_dim``) and
 then rotates pairs of channels with some eight elementwise kernels per tensor (strided views, fp32 products, two
@@ -20,7 +20,8 @@ Diffusers' attention keep the stock arithmetic and reproduce it exactly.
 HunyuanVideo (`head_rms_norm_rope`) normalises each head over its own channels with Diffusers' ``RMSNorm`` (which
 rounds ``x * rstd`` to the weight's 16-bit dtype before the weight's product), rotates only the video tokens (fp32
 products, one rounding), and concatenates the text tokens' q and k after them; the kernel writes both parts straight
-into the joint sequence, so the concatenation's copy goes too.
+into the joint sequence, so the concatenation's copy goes too. FLUX does the same per head with ``torch.nn.RMSNorm``
+(one rounding), text first, and rotates every token.
 
 Runs on CUDA; on a CPU under ``TRITON_INTERPRET=1`` (fp16/fp32) for the tests. ``DIT_SPARSE_FUSED_PROLOGUE``: unset
 uses it on CUDA, ``0`` never, ``1`` also under the interpreter.
@@ -173,15 +174,22 @@ def rms_norm_rope(
                    round_products=freqs_cos.dtype == x.dtype and x.element_size() < 4)
 
 
+NORMS = ("diffusers", "torch")
+
+
 def head_rms_norm_rope(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor,
-    heads: int, rope_len: int, out: Optional[torch.Tensor] = None,
+    x: torch.Tensor, weight: torch.Tensor, eps: Optional[float], freqs_cos: torch.Tensor, freqs_sin: torch.Tensor,
+    heads: int, rope_len: int, out: Optional[torch.Tensor] = None, *, norm: str = "diffusers",
 ) -> torch.Tensor:
-    """HunyuanVideo: Diffusers' ``RMSNorm`` of each head (weight of ``head_dim``), then ``apply_rotary_emb`` (real,
-    interleaved pairs, fp32 products) on the first ``rope_len`` tokens; the tokens after them (text) are only normed.
+    """HunyuanVideo and FLUX: an RMS norm of each head (weight of ``head_dim``), then Diffusers' ``apply_rotary_emb``
+    (real, interleaved pairs, fp32 products) on the first ``rope_len`` tokens; the tokens after them (HunyuanVideo's
+    text) are only normed. ``norm`` names the stock module whose rounding to reproduce: ``"diffusers"``
+    (``diffusers.models.normalization.RMSNorm``, HunyuanVideo) or ``"torch"`` (``torch.nn.RMSNorm``, FLUX).
     ``x`` is (B, L, heads * head_dim) with a contiguous last dim, ``freqs_cos``/``freqs_sin`` (rope_len, head_dim).
     Writes into ``out`` when given — a (B, L, heads, head_dim) view with contiguous heads, e.g. a slice of the joint
     [video; text] sequence, which saves the concatenation — and returns it."""
+    if norm not in NORMS:
+        raise ValueError(f"norm={norm!r} is not known; use one of {', '.join(NORMS)}")
     x = _check_x(x, heads)
     batch, length, width = x.shape
     head_dim = width // heads
@@ -200,11 +208,11 @@ def head_rms_norm_rope(
           or out.stride(2) != head_dim):
         raise ValueError(f"out is {tuple(out.shape)} {out.dtype} with strides {out.stride()}; expected "
                          f"({batch}, {length}, {heads}, {head_dim}) {x.dtype} with contiguous heads")
-    # Diffusers' RMSNorm rounds twice with a 16-bit weight (x * rstd, then the weight's product); the rotation's
-    # products are fp32 whatever the frequencies' dtype (``x.float() * cos``).
+    # Diffusers' RMSNorm rounds twice with a 16-bit weight (x * rstd, then the weight's product), torch's once; the
+    # rotation's products are fp32 whatever the frequencies' dtype (``x.float() * cos``).
     return _launch(x, weight, eps, freqs_cos, freqs_sin, heads, out, rope_len,
                    (0, freqs_cos.stride(0), freqs_cos.stride(1)), (0, freqs_sin.stride(0), freqs_sin.stride(1)),
-                   per_head=True, round_norm=x.element_size() < 4, round_products=False)
+                   per_head=True, round_norm=norm == "diffusers" and x.element_size() < 4, round_products=False)
 
 
 __all__ = ["ENV", "enabled", "head_rms_norm_rope", "rms_norm_rope", "supported_head_dim"]

@@ -15,6 +15,7 @@ from typing import Optional, Tuple
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
+from ..kernels import qk_norm_rope
 from .base import SparseAttentionCore
 
 MODEL = "flux"
@@ -59,30 +60,7 @@ class FluxSparseAttnProcessor:
             attn, hidden_states, encoder_hidden_states
         )
 
-        query = query.unflatten(-1, (-1, attn.head_dim))
-        key = key.unflatten(-1, (-1, attn.head_dim))
-        value = value.unflatten(-1, (-1, attn.head_dim))
-
-        query = attn.norm_q(query)
-        key = attn.norm_k(key)
-
         joint = attn.added_kv_proj_dim is not None and encoder_query is not None
-        if joint:
-            encoder_query = encoder_query.unflatten(-1, (-1, attn.head_dim))
-            encoder_key = encoder_key.unflatten(-1, (-1, attn.head_dim))
-            encoder_value = encoder_value.unflatten(-1, (-1, attn.head_dim))
-
-            encoder_query = attn.norm_added_q(encoder_query)
-            encoder_key = attn.norm_added_k(encoder_key)
-
-            query = torch.cat([encoder_query, query], dim=1)
-            key = torch.cat([encoder_key, key], dim=1)
-            value = torch.cat([encoder_value, value], dim=1)
-
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-
         if joint:
             text_len = encoder_query.shape[1]
         elif encoder_hidden_states is None and self.core.state.geometry is not None:
@@ -90,6 +68,38 @@ class FluxSparseAttnProcessor:
             text_len = self.core.state.geometry.text_tokens
         else:
             text_len = 0
+        image_len = query.shape[1] - (0 if joint else text_len)
+
+        value = value.unflatten(-1, (-1, attn.head_dim))
+        if joint:
+            encoder_value = encoder_value.unflatten(-1, (-1, attn.head_dim))
+            value = torch.cat([encoder_value, value], dim=1)
+        if self._fused_prologue(attn, query, image_rotary_emb, joint, text_len, image_len):
+            # QK-norm and RoPE in one pass per tensor, the text part and the image part written straight into the
+            # joint sequence (`kernels.qk_norm_rope`), when our kernel runs the call.
+            query = self._fused_qk(attn, query, encoder_query, "q", image_rotary_emb, joint)
+            key = self._fused_qk(attn, key, encoder_key, "k", image_rotary_emb, joint)
+        else:
+            query = query.unflatten(-1, (-1, attn.head_dim))
+            key = key.unflatten(-1, (-1, attn.head_dim))
+
+            query = attn.norm_q(query)
+            key = attn.norm_k(key)
+
+            if joint:
+                encoder_query = encoder_query.unflatten(-1, (-1, attn.head_dim))
+                encoder_key = encoder_key.unflatten(-1, (-1, attn.head_dim))
+
+                encoder_query = attn.norm_added_q(encoder_query)
+                encoder_key = attn.norm_added_k(encoder_key)
+
+                query = torch.cat([encoder_query, query], dim=1)
+                key = torch.cat([encoder_key, key], dim=1)
+
+            if image_rotary_emb is not None:
+                query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+                key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
         hidden_states = self.core(
             query, key, value, attn_mask=attention_mask, text_len=text_len, text_first=True,
             attention_backend=self._attention_backend, parallel_config=self._parallel_config,
@@ -107,6 +117,51 @@ class FluxSparseAttnProcessor:
 
             return hidden_states, encoder_hidden_states
         return hidden_states
+
+
+    @staticmethod
+    def _fused_qk(attn, x, text, which, image_rotary_emb, joint):
+        """q or k of the joint [text; image] sequence with the fused kernel (every token rotated): single-stream
+        blocks in one call; dual-stream blocks write the text part (its own projection and norm) and the image part
+        into one buffer instead of concatenating."""
+        norm = attn.norm_q if which == "q" else attn.norm_k
+        cos, sin = image_rotary_emb
+        if not joint:
+            return qk_norm_rope.head_rms_norm_rope(x, norm.weight, norm.eps, cos, sin, attn.heads, x.shape[1],
+                                                   norm="torch")
+        text_norm = attn.norm_added_q if which == "q" else attn.norm_added_k
+        n_text = text.shape[1]
+        batch, n_image, width = x.shape
+        out = x.new_empty(batch, n_text + n_image, attn.heads, width // attn.heads)
+        qk_norm_rope.head_rms_norm_rope(text, text_norm.weight, text_norm.eps, cos[:n_text], sin[:n_text],
+                                        attn.heads, n_text, out=out[:, :n_text], norm="torch")
+        qk_norm_rope.head_rms_norm_rope(x, norm.weight, norm.eps, cos[n_text:], sin[n_text:], attn.heads, n_image,
+                                        out=out[:, n_text:], norm="torch")
+        return out
+
+    def _fused_prologue(self, attn, query, image_rotary_emb, joint, text_len, image_len) -> bool:
+        """Whether this call builds q and k with the fused kernel: a call that runs our kernel (sparse, or a
+        ``fast_dense`` dense step; dense calls through Diffusers' attention keep the stock arithmetic, bit for bit),
+        ``torch.nn.RMSNorm`` per head with a weight in q's dtype, the rotary embedding over the whole joint sequence
+        as FLUX passes it, no autograd (the kernel has no backward), not inside torch.compile, and the kernel
+        available here."""
+        if not isinstance(image_rotary_emb, (tuple, list)) or len(image_rotary_emb) != 2:
+            return False
+        if torch.compiler.is_compiling() or not qk_norm_rope.enabled(query):
+            return False
+        if torch.is_grad_enabled() and query.requires_grad:
+            return False
+        head_dim = attn.head_dim
+        if query.shape[-1] != attn.heads * head_dim or not qk_norm_rope.supported_head_dim(head_dim):
+            return False
+        norms = [attn.norm_q, attn.norm_k] + ([attn.norm_added_q, attn.norm_added_k] if joint else [])
+        if not all(isinstance(n, torch.nn.RMSNorm) and n.weight is not None and tuple(n.weight.shape) == (head_dim,)
+                   and n.weight.dtype == query.dtype for n in norms):
+            return False
+        total = text_len + image_len
+        if any(f.dim() != 2 or tuple(f.shape) != (total, head_dim) for f in image_rotary_emb):
+            return False
+        return self.core.runs_own_kernel(query.unflatten(-1, (attn.heads, head_dim)), image_len)
 
 
 def reorder_tokens(transformer, arguments: dict, order: torch.Tensor) -> bool:

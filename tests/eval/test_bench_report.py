@@ -277,8 +277,10 @@ def test_step_table_marks_wan_rows_measured_with_the_stock_prologue():
     hunyuan = dict(run("2026-12-05"), model="hunyuan-720p", family="hunyuan_video")
     assert "| radial † |" in report.step_table([hunyuan]) and "HunyuanVideo's per-head" in report.step_table([hunyuan])
     assert "| radial |" in report.step_table([dict(hunyuan, qk_prologue="fused")])
-    flux = dict(run("2026-12-02"), model="flux-1024", family="flux")
-    assert "†" not in report.step_table([flux])
+    flux = dict(run("2026-12-02"), model="flux-2048", family="flux")
+    assert "| radial † |" in report.step_table([flux]) and "FLUX's per-head" in report.step_table([flux])
+    qwen = dict(run("2026-12-02"), model="qwen-image-2048", family="qwen_image")
+    assert "†" not in report.step_table([qwen])  # no fused prologue for Qwen-Image: nothing to mark
 
 
 def test_step_table_keeps_a_shortened_model_apart_from_the_full_one():

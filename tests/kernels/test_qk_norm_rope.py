@@ -270,3 +270,70 @@ def test_prologue_bench_compares_hunyuan_stock_and_fused(interpreted, tmp_path):
     assert row["video_tokens"] == 60 and row["text_tokens"] == 7
     for kind in ("single-stream", "dual-stream"):
         assert row[kind]["max_abs_diff"] < 1e-5 and row[kind]["share_bit_identical"] > 0.5
+
+
+# --------------------------------------------------------------------------------------------------------------- FLUX
+def test_head_norm_with_torch_rms_norm_rounds_once(interpreted):
+    """FLUX's heads use ``torch.nn.RMSNorm`` (one rounding, after the weight) and rotate every token."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    torch.manual_seed(0)
+    heads, head_dim = 3, 64
+    cos, sin = hunyuan_freqs(2, 4, 4)
+    n = cos.shape[0]
+    norm = torch.nn.RMSNorm(head_dim, eps=1e-6).to(torch.float16)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(head_dim) + 0.5)
+    x = (torch.randn(1, n, heads * head_dim) * 3).to(torch.float16)
+    with torch.no_grad():
+        ref = apply_rotary_emb(norm(x.unflatten(2, (heads, -1))), (cos, sin), sequence_dim=1)
+    out = qk_norm_rope.head_rms_norm_rope(x, norm.weight, norm.eps, cos, sin, heads, n, norm="torch")
+    torch.testing.assert_close(out, ref, atol=2e-3, rtol=2e-3)
+    assert (out == ref).float().mean() > 0.97
+    with pytest.raises(ValueError, match="norm="):
+        qk_norm_rope.head_rms_norm_rope(x, norm.weight, norm.eps, cos, sin, heads, n, norm="layer")
+
+
+def test_flux_processor_fuses_sparse_calls_only(interpreted, monkeypatch):
+    """Dual-stream (text part and image part into one buffer, text first) and single-stream blocks: the dense layer
+    keeps Diffusers' arithmetic, sparse ones run the fused kernel, output as unfused up to rounding; with fused
+    q/k/v projections as well."""
+    from tiny_models import flux_inputs, tiny_flux
+
+    calls = []
+    kernel = qk_norm_rope.head_rms_norm_rope
+
+    def counting(x, weight, eps, cos, sin, heads, rope_len, out=None, *, norm="diffusers"):
+        calls.append((x.shape[1], rope_len, norm))
+        return kernel(x, weight, eps, cos, sin, heads, rope_len, out=out, norm=norm)
+
+    for fused_projections in (False, True):
+        calls.clear()
+        model = tiny_flux(dual=2, single=2)
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(3)
+            for m in model.modules():
+                if isinstance(m, torch.nn.RMSNorm):
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+        if fused_projections:
+            model.fuse_qkv_projections()
+        kw = dict(height=8, width=10, text_len=7)
+        ds.apply_sparse_attention(model, RadialConfig(decay=0.5, dense_steps=0, dense_layers=1, block_size=16))
+        monkeypatch.setenv(qk_norm_rope.ENV, "0")
+        with torch.no_grad():
+            unfused = model(**flux_inputs(**kw))[0]
+        monkeypatch.setenv(qk_norm_rope.ENV, "1")
+        monkeypatch.setattr(qk_norm_rope, "head_rms_norm_rope", counting)
+        ds.reset_sparse_state(model)
+        with torch.no_grad():
+            fused = model(**flux_inputs(**kw))[0]
+        monkeypatch.setattr(qk_norm_rope, "head_rms_norm_rope", kernel)
+        s = ds.summary(model)
+        assert s["dense_calls"] == 1 and s["sparse_calls"] == 3
+        image = 8 * 10
+        # Dual-stream block 1 (block 0 dense): text then image for q, the same for k; single-stream: one call each.
+        assert calls == [(7, 7, "torch"), (image, image, "torch")] * 2 + [(7 + image, 7 + image, "torch")] * 4
+        torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=1e-5)
+        ds.remove_sparse_attention(model)
+        with torch.no_grad():
+            assert not torch.equal(model(**flux_inputs(**kw))[0], fused)  # sparse: the comparison is not vacuous
