@@ -5,7 +5,7 @@
 #   hy:     the prologue bench (Wan and HunyuanVideo shapes), then HunyuanVideo 720p steps (15 of 60 blocks) with the
 #           stock prologue (DIT_SPARSE_FUSED_PROLOGUE=0) and fused, each against its own dense row, FA4-dense included.
 #   w14:    Wan-14B 720p steps (10 of 40 blocks) with FA4-dense (the fa4-full row with the fused prologue), then
-#           FLUX.1-dev 2048^2 and 4096^2 steps (6 blocks) with the stock prologue and fused.
+#           FLUX.1-dev 2048^2 and 4096^2 and Qwen-Image 2048^2 steps (6 blocks) with the stock prologue and fused.
 #   w14e2e: Wan-14B 720p end to end at the presets (10 of 40 blocks, 20 steps; warm-up loop of 4 steps).
 #   hye2e:  HunyuanVideo 720p end to end at the presets (fused; 15 of 60 blocks, 10 steps).
 # Each part's timeouts sum below one device call (600 s).
@@ -25,11 +25,11 @@ hy)
 w14)
   timeout 200 $S --model wan14b-720p --layers 10 --dense-variants fa4 --methods radial,fixed-0.25,draft-0.35-r4,tile \
     --out $OUT/step-wan14b-720p-fa4-full-fused-prologue.json 2>&1 | grep -E "^wan|Error" | cut -c1-200
-  for m in flux-2048 flux-4096; do
+  for m in flux-2048 flux-4096 qwen-image-2048; do
     for p in stock fused; do
       [ $p = stock ] && export DIT_SPARSE_FUSED_PROLOGUE=0 || unset DIT_SPARSE_FUSED_PROLOGUE
       timeout 100 $S --model $m --layers 6 --dense-variants none --methods radial,tile,fixed-0.25 \
-        --out $OUT/step-$m-$p-prologue.json 2>&1 | grep -E "^flux|Error" | cut -c1-200
+        --out $OUT/step-$m-$p-prologue.json 2>&1 | grep -E "^flux|^qwen|Error" | cut -c1-200
     done
   done
   unset DIT_SPARSE_FUSED_PROLOGUE

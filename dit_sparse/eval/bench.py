@@ -973,7 +973,7 @@ STEP_METHODS = {
 
 
 # The families whose processors build q and k with the fused kernel (`kernels.qk_norm_rope`) on our kernels' calls.
-FUSED_PROLOGUE_FAMILIES = ("wan", "hunyuan_video", "flux")
+FUSED_PROLOGUE_FAMILIES = ("wan", "hunyuan_video", "flux", "qwen_image")
 
 
 def _qk_prologue(device: str) -> str:

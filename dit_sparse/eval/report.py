@@ -204,7 +204,7 @@ def step_rows_by_model(results: List[dict]) -> Dict[tuple, Dict[str, tuple]]:
 
 
 # The first step runs with Wan's fused q/k prologue are of 2026-12-03 (UTC); later JSONs say which they ran
-# (``wan_qk_prologue``, then ``qk_prologue`` once HunyuanVideo's and FLUX's were fused: theirs without it are stock).
+# (``wan_qk_prologue``, then ``qk_prologue`` once the other families' were fused: theirs without it are stock).
 FUSED_PROLOGUE_SINCE = "2026-12-03"
 # What the stock prologue cost, measured against the fused one in the same session (for the table's footnote).
 STOCK_PROLOGUE_COST = {
@@ -213,6 +213,7 @@ STOCK_PROLOGUE_COST = {
     "hunyuan_video": "HunyuanVideo's per-head QK-norm and RoPE over the video tokens, then concatenated with "
                      "the text's",
     "flux": "FLUX's per-head QK-norm, the text's and the image's concatenated, then RoPE over both",
+    "qwen_image": "Qwen-Image's per-head QK-norm and complex RoPE per stream, then the streams concatenated",
 }
 
 

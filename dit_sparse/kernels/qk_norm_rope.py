@@ -1,4 +1,4 @@
-"""The query/key prologue in one pass: RMS norm, then the interleaved rotary embedding (Wan, HunyuanVideo, FLUX).
+"""The query/key prologue in one pass: RMS norm, then the interleaved rotary embedding (every model we support).
 
 Diffusers' ``WanAttnProcessor`` normalises q and k over all heads (``torch.nn.RMSNorm`` of ``heads * head_dim``) and
 then rotates pairs of channels with some eight elementwise kernels per tensor (strided views, fp32 products, two
@@ -21,7 +21,8 @@ HunyuanVideo (`head_rms_norm_rope`) normalises each head over its own channels w
 rounds ``x * rstd`` to the weight's 16-bit dtype before the weight's product), rotates only the video tokens (fp32
 products, one rounding), and concatenates the text tokens' q and k after them; the kernel writes both parts straight
 into the joint sequence, so the concatenation's copy goes too. FLUX does the same per head with ``torch.nn.RMSNorm``
-(one rounding), text first, and rotates every token.
+(one rounding), text first, and rotates every token; Qwen-Image with Diffusers' RMSNorm and a complex table per stream
+(``torch.view_as_real`` of it is the interleaved (cos, sin) pairs the kernel reads).
 
 Runs on CUDA; on a CPU under ``TRITON_INTERPRET=1`` (fp16/fp32) for the tests. ``DIT_SPARSE_FUSED_PROLOGUE``: unset
 uses it on CUDA, ``0`` never, ``1`` also under the interpreter.

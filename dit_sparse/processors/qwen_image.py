@@ -12,8 +12,10 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+from diffusers.models.normalization import RMSNorm
 from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
 
+from ..kernels import qk_norm_rope
 from .base import SparseAttentionCore
 
 MODEL = "qwen_image"
@@ -63,23 +65,12 @@ class QwenImageSparseAttnProcessor:
 
         # A fixed head_dim, the head count from the projection (tensor parallelism shards the heads), as stock.
         head_dim = attn.inner_dim // attn.heads
-        img_query = img_query.unflatten(-1, (-1, head_dim))
-        img_key = img_key.unflatten(-1, (-1, head_dim))
         img_value = img_value.unflatten(-1, (-1, head_dim))
-
-        txt_query = txt_query.unflatten(-1, (-1, head_dim))
-        txt_key = txt_key.unflatten(-1, (-1, head_dim))
         txt_value = txt_value.unflatten(-1, (-1, head_dim))
+        # [text, image], as stock.
+        joint_value = torch.cat([txt_value, img_value], dim=1)
 
-        if attn.norm_q is not None:
-            img_query = attn.norm_q(img_query)
-        if attn.norm_k is not None:
-            img_key = attn.norm_k(img_key)
-        if attn.norm_added_q is not None:
-            txt_query = attn.norm_added_q(txt_query)
-        if attn.norm_added_k is not None:
-            txt_key = attn.norm_added_k(txt_key)
-
+        img_freqs = txt_freqs = None
         if image_rotary_emb is not None:
             img_freqs, txt_freqs = image_rotary_emb
             order = self.core.state.token_order
@@ -88,15 +79,37 @@ class QwenImageSparseAttnProcessor:
                 # RoPE from img_shapes inside its forward, so the image frequencies follow here (33 MB per call at
                 # 4096^2, against 1.6 GB of q, k, v and output the kernel no longer permutes).
                 img_freqs = img_freqs.index_select(0, order)
-            img_query = apply_rotary_emb_qwen(img_query, img_freqs, use_real=False)
-            img_key = apply_rotary_emb_qwen(img_key, img_freqs, use_real=False)
-            txt_query = apply_rotary_emb_qwen(txt_query, txt_freqs, use_real=False)
-            txt_key = apply_rotary_emb_qwen(txt_key, txt_freqs, use_real=False)
 
-        # [text, image], as stock.
-        joint_query = torch.cat([txt_query, img_query], dim=1)
-        joint_key = torch.cat([txt_key, img_key], dim=1)
-        joint_value = torch.cat([txt_value, img_value], dim=1)
+        if self._fused_prologue(attn, img_query, txt_query, img_freqs, txt_freqs, head_dim):
+            # QK-norm and RoPE in one pass per tensor and stream, written straight into the joint [text; image]
+            # sequence (`kernels.qk_norm_rope`), when our kernel runs the call.
+            joint_query = self._fused_qk(attn.norm_added_q, attn.norm_q, txt_query, img_query, txt_freqs, img_freqs,
+                                         head_dim)
+            joint_key = self._fused_qk(attn.norm_added_k, attn.norm_k, txt_key, img_key, txt_freqs, img_freqs,
+                                       head_dim)
+        else:
+            img_query = img_query.unflatten(-1, (-1, head_dim))
+            img_key = img_key.unflatten(-1, (-1, head_dim))
+            txt_query = txt_query.unflatten(-1, (-1, head_dim))
+            txt_key = txt_key.unflatten(-1, (-1, head_dim))
+
+            if attn.norm_q is not None:
+                img_query = attn.norm_q(img_query)
+            if attn.norm_k is not None:
+                img_key = attn.norm_k(img_key)
+            if attn.norm_added_q is not None:
+                txt_query = attn.norm_added_q(txt_query)
+            if attn.norm_added_k is not None:
+                txt_key = attn.norm_added_k(txt_key)
+
+            if image_rotary_emb is not None:
+                img_query = apply_rotary_emb_qwen(img_query, img_freqs, use_real=False)
+                img_key = apply_rotary_emb_qwen(img_key, img_freqs, use_real=False)
+                txt_query = apply_rotary_emb_qwen(txt_query, txt_freqs, use_real=False)
+                txt_key = apply_rotary_emb_qwen(txt_key, txt_freqs, use_real=False)
+
+            joint_query = torch.cat([txt_query, img_query], dim=1)
+            joint_key = torch.cat([txt_key, img_key], dim=1)
 
         joint_hidden_states = self.core(
             joint_query, joint_key, joint_value, attn_mask=attention_mask, text_len=seq_txt, text_first=True,
@@ -116,6 +129,44 @@ class QwenImageSparseAttnProcessor:
         txt_attn_output = attn.to_add_out(txt_attn_output.contiguous())
 
         return img_attn_output, txt_attn_output
+
+
+    @staticmethod
+    def _fused_qk(txt_norm, img_norm, txt, img, txt_freqs, img_freqs, head_dim):
+        """q or k of the joint [text; image] sequence with the fused kernel: each stream's projection normed (its
+        own norm) and rotated (its own complex frequencies, read as interleaved (cos, sin) pairs) into one buffer."""
+        batch, n_text, width = txt.shape
+        heads = width // head_dim
+        out = img.new_empty(batch, n_text + img.shape[1], heads, head_dim)
+        for x, norm, freqs, part in ((txt, txt_norm, txt_freqs, out[:, :n_text]),
+                                     (img, img_norm, img_freqs, out[:, n_text:])):
+            # A complex table viewed as reals is (cos_0, sin_0, cos_1, sin_1, ...): the kernel takes its cosines from
+            # the even channels of one table and its sines from the odd channels of the other, so both are this one.
+            pairs = torch.view_as_real(freqs).flatten(-2)
+            qk_norm_rope.head_rms_norm_rope(x, norm.weight, norm.eps, pairs, pairs, heads, x.shape[1], out=part)
+        return out
+
+    def _fused_prologue(self, attn, img_query, txt_query, img_freqs, txt_freqs, head_dim) -> bool:
+        """Whether this call builds q and k with the fused kernel: a call that runs our kernel (sparse, or a
+        ``fast_dense`` dense step; dense calls through Diffusers' attention keep the stock arithmetic, bit for bit),
+        Diffusers' RMSNorm per head on both streams with a weight in q's dtype, complex rotary tables as Qwen-Image
+        passes them, no autograd (the kernel has no backward), not inside torch.compile, and the kernel available."""
+        if img_freqs is None or not (img_freqs.is_complex() and txt_freqs.is_complex()):
+            return False
+        if torch.compiler.is_compiling() or not qk_norm_rope.enabled(img_query):
+            return False
+        if torch.is_grad_enabled() and (img_query.requires_grad or txt_query.requires_grad):
+            return False
+        if not qk_norm_rope.supported_head_dim(head_dim) or img_query.shape[-1] % head_dim:
+            return False
+        norms = (attn.norm_q, attn.norm_k, attn.norm_added_q, attn.norm_added_k)
+        if not all(isinstance(n, RMSNorm) and n.weight is not None and n.bias is None
+                   and tuple(n.weight.shape) == (head_dim,) and n.weight.dtype == img_query.dtype for n in norms):
+            return False
+        if tuple(img_freqs.shape) != (img_query.shape[1], head_dim // 2) \
+                or tuple(txt_freqs.shape) != (txt_query.shape[1], head_dim // 2):
+            return False
+        return self.core.runs_own_kernel(img_query.unflatten(-1, (-1, head_dim)), img_query.shape[1])
 
 
 def reorder_tokens(transformer, arguments: dict, order: torch.Tensor) -> bool:

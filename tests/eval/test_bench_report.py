@@ -280,7 +280,7 @@ def test_step_table_marks_wan_rows_measured_with_the_stock_prologue():
     flux = dict(run("2026-12-02"), model="flux-2048", family="flux")
     assert "| radial † |" in report.step_table([flux]) and "FLUX's per-head" in report.step_table([flux])
     qwen = dict(run("2026-12-02"), model="qwen-image-2048", family="qwen_image")
-    assert "†" not in report.step_table([qwen])  # no fused prologue for Qwen-Image: nothing to mark
+    assert "| radial † |" in report.step_table([qwen]) and "complex RoPE" in report.step_table([qwen])
 
 
 def test_step_table_keeps_a_shortened_model_apart_from_the_full_one():

@@ -337,3 +337,50 @@ def test_flux_processor_fuses_sparse_calls_only(interpreted, monkeypatch):
         ds.remove_sparse_attention(model)
         with torch.no_grad():
             assert not torch.equal(model(**flux_inputs(**kw))[0], fused)  # sparse: the comparison is not vacuous
+
+
+# --------------------------------------------------------------------------------------------------------- Qwen-Image
+def test_qwen_image_processor_fuses_sparse_calls_only(interpreted, monkeypatch):
+    """Qwen-Image's complex rotary tables read as interleaved (cos, sin) pairs, one per stream, both streams written
+    into the joint [text; image] buffer; a padded text mask and the image tokens in the pattern's order (tile) as
+    well. Dense layer stock, sparse ones fused, output as unfused up to rounding."""
+    from diffusers.models.normalization import RMSNorm
+    from tiny_models import qwen_image_inputs, tiny_qwen_image
+
+    from dit_sparse import TileConfig
+
+    calls = []
+    kernel = qk_norm_rope.head_rms_norm_rope
+
+    def counting(x, weight, eps, cos, sin, heads, rope_len, out=None, *, norm="diffusers"):
+        calls.append((x.shape[1], rope_len, norm))
+        return kernel(x, weight, eps, cos, sin, heads, rope_len, out=out, norm=norm)
+
+    configs = (RadialConfig(decay=0.5, dense_steps=0, dense_layers=1, block_size=16),
+               TileConfig(tile=(1, 4, 4), window=(1, 3, 3), dense_steps=0, dense_layers=1, block_size=16))
+    for config in configs:
+        calls.clear()
+        model = tiny_qwen_image(layers=3)
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(3)
+            for m in model.modules():
+                if isinstance(m, RMSNorm) and m.weight is not None:
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+        kw = dict(height=8, width=12, text_len=7, mask=torch.tensor([[1] * 5 + [0] * 2]))
+        ds.apply_sparse_attention(model, config)
+        monkeypatch.setenv(qk_norm_rope.ENV, "0")
+        with torch.no_grad():
+            unfused = model(**qwen_image_inputs(**kw))[0]
+        monkeypatch.setenv(qk_norm_rope.ENV, "1")
+        monkeypatch.setattr(qk_norm_rope, "head_rms_norm_rope", counting)
+        ds.reset_sparse_state(model)
+        with torch.no_grad():
+            fused = model(**qwen_image_inputs(**kw))[0]
+        monkeypatch.setattr(qk_norm_rope, "head_rms_norm_rope", kernel)
+        s = ds.summary(model)
+        assert s["dense_calls"] == 1 and s["sparse_calls"] == 2
+        assert calls == [(7, 7, "diffusers"), (8 * 12, 8 * 12, "diffusers")] * 4  # q then k, two sparse layers
+        torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=1e-5)
+        ds.remove_sparse_attention(model)
+        with torch.no_grad():
+            assert not torch.equal(model(**qwen_image_inputs(**kw))[0], fused)
