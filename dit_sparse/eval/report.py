@@ -128,9 +128,9 @@ def e2e_table(results: List[dict]) -> str:
                          f"{_fmt(e.get('mean_density'))} | {e.get('backend', '—')} | "
                          f"{_fmt(e.get('psnr_latents_vs_dense'), 1)} |")
         if footnote:
-            lines.append("\n— : the run's preset has `fast_dense` (dense steps on FlashAttention-4, and on Wan q "
-                         "and k from the fused prologue), which the Amdahl bounds (everything but sparse attention at "
-                         "Diffusers' dense cost) do not model.")
+            lines.append("\n— : the run's preset has `fast_dense` (dense steps on FlashAttention-4, q and k from the "
+                         "fused prologue), which the Amdahl bounds (everything but sparse attention at Diffusers' "
+                         "dense cost) do not model.")
         lines.append("")
     return "\n".join(lines) if lines else "_no end-to-end results yet_"
 
@@ -210,10 +210,12 @@ FUSED_PROLOGUE_SINCE = "2026-12-03"
 STOCK_PROLOGUE_COST = {
     "wan": "a sparse step then took 7-8 % longer at Wan-1.3B 480p and 4 % at Wan-14B 720p "
            "(`...step-wan1.3b-480p-stock-prologue.json`, `...step-wan14b-720p-stock-prologue.json`)",
-    "hunyuan_video": "HunyuanVideo's per-head QK-norm and RoPE over the video tokens, then concatenated with "
-                     "the text's",
-    "flux": "FLUX's per-head QK-norm, the text's and the image's concatenated, then RoPE over both",
-    "qwen_image": "Qwen-Image's per-head QK-norm and complex RoPE per stream, then the streams concatenated",
+    "hunyuan_video": "a sparse step then took 14-25 % longer at HunyuanVideo 720p (15 of 60 blocks; "
+                     "`...step-hunyuan-720p-stock-prologue.json` against `...-fused-prologue.json`)",
+    "flux": "a sparse step then took 16-28 % longer at 2048² and 4096² (6 blocks; "
+            "`...step-flux-{2048,4096}-stock-prologue.json` against `...-fused-prologue.json`)",
+    "qwen_image": "a sparse step then took 21-22 % longer at 2048² (6 blocks; "
+                  "`...step-qwen-image-2048-stock-prologue.json` against `...-fused-prologue.json`)",
 }
 
 

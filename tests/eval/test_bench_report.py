@@ -275,12 +275,13 @@ def test_step_table_marks_wan_rows_measured_with_the_stock_prologue():
     assert "| radial |" in report.step_table([run("2026-12-04T01:00:00", qk_prologue="fused")])
     # HunyuanVideo's prologue was fused later: its JSONs without the field ran the stock one, whatever their date.
     hunyuan = dict(run("2026-12-05"), model="hunyuan-720p", family="hunyuan_video")
-    assert "| radial † |" in report.step_table([hunyuan]) and "HunyuanVideo's per-head" in report.step_table([hunyuan])
+    table = report.step_table([hunyuan])
+    assert "| radial † |" in table and "14-25 % longer at HunyuanVideo" in table
     assert "| radial |" in report.step_table([dict(hunyuan, qk_prologue="fused")])
     flux = dict(run("2026-12-02"), model="flux-2048", family="flux")
-    assert "| radial † |" in report.step_table([flux]) and "FLUX's per-head" in report.step_table([flux])
+    assert "| radial † |" in report.step_table([flux]) and "step-flux-" in report.step_table([flux])
     qwen = dict(run("2026-12-02"), model="qwen-image-2048", family="qwen_image")
-    assert "| radial † |" in report.step_table([qwen]) and "complex RoPE" in report.step_table([qwen])
+    assert "| radial † |" in report.step_table([qwen]) and "step-qwen-image-2048-stock" in report.step_table([qwen])
 
 
 def test_step_table_keeps_a_shortened_model_apart_from_the_full_one():
