@@ -59,6 +59,22 @@ def supported_head_dim(head_dim: int) -> bool:
     return head_dim >= 2 and head_dim & (head_dim - 1) == 0
 
 
+def fusable(x: torch.Tensor, head_dim: int, norms, norm_class: type, weight_shape: tuple) -> bool:
+    """Whether the fused prologue can stand in for ``norms`` (then RoPE) on the projection output ``x`` here: the
+    kernel enabled for ``x``'s device, not inside torch.compile (Inductor fuses the stock ops itself), no autograd on
+    ``x`` (the kernel has no backward), a power-of-two ``head_dim``, and every norm a ``norm_class`` (whose rounding
+    the caller reproduces) with a weight of ``weight_shape`` in ``x``'s dtype and no bias. The processors add their
+    rotary table's checks and ask the core whether our kernel runs the call."""
+    if torch.compiler.is_compiling() or not enabled(x):
+        return False
+    if torch.is_grad_enabled() and x.requires_grad:
+        return False
+    if not supported_head_dim(head_dim) or x.shape[-1] % head_dim:
+        return False
+    return all(isinstance(n, norm_class) and n.weight is not None and getattr(n, "bias", None) is None
+               and tuple(n.weight.shape) == tuple(weight_shape) and n.weight.dtype == x.dtype for n in norms)
+
+
 if triton is not None:
 
     @triton.jit
@@ -216,4 +232,4 @@ def head_rms_norm_rope(
                    per_head=True, round_norm=norm == "diffusers" and x.element_size() < 4, round_products=False)
 
 
-__all__ = ["ENV", "enabled", "head_rms_norm_rope", "rms_norm_rope", "supported_head_dim"]
+__all__ = ["ENV", "enabled", "fusable", "head_rms_norm_rope", "rms_norm_rope", "supported_head_dim"]

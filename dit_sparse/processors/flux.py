@@ -142,27 +142,19 @@ class FluxSparseAttnProcessor:
     def _fused_prologue(self, attn, query, image_rotary_emb, joint, text_len, image_len) -> bool:
         """Whether this call builds q and k with the fused kernel: a call that runs our kernel (sparse, or a
         ``fast_dense`` dense step; dense calls through Diffusers' attention keep the stock arithmetic, bit for bit),
-        ``torch.nn.RMSNorm`` per head with a weight in q's dtype, the rotary embedding over the whole joint sequence
-        as FLUX passes it, no autograd (the kernel has no backward), not inside torch.compile, and the kernel
-        available here."""
+        ``torch.nn.RMSNorm`` per head (`qk_norm_rope.fusable`), and the rotary table over the whole joint sequence as
+        FLUX passes it."""
         if not isinstance(image_rotary_emb, (tuple, list)) or len(image_rotary_emb) != 2:
             return False
-        if torch.compiler.is_compiling() or not qk_norm_rope.enabled(query):
-            return False
-        if torch.is_grad_enabled() and query.requires_grad:
-            return False
         head_dim = attn.head_dim
-        if query.shape[-1] != attn.heads * head_dim or not qk_norm_rope.supported_head_dim(head_dim):
-            return False
         norms = [attn.norm_q, attn.norm_k] + ([attn.norm_added_q, attn.norm_added_k] if joint else [])
-        if not all(isinstance(n, torch.nn.RMSNorm) and n.weight is not None and tuple(n.weight.shape) == (head_dim,)
-                   and n.weight.dtype == query.dtype for n in norms):
+        if query.shape[-1] != attn.heads * head_dim \
+                or not qk_norm_rope.fusable(query, head_dim, norms, torch.nn.RMSNorm, (head_dim,)):
             return False
         total = text_len + image_len
         if any(f.dim() != 2 or tuple(f.shape) != (total, head_dim) for f in image_rotary_emb):
             return False
         return self.core.runs_own_kernel(query.unflatten(-1, (attn.heads, head_dim)), image_len)
-
 
 def reorder_tokens(transformer, arguments: dict, order: torch.Tensor) -> bool:
     """Puts the image tokens of a forward's ``arguments`` (bound by name) in ``order``: the packed latents and their

@@ -139,28 +139,18 @@ class HunyuanVideoSparseAttnProcessor:
     def _fused_prologue(self, attn, query, image_rotary_emb, video_len, text_len, single_stream) -> bool:
         """Whether this call builds q and k with the fused kernel: a call that runs our kernel, sparse or a
         ``fast_dense`` dense step (dense calls through Diffusers' attention keep the stock arithmetic, bit for bit),
-        Diffusers' RMSNorm per head with a weight in q's dtype and no bias, the rotary embedding as HunyuanVideo
-        passes it, no autograd (the kernel has no backward), not inside torch.compile (Inductor fuses the stock ops
-        itself), and the kernel available here."""
+        Diffusers' RMSNorm per head (`qk_norm_rope.fusable`), and the rotary table as HunyuanVideo passes it."""
         if not isinstance(image_rotary_emb, (tuple, list)) or len(image_rotary_emb) != 2:
             return False
-        if torch.compiler.is_compiling() or not qk_norm_rope.enabled(query):
-            return False
-        if torch.is_grad_enabled() and query.requires_grad:
-            return False
         head_dim = query.shape[-1] // attn.heads
-        if not qk_norm_rope.supported_head_dim(head_dim):
-            return False
         norms = [attn.norm_q, attn.norm_k]
         if not single_stream and text_len:
             norms += [attn.norm_added_q, attn.norm_added_k]
-        if not all(isinstance(n, RMSNorm) and n.weight is not None and n.bias is None
-                   and tuple(n.weight.shape) == (head_dim,) and n.weight.dtype == query.dtype for n in norms):
+        if not qk_norm_rope.fusable(query, head_dim, norms, RMSNorm, (head_dim,)):
             return False
         if any(f.dim() != 2 or tuple(f.shape) != (video_len, head_dim) for f in image_rotary_emb):
             return False
         return self.core.runs_own_kernel(query.unflatten(2, (attn.heads, -1)), video_len)
-
 
 def context_parallel_plan() -> dict:
     """A Ulysses context-parallel plan for ``HunyuanVideoTransformer3DModel`` (Diffusers ships none).

@@ -149,25 +149,19 @@ class QwenImageSparseAttnProcessor:
     def _fused_prologue(self, attn, img_query, txt_query, img_freqs, txt_freqs, head_dim) -> bool:
         """Whether this call builds q and k with the fused kernel: a call that runs our kernel (sparse, or a
         ``fast_dense`` dense step; dense calls through Diffusers' attention keep the stock arithmetic, bit for bit),
-        Diffusers' RMSNorm per head on both streams with a weight in q's dtype, complex rotary tables as Qwen-Image
-        passes them, no autograd (the kernel has no backward), not inside torch.compile, and the kernel available."""
+        Diffusers' RMSNorm per head on both streams (`qk_norm_rope.fusable`), and complex rotary tables as Qwen-Image
+        passes them."""
         if img_freqs is None or not (img_freqs.is_complex() and txt_freqs.is_complex()):
             return False
-        if torch.compiler.is_compiling() or not qk_norm_rope.enabled(img_query):
-            return False
-        if torch.is_grad_enabled() and (img_query.requires_grad or txt_query.requires_grad):
-            return False
-        if not qk_norm_rope.supported_head_dim(head_dim) or img_query.shape[-1] % head_dim:
+        if torch.is_grad_enabled() and txt_query.requires_grad:
             return False
         norms = (attn.norm_q, attn.norm_k, attn.norm_added_q, attn.norm_added_k)
-        if not all(isinstance(n, RMSNorm) and n.weight is not None and n.bias is None
-                   and tuple(n.weight.shape) == (head_dim,) and n.weight.dtype == img_query.dtype for n in norms):
+        if not qk_norm_rope.fusable(img_query, head_dim, norms, RMSNorm, (head_dim,)):
             return False
         if tuple(img_freqs.shape) != (img_query.shape[1], head_dim // 2) \
                 or tuple(txt_freqs.shape) != (txt_query.shape[1], head_dim // 2):
             return False
         return self.core.runs_own_kernel(img_query.unflatten(-1, (-1, head_dim)), img_query.shape[1])
-
 
 def reorder_tokens(transformer, arguments: dict, order: torch.Tensor) -> bool:
     """Puts the image tokens of a forward's ``arguments`` (bound by name) in ``order`` (the processors permute the

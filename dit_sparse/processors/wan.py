@@ -90,20 +90,13 @@ class WanSparseAttnProcessor:
     def _fused_prologue(self, attn, query: torch.Tensor, rotary_emb) -> bool:
         """Whether this call builds q and k with the fused kernel: a call that runs our kernel, sparse or a
         ``fast_dense`` dense step (dense calls through Diffusers' attention keep the stock arithmetic and reproduce
-        Diffusers bit for bit), RMS norms with weights as Wan's, no autograd (the kernel has no
-        backward), not inside torch.compile (Inductor fuses the stock ops itself), and the kernel available here."""
-        if rotary_emb is None or torch.compiler.is_compiling() or not qk_norm_rope.enabled(query):
+        Diffusers bit for bit), ``torch.nn.RMSNorm`` across all heads as Wan's, and `qk_norm_rope.fusable`."""
+        if rotary_emb is None:
             return False
-        if torch.is_grad_enabled() and query.requires_grad:
-            return False
-        if not qk_norm_rope.supported_head_dim(query.shape[-1] // attn.heads):
-            return False
-        width = (query.shape[-1],)
-        if not all(isinstance(n, torch.nn.RMSNorm) and n.weight is not None and tuple(n.normalized_shape) == width
-                   for n in (attn.norm_q, attn.norm_k)):
+        head_dim = query.shape[-1] // attn.heads
+        if not qk_norm_rope.fusable(query, head_dim, (attn.norm_q, attn.norm_k), torch.nn.RMSNorm, (query.shape[-1],)):
             return False
         return self.core.runs_own_kernel(query.unflatten(2, (attn.heads, -1)))
-
 
 def patch_size(transformer) -> Tuple[int, int, int]:
     return tuple(transformer.config.patch_size)

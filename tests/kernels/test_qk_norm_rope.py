@@ -384,3 +384,22 @@ def test_qwen_image_processor_fuses_sparse_calls_only(interpreted, monkeypatch):
         ds.remove_sparse_attention(model)
         with torch.no_grad():
             assert not torch.equal(model(**qwen_image_inputs(**kw))[0], fused)
+
+
+def test_fusable_refuses_what_the_kernel_would_compute_differently(interpreted):
+    """One gate for every processor: the stock norm class it reproduces, weights in x's dtype, no bias, no autograd."""
+    from diffusers.models.normalization import RMSNorm
+
+    x = torch.zeros(1, 4, 128)
+    torch_norms = [torch.nn.RMSNorm(64) for _ in range(2)]
+    assert qk_norm_rope.fusable(x, 64, torch_norms, torch.nn.RMSNorm, (64,))
+    assert not qk_norm_rope.fusable(x, 64, torch_norms, RMSNorm, (64,))  # other rounding: not this class
+    assert not qk_norm_rope.fusable(x, 64, torch_norms, torch.nn.RMSNorm, (128,))  # across heads vs per head
+    assert not qk_norm_rope.fusable(x.half(), 64, torch_norms, torch.nn.RMSNorm, (64,))  # fp32 weights, fp16 x
+    assert not qk_norm_rope.fusable(x, 48, torch_norms, torch.nn.RMSNorm, (48,))  # not a power of two
+    with_bias = [RMSNorm(64, eps=1e-6, bias=True)]
+    assert not qk_norm_rope.fusable(x, 64, with_bias, RMSNorm, (64,))
+    assert qk_norm_rope.fusable(x, 64, [RMSNorm(64, eps=1e-6)], RMSNorm, (64,))
+    assert not qk_norm_rope.fusable(x.requires_grad_(), 64, torch_norms, torch.nn.RMSNorm, (64,))
+    with torch.no_grad():
+        assert qk_norm_rope.fusable(x, 64, torch_norms, torch.nn.RMSNorm, (64,))
