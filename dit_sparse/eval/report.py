@@ -271,7 +271,8 @@ def step_table(results: List[dict]) -> str:
         family = _step_family(any_run)
         if stock_rows:
             lines.append("\n† measured before the fused q/k prologue (`kernels.qk_norm_rope`), with Diffusers' "
-                         f"QK-norm and RoPE: {STOCK_PROLOGUE_COST[family]}.")
+                         f"QK-norm and RoPE: {STOCK_PROLOGUE_COST[family]}. Where the yardstick row is newer than "
+                         "a † row, its ÷ yardstick understates that row.")
         ratios = {label: e["ratio_vs_dense"] for label, (e, _) in rows.items() if "ratio_vs_dense" in e}
         cells = []
         for method, e in implied_e2e(family, any_run["layers_full_model"], ratios).items():
