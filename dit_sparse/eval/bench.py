@@ -710,11 +710,9 @@ def _prologue_hunyuan(shape: str, device, dtype, reps: int) -> dict:
             return torch.cat([y, norms[1](xt.unflatten(2, (heads, -1)))], dim=1)
 
     def dual_fused():
-        out = torch.empty(1, tokens, heads, dim, device=device, dtype=dtype)
-        qk_norm_rope.head_rms_norm_rope(xv, norms[0].weight, norms[0].eps, cos, sin, heads, video,
-                                        out=out[:, :video])
-        qk_norm_rope.head_rms_norm_rope(xt, norms[1].weight, norms[1].eps, cos, sin, heads, 0, out=out[:, video:])
-        return out
+        return qk_norm_rope.joint_head_rms_norm_rope(
+            [(xv, norms[0].weight, norms[0].eps, cos, sin, video), (xt, norms[1].weight, norms[1].eps, cos, sin, 0)],
+            heads)
 
     for name, stock, fused in (("single-stream", single_stock, single_fused), ("dual-stream", dual_stock, dual_fused)):
         entry[name] = {"stock_ms_q_and_k": 2 * time_cuda(stock, reps=reps)["median_ms"],

@@ -232,4 +232,21 @@ def head_rms_norm_rope(
                    per_head=True, round_norm=norm == "diffusers" and x.element_size() < 4, round_products=False)
 
 
-__all__ = ["ENV", "enabled", "fusable", "head_rms_norm_rope", "rms_norm_rope", "supported_head_dim"]
+def joint_head_rms_norm_rope(parts, heads: int, norm: str = "diffusers") -> torch.Tensor:
+    """The joint sequence of several token spans built in one buffer, without a concatenation: each part
+    ``(x, weight, eps, freqs_cos, freqs_sin, rope_len)`` goes through `head_rms_norm_rope` into the next span of a
+    (B, sum of the parts' L, heads, head_dim) tensor, in the order given (HunyuanVideo: [video; text], FLUX and
+    Qwen-Image: [text; image])."""
+    first = parts[0][0]
+    batch, _, width = first.shape
+    out = first.new_empty(batch, sum(p[0].shape[1] for p in parts), heads, width // heads)
+    start = 0
+    for x, weight, eps, freqs_cos, freqs_sin, rope_len in parts:
+        end = start + x.shape[1]
+        head_rms_norm_rope(x, weight, eps, freqs_cos, freqs_sin, heads, rope_len, out=out[:, start:end], norm=norm)
+        start = end
+    return out
+
+
+__all__ = ["ENV", "enabled", "fusable", "head_rms_norm_rope", "joint_head_rms_norm_rope", "rms_norm_rope",
+           "supported_head_dim"]

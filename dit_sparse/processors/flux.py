@@ -127,17 +127,13 @@ class FluxSparseAttnProcessor:
         norm = attn.norm_q if which == "q" else attn.norm_k
         cos, sin = image_rotary_emb
         if not joint:
-            return qk_norm_rope.head_rms_norm_rope(x, norm.weight, norm.eps, cos, sin, attn.heads, x.shape[1],
-                                                   norm="torch")
-        text_norm = attn.norm_added_q if which == "q" else attn.norm_added_k
-        n_text = text.shape[1]
-        batch, n_image, width = x.shape
-        out = x.new_empty(batch, n_text + n_image, attn.heads, width // attn.heads)
-        qk_norm_rope.head_rms_norm_rope(text, text_norm.weight, text_norm.eps, cos[:n_text], sin[:n_text],
-                                        attn.heads, n_text, out=out[:, :n_text], norm="torch")
-        qk_norm_rope.head_rms_norm_rope(x, norm.weight, norm.eps, cos[n_text:], sin[n_text:], attn.heads, n_image,
-                                        out=out[:, n_text:], norm="torch")
-        return out
+            parts = [(x, norm.weight, norm.eps, cos, sin, x.shape[1])]
+        else:
+            text_norm = attn.norm_added_q if which == "q" else attn.norm_added_k
+            n_text = text.shape[1]
+            parts = [(text, text_norm.weight, text_norm.eps, cos[:n_text], sin[:n_text], n_text),
+                     (x, norm.weight, norm.eps, cos[n_text:], sin[n_text:], x.shape[1])]
+        return qk_norm_rope.joint_head_rms_norm_rope(parts, attn.heads, norm="torch")
 
     def _fused_prologue(self, attn, query, image_rotary_emb, joint, text_len, image_len) -> bool:
         """Whether this call builds q and k with the fused kernel: a call that runs our kernel (sparse, or a

@@ -124,17 +124,12 @@ class HunyuanVideoSparseAttnProcessor:
         the video ones; dual-stream blocks write the video part and the text part (its own projection and norm) into
         one buffer instead of concatenating."""
         norm = attn.norm_q if which == "q" else attn.norm_k
-        if single_stream or encoder_hidden_states is None:
-            return qk_norm_rope.head_rms_norm_rope(x, norm.weight, norm.eps, *image_rotary_emb, attn.heads, video_len)
-        text = (attn.add_q_proj if which == "q" else attn.add_k_proj)(encoder_hidden_states)
-        text_norm = attn.norm_added_q if which == "q" else attn.norm_added_k
-        batch, _, width = x.shape
-        out = x.new_empty(batch, video_len + text.shape[1], attn.heads, width // attn.heads)
-        qk_norm_rope.head_rms_norm_rope(x, norm.weight, norm.eps, *image_rotary_emb, attn.heads, video_len,
-                                        out=out[:, :video_len])
-        qk_norm_rope.head_rms_norm_rope(text, text_norm.weight, text_norm.eps, *image_rotary_emb, attn.heads, 0,
-                                        out=out[:, video_len:])
-        return out
+        parts = [(x, norm.weight, norm.eps, *image_rotary_emb, video_len)]
+        if not single_stream and encoder_hidden_states is not None:
+            text = (attn.add_q_proj if which == "q" else attn.add_k_proj)(encoder_hidden_states)
+            text_norm = attn.norm_added_q if which == "q" else attn.norm_added_k
+            parts.append((text, text_norm.weight, text_norm.eps, *image_rotary_emb, 0))
+        return qk_norm_rope.joint_head_rms_norm_rope(parts, attn.heads)
 
     def _fused_prologue(self, attn, query, image_rotary_emb, video_len, text_len, single_stream) -> bool:
         """Whether this call builds q and k with the fused kernel: a call that runs our kernel, sparse or a

@@ -135,16 +135,13 @@ class QwenImageSparseAttnProcessor:
     def _fused_qk(txt_norm, img_norm, txt, img, txt_freqs, img_freqs, head_dim):
         """q or k of the joint [text; image] sequence with the fused kernel: each stream's projection normed (its
         own norm) and rotated (its own complex frequencies, read as interleaved (cos, sin) pairs) into one buffer."""
-        batch, n_text, width = txt.shape
-        heads = width // head_dim
-        out = img.new_empty(batch, n_text + img.shape[1], heads, head_dim)
-        for x, norm, freqs, part in ((txt, txt_norm, txt_freqs, out[:, :n_text]),
-                                     (img, img_norm, img_freqs, out[:, n_text:])):
+        parts = []
+        for x, norm, freqs in ((txt, txt_norm, txt_freqs), (img, img_norm, img_freqs)):
             # A complex table viewed as reals is (cos_0, sin_0, cos_1, sin_1, ...): the kernel takes its cosines from
             # the even channels of one table and its sines from the odd channels of the other, so both are this one.
             pairs = torch.view_as_real(freqs).flatten(-2)
-            qk_norm_rope.head_rms_norm_rope(x, norm.weight, norm.eps, pairs, pairs, heads, x.shape[1], out=part)
-        return out
+            parts.append((x, norm.weight, norm.eps, pairs, pairs, x.shape[1]))
+        return qk_norm_rope.joint_head_rms_norm_rope(parts, txt.shape[-1] // head_dim)
 
     def _fused_prologue(self, attn, img_query, txt_query, img_freqs, txt_freqs, head_dim) -> bool:
         """Whether this call builds q and k with the fused kernel: a call that runs our kernel (sparse, or a

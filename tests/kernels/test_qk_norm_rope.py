@@ -224,9 +224,9 @@ def test_hunyuan_processor_fuses_sparse_calls_only(interpreted, monkeypatch):
     calls = []
     kernel = qk_norm_rope.head_rms_norm_rope
 
-    def counting(x, weight, eps, cos, sin, heads, rope_len, out=None):
+    def counting(x, weight, eps, cos, sin, heads, rope_len, out=None, *, norm="diffusers"):
         calls.append((x.shape[1], rope_len))
-        return kernel(x, weight, eps, cos, sin, heads, rope_len, out=out)
+        return kernel(x, weight, eps, cos, sin, heads, rope_len, out=out, norm=norm)
 
     model = tiny_hunyuan(dual=2, single=2)
     _randomise_norms(model)
