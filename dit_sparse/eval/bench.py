@@ -406,6 +406,8 @@ def bench_e2e(args) -> dict:
 
     import dit_sparse as ds
 
+    if args.compile != "none" and args.with_cache:
+        raise ValueError("bench e2e: --compile and --with-cache do not run together; drop one of them")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     spec = dict(E2E_MODELS[args.model])
@@ -420,6 +422,11 @@ def bench_e2e(args) -> dict:
     share = _attention_share(model, spec, device, dtype) if device == "cuda" else None
     runs = {}
     reference = None
+    compiled_blocks: List[bool] = []
+
+    if args.compile != "none":
+        import torch._dynamo as dynamo
+        from torch._dynamo.utils import counters
 
     warm_sched = FlowMatchEulerDiscreteScheduler(shift=spec["flow_shift"])
     warm_sched.set_timesteps(args.warmup_steps or args.steps, device="cpu")
@@ -435,9 +442,21 @@ def bench_e2e(args) -> dict:
             torch.cuda.synchronize()
         return out, time.perf_counter() - t0
 
-    for method in ["dense"] + [m for m in methods if m != "dense"]:
+    # Compiled (``--compile blocks``): Diffusers' default dense first (eager, the yardstick of every speedup), then
+    # dense compiled, then each method compiled; a compiled run is also compared with dense compiled.
+    labels = ["dense"] + (["dense-compiled"] if args.compile != "none" else [])
+    for label in labels + [m for m in methods if m != "dense"]:
+        method = "dense" if label.startswith("dense") else label
         entry = {}
         try:
+            if label != "dense" and args.compile != "none":
+                if not compiled_blocks:
+                    model.compile_repeated_blocks(fullgraph=True, backend=args.compile_backend)
+                    compiled_blocks.append(True)
+                # A method's processors are new Python state: each method compiles its own graphs.
+                dynamo.reset()
+                counters.clear()
+                entry["compiled"] = True
             if method != "dense" and args.presets:
                 # The preset's whole config, schedule included (dense_steps as a fraction of --steps).
                 cfg = ds.make_config(method, backend=args.backend, **_family_presets(spec["family"])[method])
@@ -450,7 +469,7 @@ def bench_e2e(args) -> dict:
                                      backend=args.backend, **opts)
                 ds.apply_sparse_attention(model, cfg)
                 entry["config"] = cfg.to_dict()
-            if args.warmup and (device == "cuda" or args.warmup_steps):
+            if args.warmup and (device == "cuda" or args.warmup_steps or entry.get("compiled")):
                 # Compile / autotune / build caches outside the timed run; ``--warmup-steps`` runs a shorter loop
                 # whose schedule has the same kinds of step (dense, fresh plan, reused plan) to save device time
                 # (and runs on a CPU too, for the tests).
@@ -460,10 +479,19 @@ def bench_e2e(args) -> dict:
                 if args.warmup_steps and method != "dense":
                     ds.set_num_inference_steps(model, args.steps)
                     ds.reset_sparse_state(model)
+            graphs_before = int(counters["stats"].get("unique_graphs", 0)) if entry.get("compiled") else 0
             out, seconds = run_once()
             entry["seconds"] = seconds
-            if method == "dense":
+            if entry.get("compiled"):
+                # Graphs compiled in the warm-up, and any the timed run still compiled (then its time is not clean).
+                entry["graphs"] = int(counters["stats"].get("unique_graphs", 0))
+                entry["graphs_compiled_in_timed_run"] = entry["graphs"] - graphs_before
+                entry["graph_breaks"] = int(sum(counters["graph_break"].values()))
+            if label == "dense":
                 reference = out
+            elif method == "dense":
+                entry["psnr_latents_vs_dense"] = _psnr(reference, out)
+                entry["speedup"] = runs["dense"]["seconds"] / seconds
             else:
                 info = ds.summary(model)
                 entry["mean_density"] = info["mean_density"]
@@ -472,9 +500,12 @@ def bench_e2e(args) -> dict:
                 entry["dense_calls"] = info["dense_calls"]
                 entry["psnr_latents_vs_dense"] = _psnr(reference, out)
                 entry["speedup"] = runs["dense"]["seconds"] / seconds
+                if "seconds" in runs.get("dense-compiled", {}):
+                    entry["speedup_vs_dense_compiled"] = runs["dense-compiled"]["seconds"] / seconds
                 # The bounds keep everything but the sparse calls' attention at Diffusers' dense cost: with
                 # fast_dense (dense steps on FA4, Wan's fused q/k prologue) they bound nothing.
-                if share is not None and entry["mean_density"] is not None and not cfg.fast_dense:
+                if (share is not None and entry["mean_density"] is not None and not cfg.fast_dense
+                        and not entry.get("compiled")):
                     calls = info["sparse_calls"] + info["dense_calls"]
                     sparse_frac = info["sparse_calls"] / max(calls, 1)
                     entry["amdahl_bound"] = 1.0 / (1.0 - share * sparse_frac)
@@ -486,8 +517,8 @@ def bench_e2e(args) -> dict:
                 ds.remove_sparse_attention(model)
             except Exception:
                 pass
-        runs[method] = entry
-        print(args.model, method, entry, flush=True)
+        runs[label] = entry
+        print(args.model, label, entry, flush=True)
 
     if args.with_cache:
         # Sparse attention composed with a Diffusers cache (FirstBlockCache): both must run together.
@@ -529,6 +560,8 @@ def bench_e2e(args) -> dict:
         "dense_steps": "each preset's" if args.presets else args.dense_steps,
         "dense_layers": "each preset's" if args.presets else args.dense_layers,
         "presets": bool(args.presets),
+        "compile": (None if args.compile == "none" else
+                    f"compile_repeated_blocks(fullgraph=True, backend={args.compile_backend!r})"),
         "weights": "random (no download); PSNR is on final latents vs the dense run",
         "attention_share": share,
         "runs": runs,
@@ -1241,6 +1274,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps of the warm-up run (default: --steps); the preset's schedule scales to them")
     e.add_argument("--with-cache", action="store_true", help="also run FirstBlockCache together with sparse attention")
     e.add_argument("--cache-threshold", type=float, default=0.05)
+    e.add_argument("--compile", default="none", choices=("none", "blocks"),
+                   help="blocks: after Diffusers' dense run (eager), run dense and every method with the transformer "
+                        "blocks compiled (compile_repeated_blocks(fullgraph=True)); compilation in the warm-up")
+    e.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager on a CPU test)")
     e.add_argument("--out", default=None)
     e.set_defaults(func=bench_e2e)
     pt = sub.add_parser("pattern", help="pattern planning overhead vs the sparse attention it serves")

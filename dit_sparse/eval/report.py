@@ -41,7 +41,8 @@ def _latest(results: List[dict], kind: str) -> List[dict]:
     for r in sorted(results, key=lambda r: r.get("date", "")):
         if r.get("benchmark") != kind:
             continue
-        key = r.get("model") or r.get("shape") or "all"
+        # A compiled end-to-end run (``bench e2e --compile``) sits next to the eager one of its model.
+        key = (r.get("model") or r.get("shape") or "all", r.get("compile") or "")
         chosen[key] = r
     return list(chosen.values())
 
@@ -106,16 +107,32 @@ def e2e_table(results: List[dict]) -> str:
     for r in _latest(results, "e2e"):
         dev = r.get("env", {}).get("device", "?")
         share = r.get("attention_share")
-        lines.append(f"**{r['model']}** on {dev}, {r['steps']} steps (dense steps {r['dense_steps']}, dense layers "
-                     f"{r['dense_layers']}), CFG {r['cfg']}, attention share of a dense forward "
-                     f"{_fmt(share)}; commit `{r.get('commit', '?')[:10]}`; `{r.get('command', '')}`\n")
-        lines.append("| method | seconds | speedup | Amdahl bound (free attention) | Amdahl at density | density | "
-                     "backend | PSNR latents vs dense |")
-        lines.append("|---|---|---|---|---|---|---|---|")
+        compiled = r.get("compile")
+        lines.append(f"**{r['model']}**{', compiled' if compiled else ''} on {dev}, {r['steps']} steps (dense steps "
+                     f"{r['dense_steps']}, dense layers {r['dense_layers']}), CFG {r['cfg']}, attention share of a "
+                     f"dense forward {_fmt(share)}; commit `{r.get('commit', '?')[:10]}`; `{r.get('command', '')}`\n")
+        if compiled:
+            lines.append(f"Every row but `dense` (Diffusers' default, eager) runs `{compiled}`, compiled in the "
+                         "warm-up; speedups are against the eager dense run and against dense compiled.\n")
+            lines.append("| method | seconds | speedup vs dense (eager) | vs dense compiled | graphs (in timed run) | "
+                         "backend | PSNR latents vs dense |")
+            lines.append("|---|---|---|---|---|---|---|")
+        else:
+            lines.append("| method | seconds | speedup | Amdahl bound (free attention) | Amdahl at density | "
+                         "density | backend | PSNR latents vs dense |")
+            lines.append("|---|---|---|---|---|---|---|---|")
         footnote = False
         for m, e in r["runs"].items():
             if "error" in e:
-                lines.append(f"| {m} | error: {e['error'][:100]} | | | | | | |")
+                lines.append(f"| {m} | error: {e['error'][:100]} | | | | | |{'' if compiled else ' |'}")
+                continue
+            if compiled:
+                vs_compiled = 1.0 if m == "dense-compiled" else e.get("speedup_vs_dense_compiled")
+                graphs = f"{e['graphs']} ({e.get('graphs_compiled_in_timed_run', 0)})" if "graphs" in e else "—"
+                speedup = e.get("speedup", 1.0 if m == "dense" else None)
+                lines.append(f"| {m} | {_fmt(e.get('seconds'))} | {_fmt(speedup)} | {_fmt(vs_compiled)} | {graphs} | "
+                             f"{e.get('backend', '—')} | "
+                             f"{_fmt(e.get('psnr_latents_vs_dense'), 1)} |")
                 continue
             speedup = e.get("speedup", 1.0 if m == "dense" else None)
             # The bounds keep everything but the sparse calls' attention at a dense step's cost; with fast_dense the
@@ -540,7 +557,7 @@ def plot_e2e(results: List[dict], path: str) -> Optional[str]:
         for m, e in r["runs"].items():
             if m == "dense" or "speedup" not in e:
                 continue
-            labels.append(f"{r['model']}\n{m}")
+            labels.append(f"{r['model']}{' compiled' if r.get('compile') else ''}\n{m}")
             speed.append(e["speedup"])
             bound.append(0.0 if e.get("config", {}).get("fast_dense") else e.get("amdahl_at_density") or 0.0)
     xs = range(len(labels))

@@ -61,6 +61,33 @@ def test_bench_e2e_short_warmup_leaves_the_timed_run_on_its_own_schedule(tmp_pat
     assert a["psnr_latents_vs_dense"] == b["psnr_latents_vs_dense"]
 
 
+def test_bench_e2e_compiled_runs_every_row_compiled_and_compiles_nothing_in_the_timed_run(tmp_path):
+    """``--compile blocks``: Diffusers' dense run stays eager (the yardstick), dense and each method run with the
+    blocks compiled, all graphs are built in the warm-up (a graph compiled in the timed run would time the compiler),
+    and a compiled method computes what it computes eager."""
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile", "blocks", "--compile-backend", "aot_eager"])):
+        out = tmp_path / f"{name}.json"
+        runs[name] = _run_bench(out, "e2e", "--model", "tiny", "--methods", "radial", "--steps", "4", "--presets",
+                                "--layers", "2", "--warmup-steps", "3", *extra)
+    compiled = runs["compiled"]
+    assert compiled["compile"].startswith("compile_repeated_blocks(fullgraph=True")
+    assert list(compiled["runs"]) == ["dense", "dense-compiled", "radial"]
+    assert "compiled" not in compiled["runs"]["dense"] and runs["eager"]["compile"] is None
+    for label in ("dense-compiled", "radial"):
+        e = compiled["runs"][label]
+        assert "error" not in e, e
+        assert e["compiled"] and e["graphs"] > 0 and e["graph_breaks"] == 0
+        assert e["graphs_compiled_in_timed_run"] == 0, e
+    radial = compiled["runs"]["radial"]
+    assert radial["graphs"] > compiled["runs"]["dense-compiled"]["graphs"]  # dense layer, dense step, sparse step
+    assert radial["psnr_latents_vs_dense"] == runs["eager"]["runs"]["radial"]["psnr_latents_vs_dense"]
+    assert radial["speedup_vs_dense_compiled"] > 0
+    # The README keeps the compiled run next to the eager one of the same model.
+    table = report.e2e_table([runs["eager"], compiled])
+    assert "**tiny** on" in table and "**tiny**, compiled on" in table and "| dense-compiled |" in table
+
+
 def test_bench_kernel_tiny_checks_against_reference(tmp_path):
     out = tmp_path / "k.json"
     data = _run_bench(out, "kernel", "--shapes", "tiny", "--backends", "reference",
