@@ -393,6 +393,18 @@ def _attention_share(model, spec, device, dtype) -> float:
     return min(1.0, layers * t_attn / t_fwd)
 
 
+def warmup_steps_like(cfg, warmup_steps: int, steps: int) -> int:
+    """The shortest warm-up of at least ``warmup_steps`` steps whose schedule has the kinds of step the timed run of
+    ``steps`` has (dense steps, sparse steps): a kind the warm-up lacks is compiled (or autotuned) in the timed run.
+    Draft's 10 % dense steps round to none in a 4-step warm-up of a 10-step run."""
+    dense = cfg.resolve_dense_steps(steps)
+    for n in range(warmup_steps, steps + 1):
+        warm_dense = cfg.resolve_dense_steps(n)
+        if (warm_dense > 0) == (dense > 0) and (n - warm_dense > 0) == (steps - dense > 0):
+            return n
+    return steps
+
+
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     rng = float(a.max() - a.min()) or 1.0
     mse = float(((a - b) ** 2).mean())
@@ -428,9 +440,10 @@ def bench_e2e(args) -> dict:
         import torch._dynamo as dynamo
         from torch._dynamo.utils import counters
 
-    warm_sched = FlowMatchEulerDiscreteScheduler(shift=spec["flow_shift"])
-    warm_sched.set_timesteps(args.warmup_steps or args.steps, device="cpu")
-    warm_timesteps = warm_sched.timesteps.float()
+    def warm_timesteps(n: int) -> torch.Tensor:
+        warm_sched = FlowMatchEulerDiscreteScheduler(shift=spec["flow_shift"])
+        warm_sched.set_timesteps(n, device="cpu")
+        return warm_sched.timesteps.float()
 
     def run_once(cache_contexts=False, steps=None):
         if device == "cuda":
@@ -473,9 +486,12 @@ def bench_e2e(args) -> dict:
                 # Compile / autotune / build caches outside the timed run; ``--warmup-steps`` runs a shorter loop
                 # whose schedule has the same kinds of step (dense, fresh plan, reused plan) to save device time
                 # (and runs on a CPU too, for the tests).
+                warm = args.warmup_steps or args.steps
                 if args.warmup_steps and method != "dense":
-                    ds.set_num_inference_steps(model, args.warmup_steps)
-                run_once(steps=warm_timesteps)
+                    warm = warmup_steps_like(cfg, args.warmup_steps, args.steps)
+                    ds.set_num_inference_steps(model, warm)
+                entry["warmup_steps"] = warm
+                run_once(steps=warm_timesteps(warm))
                 if args.warmup_steps and method != "dense":
                     ds.set_num_inference_steps(model, args.steps)
                     ds.reset_sparse_state(model)
@@ -554,6 +570,8 @@ def bench_e2e(args) -> dict:
         "layers_built": args.layers,
         "latent_shape": list(spec["latent"]),
         "steps": args.steps,
+        # The warm-up loop's length asked for; each run records the one it ran (lengthened to hold every kind of
+        # step of its schedule, `warmup_steps_like`).
         "warmup_steps": (args.warmup_steps or args.steps) if args.warmup else 0,
         "cfg": spec["family"] == "wan",
         "guidance": args.guidance,

@@ -41,10 +41,29 @@ def _latest(results: List[dict], kind: str) -> List[dict]:
     for r in sorted(results, key=lambda r: r.get("date", "")):
         if r.get("benchmark") != kind:
             continue
-        # A compiled end-to-end run (``bench e2e --compile``) sits next to the eager one of its model.
-        key = (r.get("model") or r.get("shape") or "all", r.get("compile") or "")
+        key = r.get("model") or r.get("shape") or "all"
         chosen[key] = r
     return list(chosen.values())
+
+
+def _e2e_runs(results: List[dict]) -> List[dict]:
+    """The end-to-end runs that hold the newest measurement of some method, per model and compile mode: a run of one
+    method (HunyuanVideo's draft, a rerun with a longer warm-up) does not hide an older run of the others, and a run
+    all of whose methods were measured again since drops out. Each run stays whole (its ratios are to its own dense
+    run). Where a model has runs at its presets' schedules (``--presets``), runs at another schedule drop out."""
+    covered: Dict[tuple, set] = {}
+    chosen = []
+    runs = [r for r in results if r.get("benchmark") == "e2e"]
+    with_presets = {r.get("model") for r in runs if r.get("presets")}
+    for r in sorted(runs, key=lambda r: r.get("date", ""), reverse=True):
+        if r.get("model") in with_presets and not r.get("presets"):
+            continue
+        key = (r.get("model"), r.get("compile") or "")
+        methods = {m for m in r.get("runs", {}) if not m.startswith("dense")}
+        if key not in covered or methods - covered[key]:
+            chosen.append(r)
+        covered.setdefault(key, set()).update(methods)
+    return sorted(chosen, key=lambda r: (r.get("model", ""), bool(r.get("compile")), r.get("date", "")))
 
 
 def _fmt(x, nd=2):
@@ -104,7 +123,7 @@ def kernel_table(results: List[dict], kind: str = "kernel") -> str:
 
 def e2e_table(results: List[dict]) -> str:
     lines = []
-    for r in _latest(results, "e2e"):
+    for r in _e2e_runs(results):
         dev = r.get("env", {}).get("device", "?")
         share = r.get("attention_share")
         compiled = r.get("compile")
@@ -121,7 +140,7 @@ def e2e_table(results: List[dict]) -> str:
             lines.append("| method | seconds | speedup | Amdahl bound (free attention) | Amdahl at density | "
                          "density | backend | PSNR latents vs dense |")
             lines.append("|---|---|---|---|---|---|---|---|")
-        footnote = False
+        footnote = late_graphs = False
         for m, e in r["runs"].items():
             if "error" in e:
                 lines.append(f"| {m} | error: {e['error'][:100]} | | | | | |{'' if compiled else ' |'}")
@@ -129,6 +148,9 @@ def e2e_table(results: List[dict]) -> str:
             if compiled:
                 vs_compiled = 1.0 if m == "dense-compiled" else e.get("speedup_vs_dense_compiled")
                 graphs = f"{e['graphs']} ({e.get('graphs_compiled_in_timed_run', 0)})" if "graphs" in e else "—"
+                if e.get("graphs_compiled_in_timed_run"):
+                    graphs += " ‡"
+                    late_graphs = True
                 speedup = e.get("speedup", 1.0 if m == "dense" else None)
                 lines.append(f"| {m} | {_fmt(e.get('seconds'))} | {_fmt(speedup)} | {_fmt(vs_compiled)} | {graphs} | "
                              f"{e.get('backend', '—')} | "
@@ -144,6 +166,9 @@ def e2e_table(results: List[dict]) -> str:
                          f"{_fmt(e.get('amdahl_at_density') if bounded else None)} | "
                          f"{_fmt(e.get('mean_density'))} | {e.get('backend', '—')} | "
                          f"{_fmt(e.get('psnr_latents_vs_dense'), 1)} |")
+        if late_graphs:
+            lines.append("\n‡ : graphs were still compiled in the timed run (its warm-up lacked a kind of step), so "
+                         "its time includes compilation: not a clean measurement.")
         if footnote:
             lines.append("\n— : the run's preset has `fast_dense` (dense steps on FlashAttention-4, q and k from the "
                          "fused prologue), which the Amdahl bounds (everything but sparse attention at Diffusers' "
@@ -548,23 +573,27 @@ def plot_e2e(results: List[dict], path: str) -> Optional[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = _latest(results, "e2e")
+    runs = _e2e_runs(results)
     if not runs:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
     labels, speed, bound = [], [], []
     for r in runs:
         for m, e in r["runs"].items():
-            if m == "dense" or "speedup" not in e:
+            # Rows that compiled in their timed run time the compiler too: the table marks them, the plot omits them.
+            if m == "dense" or "speedup" not in e or e.get("graphs_compiled_in_timed_run"):
                 continue
-            labels.append(f"{r['model']}{' compiled' if r.get('compile') else ''}\n{m}")
+            labels.append(f"{r['model']}{' compiled' if r.get('compile') else ''}: {m}")
             speed.append(e["speedup"])
             bound.append(0.0 if e.get("config", {}).get("fast_dense") else e.get("amdahl_at_density") or 0.0)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(labels) + 2), 5))
     xs = range(len(labels))
-    ax.bar([x - 0.2 for x in xs], speed, width=0.4, label="measured speedup")
-    ax.bar([x + 0.2 for x in xs], bound, width=0.4, label="Amdahl at achieved density")
+    if any(bound):
+        ax.bar([x - 0.2 for x in xs], speed, width=0.4, label="measured speedup")
+        ax.bar([x + 0.2 for x in xs], bound, width=0.4, label="Amdahl at achieved density")
+    else:  # every run's preset has fast_dense: the bounds model none of them
+        ax.bar(list(xs), speed, width=0.6, label="measured speedup vs Diffusers' dense (eager)")
     ax.set_xticks(list(xs))
-    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_xticklabels(labels, fontsize=7, rotation=60, ha="right")
     ax.set_ylabel("× dense")
     ax.legend()
     fig.tight_layout()

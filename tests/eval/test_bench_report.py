@@ -68,8 +68,9 @@ def test_bench_e2e_compiled_runs_every_row_compiled_and_compiles_nothing_in_the_
     runs = {}
     for name, extra in (("eager", []), ("compiled", ["--compile", "blocks", "--compile-backend", "aot_eager"])):
         out = tmp_path / f"{name}.json"
+        # 2 warm-up steps hold no dense step of radial's 0.25 (the timed 4 have one): lengthened to 3.
         runs[name] = _run_bench(out, "e2e", "--model", "tiny", "--methods", "radial", "--steps", "4", "--presets",
-                                "--layers", "2", "--warmup-steps", "3", *extra)
+                                "--layers", "2", "--warmup-steps", "2", *extra)
     compiled = runs["compiled"]
     assert compiled["compile"].startswith("compile_repeated_blocks(fullgraph=True")
     assert list(compiled["runs"]) == ["dense", "dense-compiled", "radial"]
@@ -80,12 +81,44 @@ def test_bench_e2e_compiled_runs_every_row_compiled_and_compiles_nothing_in_the_
         assert e["compiled"] and e["graphs"] > 0 and e["graph_breaks"] == 0
         assert e["graphs_compiled_in_timed_run"] == 0, e
     radial = compiled["runs"]["radial"]
+    assert radial["warmup_steps"] == 3 and compiled["warmup_steps"] == 2
     assert radial["graphs"] > compiled["runs"]["dense-compiled"]["graphs"]  # dense layer, dense step, sparse step
     assert radial["psnr_latents_vs_dense"] == runs["eager"]["runs"]["radial"]["psnr_latents_vs_dense"]
     assert radial["speedup_vs_dense_compiled"] > 0
     # The README keeps the compiled run next to the eager one of the same model.
     table = report.e2e_table([runs["eager"], compiled])
     assert "**tiny** on" in table and "**tiny**, compiled on" in table and "| dense-compiled |" in table
+
+
+def test_warmup_steps_like_holds_every_kind_of_step_of_the_timed_run():
+    import dit_sparse as ds
+    from dit_sparse.eval.bench import warmup_steps_like
+
+    draft = ds.make_config("draft", dense_steps=0.1, density=0.35)
+    assert warmup_steps_like(draft, 4, 10) == 6  # round(0.1 * 4) = 0 dense steps; 6 is the first with one
+    assert warmup_steps_like(draft, 8, 20) == 8
+    radial = ds.make_config("radial", dense_steps=0.25)
+    assert warmup_steps_like(radial, 2, 4) == 3
+    # A timed run with no dense step needs none in its warm-up; never longer than the timed run.
+    assert warmup_steps_like(ds.make_config("radial", dense_steps=0), 1, 4) == 1
+    # An int of dense steps fills a short warm-up: 2 of 2 dense, so the timed run's sparse steps need a third.
+    assert warmup_steps_like(ds.make_config("radial", dense_steps=2), 2, 4) == 3
+
+
+def test_e2e_tables_keep_the_newest_run_of_every_method():
+    """A rerun of one method does not hide an older run of the others; a run whose methods were all measured again
+    drops out, and so do runs off the presets' schedules where preset runs exist."""
+    def run(date, methods, presets=True, compile=None):
+        return {"benchmark": "e2e", "model": "m", "date": date, "presets": presets, "compile": compile,
+                "runs": {"dense": {"seconds": 2.0}, **{x: {"seconds": 1.0, "speedup": 2.0} for x in methods}}}
+
+    old_all = run("2026-01-01", ["radial", "draft", "tile"])
+    not_presets = run("2026-01-02", ["semantic"], presets=False)
+    full = run("2026-01-03", ["radial", "draft", "tile"])
+    draft_again = run("2026-01-04", ["draft"])
+    compiled = run("2026-01-05", ["radial"], compile="c")
+    chosen = report._e2e_runs([old_all, not_presets, full, draft_again, compiled])
+    assert [r["date"] for r in chosen] == ["2026-01-03", "2026-01-04", "2026-01-05"]
 
 
 def test_bench_kernel_tiny_checks_against_reference(tmp_path):
