@@ -40,8 +40,16 @@ def merge_attention(o1: torch.Tensor, lse1: torch.Tensor, o2: torch.Tensor, lse2
     return out.to(o1.dtype), lse
 
 
-# Whether FlashAttention-4 runs dense calls of (device, dtype, head_dim, block): `fast_dense` asks once per kind.
-_FA4_RUNS: dict = {}
+@torch.compiler.assume_constant_result
+def _fa4_runs_dense(device: torch.device, dtype: torch.dtype, head_dim: int, block: int) -> bool:
+    """Whether FlashAttention-4 runs dense calls of this kind (``fast_dense``): asked once per kind. A constant to
+    torch.compile: a memo dict read inside the graph would be guarded on and recompile the block once it fills."""
+    return _fa4_runs_dense_cached(device, dtype, head_dim, block)
+
+
+@functools.lru_cache(maxsize=16)
+def _fa4_runs_dense_cached(device: torch.device, dtype: torch.dtype, head_dim: int, block: int) -> bool:
+    return available_backends(device, dtype, head_dim, "fixed", (block, block))["fa4"] == "ok"
 
 
 @functools.lru_cache(maxsize=16)
@@ -254,13 +262,7 @@ class SparseAttentionCore:
             return True
         if not state.config.fast_dense:
             return False
-        bs = state.config.block_size
-        kind = (query.device, query.dtype, query.shape[-1], bs)
-        ok = _FA4_RUNS.get(kind)
-        if ok is None:
-            ok = _FA4_RUNS[kind] = available_backends(query.device, query.dtype, query.shape[-1], "fixed",
-                                                      (bs, bs))["fa4"] == "ok"
-        return ok
+        return _fa4_runs_dense(query.device, query.dtype, query.shape[-1], state.config.block_size)
 
     def _keep(self, qv: torch.Tensor, kv: torch.Tensor) -> bool:
         """Whether a later call reads this call's layout: a later step (``refresh_every`` > 1), an inspection, or,

@@ -82,7 +82,10 @@ def test_bench_e2e_compiled_runs_every_row_compiled_and_compiles_nothing_in_the_
         assert e["graphs_compiled_in_timed_run"] == 0, e
     radial = compiled["runs"]["radial"]
     assert radial["warmup_steps"] == 3 and compiled["warmup_steps"] == 2
-    assert radial["graphs"] > compiled["runs"]["dense-compiled"]["graphs"]  # dense layer, dense step, sparse step
+    # Dense steps, the dense layer of sparse steps, a sparse call that builds radial's shared layout and one that
+    # reads it: 4 graphs. A memo read inside the graph (whether FA4 runs dense calls) made it 5, the first one used
+    # for one call only.
+    assert radial["graphs"] == 4
     assert radial["psnr_latents_vs_dense"] == runs["eager"]["runs"]["radial"]["psnr_latents_vs_dense"]
     assert radial["speedup_vs_dense_compiled"] > 0
     # The README keeps the compiled run next to the eager one of the same model.

@@ -1,3 +1,5 @@
+import functools
+
 import torch
 from tiny_models import hunyuan_inputs, tiny_hunyuan
 
@@ -64,7 +66,7 @@ def test_fast_dense_runs_dense_steps_on_fa4_where_it_can(monkeypatch):
     ref = run(model, **kw)
     config = RadialConfig(dense_steps=1, dense_layers=0, block_size=32, fast_dense=True)
 
-    monkeypatch.setattr(base, "_FA4_RUNS", {})
+    monkeypatch.setattr(base, "_fa4_runs_dense_cached", functools.lru_cache(base._fa4_runs_dense_cached.__wrapped__))
     ds.apply_sparse_attention(model, config)  # no FA4 on this machine: Diffusers' attention
     assert torch.equal(run(model, **kw), ref) and ds.summary(model)["dense_calls"] == 4
     ds.remove_sparse_attention(model)
@@ -78,7 +80,7 @@ def test_fast_dense_runs_dense_steps_on_fa4_where_it_can(monkeypatch):
     backends = dict(kernels._BACKENDS, fa4=kernels._Backend("fa4", lambda *a: None, fa4_run))
     monkeypatch.setattr(kernels, "_BACKENDS", backends)
     monkeypatch.setattr(kernels, "_AUTO_CACHE", {})
-    monkeypatch.setattr(base, "_FA4_RUNS", {})
+    monkeypatch.setattr(base, "_fa4_runs_dense_cached", functools.lru_cache(base._fa4_runs_dense_cached.__wrapped__))
     ds.apply_sparse_attention(model, config)
     out = run(model, **kw)
     # The 4 blocks' video rows on "FA4" with every block listed; the padded text keys on the config's engine.
