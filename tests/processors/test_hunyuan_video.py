@@ -1,5 +1,6 @@
 import functools
 
+import pytest
 import torch
 from tiny_models import hunyuan_inputs, tiny_hunyuan
 
@@ -86,3 +87,44 @@ def test_fast_dense_runs_dense_steps_on_fa4_where_it_can(monkeypatch):
     # The 4 blocks' video rows on "FA4" with every block listed; the padded text keys on the config's engine.
     assert calls == [("fixed", 1.0)] * 4 and ds.summary(model)["dense_calls"] == 4
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["radial", "draft", "semantic"])
+def test_compile_repeated_blocks_fullgraph_equals_eager(method):
+    """HunyuanVideo under compile_repeated_blocks(fullgraph=True) (what `generate --compile` compiles): dual- and
+    single-stream blocks trace through our processors without a break (padded text, batch 2, a dense step, a dense
+    layer, then sparse steps) and compute what they compute eagerly."""
+    import torch._dynamo
+    import torch._dynamo.testing
+
+    from dit_sparse import DraftConfig, SemanticConfig
+
+    config = {
+        "radial": RadialConfig(dense_steps=1, dense_layers=1, block_size=32, min_sparse_tokens=0),
+        "draft": DraftConfig(dense_steps=1, dense_layers=1, block_size=32, density=0.5, min_sparse_tokens=0),
+        "semantic": SemanticConfig(dense_steps=1, dense_layers=1, block_size=16, kv_clusters=8, top_p=0.5,
+                                   min_sparse_tokens=0),
+    }[method]
+
+    def steps(model):
+        outs = []
+        with torch.no_grad():
+            for step, t in enumerate((999.0, 900.0, 800.0)):
+                with model.cache_context("cond", step_index=step, num_inference_steps=3):
+                    outs.append(model(**hunyuan_inputs(batch=2, valid=(6, 3), frames=4, height=8, width=8,
+                                                       timestep=t, seed=1 + step))[0])
+        return outs
+
+    reference = tiny_hunyuan()
+    ds.apply_sparse_attention(reference, config)
+    want = steps(reference)
+    assert ds.summary(reference)["sparse_calls"] > 0
+    model = tiny_hunyuan()
+    ds.apply_sparse_attention(model, config)
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("eager")
+    model.compile_repeated_blocks(fullgraph=True, backend=counter)
+    got = steps(model)
+    assert counter.frame_count > 0
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
