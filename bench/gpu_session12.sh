@@ -7,6 +7,7 @@
 #   c14:  Wan-14B 720p (10 of 40 blocks), 10 steps, the same, compiled (warm-up loop of 4 steps).
 #   c14d: Wan-14B draft alone, compiled, warm-up loop of 6 steps: draft's 10 % dense steps round to none in 4 warm-up
 #         steps, so c14 compiled its dense-step graphs in the timed run (graphs_compiled_in_timed_run 2).
+#   hyc:  HunyuanVideo 720p (15 of 60 blocks), 10 steps, radial / draft / tile compiled (not run yet).
 #   hy:   HunyuanVideo 720p (15 of 60 blocks), 10 steps, radial and tile presets, eager (fused prologue).
 # Each part's timeout stays below one device call (600 s).
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
@@ -23,6 +24,11 @@ c14)
 c14d)
   timeout 580 $E --model wan14b-720p --layers 10 --methods draft --steps 10 --presets --compile blocks \
     --warmup-steps 6 --out $OUT/e2e-wan14b-720p-presets-compiled-draft.json 2>&1 | grep -E "^wan|Error" | cut -c1-500
+  ;;
+hyc)
+  # Next session: HunyuanVideo compiled (bench e2e --model hunyuan-tiny --compile blocks runs on a CPU).
+  timeout 580 $E --model hunyuan-720p --layers 15 --methods radial,draft,tile --steps 10 --presets --compile blocks \
+    --warmup-steps 4 --out $OUT/e2e-hunyuan-720p-presets-compiled.json 2>&1 | grep -E "^hunyuan|Error" | cut -c1-500
   ;;
 hy)
   timeout 560 $E --model hunyuan-720p --layers 15 --methods radial,tile --steps 10 --presets --warmup-steps 3 \

@@ -315,6 +315,12 @@ E2E_MODELS = {
     "qwen-image-tiny": dict(family="qwen_image", grid=(8, 16), text=(7, 32), full_depth=2,
                             config=dict(in_channels=16, out_channels=4, num_layers=2, attention_head_dim=64,
                                         num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(16, 24, 24))),
+    "hunyuan-tiny": dict(
+        family="hunyuan_video", latent=(4, 4, 8, 8), text=(9, 16), pooled=8, flow_shift=7.0, full_depth=4,
+        config=dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=64, num_layers=2,
+                    num_single_layers=2, num_refiner_layers=1, patch_size=1, patch_size_t=1, guidance_embeds=True,
+                    text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(16, 24, 24)),
+    ),
     "tiny": dict(
         family="wan", latent=(4, 5, 16, 16), text=(8, 32),
         config=dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=64, in_channels=4,
@@ -343,7 +349,7 @@ def _extra_inputs(spec, g, device, dtype) -> dict:
         return {}
     n_text = spec["text"][0]
     return {"encoder_attention_mask": torch.ones(1, n_text, device=device, dtype=torch.long),
-            "pooled_projections": torch.randn(1, 768, generator=g).to(device, dtype),
+            "pooled_projections": torch.randn(1, spec.get("pooled", 768), generator=g).to(device, dtype),
             "guidance": torch.tensor([6000.0], device=device, dtype=dtype)}
 
 

@@ -93,6 +93,18 @@ def test_bench_e2e_compiled_runs_every_row_compiled_and_compiles_nothing_in_the_
     assert "**tiny** on" in table and "**tiny**, compiled on" in table and "| dense-compiled |" in table
 
 
+def test_bench_e2e_compiled_hunyuan_video_tiny(tmp_path):
+    """The same for HunyuanVideo (dual- and single-stream blocks, the token refiner, no CFG pass): every graph in the
+    warm-up, none broken, at draft's preset (dense steps, a dense layer, a layout reused every other step)."""
+    data = _run_bench(tmp_path / "e2e.json", "e2e", "--model", "hunyuan-tiny", "--methods", "draft", "--steps", "4",
+                      "--presets", "--warmup-steps", "2", "--compile", "blocks", "--compile-backend", "aot_eager")
+    assert data["cfg"] is False and list(data["runs"]) == ["dense", "dense-compiled", "draft"]
+    for label in ("dense-compiled", "draft"):
+        e = data["runs"][label]
+        assert "error" not in e, e
+        assert e["graphs"] > 0 and e["graph_breaks"] == 0 and e["graphs_compiled_in_timed_run"] == 0, e
+
+
 def test_warmup_steps_like_holds_every_kind_of_step_of_the_timed_run():
     import dit_sparse as ds
     from dit_sparse.eval.bench import warmup_steps_like
