@@ -411,6 +411,14 @@ def warmup_steps_like(cfg, warmup_steps: int, steps: int) -> int:
     return steps
 
 
+def _dynamo_graphs() -> Dict[str, int]:
+    """Graphs Dynamo compiled and graph breaks it met since its counters were last cleared."""
+    from torch._dynamo.utils import counters
+
+    return {"graphs": int(counters["stats"].get("unique_graphs", 0)),
+            "graph_breaks": int(sum(counters["graph_break"].values()))}
+
+
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     rng = float(a.max() - a.min()) or 1.0
     mse = float(((a - b) ** 2).mean())
@@ -440,7 +448,7 @@ def bench_e2e(args) -> dict:
     share = _attention_share(model, spec, device, dtype) if device == "cuda" else None
     runs = {}
     reference = None
-    compiled_blocks: List[bool] = []
+    blocks_compiled = False
 
     if args.compile != "none":
         import torch._dynamo as dynamo
@@ -466,12 +474,13 @@ def bench_e2e(args) -> dict:
     labels = ["dense"] + (["dense-compiled"] if args.compile != "none" else [])
     for label in labels + [m for m in methods if m != "dense"]:
         method = "dense" if label.startswith("dense") else label
+        compiled = label != "dense" and args.compile != "none"
         entry = {}
         try:
-            if label != "dense" and args.compile != "none":
-                if not compiled_blocks:
+            if compiled:
+                if not blocks_compiled:
                     model.compile_repeated_blocks(fullgraph=True, backend=args.compile_backend)
-                    compiled_blocks.append(True)
+                    blocks_compiled = True
                 # A method's processors are new Python state: each method compiles its own graphs.
                 dynamo.reset()
                 counters.clear()
@@ -488,7 +497,7 @@ def bench_e2e(args) -> dict:
                                      backend=args.backend, **opts)
                 ds.apply_sparse_attention(model, cfg)
                 entry["config"] = cfg.to_dict()
-            if args.warmup and (device == "cuda" or args.warmup_steps or entry.get("compiled")):
+            if args.warmup and (device == "cuda" or args.warmup_steps or compiled):
                 # Compile / autotune / build caches outside the timed run; ``--warmup-steps`` runs a shorter loop
                 # whose schedule has the same kinds of step (dense, fresh plan, reused plan) to save device time
                 # (and runs on a CPU too, for the tests).
@@ -501,14 +510,13 @@ def bench_e2e(args) -> dict:
                 if args.warmup_steps and method != "dense":
                     ds.set_num_inference_steps(model, args.steps)
                     ds.reset_sparse_state(model)
-            graphs_before = int(counters["stats"].get("unique_graphs", 0)) if entry.get("compiled") else 0
+            graphs_before = _dynamo_graphs()["graphs"] if compiled else 0
             out, seconds = run_once()
             entry["seconds"] = seconds
-            if entry.get("compiled"):
+            if compiled:
                 # Graphs compiled in the warm-up, and any the timed run still compiled (then its time is not clean).
-                entry["graphs"] = int(counters["stats"].get("unique_graphs", 0))
+                entry.update(_dynamo_graphs())
                 entry["graphs_compiled_in_timed_run"] = entry["graphs"] - graphs_before
-                entry["graph_breaks"] = int(sum(counters["graph_break"].values()))
             if label == "dense":
                 reference = out
             elif method == "dense":
@@ -526,8 +534,7 @@ def bench_e2e(args) -> dict:
                     entry["speedup_vs_dense_compiled"] = runs["dense-compiled"]["seconds"] / seconds
                 # The bounds keep everything but the sparse calls' attention at Diffusers' dense cost: with
                 # fast_dense (dense steps on FA4, Wan's fused q/k prologue) they bound nothing.
-                if (share is not None and entry["mean_density"] is not None and not cfg.fast_dense
-                        and not entry.get("compiled")):
+                if share is not None and entry["mean_density"] is not None and not cfg.fast_dense and not compiled:
                     calls = info["sparse_calls"] + info["dense_calls"]
                     sparse_frac = info["sparse_calls"] / max(calls, 1)
                     entry["amdahl_bound"] = 1.0 / (1.0 - share * sparse_frac)
@@ -1231,9 +1238,7 @@ def bench_compile(args) -> dict:
                     times = run_steps(runner, args.steps)
                 warm = times[args.warmup:] or times[-1:]
                 entry.update(first_steps_s=times[: args.warmup], step_s=sum(warm) / len(warm), steps_s=times,
-                             graphs=int(counters["stats"].get("unique_graphs", 0)),
-                             graph_breaks=int(sum(counters["graph_break"].values())),
-                             frames_compiled=int(counters["stats"].get("calls_captured", 0)))
+                             **_dynamo_graphs(), frames_compiled=int(counters["stats"].get("calls_captured", 0)))
                 if label != "dense":
                     entry["mean_density"] = ds.summary(model)["mean_density"]
             except Exception as err:

@@ -145,18 +145,17 @@ def e2e_table(results: List[dict]) -> str:
             if "error" in e:
                 lines.append(f"| {m} | error: {e['error'][:100]} | | | | | |{'' if compiled else ' |'}")
                 continue
+            speedup = e.get("speedup", 1.0 if m == "dense" else None)
             if compiled:
                 vs_compiled = 1.0 if m == "dense-compiled" else e.get("speedup_vs_dense_compiled")
                 graphs = f"{e['graphs']} ({e.get('graphs_compiled_in_timed_run', 0)})" if "graphs" in e else "—"
                 if e.get("graphs_compiled_in_timed_run"):
                     graphs += " ‡"
                     late_graphs = True
-                speedup = e.get("speedup", 1.0 if m == "dense" else None)
                 lines.append(f"| {m} | {_fmt(e.get('seconds'))} | {_fmt(speedup)} | {_fmt(vs_compiled)} | {graphs} | "
                              f"{e.get('backend', '—')} | "
                              f"{_fmt(e.get('psnr_latents_vs_dense'), 1)} |")
                 continue
-            speedup = e.get("speedup", 1.0 if m == "dense" else None)
             # The bounds keep everything but the sparse calls' attention at a dense step's cost; with fast_dense the
             # dense steps run FA4 (and, on Wan, the fused q/k prologue), so they bound nothing.
             bounded = not e.get("config", {}).get("fast_dense")
