@@ -603,18 +603,34 @@ def bench_e2e(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------- pattern
-# name -> (token grid, heads, head_dim) for the pattern and layer benchmarks
-VIDEO_SHAPES = {"wan1.3b-480p": ((21, 30, 52), 12, 128), "tiny": ((5, 8, 12), 2, 64)}
+# name -> (token grid, heads, head_dim, geometry model, preset) for the pattern and layer benchmarks
+VIDEO_SHAPES = {
+    "wan1.3b-480p": ((21, 30, 52), 12, 128, "wan", "wan2.1-1.3b"),
+    "wan14b-720p": ((21, 45, 80), 40, 128, "wan", "wan2.1-14b"),
+    "hunyuan-720p": ((33, 45, 80), 24, 128, "hunyuan_video", "hunyuanvideo"),
+    "tiny": ((5, 8, 12), 2, 64, "wan", "tiny"),
+}
 
 
-def _video_qkv(shape: str):
-    """Geometry and random q, k, v (B, H, L, D) as transposed views of Diffusers' (B, L, H, D) layout."""
+def _video_qkv(shape: str, content: str = "random"):
+    """Geometry and q, k, v (B, H, L, D) as transposed views of Diffusers' (B, L, H, D) layout.
+
+    ``content``: "random" (Gaussian q, k, v: every pattern sees flat attention, so top-p keeps most blocks) or "photo"
+    (`dit_sparse.eval.photo_qkv`: photographic content, q close to k, peaked to diffuse heads; the densities a
+    content-aware pattern reaches there are those of real attention, not of noise).
+    """
     from dit_sparse.geometry import VideoGeometry
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    (f, h, w), heads, dim = VIDEO_SHAPES[shape]
-    geometry = VideoGeometry(f, h, w, "wan")
+    (f, h, w), heads, dim, model, _ = VIDEO_SHAPES[shape]
+    geometry = VideoGeometry(f, h, w, model)
+    if content == "photo":
+        from dit_sparse.eval.photo_qkv import photo_qkv
+
+        qkv = photo_qkv(geometry, heads=heads, head_dim=dim)
+        return (geometry, *(x.to(device=device, dtype=dtype).transpose(1, 2).contiguous().transpose(1, 2)
+                            for x in qkv))
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, geometry.num_tokens, heads, dim, device=device, dtype=dtype).transpose(1, 2)
                for _ in range(3))
@@ -622,18 +638,29 @@ def _video_qkv(shape: str):
 
 
 def bench_pattern(args) -> dict:
-    """Pattern overhead (planning a layout) next to the sparse attention time it serves, per method."""
+    """Pattern overhead (planning a layout) next to the sparse attention it serves, per method.
+
+    With ``--presets`` each method runs at its model preset's options; the overhead at the preset's schedule divides
+    a plan by the sparse calls that use it: a dynamic pattern (draft, semantic) plans every ``refresh_every``-th
+    sparse step; a static one (radial, tile) is built once per geometry and later calls read it (the warm plan: a
+    cache lookup).
+    """
     import dit_sparse as ds
     from dit_sparse.kernels import block_sparse_attention
     from dit_sparse.patterns import make_pattern
+    from dit_sparse.pipelines.presets import PRESETS
 
-    geometry, q, k, v = _video_qkv(args.shape)
+    geometry, q, k, v = _video_qkv(args.shape, args.qkv)
     length, heads = geometry.num_tokens, q.shape[1]
+    preset = PRESETS[VIDEO_SHAPES[args.shape][4]]
     rows = {}
     for method in args.methods.split(","):
         entry = {}
         try:
-            cfg = ds.make_config(method, dense_steps=0, dense_layers=0, backend=args.backend)
+            options = preset.sparse_options(method) if args.presets else {}
+            # The schedule's dense steps and layers are the step benchmark's business: every call here is sparse.
+            options.update(dense_steps=0, dense_layers=0, backend=args.backend, min_sparse_tokens=0)
+            cfg = ds.make_config(method, **options)
             pattern = make_pattern(cfg)
             cache = PlanCache(shared=BoundedCache())  # the per-geometry cache a pipeline's state gives
             layout = pattern.plan(q, k, geometry, cache)
@@ -643,13 +670,20 @@ def bench_pattern(args) -> dict:
                 lambda: block_sparse_attention(q, k, v, layout, backend=args.backend), reps=args.reps)["median_ms"]
             entry["density"] = float(layout.density())
             entry["overhead_ratio"] = entry["plan_ms"] / entry["attention_ms"]
+            entry["static"] = bool(pattern.static)
+            entry["refresh_every"] = int(cfg.refresh_every)
+            # Planning per sparse call at the schedule: a dynamic pattern's plan serves refresh_every sparse steps.
+            per_call = entry["plan_ms"] if entry["static"] else entry["plan_ms"] / entry["refresh_every"]
+            entry["overhead_at_schedule"] = per_call / entry["attention_ms"]
+            entry["options"] = {key: val for key, val in options.items() if key != "backend"}
         except Exception as err:
             entry["error"] = repr(err)[:500]
         rows[method] = entry
         print(args.shape, method, entry, flush=True)
     payload = {"benchmark": "pattern", "command": "python -m dit_sparse.eval.bench " + " ".join(sys.argv[1:]),
                "commit": git_commit(), "date": _dt.datetime.utcnow().isoformat(timespec="seconds"),
-               "shape": args.shape, "tokens": length, "heads": heads, "results": rows}
+               "shape": args.shape, "tokens": length, "heads": heads, "qkv": args.qkv,
+               "presets": preset.name if args.presets else None, "results": rows}
     path = write_result(f"pattern-{args.shape}", payload, args.out)
     print("wrote", path)
     return payload
@@ -1310,14 +1344,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None)
     e.set_defaults(func=bench_e2e)
     pt = sub.add_parser("pattern", help="pattern planning overhead vs the sparse attention it serves")
-    pt.add_argument("--shape", default="wan1.3b-480p", choices=["wan1.3b-480p", "tiny"])
+    pt.add_argument("--shape", default="wan1.3b-480p", choices=sorted(VIDEO_SHAPES))
     pt.add_argument("--methods", default="radial,draft,semantic")
+    pt.add_argument("--presets", action="store_true",
+                    help="each method at the shape's model preset (density, top_p, refresh_every, ...), and the "
+                         "planning overhead per sparse call at the preset's schedule")
+    pt.add_argument("--qkv", default="random", choices=("random", "photo"),
+                    help="photo: photographic q/k/v (realistic densities for the content-aware patterns)")
     pt.add_argument("--backend", default="auto")
     pt.add_argument("--reps", type=int, default=7)
     pt.add_argument("--out", default=None)
     pt.set_defaults(func=bench_pattern)
     ly = sub.add_parser("layer", help="one attention call including the pattern, vs dense SDPA")
-    ly.add_argument("--shape", default="wan1.3b-480p", choices=["wan1.3b-480p", "tiny"])
+    ly.add_argument("--shape", default="wan1.3b-480p", choices=sorted(VIDEO_SHAPES))
     ly.add_argument("--methods", default="radial,draft,semantic")
     ly.add_argument("--backend", default="auto")
     ly.add_argument("--reps", type=int, default=7)

@@ -178,17 +178,32 @@ def e2e_table(results: List[dict]) -> str:
 
 def pattern_table(results: List[dict]) -> str:
     lines = []
-    for r in _latest(results, "pattern"):
+    runs = _latest(results, "pattern")
+    # Runs at the presets with realistic q/k (one per shape) replace the older runs at the configs' defaults.
+    if any(r.get("presets") for r in runs):
+        runs = [r for r in runs if r.get("presets")]
+    for r in runs:
         dev = r.get("env", {}).get("device", "?")
-        lines.append(f"{r['shape']} ({r['tokens']} tokens × {r['heads']} heads) on {dev}; `{r.get('command', '')}`\n")
-        lines.append("| method | plan (ms, warm) | plan (ms, cold) | sparse attention (ms) | overhead | density |")
-        lines.append("|---|---|---|---|---|---|")
+        what = (f"each method at the `{r['presets']}` preset, {r.get('qkv', 'random')} q/k" if r.get("presets")
+                else "each method at its config's defaults, random q/k")
+        lines.append(f"{r['shape']} ({r['tokens']} tokens × {r['heads']} heads) on {dev}, {what}; "
+                     f"`{r.get('command', '')}`\n")
+        lines.append("| method | plan (ms, warm) | plan (ms, cold) | sparse attention (ms) | overhead per plan "
+                     "| density | planned | overhead per sparse call at the schedule |")
+        lines.append("|---|---|---|---|---|---|---|---|")
         for m, e in r["results"].items():
             if "error" in e:
-                lines.append(f"| {m} | error: {e['error'][:100]} | | | | |")
+                lines.append(f"| {m} | error: {e['error'][:100]} | | | | | | |")
                 continue
+            if "overhead_at_schedule" in e:
+                every = e["refresh_every"]
+                planned = ("once per geometry" if e["static"] else
+                           "every sparse step" if every == 1 else f"every {every} sparse steps")
+                at_schedule = f"{100 * e['overhead_at_schedule']:.1f} %"
+            else:
+                planned, at_schedule = "—", "—"
             lines.append(f"| {m} | {e['plan_ms']:.2f} | {e['cold_ms']:.2f} | {e['attention_ms']:.2f} | "
-                         f"{100 * e['overhead_ratio']:.1f} % | {e['density']:.2f} |")
+                         f"{100 * e['overhead_ratio']:.1f} % | {e['density']:.2f} | {planned} | {at_schedule} |")
         lines.append("")
     return "\n".join(lines) if lines else "_no pattern results yet_"
 

@@ -524,3 +524,44 @@ def test_schedule_tradeoff_marks_the_rows_no_other_beats(tmp_path):
     assert "★ draft fast" in rows and "★ tile" in rows and "draft slow worse" in rows
     f = 0.1 + 0.9 / 30
     assert f"{1 / (f + (1 - f) / 1.75):.2f}×" in rows["★ draft fast"]
+
+
+def test_bench_pattern_presets_on_photographic_qk_amortise_planning_over_the_refresh_period(monkeypatch, tmp_path):
+    """`bench pattern --presets --qkv photo`: each method at the preset's options (tiny's semantic has 64 clusters,
+    draft here plans every 4th sparse step), planning per sparse call divided by the refresh period for a dynamic
+    pattern and not at all for a static one, and realistic densities: on Gaussian q/k semantic's top_p 0.9 keeps
+    ~0.9 of the blocks, on photographic q/k far fewer."""
+    import argparse
+
+    from dit_sparse.eval import bench
+    from dit_sparse.pipelines.presets import PRESETS
+
+    tiny = PRESETS["tiny"]
+    monkeypatch.setitem(PRESETS, "tiny", tiny.replace(sparse={**tiny.sparse, "draft": {
+        **tiny.sparse["draft"], "refresh_every": 4}}))
+    args = argparse.Namespace(shape="tiny", methods="radial,draft,semantic", backend="reference", reps=1,
+                              presets=True, qkv="photo", out=str(tmp_path / "pattern.json"))
+    rows = bench.bench_pattern(args)["results"]
+    assert not any("error" in e for e in rows.values()), rows
+    assert rows["radial"]["static"] and rows["radial"]["overhead_at_schedule"] == rows["radial"]["overhead_ratio"]
+    draft = rows["draft"]
+    assert not draft["static"] and draft["refresh_every"] == 4
+    assert draft["overhead_at_schedule"] == pytest.approx(draft["overhead_ratio"] / 4)
+    assert rows["semantic"]["options"]["kv_clusters"] == 64
+    assert rows["semantic"]["density"] < 0.6
+    data = json.loads((tmp_path / "pattern.json").read_text())
+    assert data["presets"] == "tiny" and data["qkv"] == "photo"
+
+
+def test_pattern_table_prefers_the_preset_runs_and_says_how_often_each_plans():
+    row = dict(plan_ms=1.0, cold_ms=2.0, attention_ms=4.0, overhead_ratio=0.25, density=0.3)
+    old = {"benchmark": "pattern", "shape": "wan1.3b-480p", "tokens": 32760, "heads": 12, "date": "2026-12-01",
+           "results": {"draft": row}}
+    new = {"benchmark": "pattern", "shape": "hunyuan-720p", "tokens": 118800, "heads": 24, "date": "2026-12-03",
+           "presets": "hunyuanvideo", "qkv": "photo",
+           "results": {"draft": dict(row, static=False, refresh_every=2, overhead_at_schedule=0.125),
+                       "radial": dict(row, static=True, refresh_every=1, overhead_at_schedule=0.25)}}
+    text = report.pattern_table([old, new])
+    assert "wan1.3b-480p" not in text and "`hunyuanvideo` preset, photo q/k" in text
+    assert "| every 2 sparse steps | 12.5 % |" in text and "| once per geometry | 25.0 % |" in text
+    assert "wan1.3b-480p" in report.pattern_table([old])

@@ -1,0 +1,19 @@
+# Session 13 (issue #13): planning overhead at the presets' schedules, on photographic q/k (realistic densities), at
+# the three target shapes; then HunyuanVideo 720p end to end with the blocks compiled (gpu_session12.sh hyc).
+# After staging .gpu/p1 and finishing .gpu/p2 (see bench/gpu_session4.sh; move dit_sparse/pipelines/{tiny,small}_model
+# out of the tree for the device calls).
+#   pat: `bench pattern --presets --qkv photo` for wan1.3b-480p, wan14b-720p, hunyuan-720p (radial, draft, semantic,
+#        tile at each model's preset; planning per sparse call at the preset's refresh period).
+export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
+case "${1:-pat}" in
+pat)
+  for shape in wan1.3b-480p wan14b-720p hunyuan-720p; do
+    timeout 300 python3 -m dit_sparse.eval.bench pattern --shape $shape --presets --qkv photo \
+      --methods radial,draft,semantic,tile --out $OUT/pattern-$shape-presets.json 2>&1 \
+      | grep -E "^(wan|hunyuan)|Error|wrote" | cut -c1-400
+  done
+  ;;
+hyc)
+  bash bench/gpu_session12.sh hyc
+  ;;
+esac
