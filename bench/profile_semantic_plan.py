@@ -1,0 +1,88 @@
+"""Where semantic's planning time goes on photographic q/k at its preset (issue #13): after session 13's pattern
+benchmark, planning cost 42-65 % of semantic's sparse attention at the three target shapes (density 0.14-0.16).
+CUDA time of each stage of one warm plan (k-means, cluster order, the compiled block plan, the trim), the CUDA kernels
+of a whole plan, and plan / attention for a few variants.
+
+    python bench/profile_semantic_plan.py OUT.json [SHAPES]   (comma-separated; default wan1.3b-480p,wan14b-720p)
+"""
+
+import json
+import os
+import sys
+
+import torch
+
+import dit_sparse as ds
+from dit_sparse.eval.bench import _video_qkv, time_cuda
+from dit_sparse.kernels import block_sparse_attention
+from dit_sparse.patterns import make_pattern
+from dit_sparse.patterns.semantic import block_plan
+from dit_sparse.schedule import BoundedCache, PlanCache
+
+VARIANTS = {"preset": {}, "warm_iters=1": {"warm_iters": 1}, "block_size=128": {"block_size": 128}}
+
+
+def stages(pattern, q, k, cache) -> dict:
+    cfg = pattern.config
+    b, h, length, d = q.shape
+    n = b * h
+    kk = pattern.cluster_counts(length, length)[1]
+    out = {}
+    x = torch.cat([q, k], -1)
+    out["kmeans_ms"] = time_cuda(lambda: pattern.cluster(x, kk, cache, "qk"), reps=5)["median_ms"]
+    labels, _, counts = pattern.cluster(x, kk, cache, "qk")
+    out["order_ms"] = time_cuda(lambda: pattern._order(labels, kk), reps=5)["median_ms"]
+    perm = pattern._order(labels, kk).view(n, length)
+    qc = counts.view(n, kk)
+
+    def plan_blocks():
+        return block_plan(q.reshape(n, length, d), k.reshape(n, length, d), perm, perm, qc, qc, cfg.block_size,
+                          pattern.fixed_blocks, cfg.estimate, cfg.top_p, cfg.min_kv_ratio, True, cfg.key_block_size)
+
+    out["block_plan_ms"] = time_cuda(plan_blocks, reps=5)["median_ms"]
+    idx, cnt = plan_blocks()[:2]
+    out["trim_ms"] = time_cuda(lambda: pattern._trim(idx, cnt), reps=5)["median_ms"]
+    out["pieces_per_head"] = int(idx.shape[-2])
+    return out
+
+
+def main():
+    path = sys.argv[1]
+    shapes = sys.argv[2].split(",") if len(sys.argv) > 2 else ["wan1.3b-480p", "wan14b-720p"]
+    from dit_sparse.eval.bench import VIDEO_SHAPES
+    from dit_sparse.pipelines.presets import PRESETS
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    result = {"commit": os.environ.get("DIT_SPARSE_COMMIT"), "command": "python bench/profile_semantic_plan.py "
+              + " ".join(sys.argv[1:]), "device": device, "shapes": {}}
+    for shape in shapes:
+        geometry, q, k, v = _video_qkv(shape, "photo")
+        base = PRESETS[VIDEO_SHAPES[shape][4]].sparse_options("semantic")
+        base.update(dense_steps=0, dense_layers=0, min_sparse_tokens=0)
+        rows = {}
+        for label, opts in VARIANTS.items():
+            pattern = make_pattern(ds.make_config("semantic", **{**base, **opts}))
+            cache = PlanCache(shared=BoundedCache())
+            layout = pattern.plan(q, k, geometry, cache)
+            row = {"plan_ms": time_cuda(lambda: pattern.plan(q, k, geometry, cache), reps=5)["median_ms"],
+                   "attention_ms": time_cuda(lambda: block_sparse_attention(q, k, v, layout), reps=5)["median_ms"],
+                   "density": float(layout.density())}
+            if label == "preset":
+                row.update(stages(pattern, q, k, cache))
+                with torch.profiler.profile() as prof:
+                    pattern.plan(q, k, geometry, cache)
+                    if torch.cuda.is_available():
+                        torch.cuda.synchronize()
+                row["kernels"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=15,
+                                                           max_name_column_width=60)
+            rows[label] = row
+            print(shape, label, json.dumps({x: y for x, y in row.items() if x != "kernels"}), flush=True)
+            if "kernels" in row:
+                print(row["kernels"], flush=True)
+        result["shapes"][shape] = rows
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
