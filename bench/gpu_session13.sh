@@ -5,6 +5,7 @@
 #   pat: `bench pattern --presets --qkv photo` for wan1.3b-480p, wan14b-720p, hunyuan-720p (radial, draft, semantic,
 #        tile at each model's preset; planning per sparse call at the preset's refresh period).
 #   hyc: HunyuanVideo 720p end to end, blocks compiled (radial, draft, tile presets).
+#   kmb: the k-means assignment pass alone (bench/kmeans_micro.py): atomics, concatenation, launch shapes.
 #   prof: where semantic's planning time goes (bench/profile_semantic_plan.py), Wan-1.3B 480p and Wan-14B 720p.
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
 case "${1:-pat}" in
@@ -21,5 +22,8 @@ hyc)
 prof)
   timeout 560 python3 bench/profile_semantic_plan.py $OUT/profile-semantic-plan.json wan1.3b-480p,wan14b-720p 2>&1 \
     | grep -vE "^ *$|Warning" | cut -c1-300 | tail -80
+  ;;
+kmb)
+  timeout 500 python3 bench/kmeans_micro.py $OUT/kmeans-micro.json 2>&1 | grep -E "^wan|Error" | cut -c1-400
   ;;
 esac
