@@ -6,6 +6,7 @@
 #        tile at each model's preset; planning per sparse call at the preset's refresh period).
 #   hyc: HunyuanVideo 720p end to end, blocks compiled (radial, draft, tile presets).
 #   kmb: the k-means assignment pass alone (bench/kmeans_micro.py): atomics, concatenation, launch shapes.
+#   after: after the k-means changes (q and k read in place, 128-point tiles, sums by sorting): pat again, then kmb.
 #   prof: where semantic's planning time goes (bench/profile_semantic_plan.py), Wan-1.3B 480p and Wan-14B 720p.
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
 case "${1:-pat}" in
@@ -22,6 +23,10 @@ hyc)
 prof)
   timeout 560 python3 bench/profile_semantic_plan.py $OUT/profile-semantic-plan.json wan1.3b-480p,wan14b-720p 2>&1 \
     | grep -vE "^ *$|Warning" | cut -c1-300 | tail -80
+  ;;
+after)
+  bash bench/gpu_session13.sh pat
+  bash bench/gpu_session13.sh kmb
   ;;
 kmb)
   timeout 500 python3 bench/kmeans_micro.py $OUT/kmeans-micro.json 2>&1 | grep -E "^wan|Error" | cut -c1-400

@@ -5,6 +5,10 @@ compiled graph or a CUDA graph. The assignment minimises ``||c||^2 - 2 x.c`` (``
 mean-centred points (k-means is translation invariant; centring keeps half-precision dot products accurate when
 queries or keys share a large common component). Centroid sums and counts are accumulated in float32.
 
+Points may come in parts, ``(q, k)``: a point is the concatenation of its rows along the last dimension. The fused
+kernel then reads each part where it lies (semantic's joint clustering of [q, k] no longer writes the concatenation:
+3.1 ms of a 31 ms plan at Wan-14B 720p, ``2026-12-03_NVIDIA-H200_kmeans-micro.json``).
+
 Two engines, same results up to rounding:
 - ``triton`` (CUDA default): one fused kernel per iteration computes the distances tile by tile with a running
   argmin (the [L, K] distance matrix is never written) and adds every point to its cluster's sum and count with
@@ -53,21 +57,29 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float32
 
 
-# Launch parameters of the fused kernel (H100/H200, head_dim 128); a dict so benchmarks can try others.
-TRITON_CONFIG = {"BLOCK_L": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2}
+# Launch parameters of the fused kernel; a dict so benchmarks can try others. Measured on the H200 with [q, k] points
+# (256 channels, 500 clusters): 128-point tiles took 7.30 ms per iteration at Wan-14B 720p and 1.10 ms at Wan-1.3B
+# 480p, against 8.55 / 1.24 ms with 64 (``2026-12-03_NVIDIA-H200_kmeans-micro.json``).
+TRITON_CONFIG = {"BLOCK_L": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2}
+# Cluster sums by sorting the points (`_triton_sums`) instead of the assignment kernel's atomics; a module switch so
+# that the benchmark can time both (``bench/kmeans_micro.py``).
+SUMS_BY_SORT = True
 
 if triton is not None:
 
     @triton.jit
     def _assign_kernel(
-        X, M, C, CN, OUT, SUMS, CNT, L, K, sxn, sxl, sxd,
-        D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, ACCUM: tl.constexpr, PREC: tl.constexpr,
+        X, X2, M, C, CN, OUT, SUMS, CNT, L, K, sxn, sxl, sxd, s2n, s2l, s2d,
+        D: tl.constexpr, TWO: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, ACCUM: tl.constexpr,
+        PREC: tl.constexpr,
     ):  # fmt: skip
         # One program: BLOCK_L points of row n against all K centroids, tile by tile, keeping a running elementwise
         # minimum (the [L, K] distance matrix never leaves registers, one reduction at the end). With ACCUM the
         # points are then added to their cluster's sum and count (float32 atomics), so one k-means iteration is one
         # kernel. (Pre-summing the tile per cluster with a one-hot matmul before the atomics was measured slower on
-        # H200 at K=500 and only ~10 % faster at K=100.)
+        # H200 at K=500 and only ~10 % faster at K=100.) With TWO a point is [X row, X2 row] (D channels each): the
+        # centroids' two halves are dotted with each part and summed.
+        DT: tl.constexpr = 2 * D if TWO else D  # channels of a point and of a centroid
         pid = tl.program_id(0)
         n = tl.program_id(1).to(tl.int64)
         offs_l = pid * BLOCK_L + tl.arange(0, BLOCK_L)
@@ -75,14 +87,22 @@ if triton is not None:
         lmask = offs_l < L
         x = tl.load(X + n * sxn + offs_l[:, None] * sxl + offs_d[None, :] * sxd, mask=lmask[:, None], other=0.0)
         # Centred in float32, then rounded to the dot dtype: the rounding is relative to the centred magnitude.
-        xd = (x.to(tl.float32) - tl.load(M + n * D + offs_d)[None, :]).to(C.dtype.element_ty)
+        xd = (x.to(tl.float32) - tl.load(M + n * DT + offs_d)[None, :]).to(C.dtype.element_ty)
+        if TWO:
+            x2 = tl.load(X2 + n * s2n + offs_l[:, None] * s2l + offs_d[None, :] * s2d, mask=lmask[:, None], other=0.0)
+            xd2 = (x2.to(tl.float32) - tl.load(M + n * DT + D + offs_d)[None, :]).to(C.dtype.element_ty)
         best = tl.full([BLOCK_L, BLOCK_K], float("inf"), tl.float32)
         best_k = tl.zeros([BLOCK_L, BLOCK_K], tl.int32)
         for k0 in range(0, K, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
-            c = tl.load(C + (n * K + offs_k[:, None]) * D + offs_d[None, :], mask=offs_k[:, None] < K, other=0.0)
+            kmask = offs_k[:, None] < K
+            c = tl.load(C + (n * K + offs_k[:, None]) * DT + offs_d[None, :], mask=kmask, other=0.0)
             cn = tl.load(CN + n * K + offs_k, mask=offs_k < K, other=float("inf"))
-            dist = cn[None, :] - 2.0 * tl.dot(xd, tl.trans(c), input_precision=PREC)
+            dot = tl.dot(xd, tl.trans(c), input_precision=PREC)
+            if TWO:
+                c2 = tl.load(C + (n * K + offs_k[:, None]) * DT + D + offs_d[None, :], mask=kmask, other=0.0)
+                dot += tl.dot(xd2, tl.trans(c2), input_precision=PREC)
+            dist = cn[None, :] - 2.0 * dot
             better = dist < best  # strict: the earlier centroid wins a tie, like torch.argmin
             best = tl.where(better, dist, best)
             best_k = tl.where(better, offs_k[None, :], best_k)
@@ -92,29 +112,93 @@ if triton is not None:
         if ACCUM:
             # Reloaded (L2-resident) rather than kept live through the loop: fewer registers, more programs per SM.
             x = tl.load(X + n * sxn + offs_l[:, None] * sxl + offs_d[None, :] * sxd, mask=lmask[:, None], other=0.0)
-            xc = x.to(tl.float32) - tl.load(M + n * D + offs_d)[None, :]
-            tl.atomic_add(SUMS + (n * K + arg[:, None]) * D + offs_d[None, :], xc, mask=lmask[:, None])
+            xc = x.to(tl.float32) - tl.load(M + n * DT + offs_d)[None, :]
+            tl.atomic_add(SUMS + (n * K + arg[:, None]) * DT + offs_d[None, :], xc, mask=lmask[:, None])
+            if TWO:
+                x2 = tl.load(X2 + n * s2n + offs_l[:, None] * s2l + offs_d[None, :] * s2d, mask=lmask[:, None],
+                             other=0.0)
+                xc2 = x2.to(tl.float32) - tl.load(M + n * DT + D + offs_d)[None, :]
+                tl.atomic_add(SUMS + (n * K + arg[:, None]) * DT + D + offs_d[None, :], xc2, mask=lmask[:, None])
             tl.atomic_add(CNT + n * K + arg, tl.full([BLOCK_L], 1.0, tl.float32), mask=lmask)
 
 
-def _triton_ok(x: torch.Tensor) -> bool:
+if triton is not None:
+
+    @triton.jit
+    def _segment_sum_kernel(
+        X, X2, M, ORDER, STARTS, COUNTS, SUMS, L, K, sxn, sxl, sxd, s2n, s2l, s2d,
+        D: tl.constexpr, TWO: tl.constexpr, BLOCK_R: tl.constexpr,
+    ):  # fmt: skip
+        # One program per (cluster, row n): the centred sum of the cluster's points, read through the cluster order
+        # (the points of a cluster are a contiguous run of ORDER), summed in registers: no atomics.
+        DT: tl.constexpr = 2 * D if TWO else D
+        c = tl.program_id(0).to(tl.int64)
+        n = tl.program_id(1).to(tl.int64)
+        start = tl.load(STARTS + n * K + c)
+        count = tl.load(COUNTS + n * K + c)
+        offs_d = tl.arange(0, D)
+        acc = tl.zeros([BLOCK_R, D], tl.float32)
+        acc2 = tl.zeros([BLOCK_R, D], tl.float32)
+        for r0 in range(0, count, BLOCK_R):
+            rows = r0 + tl.arange(0, BLOCK_R)
+            rmask = rows < count
+            idx = tl.load(ORDER + n * L + start + rows, mask=rmask, other=0).to(tl.int64)
+            x = tl.load(X + n * sxn + idx[:, None] * sxl + offs_d[None, :] * sxd, mask=rmask[:, None], other=0.0)
+            acc += x.to(tl.float32)
+            if TWO:
+                x2 = tl.load(X2 + n * s2n + idx[:, None] * s2l + offs_d[None, :] * s2d, mask=rmask[:, None],
+                             other=0.0)
+                acc2 += x2.to(tl.float32)
+        # Centred: sum(x - m) = sum(x) - count * m.
+        total = tl.sum(acc, 0) - count.to(tl.float32) * tl.load(M + n * DT + offs_d)
+        tl.store(SUMS + (n * K + c) * DT + offs_d, total)
+        if TWO:
+            total2 = tl.sum(acc2, 0) - count.to(tl.float32) * tl.load(M + n * DT + D + offs_d)
+            tl.store(SUMS + (n * K + c) * DT + D + offs_d, total2)
+
+
+def _parts(x) -> Tuple[torch.Tensor, ...]:
+    """The parts of the points (a point is the concatenation of its rows along the last dimension), checked."""
+    parts = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    if not 1 <= len(parts) <= 2 or any(p.dim() != 3 for p in parts):
+        raise ValueError(f"points must be one [N, L, D] tensor or two of them, got {len(parts)} part(s) of shapes "
+                         f"{[tuple(p.shape) for p in parts]}")
+    if len(parts) == 2 and parts[0].shape != parts[1].shape:
+        raise ValueError(f"the two parts of the points must have one shape, got {tuple(parts[0].shape)} and "
+                         f"{tuple(parts[1].shape)}")
+    return parts
+
+
+def _joined(parts: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+
+
+def _points_mean(parts: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """float32 [N, D_total]: the mean point of every row."""
+    return torch.cat([p.mean(1, dtype=torch.float32) for p in parts], -1)
+
+
+def _triton_ok(parts: Tuple[torch.Tensor, ...]) -> bool:
+    x = parts[0]
     d = x.shape[-1]
     return (
         triton is not None
         and (x.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1")
         and 16 <= d <= 256
+        and d * len(parts) <= 256
         and d & (d - 1) == 0
     )
 
 
-def _use_triton(x: torch.Tensor, backend: str) -> bool:
+def _use_triton(parts: Tuple[torch.Tensor, ...], backend: str) -> bool:
+    x = parts[0]
     if backend == "auto":
-        return x.is_cuda and os.environ.get("DIT_SPARSE_KMEANS_TRITON", "1") != "0" and _triton_ok(x)
+        return x.is_cuda and os.environ.get("DIT_SPARSE_KMEANS_TRITON", "1") != "0" and _triton_ok(parts)
     if backend == "triton":
-        if not _triton_ok(x):
+        if not _triton_ok(parts):
             raise ValueError(
-                "the triton k-means kernel needs triton, a CUDA tensor (or TRITON_INTERPRET=1) and a power-of-two "
-                "head_dim in [16, 256]; use backend='torch'"
+                "the triton k-means kernel needs triton, a CUDA tensor (or TRITON_INTERPRET=1) and points of at most "
+                "256 channels in one or two power-of-two parts of at least 16; use backend='torch'"
             )
         return True
     if backend != "torch":
@@ -122,27 +206,53 @@ def _use_triton(x: torch.Tensor, backend: str) -> bool:
     return False
 
 
-def _triton_step(x, mean, centroids, accumulate: bool):
-    """Labels of x [N, L, D] for centroids [N, K, D] (float32, uncentred), and with ``accumulate`` the centred sums
-    and counts of the clusters (float32 [N, K, D], [N, K])."""
+def _triton_step(parts, mean, centroids, accumulate: bool):
+    """Labels of the points (parts [N, L, D] each) for centroids [N, K, D_total] (float32, uncentred), and with
+    ``accumulate`` the centred sums and counts of the clusters (float32 [N, K, D_total], [N, K])."""
+    x = parts[0]
+    x2 = parts[-1]
     n, length, d = x.shape
+    d_total = d * len(parts)
     k = centroids.shape[1]
     dot_dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.float32
     centred = centroids - mean.unsqueeze(1)
     c_norm = (centred**2).sum(-1).contiguous()
     cm = centred.to(dot_dtype).contiguous()
     labels = torch.empty(n, length, dtype=torch.int64, device=x.device)
-    sums = torch.zeros(n, k, d, device=x.device, dtype=torch.float32) if accumulate else labels
+    sums = torch.zeros(n, k, d_total, device=x.device, dtype=torch.float32) if accumulate else labels
     counts = torch.zeros(n, k, device=x.device, dtype=torch.float32) if accumulate else labels
     cfg = TRITON_CONFIG
     grid = (triton.cdiv(length, cfg["BLOCK_L"]), n)
     _assign_kernel[grid](
-        x, mean.contiguous(), cm, c_norm, labels, sums, counts, length, k, x.stride(0), x.stride(1), x.stride(2),
-        D=d, BLOCK_L=cfg["BLOCK_L"], BLOCK_K=cfg["BLOCK_K"], ACCUM=accumulate,
+        x, x2, mean.contiguous(), cm, c_norm, labels, sums, counts, length, k, x.stride(0), x.stride(1), x.stride(2),
+        x2.stride(0), x2.stride(1), x2.stride(2),
+        D=d, TWO=len(parts) == 2, BLOCK_L=cfg["BLOCK_L"], BLOCK_K=cfg["BLOCK_K"], ACCUM=accumulate,
         PREC="ieee" if dot_dtype == torch.float32 else "tf32",
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     return labels, sums, counts
+
+
+def _triton_sums(parts, mean, labels, k: int):
+    """Centred sums (float32 [N, K, D_total]) and counts (float32 [N, K]) of the clusters of ``labels``: the points
+    sorted by cluster (a radix sort of the labels), then one program per cluster sums its run in registers. At
+    Wan-14B 720p the assignment kernel's float32 atomics (256 per point) took as long as the assignment itself
+    (4.2 of 8.6 ms per iteration, ``2026-12-03_NVIDIA-H200_kmeans-micro.json``)."""
+    x, x2 = parts[0], parts[-1]
+    n, length, d = x.shape
+    d_total = d * len(parts)
+    counts = cluster_counts(labels, k)
+    icounts = counts.to(torch.int32)
+    starts = (icounts.cumsum(-1, dtype=torch.int32) - icounts).contiguous()
+    keys = labels.to(torch.int16) if k <= torch.iinfo(torch.int16).max else labels.to(torch.int32)
+    order = torch.sort(keys, dim=-1, stable=True).indices.to(torch.int32).contiguous()
+    sums = torch.empty(n, k, d_total, device=x.device, dtype=torch.float32)
+    _segment_sum_kernel[(k, n)](
+        x, x2, mean.contiguous(), order, starts, icounts.contiguous(), sums, length, k,
+        x.stride(0), x.stride(1), x.stride(2), x2.stride(0), x2.stride(1), x2.stride(2),
+        D=d, TWO=len(parts) == 2, BLOCK_R=32, num_warps=4,
+    )  # fmt: skip
+    return sums, counts
 
 
 def _assign_torch(xc: torch.Tensor, centred: torch.Tensor) -> torch.Tensor:
@@ -165,8 +275,8 @@ def assign_clusters(x: torch.Tensor, centroids: torch.Tensor, backend: str = "au
     """Index of the nearest centroid of every point.
 
     Args:
-        x (`torch.Tensor` [N, L, D]): points.
-        centroids (`torch.Tensor` [N, K, D]): centroids.
+        x (`torch.Tensor` [N, L, D], or a pair of them): points (a pair: each point is its two rows concatenated).
+        centroids (`torch.Tensor` [N, K, D_total]): centroids.
         backend (`str`, defaults to "auto"): "torch" (batched GEMM, then argmin), "triton" (fused kernel: the
             distance matrix is never written) or "auto" (triton on CUDA when available, unless the environment
             variable ``DIT_SPARSE_KMEANS_TRITON=0``).
@@ -174,10 +284,11 @@ def assign_clusters(x: torch.Tensor, centroids: torch.Tensor, backend: str = "au
     Returns:
         `torch.Tensor` int64 [N, L].
     """
-    mean = x.mean(1, dtype=torch.float32)
-    if _use_triton(x, backend):
-        return _triton_step(x, mean, centroids.float(), False)[0]
-    return _assign_torch(x.float() - mean.unsqueeze(1), centroids.float() - mean.unsqueeze(1))
+    parts = _parts(x)
+    mean = _points_mean(parts)
+    if _use_triton(parts, backend):
+        return _triton_step(parts, mean, centroids.float(), False)[0]
+    return _assign_torch(_joined(parts).float() - mean.unsqueeze(1), centroids.float() - mean.unsqueeze(1))
 
 
 def update_centroids(
@@ -219,7 +330,8 @@ def batched_kmeans(
     With ``iters == 0`` the points are only assigned to ``init`` (which is returned unchanged).
 
     Args:
-        x (`torch.Tensor` [N, L, D]): points (any float dtype).
+        x (`torch.Tensor` [N, L, D], or a pair of them): points (any float dtype; a pair: each point is its two rows
+            concatenated, read in place by the triton engine).
         k (`int`): clusters per row, ``1 <= k <= L``.
         iters (`int`): Lloyd iterations (>= 0).
         init (`torch.Tensor` [N, k, D], optional): initial centroids (warm start); default `strided_init`.
@@ -227,27 +339,31 @@ def batched_kmeans(
             `assign_clusters`.
 
     Returns:
-        ``(labels, centroids, counts)``: int64 [N, L], float32 [N, k, D], float32 [N, k].
+        ``(labels, centroids, counts)``: int64 [N, L], float32 [N, k, D_total], float32 [N, k].
     """
-    if x.dim() != 3:
-        raise ValueError(f"x must be [N, L, D], got shape {tuple(x.shape)}")
-    n, length, d = x.shape
+    parts = _parts(x)
+    n, length = parts[0].shape[:2]
+    d = sum(p.shape[-1] for p in parts)
     if not 1 <= k <= length:
         raise ValueError(f"k={k} clusters need 1 <= k <= L={length}")
     if init is not None and init.shape != (n, k, d):
         raise ValueError(f"init must have shape {(n, k, d)}, got {tuple(init.shape)}")
     # k-means is translation invariant: work on centred points, whose half-precision dot products stay accurate
     # when queries or keys share a large common component.
-    mean = x.mean(1, dtype=torch.float32)  # [N, D]
-    centroids = strided_init(x, k) if init is None else init.float()
-    if _use_triton(x, backend):
+    mean = _points_mean(parts)  # [N, D_total]
+    centroids = torch.cat([strided_init(p, k) for p in parts], -1) if init is None else init.float()
+    if _use_triton(parts, backend):
         for _ in range(max(iters, 1)):
-            labels, sums, counts = _triton_step(x, mean, centroids, True)
+            if SUMS_BY_SORT:
+                labels = _triton_step(parts, mean, centroids, False)[0]
+                sums, counts = _triton_sums(parts, mean, labels, k)
+            else:
+                labels, sums, counts = _triton_step(parts, mean, centroids, True)
             if iters > 0:
                 means = sums / counts.clamp(min=1).unsqueeze(-1) + mean.unsqueeze(1)
                 centroids = torch.where(counts.unsqueeze(-1) > 0, means, centroids)
         return labels, centroids, counts
-    xc = x.float() - mean.unsqueeze(1)
+    xc = _joined(parts).float() - mean.unsqueeze(1)
     centred = centroids - mean.unsqueeze(1)
     if iters == 0:
         labels = _assign_torch(xc, centred)

@@ -235,19 +235,24 @@ class SemanticPattern(Pattern):
 
     # ------------------------------------------------------------------ clustering
     def cluster(
-        self, x: torch.Tensor, k: int, cache: Dict[str, Any], which: str
+        self, x, k: int, cache: Dict[str, Any], which: str
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """k-means of x (B, H, L, D) per (batch, head), warm-started from ``cache[which + "_centroids"]``.
+        """k-means of x (B, H, L, D) per (batch, head), warm-started from ``cache[which + "_centroids"]``. ``x`` may be
+        a pair (q, k): the points are then their rows concatenated, which the k-means kernel reads in place.
 
-        Returns labels int64 [B, H, L], centroids float32 [B, H, k, D] and counts float32 [B, H, k].
+        Returns labels int64 [B, H, L], centroids float32 [B, H, k, D_total] and counts float32 [B, H, k].
         """
-        b, h, length, d = x.shape
+        parts = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+        b, h, length = parts[0].shape[:3]
+        d = sum(part.shape[-1] for part in parts)
         key = f"{which}_centroids"
         prev: Optional[torch.Tensor] = cache.get(key)
         warm = prev is not None and prev.shape == (b, h, k, d) and prev.device == x.device
         iters = self.config.warm_iters if warm else self.config.kmeans_iters
         init = prev.reshape(b * h, k, d) if warm else None
-        labels, centroids, counts = batched_kmeans(x.reshape(b * h, length, d), k, iters, init)
+        # (B, H, L, D) views of Diffusers' (B, L, H, D) memory flatten to [B * H, L, D] without a copy when B == 1.
+        points = tuple(part.reshape(b * h, length, part.shape[-1]) for part in parts)
+        labels, centroids, counts = batched_kmeans(points if len(points) > 1 else points[0], k, iters, init)
         cache[key] = centroids.view(b, h, k, d)
         cache[f"{which}_iters"] = iters
         return labels.view(b, h, length), centroids.view(b, h, k, d), counts.view(b, h, k)
@@ -317,7 +322,7 @@ class SemanticPattern(Pattern):
             # of the keys are the same tokens and the diagonal (a token's own key, the most attended when q ~ k) is
             # always kept. Separate q and k clusters lose it: on photographic attention a query's own neighbourhood
             # then lands in key blocks its query block does not select (see the module docstring).
-            labels, _, counts = self.cluster(torch.cat([q, k], -1), kk, cache, "qk")
+            labels, _, counts = self.cluster((q, k), kk, cache, "qk")
             q_perm = kv_perm = self._order(labels, kk)
             qc = kc = counts.view(n, kk)
             fields = self._block_layout(q.reshape(n, lq, d), k.reshape(n, lk, d), q_perm.view(n, lq),

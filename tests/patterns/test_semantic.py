@@ -116,6 +116,20 @@ for n, length, k, d, iters in [(2, 300, 13, 16, 3), (3, 257, 70, 64, 0), (1, 130
     b = km.batched_kmeans(x, k, iters, backend="triton")
     assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
     torch.testing.assert_close(a[1], b[1], atol=1e-5, rtol=1e-5)
+# Points in two parts (semantic's [q, k]), each a strided view of (L, N, D) memory as the processors pass them: the
+# kernel reads both in place and must agree with the concatenated points on either engine.
+# Both ways of summing the clusters: sorted runs (default) and the assignment kernel's atomics.
+for km.SUMS_BY_SORT, (n, length, k, d, iters) in [(True, (2, 300, 13, 16, 3)), (True, (3, 130, 7, 32, 0)),
+                                                  (False, (2, 300, 13, 16, 3))]:
+    q = (torch.randn(length, n, d) + 2.0).transpose(0, 1)
+    kk = (torch.randn(length, n, d) - 1.0).transpose(0, 1)
+    joined = torch.cat([q, kk], -1)
+    c = torch.randn(n, k, 2 * d)
+    assert torch.equal(km.assign_clusters((q, kk), c, "triton"), km.assign_clusters(joined, c, "torch"))
+    a = km.batched_kmeans(joined, k, iters, backend="torch")
+    for b in (km.batched_kmeans((q, kk), k, iters, backend="triton"), km.batched_kmeans((q, kk), k, iters)):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
+        torch.testing.assert_close(a[1], b[1], atol=1e-5, rtol=1e-5)
 print("ok")
 """
 
