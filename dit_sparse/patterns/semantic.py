@@ -247,7 +247,7 @@ class SemanticPattern(Pattern):
         d = sum(part.shape[-1] for part in parts)
         key = f"{which}_centroids"
         prev: Optional[torch.Tensor] = cache.get(key)
-        warm = prev is not None and prev.shape == (b, h, k, d) and prev.device == x.device
+        warm = prev is not None and prev.shape == (b, h, k, d) and prev.device == parts[0].device
         iters = self.config.warm_iters if warm else self.config.kmeans_iters
         init = prev.reshape(b * h, k, d) if warm else None
         # (B, H, L, D) views of Diffusers' (B, L, H, D) memory flatten to [B * H, L, D] without a copy when B == 1.

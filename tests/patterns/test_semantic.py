@@ -337,6 +337,24 @@ def test_warm_start_uses_cache_and_warm_iters():
     assert cache["q_iters"] == 10 and cache["k_iters"] == 2
 
 
+def test_joint_clusters_warm_start_from_the_cache():
+    """Joint clusters pass q and k to k-means as two parts (read in place, not concatenated): a second plan must warm
+    start from the cached [q, k] centroids (a tuple of parts once broke the cache check) and assign exactly as the
+    concatenated points would."""
+    geometry = VideoGeometry(8, 5, 6)
+    q, k, v = clustered(1, 2, geometry.num_tokens, 16, centers=4, seed=5)
+    cache = {}
+    SemanticPattern(cfg(clusters="joint", kmeans_iters=30, warm_iters=3)).plan(q, k, geometry, cache)
+    assert cache["qk_iters"] == 30 and cache["qk_centroids"].shape == (1, 2, 13, 32)
+    cached = cache["qk_centroids"].clone()
+    layout = SemanticPattern(cfg(clusters="joint", warm_iters=0)).plan(q, k, geometry, cache)
+    assert cache["qk_iters"] == 0 and torch.equal(cache["qk_centroids"], cached)
+    labels = assign_clusters(torch.cat([q, k], -1).flatten(0, 1), cached.flatten(0, 1)).view(1, 2, -1)
+    assert torch.equal(layout.q_perm, torch.sort(labels, dim=-1, stable=True).indices)
+    SemanticPattern(cfg(clusters="joint", warm_iters=2)).plan(q, k, geometry, cache)
+    assert cache["qk_iters"] == 2
+
+
 def test_make_pattern_and_clusters_clamp_to_length(caplog):
     pattern = make_pattern(SemanticConfig())
     assert isinstance(pattern, SemanticPattern) and pattern.name == "semantic" and not pattern.static
