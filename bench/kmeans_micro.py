@@ -25,8 +25,10 @@ for shape, k in (("wan1.3b-480p", 500), ("wan14b-720p", 500)):
     mean = kmeans._points_mean(parts)
     labels, cent, counts = kmeans.batched_kmeans(parts, k, 20)
     base = dict(kmeans.TRITON_CONFIG)
-    for label, cfg in (("128x64 w8 s2 (default)", {}), ("64x64 w8 s2", {"BLOCK_L": 64}),
-                       ("128x32 w8 s2", {"BLOCK_K": 32}), ("128x64 w8 s3", {"num_stages": 3})):
+    # Absolute launch shapes (the default changed to 128 x 32 after the run of 968b79f, which labelled 128 x 64).
+    for label, cfg in (("128x32 w8 s2", {"BLOCK_L": 128, "BLOCK_K": 32}), ("128x64 w8 s2", {"BLOCK_L": 128,
+                       "BLOCK_K": 64}), ("64x64 w8 s2", {"BLOCK_L": 64, "BLOCK_K": 64}),
+                       ("128x64 w8 s3", {"BLOCK_L": 128, "BLOCK_K": 64, "num_stages": 3})):
         kmeans.TRITON_CONFIG.clear()
         kmeans.TRITON_CONFIG.update(base, **cfg)
         try:

@@ -58,9 +58,11 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 # Launch parameters of the fused kernel; a dict so benchmarks can try others. Measured on the H200 with [q, k] points
-# (256 channels, 500 clusters): 128-point tiles took 7.30 ms per iteration at Wan-14B 720p and 1.10 ms at Wan-1.3B
-# 480p, against 8.55 / 1.24 ms with 64 (``2026-12-03_NVIDIA-H200_kmeans-micro.json``).
-TRITON_CONFIG = {"BLOCK_L": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2}
+# (256 channels, 500 clusters; ``2026-12-03_NVIDIA-H200_kmeans-micro{-before,}.json``): 128-point tiles took 7.30 ms
+# per iteration with the atomic sums at Wan-14B 720p and 1.10 ms at Wan-1.3B 480p, against 8.55 / 1.24 ms with 64;
+# for the assignment alone (the sums are now sorted, below) 32-centroid tiles took 2.67 / 0.44 ms against 3.19 / 0.54
+# ms with 64.
+TRITON_CONFIG = {"BLOCK_L": 128, "BLOCK_K": 32, "num_warps": 8, "num_stages": 2}
 # Cluster sums by sorting the points (`_triton_sums`) instead of the assignment kernel's atomics; a module switch so
 # that the benchmark can time both (``bench/kmeans_micro.py``).
 SUMS_BY_SORT = True
