@@ -246,8 +246,7 @@ def _triton_sums(parts, mean, labels, k: int):
     counts = cluster_counts(labels, k)
     icounts = counts.to(torch.int32)
     starts = (icounts.cumsum(-1, dtype=torch.int32) - icounts).contiguous()
-    keys = labels.to(torch.int16) if k <= torch.iinfo(torch.int16).max else labels.to(torch.int32)
-    order = torch.sort(keys, dim=-1, stable=True).indices.to(torch.int32).contiguous()
+    order = cluster_order(labels, k).to(torch.int32).contiguous()
     sums = torch.empty(n, k, d_total, device=x.device, dtype=torch.float32)
     _segment_sum_kernel[(k, n)](
         x, x2, mean.contiguous(), order, starts, icounts.contiguous(), sums, length, k,
@@ -322,6 +321,16 @@ def cluster_counts(labels: torch.Tensor, k: int) -> torch.Tensor:
     return torch.zeros(n, k, device=labels.device, dtype=torch.float32).scatter_add_(1, labels, ones)
 
 
+def cluster_order(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """The permutation (int64, same shape) that sorts ``labels`` in [0, k): clusters contiguous in label order.
+
+    A stable sort keeps the original token order inside every cluster (coalesced gathers, reproducible layouts); the
+    keys are narrowed to int16 when they fit, which makes the GPU radix sort cheaper (fewer passes).
+    """
+    keys = labels.to(torch.int16) if k <= torch.iinfo(torch.int16).max else labels.to(torch.int32)
+    return torch.sort(keys, dim=-1, stable=True).indices
+
+
 def batched_kmeans(
     x: torch.Tensor, k: int, iters: int, init: Optional[torch.Tensor] = None, backend: str = "auto"
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -382,4 +391,7 @@ def inertia(x: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor) -> t
     return ((x.float() - c) ** 2).sum((1, 2))
 
 
-__all__ = ["assign_clusters", "batched_kmeans", "cluster_counts", "inertia", "strided_init", "update_centroids"]
+__all__ = [
+    "assign_clusters", "batched_kmeans", "cluster_counts", "cluster_order", "inertia", "strided_init",
+    "update_centroids",
+]

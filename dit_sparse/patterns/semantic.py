@@ -61,7 +61,7 @@ from ..geometry import VideoGeometry
 from ..layout import BlockLayout, block_sizes, cdiv, pack_block_mask, whole_blocks_first
 from .base import Pattern, compiled_planning
 from .block_mass import block_mass_estimate, pooled_block_mass, select_top_p
-from .kmeans import batched_kmeans
+from .kmeans import batched_kmeans, cluster_order
 from .partition import balanced_partition
 
 logger = logging.getLogger(__name__)
@@ -79,16 +79,6 @@ def max_pieces(length: int, clusters: int, block: int) -> int:
     ``sum_c ceil(n_c / block) <= floor((length + clusters * (block - 1)) / block)``, and no piece is empty.
     """
     return max(1, min(length, (length + clusters * (block - 1)) // block))
-
-
-def cluster_order(labels: torch.Tensor, k: int) -> torch.Tensor:
-    """The permutation (int64, same shape) that sorts ``labels`` in [0, k): clusters contiguous in label order.
-
-    A stable sort keeps the original token order inside every cluster (coalesced gathers, reproducible layouts); the
-    keys are narrowed to int16 when they fit, which makes the GPU radix sort cheaper (fewer passes).
-    """
-    keys = labels.to(torch.int16) if k <= torch.iinfo(torch.int16).max else labels.to(torch.int32)
-    return torch.sort(keys, dim=-1, stable=True).indices
 
 
 def select_clusters(
@@ -252,7 +242,7 @@ class SemanticPattern(Pattern):
         init = prev.reshape(b * h, k, d) if warm else None
         # (B, H, L, D) views of Diffusers' (B, L, H, D) memory flatten to [B * H, L, D] without a copy when B == 1.
         points = tuple(part.reshape(b * h, length, part.shape[-1]) for part in parts)
-        labels, centroids, counts = batched_kmeans(points if len(points) > 1 else points[0], k, iters, init)
+        labels, centroids, counts = batched_kmeans(points, k, iters, init)
         cache[key] = centroids.view(b, h, k, d)
         cache[f"{which}_iters"] = iters
         return labels.view(b, h, length), centroids.view(b, h, k, d), counts.view(b, h, k)
