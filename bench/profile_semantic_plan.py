@@ -15,7 +15,7 @@ import torch
 import dit_sparse as ds
 from dit_sparse.eval.bench import _video_qkv, time_cuda
 from dit_sparse.kernels import block_sparse_attention
-from dit_sparse.patterns import make_pattern
+from dit_sparse.patterns import block_mass, make_pattern
 from dit_sparse.patterns.semantic import block_plan
 from dit_sparse.schedule import BoundedCache, PlanCache
 
@@ -41,6 +41,17 @@ def stages(pattern, q, k, cache) -> dict:
 
     out["block_plan_ms"] = time_cuda(plan_blocks, reps=5)["median_ms"]
     idx, cnt = plan_blocks()[:2]
+    # The same plan with the top-p selection by sort (the torch path) instead of the fused kernel: its time, and how
+    # many query blocks get the same key-block list (they differ only where scores tie at the threshold).
+    block_mass.TOP_P_KERNEL = False
+    try:
+        out["block_plan_sort_ms"] = time_cuda(plan_blocks, reps=5)["median_ms"]
+        idx_sort, cnt_sort = plan_blocks()[:2]
+    finally:
+        block_mass.TOP_P_KERNEL = True
+    same = (cnt == cnt_sort) & (idx == idx_sort).all(-1)
+    out["top_p_kernel_rows_equal_to_sort"] = float(same.float().mean())
+    out["density_kernel_vs_sort"] = [float(cnt.float().mean()), float(cnt_sort.float().mean())]
     out["trim_ms"] = time_cuda(lambda: pattern._trim(idx, cnt), reps=5)["median_ms"]
     out["pieces_per_head"] = int(idx.shape[-2])
     return out

@@ -19,11 +19,18 @@ semantic pattern's cluster pieces or draft's edge tiles), or implicitly as fixed
 
 from __future__ import annotations
 
-from typing import Optional
+import os
+from typing import Optional, Tuple
 
 import torch
 
-from ..layout import block_sizes, cdiv
+from ..layout import block_sizes, cdiv, pack_block_mask
+
+try:  # optional fused top-p selection kernel (GPU); the torch path is always available
+    import triton
+    import triton.language as tl
+except Exception:  # pragma: no cover - depends on the install
+    triton = None
 
 # Score elements per chunk (rows of queries x keys, over the batch x head rows of one chunk): 2**26 floats = 256 MiB.
 _CHUNK_ELEMENTS = 1 << 26
@@ -167,13 +174,12 @@ def select_top_p(mass: torch.Tensor, sizes: torch.Tensor, top_p: float, min_keep
     if top_p >= 1.0:
         return valid.expand_as(mass).contiguous()
     score = torch.where(valid, mass / sizes.float().clamp(min=1).unsqueeze(1), torch.full_like(mass, -1.0))
-    if diagonal and kv_per_q == 1:
-        score.diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
-    elif diagonal:
+    if diagonal:
         pq, pk = mass.shape[-2:]
         own = (torch.arange(pk, device=mass.device) // kv_per_q).unsqueeze(0) == torch.arange(
             pq, device=mass.device).unsqueeze(1)
-        score = score.masked_fill(own, float("inf"))
+        # An empty own block stays last (it is never kept and must not take a min_keep place).
+        score = score.masked_fill(own & valid, float("inf"))
     order = score.argsort(-1, descending=True)
     sorted_mass = mass.gather(-1, order)
     before = sorted_mass.cumsum(-1) - sorted_mass
@@ -182,4 +188,114 @@ def select_top_p(mass: torch.Tensor, sizes: torch.Tensor, top_p: float, min_keep
     return torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted) & valid
 
 
-__all__ = ["block_mass_estimate", "pooled_block_mass", "segment_means", "select_top_p"]
+# Longest row (key blocks) the fused kernel holds in registers; longer rows take the torch path. HunyuanVideo 720p's
+# semantic pieces are ~2,350 per row.
+TOP_P_KERNEL_MAX_BLOCKS = 8192
+# The fused kernel on CUDA (a module switch so that the benchmark can time the sort against it).
+TOP_P_KERNEL = True
+
+if triton is not None:
+
+    @triton.jit
+    def _top_p_lists_kernel(
+        MASS, SIZES, VALID, ROW_VALID, IDX, CNT, PQ, PK, s_sizes, s_valid, top_p, min_keep,
+        KV_PER_Q: tl.constexpr, DIAGONAL: tl.constexpr, HAS_ROW_VALID: tl.constexpr, BLOCK_P: tl.constexpr,
+    ):  # fmt: skip
+        # One program = one query block's row. The sort of `select_top_p` becomes two searches for a threshold on
+        # the score's bits (a non-negative float32's bit pattern orders like its value): the largest t whose blocks
+        # (score >= t) hold at least top_p of the mass is the crossing block's score, and the largest t that keeps
+        # at least min_keep blocks is the min_keep-th score; the row keeps every valid block at or above the lower.
+        # Each search halves an integer range 31 times over the row held in registers. Then the kept blocks are
+        # packed left in increasing order (pack_block_mask's layout) by a running count.
+        row = tl.program_id(0).to(tl.int64)
+        n = row // PQ
+        i = row % PQ
+        offs = tl.arange(0, BLOCK_P)
+        inside = offs < PK
+        mass = tl.load(MASS + row * PK + offs, mask=inside, other=0.0)
+        size = tl.load(SIZES + n * s_sizes + offs, mask=inside, other=1.0)
+        valid = (tl.load(VALID + n * s_valid + offs, mask=inside, other=0) != 0) & inside
+        if HAS_ROW_VALID:
+            valid = valid & (tl.load(ROW_VALID + row) != 0)
+        score = mass / tl.maximum(size, 1.0)
+        if DIAGONAL:
+            score = tl.where(offs // KV_PER_Q == i, float("inf"), score)
+        bits = tl.where(valid, score.to(tl.int32, bitcast=True), -1)
+        mass = tl.where(valid, mass, 0.0)  # invalid blocks (bits -1) never reach a threshold >= 0
+        lo_p = tl.full((), 0, tl.int32)
+        hi_p = tl.full((), 0x7F800001, tl.int32)  # one past +inf's bits: no block reaches it
+        lo_c = tl.full((), 0, tl.int32)
+        hi_c = tl.full((), 0x7F800001, tl.int32)
+        for _ in range(31):
+            mid_p = lo_p + (hi_p - lo_p) // 2
+            enough = tl.sum(tl.where(bits >= mid_p, mass, 0.0), axis=0) >= top_p
+            lo_p = tl.where(enough, mid_p, lo_p)
+            hi_p = tl.where(enough, hi_p, mid_p)
+            mid_c = lo_c + (hi_c - lo_c) // 2
+            many = tl.sum((bits >= mid_c).to(tl.int32), axis=0) >= min_keep
+            lo_c = tl.where(many, mid_c, lo_c)
+            hi_c = tl.where(many, hi_c, mid_c)
+        keep = valid & (bits >= tl.minimum(lo_p, lo_c))
+        keep_i = keep.to(tl.int32)
+        count = tl.sum(keep_i, axis=0)
+        pos = tl.cumsum(keep_i, axis=0) - 1
+        last = tl.max(tl.where(keep, offs, 0), axis=0)
+        tl.store(IDX + row * PK + pos, offs, mask=keep_i != 0)
+        tl.store(IDX + row * PK + offs, tl.zeros_like(offs) + last, mask=inside & (offs >= count))
+        tl.store(CNT + row, count)
+
+
+def _top_p_kernel_ok(mass: torch.Tensor) -> bool:
+    """The fused kernel can run: triton, a CUDA tensor (or the interpreter) and a row that fits in registers."""
+    return (
+        triton is not None
+        and (mass.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1")
+        and mass.shape[-1] <= TOP_P_KERNEL_MAX_BLOCKS
+    )
+
+
+def top_p_block_lists(mass: torch.Tensor, sizes: torch.Tensor, top_p: float, min_keep: int, valid: torch.Tensor,
+                      diagonal: bool = False, kv_per_q: int = 1, row_valid: Optional[torch.Tensor] = None,
+                      engine: str = "auto") -> Tuple[torch.Tensor, torch.Tensor]:
+    """`select_top_p`'s selection as packed block lists: kv_indices int32 [N, Pq, Pk] and kv_counts int32 [N, Pq]
+    (`dit_sparse.layout.pack_block_mask`'s layout). ``row_valid`` (bool [N, Pq], optional): rows that compute
+    nothing where False (semantic's padding pieces).
+
+    On CUDA one fused kernel per row (``engine="triton"``; the interpreter runs it on the CPU) replaces the sort, the
+    cumulative sums and the scatters of the torch path: at Wan-14B 720p those took ~5 of the 11 ms of semantic's
+    block plan (1,673 x 1,673 piece pairs per head, ``2026-12-03_NVIDIA-H200_profile-semantic-plan.json``). The two
+    agree except where scores tie at the threshold: the kernel keeps every tied block, the sort an arbitrary subset.
+    """
+    if engine not in ("auto", "torch", "triton"):
+        raise ValueError(f"engine={engine!r} is not known; allowed: 'auto', 'torch', 'triton'")
+    if engine == "triton" and not _top_p_kernel_ok(mass):
+        raise ValueError(
+            f"engine='triton' needs triton, a CUDA tensor (or TRITON_INTERPRET=1) and at most "
+            f"{TOP_P_KERNEL_MAX_BLOCKS} key blocks per row, got {mass.shape[-1]} on {mass.device}; use engine='auto'"
+        )
+    # "auto": the kernel on CUDA only (under the interpreter on the CPU it is far slower than the sort).
+    use_kernel = engine == "triton" or (engine == "auto" and TOP_P_KERNEL and mass.is_cuda and _top_p_kernel_ok(mass))
+    if not use_kernel or top_p >= 1.0:
+        select = select_top_p(mass, sizes, top_p, min_keep, valid, diagonal=diagonal, kv_per_q=kv_per_q)
+        if row_valid is not None:
+            select = select & row_valid.unsqueeze(-1)
+        return pack_block_mask(select)
+    n, pq, pk = mass.shape
+    mass = mass.float().contiguous()
+    # [N or 1, Pk]: one row shared by all N is read with stride 0.
+    sizes = sizes.float().reshape(-1, pk).contiguous()
+    valid = valid.reshape(-1, pk).to(torch.int8).contiguous()
+    idx = torch.empty(n, pq, pk, dtype=torch.int32, device=mass.device)
+    cnt = torch.empty(n, pq, dtype=torch.int32, device=mass.device)
+    rv = row_valid.to(torch.int8).contiguous() if row_valid is not None else cnt
+    block_p = max(16, triton.next_power_of_2(pk))
+    _top_p_lists_kernel[(n * pq,)](
+        mass, sizes, valid, rv, idx, cnt, pq, pk, pk if sizes.shape[0] > 1 else 0, pk if valid.shape[0] > 1 else 0,
+        float(top_p), max(1, min_keep),
+        KV_PER_Q=kv_per_q, DIAGONAL=diagonal, HAS_ROW_VALID=row_valid is not None, BLOCK_P=block_p,
+        num_warps=4 if block_p <= 2048 else 8,
+    )  # fmt: skip
+    return idx, cnt
+
+
+__all__ = ["block_mass_estimate", "pooled_block_mass", "segment_means", "select_top_p", "top_p_block_lists"]

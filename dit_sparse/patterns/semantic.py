@@ -60,7 +60,7 @@ from ..config import SemanticConfig
 from ..geometry import VideoGeometry
 from ..layout import BlockLayout, block_sizes, cdiv, pack_block_mask, whole_blocks_first
 from .base import Pattern, compiled_planning
-from .block_mass import block_mass_estimate, pooled_block_mass, select_top_p
+from .block_mass import block_mass_estimate, pooled_block_mass, top_p_block_lists
 from .kmeans import batched_kmeans, cluster_order
 from .partition import balanced_partition
 
@@ -184,10 +184,9 @@ def block_plan(q, k, q_perm, kv_perm, q_counts, k_counts, block: int, fixed_bloc
     mass_of = block_mass_estimate if estimate == "blocks" else pooled_block_mass
     mass = mass_of(q_sorted, k_sorted, 1.0 / math.sqrt(d), block, q_starts, kv_starts, kv_block=kb)
     min_keep = math.ceil(min_kv_ratio * mass.shape[-1] - 1e-9)
-    select = select_top_p(mass, k_sizes, top_p, min_keep, k_valid, diagonal=diagonal, kv_per_q=block // kb)
-    if q_valid is not None:
-        select = select & q_valid.unsqueeze(-1)  # padding pieces compute nothing
-    idx, cnt = pack_block_mask(select)
+    # Padding pieces (q_valid False) compute nothing.
+    idx, cnt = top_p_block_lists(mass, k_sizes, top_p, min_keep, k_valid, diagonal=diagonal, kv_per_q=block // kb,
+                                 row_valid=q_valid)
     return idx, cnt, q_starts, kv_starts
 
 

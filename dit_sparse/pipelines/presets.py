@@ -117,10 +117,12 @@ WAN_NEGATIVE_PROMPT = (
 # step, 8 % at r=2 and 4 % at r=4 (``2026-12-02_NVIDIA-H200_planning-compiled-vs-eager.json``; issue #13 asks <= 5 %).
 # HunyuanVideo 720p plans every other step: 3.2 % per call there, 1.6 % at r=2. The kept layouts are int16-compact
 # (`BlockLayout.compact`): draft-r2 peaks +1.17 GiB over dense at HunyuanVideo 720p with all 60 blocks
-# (``2026-12-02_NVIDIA-H200_step-hunyuan-720p-full-depth.json``); the period does not change their size. Semantic
-# keeps refresh_every=1: it drifts more, its k-means warm start already makes replanning cheap, and its layouts kept
-# for reuse took ~82 MB per layer and branch at HunyuanVideo 720p (fixed blocks, refresh_every=2; ~5 GB over 60
-# layers, ``...step-hunyuan-720p-before-planning-fix.json``).
+# (``2026-12-02_NVIDIA-H200_step-hunyuan-720p-full-depth.json``); the period does not change their size.
+# Semantic plans every other sparse step: on realistic q/k its plan cost 42-65 % of its sparse attention per call when
+# planned every step (it keeps only 0.14-0.16 of the blocks, so its attention is cheap; ``2026-12-03_NVIDIA-H200_
+# pattern-*-presets.json``), its layout drifts little over one step (reuse penalty 1.04 at r=2, 1.11 at r=4,
+# ``drift-small.json``) and the video agrees (small, 10 steps: 30.76 dB at r=1 and r=2, ``quality-small-block64-
+# refresh.json``). Its kept layouts are compact too (variable blocks: int16 key-piece lists, int32 orders).
 # The tile pattern on video: 2x8x8 tiles (one 128-token block), a window of every frame and 3 x 3 tiles around the
 # query in space. The Sliding-Tile-like cube (TileConfig's default 3x3x3 window) is worse than random blocks on the
 # trained models' attention; a window over every frame is what their heads need (``oracle-small-tile.json``). On the
@@ -144,7 +146,7 @@ VIDEO_TILE = {"dense_steps": 0.25, "dense_layers": 1, "tile": (2, 8, 8), "window
 WAN_SPARSE = {
     "dense": {},
     "radial": {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.2, "fast_dense": True},
-    "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "fast_dense": True},
+    "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "refresh_every": 2, "fast_dense": True},
     # Fewer dense steps at a higher density: on the trained small model (20 steps, 2 prompts,
     # ``quality-small-dense-steps.json``) density 0.35 with 10 % dense steps gives 26.09 dB against dense video where
     # 0.25 with 25 % gave 25.42, and Wan-1.3B 480p's steps imply 1.49x end to end against 1.41x for the 0.25 / 30 %
@@ -160,7 +162,7 @@ WAN_SPARSE = {
 HUNYUAN_SPARSE = {
     "dense": {},
     "radial": {"dense_steps": 0.25, "dense_layers": 0, "decay": 0.95, "fast_dense": True},
-    "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "fast_dense": True},
+    "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "refresh_every": 2, "fast_dense": True},
     "draft": {"dense_steps": 0.3, "dense_layers": 1, "density": 0.1, "refresh_every": 2, "fast_dense": True},
     "tile": dict(VIDEO_TILE, fast_dense=True),
 }

@@ -170,6 +170,33 @@ def test_select_clusters_top_p_min_keep_and_empty():
             assert set(torch.nonzero(sel[n, a]).flatten().tolist()) == keep
 
 
+def test_top_p_kernel_matches_the_sort_under_interpreter():
+    # The fused top-p kernel (CUDA default) against the sort path, under Triton's interpreter: rows of random
+    # masses with empty key blocks, padding rows, min_keep above and below what top_p keeps, the diagonal with equal
+    # and finer key blocks, and one [1, Pk] row of sizes shared by every head (fixed blocks).
+    pytest.importorskip("triton")
+    from dit_sparse.patterns.block_mass import top_p_block_lists
+
+    g = torch.Generator().manual_seed(0)
+    n, pq = 2, 6
+    cases = [(29, 1, False), (29, 1, True), (12, 2, True)]
+    for pk, kv_per_q, shared in cases:
+        valid = torch.rand(1 if shared else n, pk, generator=g) > 0.2
+        sizes = torch.randint(1, 65, valid.shape, generator=g).float() * valid
+        logits = 3 * torch.randn(n, pq, pk, generator=g) + sizes.log().unsqueeze(1)
+        mass = logits.softmax(-1)
+        own = torch.arange(pq) * kv_per_q
+        row_valid = (torch.rand(n, pq, generator=g) > 0.2) & valid.expand(n, -1)[:, own]  # a row owns its block
+        for top_p, min_keep in ((0.5, 0), (0.9, 7), (0.99, 2)):
+            for diagonal in (False, True):
+                args = (mass, sizes, top_p, min_keep, valid, diagonal, kv_per_q, row_valid)
+                want_idx, want_cnt = top_p_block_lists(*args, engine="torch")
+                got_idx, got_cnt = top_p_block_lists(*args, engine="triton")
+                assert torch.equal(got_cnt, want_cnt), (pk, top_p, min_keep, diagonal)
+                assert torch.equal(got_idx, want_idx), (pk, top_p, min_keep, diagonal)
+    assert (want_cnt > 0).any() and (want_cnt < valid.sum()).any()  # the cases select, not all or nothing
+
+
 def test_pack_mask_and_static_bound():
     mask = torch.tensor([[True, False, True, True], [False] * 4, [False, False, False, True]])
     idx, cnt = pack_block_mask(mask)

@@ -45,7 +45,8 @@ def test_recommended_sparse_settings():
     wan, hy = PRESETS["wan2.1-1.3b"], PRESETS["hunyuanvideo"]
     assert wan.sparse_options("radial") == {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.2, "fast_dense": True}
     assert hy.sparse_options("radial")["decay"] == 0.95 and hy.sparse_options("radial")["dense_layers"] == 0
-    assert wan.sparse_options("semantic") == {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "fast_dense": True}
+    assert wan.sparse_options("semantic") == {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "refresh_every": 2,
+                                              "fast_dense": True}
     assert wan.sparse_options("draft")["density"] == 0.35 and hy.sparse_options("draft")["density"] == 0.1
     assert wan.sparse_options("draft")["dense_steps"] == 0.1
     assert hy.sparse_options("draft")["dense_steps"] == 0.3
