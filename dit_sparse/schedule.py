@@ -357,7 +357,9 @@ class SparseState:
         ``compiling``: inside a compiled graph, a pattern without warm-start state plans on every call even when
         ``refresh_every`` > 1. A layout kept for a later step is Python state the graph would guard on: measured on
         tiny, draft with ``refresh_every=2`` under ``compile_repeated_blocks(fullgraph=True)`` recompiled until it
-        hit the limit and failed (``python -m dit_sparse.eval.bench compile --model tiny``)."""
+        hit the limit and failed (``python -m dit_sparse.eval.bench compile --model tiny``). A pattern with
+        warm-start state (semantic) keeps only that state there and plans on every call too (`SparseAttentionCore.
+        _keep`)."""
         layer_state = bool(getattr(self.pattern, "layer_state", True))
         if compiling and not layer_state and not self.retain_layouts:
             return False

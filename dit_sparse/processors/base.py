@@ -269,6 +269,12 @@ class SparseAttentionCore:
         under autograd, a recomputation of this layer in backward (gradient checkpointing) at this same step."""
         state = self.state
         recording = torch.is_grad_enabled() and (qv.requires_grad or kv.requires_grad)
+        if torch.compiler.is_compiling() and not (state.retain_layouts or recording):
+            # Compiled, a layout kept for a later step is Python state stamped with the step it was planned at: the
+            # block graph guarded on the step number and recompiled every step (semantic with refresh_every=2 at
+            # Wan-1.3B 480p ran past Dynamo's recompile limit). Compiled, a pattern plans on every call and keeps
+            # only its warm-start state (semantic's k-means centroids), like draft (`layer_cache_needed`).
+            return False
         return state.keep_layouts or state.retain_layouts or recording
 
     def _plan(self, qv: torch.Tensor, kv: torch.Tensor, slot: Optional[tuple]) -> BlockLayout:

@@ -210,6 +210,27 @@ def test_compile_repeated_blocks_fullgraph_semantic_shares_one_graph_across_bloc
     _assert_equals_eager(outs, 3, 3)
 
 
+def test_compile_semantic_with_refresh_every_keeps_only_its_warm_start():
+    """The Wan and HunyuanVideo presets plan semantic every other sparse step (refresh_every=2). Compiled, a layout
+    kept for a later step made the block graph guard on the step number (the step it was planned at) and Wan-1.3B's
+    blocks recompiled until Dynamo's limit (fullgraph: a failure, H200, session 14). Compiled, semantic keeps only
+    its k-means warm start and plans on every call, as refresh_every=1 does: the same 4 graphs, the same output."""
+    import dataclasses
+
+    import torch._dynamo
+    import torch._dynamo.testing
+
+    model = tiny_wan(num_layers=2)
+    ds.apply_sparse_attention(model, dataclasses.replace(_semantic_config(), refresh_every=2))
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("eager")
+    model.compile_repeated_blocks(fullgraph=True, backend=counter)
+    outs, frames = _semantic_steps(model, model, 4, counter)
+    assert frames == [2, 4, 4, 4]
+    assert all("layout" not in entry for entry in get_state(model).caches.values())
+    _assert_equals_eager(outs, 2, 4)
+
+
 @pytest.mark.parametrize("method", ["draft", "semantic"])
 def test_compiled_planning_in_the_processors_equals_eager(monkeypatch, method):
     """The GPU path of planning (`compiled_planning`: each plan traced as one graph) forced on the CPU with Dynamo's
