@@ -27,3 +27,10 @@ e2ec)
     | grep -vE "^ *$|Warning|warn" | tail -15
   ;;
 esac
+# step: per denoising step at Wan-14B 720p (10 blocks, random weights, semantic at top_p 0.3 for density ~0.25), the
+#       fixed 0.25 yardstick in the same run: semantic with the new planning, planned every step and every other step.
+if [ "${1:-}" = step ]; then
+  timeout 330 python3 -m dit_sparse.eval.bench step --model wan14b-720p --layers 10 --dense-variants none \
+    --methods semantic-b64,semantic-b64-r2,fixed-0.25 --out $OUT/step-wan14b-720p-semantic-plan.json 2>&1 \
+    | grep -E "^wan|Error|wrote" | cut -c1-300
+fi
