@@ -1007,7 +1007,11 @@ def implied_e2e(family: str, full_depth: int, ratios: Dict[str, float]) -> Dict[
     out = {}
     for method, labels in PRESET_ROWS.items():
         refresh = presets.get(method, {}).get("refresh_every", 1)
-        labels = ((f"{method}-r{refresh}",) if refresh > 1 else ()) + labels
+        if method == "semantic":
+            # The default 64-token blocks before the older 128-token rows, each at the preset's period first.
+            labels = tuple(y for x in labels for y in ((f"{x}-r{refresh}", x) if refresh > 1 else (x,)))
+        else:
+            labels = ((f"{method}-r{refresh}",) if refresh > 1 else ()) + labels
         if method == "draft":
             # The preset's own density first (rows at 0.25 stand in only where none was measured).
             labels = draft_row_labels(presets.get(method, {}).get("density", 0.25), refresh) + labels

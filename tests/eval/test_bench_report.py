@@ -467,6 +467,18 @@ def test_implied_e2e_takes_the_row_of_the_presets_own_draft_density():
     assert implied_e2e("wan", 30, {"draft-r4": 1.75})["draft"]["row"] == "draft-r4"
 
 
+def test_implied_e2e_takes_semantics_default_blocks_at_the_presets_period():
+    # Wan's preset plans semantic every other step with 64-token blocks: its row is semantic-b64-r2, then
+    # semantic-b64; the 128-token rows (measured before the planning fix) only where neither was measured.
+    from dit_sparse.eval.bench import implied_e2e
+
+    ratios = {"semantic-r2": 0.5, "semantic": 0.6, "semantic-b64": 1.41, "semantic-b64-r2": 1.45}
+    assert implied_e2e("wan", 30, ratios)["semantic"]["row"] == "semantic-b64-r2"
+    del ratios["semantic-b64-r2"]
+    assert implied_e2e("wan", 30, ratios)["semantic"]["row"] == "semantic-b64"
+    assert implied_e2e("wan", 30, {"semantic-r2": 0.5, "semantic": 0.6})["semantic"]["row"] == "semantic-r2"
+
+
 def test_implied_e2e_times_fast_dense_steps_by_the_fa4_full_row(monkeypatch):
     """The presets run their dense steps on FA4 (``fast_dense``): the dense fraction costs 1 / fa4-full of a default
     dense step there; without the row, or for a preset that keeps Diffusers' dense steps, 1."""
