@@ -34,3 +34,11 @@ if [ "${1:-}" = step ]; then
     --methods semantic-b64,semantic-b64-r2,fixed-0.25 --out $OUT/step-wan14b-720p-semantic-plan.json 2>&1 \
     | grep -E "^wan|Error|wrote" | cut -c1-300
 fi
+# cfg: share_cfg_layouts on the trained small model (20 steps, 2 prompts, CFG 5): the unconditional branch runs the
+#      conditional branch's layout of the step; semantic and draft at small's presets, with and without.
+if [ "${1:-}" = cfg ]; then
+  v='{"semantic shared": {"method": "semantic", "share_cfg_layouts": true}, "draft shared": {"method": "draft", "share_cfg_layouts": true}}'
+  timeout 400 python3 -m dit_sparse.eval.quality --model small --device cuda --dtype bfloat16 --prompts 2 --steps 20 \
+    --densities '' --no-random --methods semantic,draft --variants "$v" --out $OUT/quality-small-share-cfg.json 2>&1 \
+    | grep -vE "^ *$|Warning|warn" | tail -12
+fi

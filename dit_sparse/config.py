@@ -95,6 +95,11 @@ class SparseConfig:
             7.88 s that way against 5.37 s on FA4 (H200, 15 of 60 blocks,
             ``2026-12-02_NVIDIA-H200_step-hunyuan-720p-dense-variants.json``); Wan's 15 % with its q and k from the
             fused prologue (``...step-wan1.3b-480p-fa4-full-fused-prologue.json``).
+        share_cfg_layouts (`bool`, defaults to False): the calls of one denoising step after its first (the
+            unconditional CFG branch of Wan's two transformer calls per step) reuse the layout the first call planned
+            instead of planning their own: half the planning of a CFG run. Dynamic patterns only; needs the calls to
+            share a grid and batch size (else each plans as usual). Compiled (`compile_repeated_blocks`), each call
+            still plans (a kept layout would make the graph guard on the step) but the branches share one warm start.
     """
 
     method: ClassVar[str] = "base"
@@ -106,6 +111,7 @@ class SparseConfig:
     block_size: int = 128
     min_sparse_tokens: Optional[int] = None
     fast_dense: bool = False
+    share_cfg_layouts: bool = False
 
     def __post_init__(self):
         self.validate()
@@ -144,6 +150,7 @@ class SparseConfig:
         if self.min_sparse_tokens is not None:
             _check_int("min_sparse_tokens", self.min_sparse_tokens, 0)
         _check_bool("fast_dense", self.fast_dense)
+        _check_bool("share_cfg_layouts", self.share_cfg_layouts)
 
     def resolve_min_sparse_tokens(self, device) -> int:
         """The video token count below which a call on ``device`` runs dense (``min_sparse_tokens``, or its

@@ -208,7 +208,9 @@ class SparseState:
 
     def call_slot(self, model_index: int, batch: int) -> Tuple:
         """The kind of the current call for transformer ``model_index`` (``LayerKey.slot``)."""
-        return (model_index, self.branch_key, self.geometry.key, int(batch))
+        # With share_cfg_layouts every call of a step reads and writes one entry (the first call's plan).
+        branch = 0 if self.config.share_cfg_layouts else self.branch_key
+        return (model_index, branch, self.geometry.key, int(batch))
 
     @property
     def caches(self) -> Dict[LayerKey, Dict[str, Any]]:
@@ -309,7 +311,9 @@ class SparseState:
         sparse_step = self.step - self.dense_steps
         every = self.config.refresh_every
         self.refresh_now = sparse_step >= 0 and sparse_step % every == 0
-        self.keep_layouts = every > 1 and (sparse_step + 1) % every != 0
+        # Shared between a step's calls, a layout is kept until the next plan replaces it (which later call of the
+        # step reads it last is not known in advance).
+        self.keep_layouts = (every > 1 and (sparse_step + 1) % every != 0) or self.config.share_cfg_layouts
 
     def fallback_reason(self, video_tokens: int, device) -> Optional[str]:
         """Why a sparse call of ``video_tokens`` tokens on ``device`` runs dense (``min_sparse_tokens``), or None."""
@@ -380,8 +384,9 @@ class SparseState:
         if static:
             return STATIC
         if entry is not None and "layout" in entry:
-            # The same (run, step) again is a recomputation (gradient checkpointing): reuse the forward's layout.
-            if entry.get("planned_at") == (self.run, self.step) or not self.refresh_now:
+            # Planned at this (run, step) already: by this call's branch, a recomputation (gradient checkpointing);
+            # by another (``share_cfg_layouts``), the layout this call shares. Either way it is reused.
+            if tuple(entry.get("planned_at", ()))[:2] == (self.run, self.step) or not self.refresh_now:
                 return CACHED
         return FRESH
 

@@ -147,6 +147,39 @@ def test_layouts_kept_only_when_a_later_step_reads_them():
     assert kept == [4, 4, 0, 4]
 
 
+def test_share_cfg_layouts_plans_once_per_step_and_both_branches_run_it():
+    from dit_sparse import SemanticConfig
+
+    config = SemanticConfig(dense_steps=0, dense_layers=0, block_size=16, q_clusters=4, kv_clusters=8)
+    outs, plans = {}, {}
+    for share in (False, True):
+        model = tiny_wan(num_layers=2)
+        ds.apply_sparse_attention(model, dataclasses.replace(config, share_cfg_layouts=share))
+        state = get_state(model)
+        planned = []
+        plan = state.pattern.plan
+        state.pattern.plan = lambda q, k, g, c: planned.append(q.shape) or plan(q, k, g, c)
+        outs[share] = []
+        with torch.no_grad():
+            for step, t in enumerate((999.0, 900.0, 800.0)):
+                for name in ("cond", "uncond"):
+                    with model.cache_context(name, step_index=step, num_inference_steps=3):
+                        outs[share].append(model(**wan_inputs(timestep=t, seed=step, frames=5, height=8,
+                                                              width=8))[0])
+        plans[share] = len(planned)
+        summary = ds.summary(model)
+        assert summary["sparse_calls"] == 12  # both branches' calls run sparse and are counted
+    # One plan per layer and step instead of one per layer, step and branch; one entry per layer, planned by cond.
+    assert plans == {False: 12, True: 6}
+    assert len(state.caches) == 2
+    assert all(entry["planned_at"][1:] == (2, 0) for entry in state.caches.values())
+    # The cond branch plans as without sharing (its warm start is its own either way); the uncond branch, given the
+    # same inputs here, runs cond's layout and so gives cond's output.
+    for i in range(0, 6, 2):
+        torch.testing.assert_close(outs[True][i], outs[False][i])
+        torch.testing.assert_close(outs[True][i + 1], outs[True][i])
+
+
 def test_caches_have_named_keys_and_one_home():
     from dit_sparse.schedule import LayerKey
 

@@ -188,8 +188,9 @@ class SparseAttentionCore:
         elif decision == CACHED:
             entry = self._caches[slot]
             layout = entry["layout"].expanded()
-            # Planned at this very step: a recomputation in backward (gradient checkpointing), not a new call.
-            replay = entry["planned_at"] == (state.run, state.step)
+            # Planned at this very step by this branch: a recomputation in backward (gradient checkpointing), not a
+            # new call (another branch's plan of this step, ``share_cfg_layouts``, is a new call).
+            replay = entry["planned_at"] == (state.run, state.step, state.branch)
             if not self._keep(qv, kv):  # the last step that reads it (the next one refreshes)
                 del entry["layout"], entry["planned_at"]
         else:
@@ -292,7 +293,7 @@ class SparseAttentionCore:
         entry = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in cache.items()}
         if self._keep(qv, kv):
             entry["layout"] = layout.compact()  # kept in less memory until a later call reads it
-            entry["planned_at"] = (state.run, state.step)
+            entry["planned_at"] = (state.run, state.step, state.branch)
         if entry:
             self._caches[slot] = entry
         else:

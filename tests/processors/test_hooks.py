@@ -231,6 +231,26 @@ def test_compile_semantic_with_refresh_every_keeps_only_its_warm_start():
     _assert_equals_eager(outs, 2, 4)
 
 
+def test_compile_semantic_share_cfg_layouts_compiles_no_graph_per_branch():
+    """With share_cfg_layouts the CFG branches read one cache entry, so the block graph does not guard on the branch:
+    2 graphs (cold first call, then warm-started) instead of 4. Compiled, each call still plans (no layout is kept,
+    see the test above), from the warm start the previous call left."""
+    import dataclasses
+
+    import torch._dynamo
+    import torch._dynamo.testing
+
+    model = tiny_wan(num_layers=2)
+    ds.apply_sparse_attention(model, dataclasses.replace(_semantic_config(), share_cfg_layouts=True))
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("eager")
+    model.compile_repeated_blocks(fullgraph=True, backend=counter)
+    outs, frames = _semantic_steps(model, model, 4, counter)
+    assert frames == [2, 2, 2, 2]
+    assert len(get_state(model).caches) == 2  # one entry per layer, shared by both branches
+    assert all(torch.isfinite(o).all() for o in outs)
+
+
 @pytest.mark.parametrize("method", ["draft", "semantic"])
 def test_compiled_planning_in_the_processors_equals_eager(monkeypatch, method):
     """The GPU path of planning (`compiled_planning`: each plan traced as one graph) forced on the CPU with Dynamo's
