@@ -642,8 +642,8 @@ def bench_pattern(args) -> dict:
 
     With ``--presets`` each method runs at its model preset's options; the overhead at the preset's schedule divides
     a plan by the sparse calls that use it: a dynamic pattern (draft, semantic) plans every ``refresh_every``-th
-    sparse step; a static one (radial, tile) is built once per geometry and later calls read it (the warm plan: a
-    cache lookup).
+    sparse step, for both CFG calls of a step with ``share_cfg_layouts``; a static one (radial, tile) is built once
+    per geometry and later calls read it (the warm plan: a cache lookup).
     """
     import dit_sparse as ds
     from dit_sparse.kernels import block_sparse_attention
@@ -672,8 +672,12 @@ def bench_pattern(args) -> dict:
             entry["overhead_ratio"] = entry["plan_ms"] / entry["attention_ms"]
             entry["static"] = bool(pattern.static)
             entry["refresh_every"] = int(cfg.refresh_every)
-            # Planning per sparse call at the schedule: a dynamic pattern's plan serves refresh_every sparse steps.
-            per_call = entry["plan_ms"] if entry["static"] else entry["plan_ms"] / entry["refresh_every"]
+            # Planning per sparse call at the schedule: a dynamic pattern's plan serves refresh_every sparse steps,
+            # and with share_cfg_layouts both CFG calls of each (Wan's pipelines make two transformer calls per step).
+            entry["share_cfg_layouts"] = bool(cfg.share_cfg_layouts)
+            cfg_calls = 2 if VIDEO_SHAPES[args.shape][3] == "wan" and cfg.share_cfg_layouts else 1
+            entry["calls_per_plan"] = entry["refresh_every"] * cfg_calls
+            per_call = entry["plan_ms"] if entry["static"] else entry["plan_ms"] / entry["calls_per_plan"]
             entry["overhead_at_schedule"] = per_call / entry["attention_ms"]
             entry["options"] = {key: val for key, val in options.items() if key != "backend"}
         except Exception as err:
@@ -979,7 +983,7 @@ def _family_presets(family: str) -> dict:
 def _preset_pattern_options(family: str, method: str) -> dict:
     """A preset's options of ``method`` that shape the pattern (decay, window, density, ...), without the schedule:
     the benchmarks time every layer and step sparse, planning on every step unless a row says otherwise."""
-    schedule = ("dense_steps", "dense_layers", "refresh_every", "min_sparse_tokens", "fast_dense")
+    schedule = ("dense_steps", "dense_layers", "refresh_every", "min_sparse_tokens", "fast_dense", "share_cfg_layouts")
     return {key: v for key, v in _family_presets(family).get(method, {}).items() if key not in schedule}
 
 
@@ -1018,6 +1022,9 @@ def implied_e2e(family: str, full_depth: int, ratios: Dict[str, float]) -> Dict[
         if method == "semantic" and presets.get(method, {}).get("clusters") == "balanced":
             # Balanced groups run fixed layouts: only their own rows time them.
             labels = ((f"semantic-balanced-r{refresh}",) if refresh > 1 else ()) + ("semantic-balanced",)
+        if presets.get(method, {}).get("share_cfg_layouts"):
+            # The row whose CFG branches share the preset row's plan (the "-cfg" rows), where measured.
+            labels = (f"{labels[0]}-cfg",) + labels
         label = next((x for x in labels if x in ratios), None)
         if label is None or method not in presets:
             continue
@@ -1060,6 +1067,10 @@ STEP_METHODS = {
     "fixed-0.35": ("fixed", {"density": 0.35}),
     "fixed-0.5": ("fixed", {"density": 0.5}),
     "draft-0.35-r4": ("draft", {"density": 0.35, "refresh_every": 4}),
+    # Wan's presets: both CFG calls of a step run the layout the first one planned (share_cfg_layouts).
+    "draft-0.35-r4-cfg": ("draft", {"density": 0.35, "refresh_every": 4, "share_cfg_layouts": True}),
+    "semantic-b64-r2-cfg": ("semantic", {"top_p": 0.3, "block_size": 64, "refresh_every": 2,
+                                         "share_cfg_layouts": True}),
     "fixed-0.1": ("fixed", {"density": 0.1}),
     "draft-0.1-r2": ("draft", {"density": 0.1, "refresh_every": 2}),
     "tile": ("tile", {}),

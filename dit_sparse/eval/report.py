@@ -199,6 +199,8 @@ def pattern_table(results: List[dict]) -> str:
                 every = e["refresh_every"]
                 planned = ("once per geometry" if e["static"] else
                            "every sparse step" if every == 1 else f"every {every} sparse steps")
+                if not e["static"] and e.get("calls_per_plan", every) > every:
+                    planned += ", shared by both CFG calls"
                 at_schedule = f"{100 * e['overhead_at_schedule']:.1f} %"
             else:
                 planned, at_schedule = "—", "—"
@@ -218,6 +220,8 @@ STEP_ROW_NOTES = {
     "draft-r4": "fixed blocks, refresh_every=4",
     "draft-tiles": "one block per tile (variable)", "semantic": "variable blocks <= 128",
     "semantic-b64": "variable blocks <= 64 (default)", "semantic-b64-r2": "blocks <= 64, refresh_every=2",
+    "semantic-b64-r2-cfg": "blocks <= 64, refresh_every=2, CFG branches share the plan (Wan's preset)",
+    "draft-0.35-r4-cfg": "density 0.35, refresh_every=4, CFG branches share the plan (Wan's preset)",
     "semantic-round": "blocks <= 64, cluster sizes rounded to blocks (tried, reverted: commit e12ac38)",
     "semantic-b32": "variable blocks <= 32",
     "semantic-balanced": "balanced groups of 128 tokens as fixed blocks",

@@ -477,6 +477,13 @@ def test_implied_e2e_takes_semantics_default_blocks_at_the_presets_period():
     del ratios["semantic-b64-r2"]
     assert implied_e2e("wan", 30, ratios)["semantic"]["row"] == "semantic-b64"
     assert implied_e2e("wan", 30, {"semantic-r2": 0.5, "semantic": 0.6})["semantic"]["row"] == "semantic-r2"
+    # Its CFG branches share one plan per step (share_cfg_layouts): the "-cfg" row first where measured; HunyuanVideo
+    # (one call per step) shares nothing.
+    ratios.update({"semantic-b64-r2-cfg": 1.5, "draft-0.35-r4": 1.9, "draft-0.35-r4-cfg": 1.95})
+    assert implied_e2e("wan", 30, ratios)["semantic"]["row"] == "semantic-b64-r2-cfg"
+    assert implied_e2e("wan", 30, ratios)["draft"]["row"] == "draft-0.35-r4-cfg"
+    assert implied_e2e("hunyuan_video", 60, {"draft-0.1-r2": 4.0, "draft-0.1-r2-cfg": 9.0})["draft"]["row"] == (
+        "draft-0.1-r2")
 
 
 def test_implied_e2e_times_fast_dense_steps_by_the_fa4_full_row(monkeypatch):
