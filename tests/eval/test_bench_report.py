@@ -547,9 +547,9 @@ def test_schedule_tradeoff_marks_the_rows_no_other_beats(tmp_path):
 
 def test_bench_pattern_presets_on_photographic_qk_amortise_planning_over_the_refresh_period(monkeypatch, tmp_path):
     """`bench pattern --presets --qkv photo`: each method at the preset's options (tiny's semantic has 64 clusters,
-    draft here plans every 4th sparse step), planning per sparse call divided by the refresh period for a dynamic
-    pattern and not at all for a static one, and realistic densities: on Gaussian q/k semantic's top_p 0.9 keeps
-    ~0.9 of the blocks, on photographic q/k far fewer."""
+    draft here plans every 4th sparse step for both CFG calls), planning per sparse call divided by the calls a plan
+    serves for a dynamic pattern and not at all for a static one, and realistic densities: on Gaussian q/k semantic's
+    top_p 0.9 keeps ~0.9 of the blocks, on photographic q/k far fewer."""
     import argparse
 
     from dit_sparse.eval import bench
@@ -557,15 +557,17 @@ def test_bench_pattern_presets_on_photographic_qk_amortise_planning_over_the_ref
 
     tiny = PRESETS["tiny"]
     monkeypatch.setitem(PRESETS, "tiny", tiny.replace(sparse={**tiny.sparse, "draft": {
-        **tiny.sparse["draft"], "refresh_every": 4}}))
+        **tiny.sparse["draft"], "refresh_every": 4, "share_cfg_layouts": True}}))
     args = argparse.Namespace(shape="tiny", methods="radial,draft,semantic", backend="reference", reps=1,
                               presets=True, qkv="photo", out=str(tmp_path / "pattern.json"))
     rows = bench.bench_pattern(args)["results"]
     assert not any("error" in e for e in rows.values()), rows
     assert rows["radial"]["static"] and rows["radial"]["overhead_at_schedule"] == rows["radial"]["overhead_ratio"]
     draft = rows["draft"]
-    assert not draft["static"] and draft["refresh_every"] == 4
-    assert draft["overhead_at_schedule"] == pytest.approx(draft["overhead_ratio"] / 4)
+    # Every 4th sparse step, and (tiny is a Wan model: two CFG calls per step) shared by both calls of the step.
+    assert not draft["static"] and draft["refresh_every"] == 4 and draft["calls_per_plan"] == 8
+    assert draft["overhead_at_schedule"] == pytest.approx(draft["overhead_ratio"] / 8)
+    assert rows["semantic"]["calls_per_plan"] == 1 and not rows["semantic"]["share_cfg_layouts"]
     assert rows["semantic"]["options"]["kv_clusters"] == 64
     assert rows["semantic"]["density"] < 0.6
     data = json.loads((tmp_path / "pattern.json").read_text())
