@@ -148,8 +148,9 @@ WAN_SPARSE = {
     "radial": {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.2, "fast_dense": True},
     # Both CFG branches of a step run the layout the conditional branch planned (``share_cfg_layouts``): half the
     # planning, and on the trained small model (20 steps, 2 prompts, CFG 5) better video, semantic 31.01 -> 32.60 dB
-    # and draft 25.42 -> 25.83 dB against dense (``quality-small-share-cfg.json``): with one layout the two branches'
-    # sparsity errors are alike and largely cancel in the guidance difference cond - uncond.
+    # and draft 25.42 -> 25.83 dB against dense (``quality-small-share-cfg.json``; tiny, 3 prompts: semantic 24.46 ->
+    # 27.94 dB, draft 21.19 -> 21.84 dB, ``quality-tiny-share-cfg.json``): likely because with one layout the two
+    # branches' sparsity errors are alike and largely cancel in the guidance difference cond - uncond.
     "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "refresh_every": 2, "share_cfg_layouts": True,
                  "fast_dense": True},
     # Fewer dense steps at a higher density: on the trained small model (20 steps, 2 prompts,
