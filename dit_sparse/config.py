@@ -99,8 +99,7 @@ class SparseConfig:
             unconditional CFG branch of Wan's two transformer calls per step) reuse the layout the first call planned
             instead of planning their own: half the planning of a CFG run, for one kept layout per layer (the memory
             of ``refresh_every=2``). Dynamic patterns only; needs the calls to share a grid and batch size (else each
-            plans as usual). Compiled (`compile_repeated_blocks`), each call
-            still plans (a kept layout would make the graph guard on the step) but the branches share one warm start.
+            plans as usual). Draft, whose compiled plan is cheap, plans every call inside a compiled graph.
     """
 
     method: ClassVar[str] = "base"

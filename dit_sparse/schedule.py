@@ -34,6 +34,9 @@ DENSE = "dense"
 STATIC = "static"
 FRESH = "fresh"
 CACHED = "cached"
+# Cache-entry key of a layout planned in the current step (read by a later branch of it or by a checkpointed
+# recomputation); `SparseState._new_step` removes it when the step ends.
+PLANNED_NOW = "planned_now"
 
 # A fractional ``dense_steps`` with no way to learn the run's step count (a transformer on its own, called by a
 # pipeline that passes no ``num_inference_steps`` in its cache context) is taken of this many steps: the default
@@ -346,6 +349,11 @@ class SparseState:
     def _new_step(self) -> None:
         self._seen.clear()
         self._calls_in_step = 0
+        # Layouts planned in the step that ended are no longer this step's (outside any compiled graph: a graph that
+        # compared step numbers would guard on them and recompile every step).
+        for per_slot in self._layer_caches.values():
+            for entry in per_slot.values():
+                entry.pop(PLANNED_NOW, None)
 
     def _touch_slot(self, slot: Tuple) -> None:
         self._slots[slot] = None
@@ -362,8 +370,8 @@ class SparseState:
         ``refresh_every`` > 1. A layout kept for a later step is Python state the graph would guard on: measured on
         tiny, draft with ``refresh_every=2`` under ``compile_repeated_blocks(fullgraph=True)`` recompiled until it
         hit the limit and failed (``python -m dit_sparse.eval.bench compile --model tiny``). A pattern with
-        warm-start state (semantic) keeps only that state there and plans on every call too (`SparseAttentionCore.
-        _keep`)."""
+        warm-start state (semantic) keeps its layouts there too: they are marked as this step's by a flag the step
+        hook clears (`PLANNED_NOW`), not by the step number the graph would guard on."""
         layer_state = bool(getattr(self.pattern, "layer_state", True))
         if compiling and not layer_state and not self.retain_layouts:
             return False
@@ -386,7 +394,7 @@ class SparseState:
         if entry is not None and "layout" in entry:
             # Planned at this (run, step) already: by this call's branch, a recomputation (gradient checkpointing);
             # by another (``share_cfg_layouts``), the layout this call shares. Either way it is reused.
-            if tuple(entry.get("planned_at", ()))[:2] == (self.run, self.step) or not self.refresh_now:
+            if PLANNED_NOW in entry or not self.refresh_now:
                 return CACHED
         return FRESH
 

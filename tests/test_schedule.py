@@ -172,7 +172,7 @@ def test_share_cfg_layouts_plans_once_per_step_and_both_branches_run_it():
     # One plan per layer and step instead of one per layer, step and branch; one entry per layer, planned by cond.
     assert plans == {False: 12, True: 6}
     assert len(state.caches) == 2
-    assert all(entry["planned_at"][1:] == (2, 0) for entry in state.caches.values())
+    assert all(entry["planned_by"] == 0 and entry["planned_now"] for entry in state.caches.values())
     # The cond branch plans as without sharing (its warm start is its own either way); the uncond branch, given the
     # same inputs here, runs cond's layout and so gives cond's output.
     for i in range(0, 6, 2):

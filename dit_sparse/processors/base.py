@@ -21,12 +21,12 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from ..kernels import available_backends, block_sparse_attention, resolve_backend
 from ..layout import BlockLayout
 from ..parallel import heads_to_seq, seq_to_heads, ulysses_group
-from ..schedule import CACHED, DENSE, STATIC, PlanCache, SparseState
+from ..schedule import CACHED, DENSE, PLANNED_NOW, STATIC, PlanCache, SparseState
 
 logger = logging.getLogger(__name__)
 
 # Entries of a layer's cache that belong to the core, not to the pattern.
-_OURS = ("layout", "planned_at")
+_OURS = ("layout", PLANNED_NOW, "planned_by")
 
 
 def merge_attention(o1: torch.Tensor, lse1: torch.Tensor, o2: torch.Tensor, lse2: torch.Tensor):
@@ -189,10 +189,13 @@ class SparseAttentionCore:
             entry = self._caches[slot]
             layout = entry["layout"].expanded()
             # Planned at this very step by this branch: a recomputation in backward (gradient checkpointing), not a
-            # new call (another branch's plan of this step, ``share_cfg_layouts``, is a new call).
-            replay = entry["planned_at"] == (state.run, state.step, state.branch)
+            # new call (another branch's plan of this step, ``share_cfg_layouts``, is a new call). Statistics are
+            # not recorded in a compiled graph, so it is not read there (it would guard on the branch).
+            replay = (not torch.compiler.is_compiling() and entry.get(PLANNED_NOW, False)
+                      and entry.get("planned_by") == state.branch)
             if not self._keep(qv, kv):  # the last step that reads it (the next one refreshes)
-                del entry["layout"], entry["planned_at"]
+                del entry["layout"]
+                entry.pop(PLANNED_NOW, None)
         else:
             layout = self._plan(qv, kv, slot)
         if not dense_kernel:
@@ -270,12 +273,6 @@ class SparseAttentionCore:
         under autograd, a recomputation of this layer in backward (gradient checkpointing) at this same step."""
         state = self.state
         recording = torch.is_grad_enabled() and (qv.requires_grad or kv.requires_grad)
-        if torch.compiler.is_compiling() and not (state.retain_layouts or recording):
-            # Compiled, a layout kept for a later step is Python state stamped with the step it was planned at: the
-            # block graph guarded on the step number and recompiled every step (semantic with refresh_every=2 at
-            # Wan-1.3B 480p ran past Dynamo's recompile limit). Compiled, a pattern plans on every call and keeps
-            # only its warm-start state (semantic's k-means centroids), like draft (`layer_cache_needed`).
-            return False
         return state.keep_layouts or state.retain_layouts or recording
 
     def _plan(self, qv: torch.Tensor, kv: torch.Tensor, slot: Optional[tuple]) -> BlockLayout:
@@ -293,7 +290,11 @@ class SparseAttentionCore:
         entry = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in cache.items()}
         if self._keep(qv, kv):
             entry["layout"] = layout.compact()  # kept in less memory until a later call reads it
-            entry["planned_at"] = (state.run, state.step, state.branch)
+            # Marked as this step's (a flag, not the step number: a compiled graph would guard on the number);
+            # the step hook clears it when the step ends.
+            entry[PLANNED_NOW] = True
+            if not torch.compiler.is_compiling():
+                entry["planned_by"] = state.branch
         if entry:
             self._caches[slot] = entry
         else:
