@@ -17,7 +17,7 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -586,7 +586,7 @@ def bench_e2e(args) -> dict:
         # The warm-up loop's length asked for; each run records the one it ran (lengthened to hold every kind of
         # step of its schedule, `warmup_steps_like`).
         "warmup_steps": (args.warmup_steps or args.steps) if args.warmup else 0,
-        "cfg": spec["family"] == "wan",
+        "cfg": len(cfg_branches(spec["family"])) > 1,
         "guidance": args.guidance,
         "dense_steps": "each preset's" if args.presets else args.dense_steps,
         "dense_layers": "each preset's" if args.presets else args.dense_layers,
@@ -675,8 +675,8 @@ def bench_pattern(args) -> dict:
             # Planning per sparse call at the schedule: a dynamic pattern's plan serves refresh_every sparse steps,
             # and with share_cfg_layouts both CFG calls of each (Wan's pipelines make two transformer calls per step).
             entry["share_cfg_layouts"] = bool(cfg.share_cfg_layouts)
-            cfg_calls = 2 if VIDEO_SHAPES[args.shape][3] == "wan" and cfg.share_cfg_layouts else 1
-            entry["calls_per_plan"] = entry["refresh_every"] * cfg_calls
+            shared_by = len(cfg_branches(VIDEO_SHAPES[args.shape][3])) if cfg.share_cfg_layouts else 1
+            entry["calls_per_plan"] = entry["refresh_every"] * shared_by
             per_call = entry["plan_ms"] if entry["static"] else entry["plan_ms"] / entry["calls_per_plan"]
             entry["overhead_at_schedule"] = per_call / entry["attention_ms"]
             entry["options"] = {key: val for key, val in options.items() if key != "backend"}
@@ -927,6 +927,12 @@ def _full_depth(spec) -> int:
     return 20 + 40  # HunyuanVideo 13B: 20 dual-stream + 40 single-stream blocks
 
 
+def cfg_branches(family: str) -> Tuple[str, ...]:
+    """The transformer calls of one denoising step of ``family``'s pipeline: two with classifier-free guidance (Wan,
+    Qwen-Image), one for the guidance-distilled models (HunyuanVideo, FLUX.1-dev)."""
+    return ("cond", "uncond") if family in ("wan", "qwen_image") else ("cond",)
+
+
 def _step_inputs(spec, device, dtype, seed: int = 0):
     """Per transformer call of one denoising step, its branch name and keyword inputs (all but ``timestep``; the
     calls share one ``hidden_states`` tensor), and how a scheduler timestep in [0, 1000] becomes the model's
@@ -941,9 +947,8 @@ def _step_inputs(spec, device, dtype, seed: int = 0):
     if family in ("wan", "hunyuan_video"):
         latents = rand(1, *spec["latent"])
         extra = _extra_inputs(spec, g, device, dtype)
-        names = ["cond"] if family == "hunyuan_video" else ["cond", "uncond"]
         calls = [(name, dict(hidden_states=latents, encoder_hidden_states=rand(1, n_text, d_text), **extra))
-                 for name in names]
+                 for name in cfg_branches(family)]
         return calls, lambda t: t
     gh, gw = spec["grid"]
     latents = rand(1, gh * gw, 64 if "in_channels" not in spec["config"] else spec["config"]["in_channels"])
@@ -957,7 +962,7 @@ def _step_inputs(spec, device, dtype, seed: int = 0):
         return [("cond", inputs)], lambda t: t / 1000.0
     calls = [(name, dict(hidden_states=latents, encoder_hidden_states=rand(1, n_text, d_text),
                          encoder_hidden_states_mask=torch.ones(1, n_text, device=device, dtype=torch.long),
-                         img_shapes=[[(1, gh, gw)]])) for name in ("cond", "uncond")]
+                         img_shapes=[[(1, gh, gw)]])) for name in cfg_branches(family)]
     return calls, lambda t: t / 1000.0
 
 
