@@ -318,3 +318,91 @@ class BlockLayout:
         if (listed & (self.kv_indices[..., 1:] <= self.kv_indices[..., :-1])).any():
             raise ValueError("kv_indices must be strictly increasing within each row; build layouts with "
                              "BlockLayout.from_block_mask")
+
+
+@dataclasses.dataclass
+class PaddedTiles:
+    """A layout of variable blocks as whole tiles of a padded sequence, for fixed-tile kernels (FlashAttention-4).
+
+    Block ``i`` of the layout (at most ``tile`` tokens) fills slots ``[i * tile, i * tile + len_i)`` of a sequence of
+    ``num_blocks * tile`` slots; the rest of its tile is padding. A kernel then runs the layout's own block lists on
+    whole tiles, so the selection stays exactly the layout's: padding query slots compute rows nobody reads, and
+    padding key slots (and keys ``kv_valid_len`` masks) are masked out by ``key_ok``. Only the key tiles that hold
+    such slots need the mask; the lists are split so that the others run unmasked.
+
+    Fields (all with the batch and heads of the inputs, ``B`` and ``H``):
+        q_src / kv_src (int64 [B, H, Nq * tile_q] / [B, H, Nk * tile_kv]): the input token (original order: the
+            layout's permutation folded in) each slot reads; padding slots read their block's first token, so that
+            every slot holds finite values.
+        q_slot (int64 [B, H, Lq]): the slot of every query token (where its output row is read from).
+        key_ok (int32 [B, H, Nk * tile_kv]): 1 for a slot that holds a key the layout computes, else 0.
+        full_indices / full_counts, partial_indices / partial_counts (int32 [B, H, Nq, Kmax] / [B, H, Nq]): each row's
+            listed key tiles that hold only valid keys, and those with masked slots, in list order, packed left.
+    """
+
+    q_src: torch.Tensor
+    kv_src: torch.Tensor
+    q_slot: torch.Tensor
+    key_ok: torch.Tensor
+    full_indices: torch.Tensor
+    full_counts: torch.Tensor
+    partial_indices: torch.Tensor
+    partial_counts: torch.Tensor
+    tile_q: int
+    tile_kv: int
+
+
+def _tile_slots(starts: Optional[torch.Tensor], n: int, tile: int, length: int, device) -> Tuple[torch.Tensor, ...]:
+    """Position (in the layout's sequence) each slot of ``n`` tiles reads, and whether it holds a token."""
+    if starts is None:
+        starts = (torch.arange(n + 1, device=device) * tile).clamp(max=length).view(1, 1, -1)
+    starts = starts.long()
+    first, lens = starts[..., :-1], starts[..., 1:] - starts[..., :-1]
+    r = torch.arange(tile, device=device)
+    ok = r < lens.unsqueeze(-1)
+    # An empty block starts at `length`: its padding reads the last token instead.
+    src = torch.where(ok, first.unsqueeze(-1) + r, first.clamp(max=length - 1).unsqueeze(-1))
+    return src.flatten(-2), ok.flatten(-2)
+
+
+def _compact_lists(indices: torch.Tensor, keep: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The entries of ``indices`` where ``keep``, packed left in their order (padding 0), and their counts."""
+    kmax = indices.shape[-1]
+    counts = keep.sum(-1, dtype=torch.int32)
+    pos = torch.where(keep, keep.long().cumsum(-1) - 1, torch.full_like(indices, kmax, dtype=torch.long))
+    packed = torch.zeros(*indices.shape[:-1], kmax + 1, dtype=indices.dtype, device=indices.device)
+    packed.scatter_(-1, pos, indices)
+    return packed[..., :kmax].contiguous(), counts.contiguous()
+
+
+def pad_to_tiles(layout: "BlockLayout", batch: int, heads: int) -> PaddedTiles:
+    """`PaddedTiles` of ``layout`` for inputs of ``batch`` x ``heads`` (tensor work only, no host read)."""
+    device = layout.kv_indices.device
+    tq, tk = layout.block_q, layout.block_kv
+    nq, nk = layout.num_q_blocks, layout.num_kv_blocks
+    lq, lk = layout.seq_len_q, layout.seq_len_kv
+
+    def original(src, perm, length):
+        src = src.expand(batch, heads, -1)
+        return src if perm is None else perm.long().expand(batch, heads, length).gather(-1, src)
+
+    q_pos, q_ok = _tile_slots(layout.q_block_starts, nq, tq, lq, device)
+    kv_pos, kv_ok = _tile_slots(layout.kv_block_starts, nk, tk, lk, device)
+    q_src, kv_src = original(q_pos, layout.q_perm, lq), original(kv_pos, layout.kv_perm, lk)
+    slots = torch.arange(q_src.shape[-1], device=device).expand(batch, heads, -1)
+    q_ok = q_ok.expand(batch, heads, -1)
+    q_slot = torch.zeros(batch, heads, lq + 1, dtype=torch.long, device=device)
+    q_slot.scatter_(-1, torch.where(q_ok, q_src, torch.full_like(q_src, lq)), slots)
+    key_ok = kv_ok.expand(batch, heads, -1)
+    if layout.kv_valid_len is not None:
+        # Positions of the layout's sequence at or past the batch row's valid length are masked.
+        valid = layout.kv_valid_len.long().view(-1, 1, 1).expand(batch, 1, 1)
+        key_ok = key_ok & (kv_pos.expand(batch, heads, -1) < valid)
+    tile_partial = ~key_ok.reshape(batch, heads, nk, tk).all(-1)
+    idx = layout.kv_indices.expand(batch, heads, -1, -1)
+    listed = torch.arange(idx.shape[-1], device=device) < layout.kv_counts.expand(batch, heads, -1).unsqueeze(-1)
+    partial = tile_partial.gather(-1, idx.long().flatten(2)).view_as(idx)
+    full_idx, full_cnt = _compact_lists(idx.to(torch.int32), listed & ~partial)
+    part_idx, part_cnt = _compact_lists(idx.to(torch.int32), listed & partial)
+    return PaddedTiles(q_src.contiguous(), kv_src.contiguous(), q_slot[..., :lq].contiguous(),
+                       key_ok.to(torch.int32).contiguous(), full_idx, full_cnt, part_idx, part_cnt, tq, tk)

@@ -191,6 +191,16 @@ def _kernel_layouts(args, shape_name, q, k, densities, heads, length, device):
     from ..patterns import make_pattern
     from ..pipelines.presets import FLUX_SPARSE
 
+    if args.layout == "semantic":
+        # The step benchmark's semantic-b64 (cluster pieces of at most 64 tokens, top_p 0.3: density ~0.25 on these
+        # random inputs), planned once on the shape's q and k; its geometry is not read by the plan.
+        label, options = STEP_METHODS["semantic-b64"][0], STEP_METHODS["semantic-b64"][1]
+        plan = make_pattern(ds.make_config(label, **options)).plan(
+            q, k, VideoGeometry(1, 1, length, "wan"), PlanCache(shared=BoundedCache()))
+        density = float(plan.density())
+        return [("semantic", plan),
+                (f"random-{density:.3f}", random_layout(1, heads, length, density, args.block, device))]
+
     if shape_name not in KERNEL_GRIDS:
         raise ValueError(f"--layout tile needs a token grid; shape {shape_name!r} has none (use one of "
                          f"{', '.join(KERNEL_GRIDS)})")
@@ -257,14 +267,16 @@ def bench_kernel(args) -> dict:
             torch.cuda.empty_cache()
     payload = {
         # Its own benchmark name: the README's kernel table (random layouts) and the tile table are separate.
-        "benchmark": "kernel" if args.layout == "random" else "kernel-tile",
+        "benchmark": "kernel" if args.layout == "random" else f"kernel-{args.layout}",
         "command": "python -m dit_sparse.eval.bench " + " ".join(sys.argv[1:]),
         "commit": git_commit(),
         "date": _dt.datetime.utcnow().isoformat(timespec="seconds"),
         "block_size": args.block,
         **({"block_kv": args.block_kv} if args.block_kv else {}),
-        "selection": ("random blocks per row, diagonal kept" if args.layout == "random" else
-                      "the image presets' tile pattern, and random blocks at its density"),
+        "selection": {"random": "random blocks per row, diagonal kept",
+                      "tile": "the image presets' tile pattern, and random blocks at its density",
+                      "semantic": "semantic-b64's cluster pieces (top_p 0.3), and random 128-token blocks at its "
+                                  "density"}[args.layout],
         "results": results,
     }
     path = write_result(payload["benchmark"], payload, args.out)
@@ -871,7 +883,7 @@ def bench_crossover(args) -> dict:
                 # A method name at its config's defaults, or a step-benchmark row (e.g. semantic-b64: top_p 0.3, a
                 # density near 0.25 on random q/k, where the default top_p keeps almost every block).
                 name, opts = STEP_METHODS.get(method, (method, {}))
-                cfg = ds.make_config(name, dense_steps=0, dense_layers=0, backend=args.backend, **opts)
+                cfg = ds.make_config(name, dense_steps=0, dense_layers=0, **{"backend": args.backend, **opts})
                 pattern = make_pattern(cfg)
                 cache = PlanCache(shared=BoundedCache())  # the per-geometry cache a pipeline's state gives
                 layout = pattern.plan(q, k, geometry, cache)  # cold start and tilings outside the timing
@@ -879,7 +891,7 @@ def bench_crossover(args) -> dict:
                 def call():
                     # A static pattern's layout is built once per geometry in a run; a dynamic one plans every call.
                     lay = layout if pattern.static else pattern.plan(q, k, geometry, cache)
-                    return block_sparse_attention(q, k, v, lay, backend=args.backend)
+                    return block_sparse_attention(q, k, v, lay, backend=cfg.backend)
 
                 ms = time_cuda(call, reps=args.reps)["median_ms"]
                 entry[method] = {"ms": ms, "speedup_vs_dense": entry["dense_sdpa"]["ms"] / ms,
@@ -1059,6 +1071,12 @@ STEP_METHODS = {
     "semantic-k64": ("semantic", {"top_p": 0.3, "block_size": 128, "kv_clusters": 64}),
     "semantic-b64": ("semantic", {"top_p": 0.3, "block_size": 64}),
     "semantic-b64-r2": ("semantic", {"top_p": 0.3, "block_size": 64, "refresh_every": 2}),
+    # Cluster pieces on each engine: our Triton kernel reads them in place, FlashAttention-4 runs them as whole tiles
+    # of a padded sequence (`layout.pad_to_tiles`).
+    "semantic-b64-triton": ("semantic", {"top_p": 0.3, "block_size": 64, "backend": "triton"}),
+    "semantic-b64-fa4": ("semantic", {"top_p": 0.3, "block_size": 64, "backend": "fa4"}),
+    "semantic-b64-r2-cfg-fa4": ("semantic", {"top_p": 0.3, "block_size": 64, "refresh_every": 2,
+                                             "share_cfg_layouts": True, "backend": "fa4"}),
     "semantic-b32": ("semantic", {"top_p": 0.3, "block_size": 32}),
     # Balanced groups of exactly 128 tokens as blocks (fixed layouts, FA4); top_p 0.3 as the other semantic rows
     # (0.25 gave density 0.21 on Wan-1.3B).
@@ -1164,10 +1182,12 @@ def bench_step(args) -> dict:
         labels = ["fa4-full"] + labels
     for label in labels:
         method, opts = ("fixed", {"density": 1.0}) if label == "fa4-full" else STEP_METHODS[label]
+        opts = dict(opts)
         entry: dict = {}
         try:
-            # The yardstick runs on FA4 where the layout allows it (auto picks it first on Hopper).
-            backend = args.backend
+            # The yardstick runs on FA4 where the layout allows it (auto picks it first on Hopper); a row may name
+            # its engine.
+            backend = opts.pop("backend", args.backend)
             name = "radial" if method == "fixed" else method
             # The preset's pattern options (radial's decay on image models, tile's window), then the row's.
             preset = _preset_pattern_options(spec["family"], name)
@@ -1276,8 +1296,8 @@ def bench_compile(args) -> dict:
                 if label != "dense":
                     method, opts = STEP_METHODS[label]
                     preset = _preset_pattern_options(spec["family"], method)
-                    cfg = ds.make_config(method, dense_steps=0, dense_layers=0, backend=args.backend,
-                                         min_sparse_tokens=0, **{**preset, **opts})
+                    cfg = ds.make_config(method, dense_steps=0, dense_layers=0, min_sparse_tokens=0,
+                                         **{"backend": args.backend, **preset, **opts})
                     ds.apply_sparse_attention(model, cfg)
                     entry["config"] = cfg.to_dict()
                 torch._dynamo.reset()
@@ -1333,8 +1353,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--block", type=int, default=128)
     k.add_argument("--block-kv", type=int, default=None,
                    help="key block size of the random layouts (default: --block)")
-    k.add_argument("--layout", default="random", choices=["random", "tile"],
-                   help="random blocks at --densities, or the tile pattern (image presets) and random at its density")
+    k.add_argument("--layout", default="random", choices=["random", "tile", "semantic"],
+                   help="random blocks at --densities, or the tile pattern (image presets) or semantic's cluster "
+                        "pieces (the step benchmark's semantic-b64), and random at its density")
     k.add_argument("--reps", type=int, default=7)
     k.add_argument("--out", default=None)
     k.set_defaults(func=bench_kernel)

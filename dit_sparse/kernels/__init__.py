@@ -38,6 +38,10 @@ class _Backend:
     # blocks(device, block_q, block_kv) -> None when the engine runs blocks of these sizes, else the reason it cannot
     # (None: any size).
     blocks: Optional[Callable[[torch.device, int, int], Optional[str]]] = None
+    # run_variable(q, k, v, layout, scale, return_lse) for variable layouts, on q, k, v in the inputs' token order:
+    # an engine that reorders tokens anyway (FA4 pads cluster pieces to whole tiles) folds the layout's permutation
+    # into its own gather instead of a second pass. None: the front door permutes and calls ``run``.
+    run_variable: Optional[Callable] = None
 
     def reason(self, device, dtype, head_dim: int, kind: str, blocks: Optional[Tuple[int, int]]) -> Optional[str]:
         why = self.available(device, dtype, head_dim, kind)
@@ -51,9 +55,9 @@ _AUTO_CACHE: Dict[Tuple, str] = {}
 AUTO_ORDER_CUDA = ("fa4", "triton", "flex")
 
 
-def register_backend(name: str, available, run, blocks=None) -> None:
+def register_backend(name: str, available, run, blocks=None, run_variable=None) -> None:
     """Registers a kernel engine under ``name`` (used by the kernel modules of this package)."""
-    _BACKENDS[name] = _Backend(name, available, run, blocks)
+    _BACKENDS[name] = _Backend(name, available, run, blocks, run_variable)
     _AUTO_CACHE.clear()
 
 
@@ -352,13 +356,16 @@ def block_sparse_attention(
         or (check_layout is None and name == "reference" and q.device.type == "cpu")
     ):
         _check_layout_values(layout)
+    engine = _BACKENDS[name]
+    if layout.is_variable and engine.run_variable is not None:
+        return engine.run_variable(q, k, v, layout, scale, return_lse)
     if layout.q_perm is not None:
         q = _gather_tokens(q, layout.q_perm)
     if layout.kv_perm is not None:
         k = _gather_tokens(k, layout.kv_perm)
         v = _gather_tokens(v, layout.kv_perm)
     # No copies here: q, k, v are usually transposed views of Diffusers' (B, L, H, D) tensors; engines read strides.
-    result = _BACKENDS[name].run(q, k, v, layout, scale, return_lse)
+    result = engine.run(q, k, v, layout, scale, return_lse)
     out, lse = result if return_lse else (result, None)
     if layout.q_perm is not None:
         out = _scatter_tokens(out, layout.q_perm)

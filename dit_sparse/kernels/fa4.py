@@ -1,6 +1,13 @@
 """FlashAttention-4 (CuTe DSL) engine: its block sparsity consumes our index lists as they are.
 
-Every listed block is a "full" block (``full_block_cnt/idx``); the partially masked lists (``mask_block_*``) are empty.
+Fixed layouts: every listed block is a "full" block (``full_block_cnt/idx``); the partially masked lists
+(``mask_block_*``) are empty.
+
+Variable layouts (semantic's cluster pieces, at most one tile each): every piece becomes a whole tile of a padded
+sequence (`dit_sparse.layout.pad_to_tiles`), so FA4 runs the layout's own lists on whole tiles and computes exactly
+its selection. The layout's permutation and the padding are one gather of q, k and v from the inputs' order, and
+the output is read back by one gather. Key tiles that hold padding slots are FA4's "mask" blocks, where a
+``mask_mod`` reads a per-slot validity (an aux tensor); the other listed tiles run unmasked.
 FA4 wants q, k, v as (B, L, H, D): our (B, H, L, D) tensors built from Diffusers' (B, L, H, D) are transposed views of
 exactly that memory, so the adapter passes views and copies nothing. Optional dependency: ``pip install
 dit-sparse[fa4]`` (Hopper sm90 / Blackwell sm100).
@@ -23,12 +30,15 @@ if env_flag("DIT_SPARSE_PERSISTENT_CACHE", True):
     os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
 
 try:
+    import cutlass
+    import cutlass.cute as cute
+    from flash_attn.cute import utils as fa4_utils
     from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
     from flash_attn.cute.interface import flash_attn_func
 except Exception as err:  # ImportError, or a CuTe DSL that fails to initialise without a GPU toolchain
     raise ImportError(f"flash-attn-4 is not usable here: {err}") from err
 
-from ..layout import BlockLayout
+from ..layout import BlockLayout, PaddedTiles, pad_to_tiles
 
 
 def available(device: torch.device, dtype: torch.dtype, head_dim: int, kind: str) -> Optional[str]:
@@ -41,8 +51,8 @@ def available(device: torch.device, dtype: torch.dtype, head_dim: int, kind: str
         return f"dtype {dtype} is not supported by FlashAttention-4 (bf16 or fp16)"
     if head_dim not in (64, 128):
         return f"head_dim {head_dim} is not supported by the fa4 backend; use backend='triton' or 'flex'"
-    if kind != "fixed":
-        return f"{kind} layouts (variable blocks or key padding) are not supported by the fa4 adapter"
+    if kind == "masked":
+        return "fixed layouts with key padding (kv_valid_len) are not supported by the fa4 adapter"
     return None
 
 
@@ -120,10 +130,74 @@ def run(q, k, v, layout: BlockLayout, scale: float, return_lse: bool):
     return (out, lse) if return_lse else out
 
 
+# ------------------------------------------------------------------ variable layouts on padded tiles
+@cute.jit
+def _key_ok_mask(batch, head, m_idx, n_idx, seqlen_info, aux_tensors):
+    """FA4 mask_mod of the padded tiles: key slot ``n`` of (batch, head) is computed where ``key_ok`` holds 1."""
+    key_ok = aux_tensors[0]
+    ok = fa4_utils.scalar_to_ssa(key_ok[batch[0], head[0], n_idx[0]], cutlass.Int32)
+    return ok > fa4_utils.scalar_to_ssa(0, cutlass.Int32)
+
+
+def _padded_forward(qp, kp, vp, full_cnt, full_idx, part_cnt, part_idx, key_ok, tile_q, tile_kv, scale):
+    sparse = BlockSparseTensorsTorch(mask_block_cnt=part_cnt, mask_block_idx=part_idx, full_block_cnt=full_cnt,
+                                     full_block_idx=full_idx, block_size=(tile_q, tile_kv))
+    out, lse = flash_attn_func(qp.transpose(1, 2), kp.transpose(1, 2), vp.transpose(1, 2), softmax_scale=scale,
+                               mask_mod=_key_ok_mask, block_sparse_tensors=sparse, aux_tensors=[key_ok],
+                               return_lse=True)
+    return out.transpose(1, 2), lse
+
+
+@torch.library.custom_op("dit_sparse::fa4_padded_tiles_fwd", mutates_args=())
+def fa4_padded_tiles_fwd(
+    qp: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, full_cnt: torch.Tensor, full_idx: torch.Tensor,
+    part_cnt: torch.Tensor, part_idx: torch.Tensor, key_ok: torch.Tensor, tile_q: int, tile_kv: int, scale: float,
+) -> List[torch.Tensor]:
+    out, lse = _padded_forward(qp, kp, vp, full_cnt, full_idx, part_cnt, part_idx, key_ok, tile_q, tile_kv, scale)
+    return [out, lse.float()]
+
+
+@fa4_padded_tiles_fwd.register_fake
+def _(qp, kp, vp, full_cnt, full_idx, part_cnt, part_idx, key_ok, tile_q, tile_kv, scale):
+    b, h, lq, _ = qp.shape
+    dv = vp.shape[-1]
+    out = torch.empty_strided((b, h, lq, dv), (lq * h * dv, dv, h * dv, 1), dtype=qp.dtype, device=qp.device)
+    return [out, qp.new_empty((b, h, lq), dtype=torch.float32)]
+
+
+def _slots_gather(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    return x.gather(2, src.unsqueeze(-1).expand(-1, -1, -1, x.shape[-1]))
+
+
+def run_variable(q, k, v, layout: BlockLayout, scale: float, return_lse: bool):
+    """A variable layout on padded tiles, from q, k, v in the inputs' own token order (the layout's permutation is
+    folded into the padding gather; the front door does not permute for this engine)."""
+    b, h = q.shape[:2]
+    key = ("fa4_tiles", b, h)
+    tiles: PaddedTiles = layout.memo.get(key)
+    if tiles is None:
+        tiles = pad_to_tiles(layout, b, h)
+        if not torch.compiler.is_compiling():  # the memo is not written inside a graph (see the processors)
+            layout.memo[key] = tiles
+    qp, kp, vp = _slots_gather(q, tiles.q_src), _slots_gather(k, tiles.kv_src), _slots_gather(v, tiles.kv_src)
+    args = (qp, kp, vp, tiles.full_counts, tiles.full_indices, tiles.partial_counts, tiles.partial_indices,
+            tiles.key_ok, tiles.tile_q, tiles.tile_kv, float(scale))
+    if torch.compiler.is_compiling():
+        out_p, lse_p = fa4_padded_tiles_fwd(*args)
+    else:
+        out_p, lse_p = _padded_forward(*args)
+    # Rows back to the inputs' order, into (B, L, H, D) memory as the processors hand it on.
+    out = torch.empty(b, q.shape[2], h, out_p.shape[-1], dtype=out_p.dtype, device=out_p.device).transpose(1, 2)
+    torch.gather(out_p, 2, tiles.q_slot.unsqueeze(-1).expand(-1, -1, -1, out_p.shape[-1]), out=out)
+    if not return_lse:
+        return out
+    return out, lse_p.float().gather(2, tiles.q_slot)
+
+
 def _register():
     from . import register_backend
 
-    register_backend("fa4", available, run, supports_blocks)
+    register_backend("fa4", available, run, supports_blocks, run_variable=run_variable)
 
 
 _register()

@@ -1,0 +1,31 @@
+# Session 15 (issue #13): semantic's cluster pieces on FlashAttention-4 as whole tiles of a padded sequence.
+# After staging .gpu/p1 and finishing .gpu/p2 (see bench/gpu_session4.sh; dit_sparse/pipelines/{tiny,small}_model out
+# of the tree for the calls that carry a part).
+#   check: FA4 on padded tiles against the reference kernel (semantic pieces, masked tail keys, fp16/bf16, compiled).
+#   kern:  one attention call at the three shapes: semantic-b64's pieces on Triton and on FA4, and a random layout of
+#          the same density on both (the fixed-layout yardstick).
+#   step:  one denoising step at Wan-14B 720p (10 blocks): semantic-b64 on Triton and FA4, at the preset's schedule
+#          (planned every other step, shared by the CFG branches) on FA4, and the fixed 0.25 yardstick.
+#   steph: the same at HunyuanVideo 720p (15 of 60 blocks).
+export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
+case "${1:-check}" in
+check)
+  timeout 200 python3 bench/fa4_padded_check.py --out $OUT/fa4-padded-check.json 2>&1 | grep -vE "^ *$|Warning|warn" \
+    | tail -12
+  ;;
+kern)
+  timeout 300 python3 -m dit_sparse.eval.bench kernel --shapes wan1.3b-480p,wan14b-720p,hunyuan-720p \
+    --layout semantic --backends triton,fa4 --reps 10 --out $OUT/kernel-semantic-padded-tiles.json 2>&1 \
+    | grep -E "^(wan|hun)|Error|wrote" | cut -c1-260
+  ;;
+step)
+  timeout 400 python3 -m dit_sparse.eval.bench step --model wan14b-720p --layers 10 --dense-variants none \
+    --methods semantic-b64-triton,semantic-b64-fa4,semantic-b64-r2-cfg-fa4,fixed-0.25 \
+    --out $OUT/step-wan14b-720p-semantic-fa4.json 2>&1 | grep -E "^wan|Error|wrote" | cut -c1-300
+  ;;
+steph)
+  timeout 300 python3 -m dit_sparse.eval.bench step --model hunyuan-720p --layers 15 --dense-variants none \
+    --methods semantic-b64-triton,semantic-b64-fa4,fixed-0.25 --out $OUT/step-hunyuan-720p-semantic-fa4.json 2>&1 \
+    | grep -E "^hunyuan|Error|wrote" | cut -c1-300
+  ;;
+esac
