@@ -4,6 +4,7 @@
 #   check: FA4 on padded tiles against the reference kernel (semantic pieces, masked tail keys, fp16/bf16, compiled).
 #   kern:  one attention call at the three shapes: semantic-b64's pieces on Triton and on FA4, and a random layout of
 #          the same density on both (the fixed-layout yardstick).
+#   fill:  the padded work of semantic's pieces as whole tiles, by cluster count, random and photographic q/k.
 #   step:  one denoising step at Wan-14B 720p (10 blocks): semantic-b64 on Triton and FA4, at the preset's schedule
 #          (planned every other step, shared by the CFG branches) on FA4, and the fixed 0.25 yardstick.
 #   steph: the same at HunyuanVideo 720p (15 of 60 blocks).
@@ -27,5 +28,15 @@ steph)
   timeout 300 python3 -m dit_sparse.eval.bench step --model hunyuan-720p --layers 15 --dense-variants none \
     --methods semantic-b64-triton,semantic-b64-fa4,fixed-0.25 --out $OUT/step-hunyuan-720p-semantic-fa4.json 2>&1 \
     | grep -E "^hunyuan|Error|wrote" | cut -c1-300
+  ;;
+fill)
+  # Where semantic's pieces lose time: the padded work of whole 64-token tiles (tile_density) against the selection's
+  # density, at the default 500 clusters and fewer, larger ones; random 128- and 64-token blocks as the FA4 rate.
+  timeout 300 python3 -m dit_sparse.eval.bench kernel --shapes wan14b-720p,hunyuan-720p --layout semantic \
+    --clusters 500,250,125 --backends triton,fa4 --reps 5 --out $OUT/kernel-semantic-fill.json 2>&1 \
+    | grep -E "^(wan|hun)|Error|wrote" | cut -c1-330
+  timeout 280 python3 -m dit_sparse.eval.bench kernel --shapes wan14b-720p --layout semantic --qkv photo --top-p 0.9 \
+    --clusters 500,250,125 --backends fa4 --reps 5 --out $OUT/kernel-semantic-fill-photo.json 2>&1 \
+    | grep -E "^(wan|hun)|Error|wrote" | cut -c1-330
   ;;
 esac

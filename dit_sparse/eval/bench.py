@@ -192,15 +192,19 @@ def _kernel_layouts(args, shape_name, q, k, densities, heads, length, device):
     from ..pipelines.presets import FLUX_SPARSE
 
     if args.layout == "semantic":
-        # The step benchmark's semantic-b64 (cluster pieces of at most 64 tokens, top_p 0.3: density ~0.25 on these
-        # random inputs), planned once on the shape's q and k; its geometry is not read by the plan.
-        label, options = STEP_METHODS["semantic-b64"][0], STEP_METHODS["semantic-b64"][1]
-        plan = make_pattern(ds.make_config(label, **options)).plan(
-            q, k, VideoGeometry(1, 1, length, "wan"), PlanCache(shared=BoundedCache()))
-        density = float(plan.density())
-        return [("semantic", plan),
-                (f"random-{density:.3f}", random_layout(1, heads, length, density, args.block, device))]
-
+        # The step benchmark's semantic-b64 (cluster pieces of at most 64 tokens, --top-p: 0.3 gives density ~0.25 on
+        # random inputs), planned once on the shape's q and k with each of --clusters (the plan reads no geometry).
+        # Yardsticks: random layouts of the first plan's density, in 128- and 64-token blocks.
+        method, options = STEP_METHODS["semantic-b64"]
+        rows = []
+        for clusters in (int(c) for c in args.clusters.split(",")):
+            config = ds.make_config(method, **{**options, "kv_clusters": clusters, "top_p": args.top_p})
+            plan = make_pattern(config).plan(q, k, VideoGeometry(1, 1, length, "wan"),
+                                             PlanCache(shared=BoundedCache()))
+            rows.append((f"semantic-k{clusters}", plan))
+        density = float(rows[0][1].density())
+        return rows + [(f"random-{density:.3f}", random_layout(1, heads, length, density, 128, device)),
+                       (f"random64-{density:.3f}", random_layout(1, heads, length, density, 64, device))]
     if shape_name not in KERNEL_GRIDS:
         raise ValueError(f"--layout tile needs a token grid; shape {shape_name!r} has none (use one of "
                          f"{', '.join(KERNEL_GRIDS)})")
@@ -212,6 +216,19 @@ def _kernel_layouts(args, shape_name, q, k, densities, heads, length, device):
     density = float(tile.density())
     return [("tile", tile), ("tile-in-order", tile.without_permutation()),
             (f"random-{density:.3f}", random_layout(1, heads, length, density, args.block, device))]
+
+
+def _piece_stats(layout: BlockLayout) -> dict:
+    """What whole tiles cost for a variable layout: the work of every listed (query piece, key piece) pair as whole
+    ``block_q`` x ``block_kv`` tiles (FA4 on padded tiles; our Triton kernel's tiles), relative to dense, and how full
+    the non-empty pieces are."""
+    b, h = layout.kv_indices.shape[:2]
+    tiles = float(layout.kv_counts.double().sum()) * layout.block_q * layout.block_kv
+    sizes = (layout.kv_block_starts[..., 1:] - layout.kv_block_starts[..., :-1]).float()
+    nonempty = sizes > 0
+    return {"tile_density": tiles / (b * h * layout.seq_len_q * layout.seq_len_kv),
+            "key_piece_fill": float(sizes[nonempty].mean() / layout.block_kv),
+            "pieces_per_head": float(nonempty.sum() / nonempty[..., 0].numel())}
 
 
 def bench_kernel(args) -> dict:
@@ -227,6 +244,9 @@ def bench_kernel(args) -> dict:
         # Diffusers' layout (B, L, H, D), viewed as (B, H, L, D) as our processors hand it to the kernels.
         q, k, v = (torch.randn(1, length, heads, head_dim, device=device, dtype=dtype).transpose(1, 2)
                    for _ in range(3))
+        if args.qkv == "photo":
+            q = k = v = None
+            _, q, k, v = _video_qkv(shape_name, "photo")
         flops_dense = 4.0 * length * length * heads * head_dim
         entry: Dict[str, dict] = {"tokens": length, "heads": heads, "head_dim": head_dim, "dtype": str(dtype),
                                   "dense": {}, "sparse": {}}
@@ -254,6 +274,8 @@ def bench_kernel(args) -> dict:
                     t = time_cuda(lambda: block_sparse_attention(q, k, v, layout, backend=backend), reps=args.reps)
                     t["density"] = real_d
                     t["effective_tflops"] = flops_dense * real_d / t["median_ms"] / 1e9
+                    if layout.is_variable:
+                        t.update(_piece_stats(layout))
                     t["max_abs_err_vs_reference"] = err
                     t["ok"] = bool(err < 3e-2)
                 except Exception as e:
@@ -275,8 +297,9 @@ def bench_kernel(args) -> dict:
         **({"block_kv": args.block_kv} if args.block_kv else {}),
         "selection": {"random": "random blocks per row, diagonal kept",
                       "tile": "the image presets' tile pattern, and random blocks at its density",
-                      "semantic": "semantic-b64's cluster pieces (top_p 0.3), and random 128-token blocks at its "
-                                  "density"}[args.layout],
+                      "semantic": "semantic-b64's cluster pieces (top_p 0.3) at each --clusters, and random 128- "
+                                  "and 64-token blocks at the first one's density"}[args.layout],
+        "qkv": args.qkv,
         "results": results,
     }
     path = write_result(payload["benchmark"], payload, args.out)
@@ -1356,6 +1379,11 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--layout", default="random", choices=["random", "tile", "semantic"],
                    help="random blocks at --densities, or the tile pattern (image presets) or semantic's cluster "
                         "pieces (the step benchmark's semantic-b64), and random at its density")
+    k.add_argument("--clusters", default="500", help="--layout semantic: kv_clusters of each semantic row")
+    k.add_argument("--top-p", type=float, default=0.3, help="--layout semantic: top_p (0.3: density ~0.25 on random "
+                   "q/k; the presets' 0.9 on --qkv photo)")
+    k.add_argument("--qkv", default="random", choices=("random", "photo"),
+                   help="photo: photographic q/k/v of the shape's video grid (realistic cluster sizes and densities)")
     k.add_argument("--reps", type=int, default=7)
     k.add_argument("--out", default=None)
     k.set_defaults(func=bench_kernel)
