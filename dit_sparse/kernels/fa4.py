@@ -186,9 +186,11 @@ def run_variable(q, k, v, layout: BlockLayout, scale: float, return_lse: bool):
         out_p, lse_p = fa4_padded_tiles_fwd(*args)
     else:
         out_p, lse_p = _padded_forward(*args)
-    # Rows back to the inputs' order, into (B, L, H, D) memory as the processors hand it on.
-    out = torch.empty(b, q.shape[2], h, out_p.shape[-1], dtype=out_p.dtype, device=out_p.device).transpose(1, 2)
-    torch.gather(out_p, 2, tiles.q_slot.unsqueeze(-1).expand(-1, -1, -1, out_p.shape[-1]), out=out)
+    # Rows back to the inputs' order, gathered in FA4's (B, L, H, D) memory so that the result has that layout too,
+    # as the processors hand it on (a (B, H, L, D) view of it).
+    dv = out_p.shape[-1]
+    index = tiles.q_slot.transpose(1, 2).unsqueeze(-1).expand(-1, -1, -1, dv)
+    out = out_p.transpose(1, 2).gather(1, index).transpose(1, 2)
     if not return_lse:
         return out
     return out, lse_p.float().gather(2, tiles.q_slot)
