@@ -5,6 +5,8 @@
 #   kern:  one attention call at the three shapes: semantic-b64's pieces on Triton and on FA4, and a random layout of
 #          the same density on both (the fixed-layout yardstick).
 #   fill:  the padded work of semantic's pieces as whole tiles, by cluster count, random and photographic q/k.
+#   tiles: 128-token query pieces with 64-token key pieces against 64 / 64, by cluster count (FA4).
+#   qualc: those piece shapes and cluster sizes on the trained small model: oracle gain and video PSNR vs dense.
 #   step:  one denoising step at Wan-14B 720p (10 blocks): semantic-b64 on Triton and FA4, at the preset's schedule
 #          (planned every other step, shared by the CFG branches) on FA4, and the fixed 0.25 yardstick.
 #   steph: the same at HunyuanVideo 720p (15 of 60 blocks).
@@ -38,5 +40,22 @@ fill)
   timeout 280 python3 -m dit_sparse.eval.bench kernel --shapes wan14b-720p --layout semantic --qkv photo --top-p 0.9 \
     --clusters 500,250,125 --backends fa4 --reps 5 --out $OUT/kernel-semantic-fill-photo.json 2>&1 \
     | grep -E "^(wan|hun)|Error|wrote" | cut -c1-330
+  ;;
+tiles)
+  # Query pieces of 128 tokens with key pieces of 64 (FA4's full-rate tile) against 64 / 64, by cluster count.
+  timeout 300 python3 -m dit_sparse.eval.bench kernel --shapes wan14b-720p,hunyuan-720p --layout semantic \
+    --semantic-rows semantic-b64,semantic-b128k64 --clusters 500,250,125 --backends fa4 --reps 5 \
+    --out $OUT/kernel-semantic-tiles.json 2>&1 | grep -E "^(wan|hun)|Error|wrote" | cut -c1-330
+  ;;
+qualc)
+  # The trained small model (8,640 tokens): piece shapes and cluster sizes against semantic's preset, video PSNR
+  # against dense (20 steps, 2 prompts), and the selection's gain between random and the oracle.
+  v='{"b64 m256": {"method": "semantic", "min_cluster_tokens": 256}, "b128/64": {"method": "semantic", "block_size": 128, "kv_block_size": 64}, "b128/64 m128": {"method": "semantic", "block_size": 128, "kv_block_size": 64, "min_cluster_tokens": 128}, "b128/64 m256": {"method": "semantic", "block_size": 128, "kv_block_size": 64, "min_cluster_tokens": 256}, "b128/64 m512": {"method": "semantic", "block_size": 128, "kv_block_size": 64, "min_cluster_tokens": 512}}'
+  timeout 200 python3 -m dit_sparse.eval.oracle --model small --device cuda --layers 2,4 --steps 5,10 --methods semantic \
+    --densities 0.15,0.25 --variants "$v" --out $OUT/oracle-small-semantic-tiles.json 2>&1 | grep -vE "^ *$|Warning|warn" \
+    | tail -12
+  timeout 380 python3 -m dit_sparse.eval.quality --model small --device cuda --dtype bfloat16 --prompts 2 --steps 20 \
+    --densities '' --no-random --methods semantic --variants "$v" --out $OUT/quality-small-semantic-tiles.json 2>&1 \
+    | grep -vE "^ *$|Warning|warn" | tail -12
   ;;
 esac

@@ -260,13 +260,19 @@ class SemanticConfig(SparseConfig):
             (``2026-12-02_NVIDIA-H200_step-wan1.3b-480p.json``), and on the trained small model PSNR vs dense was
             31.09 dB instead of 30.76 (``quality-small-block64-refresh.json``). Fixed blocks
             (``fixed_blocks=True``) on FlashAttention-4 want 128.
-        kv_block_size (`int`, optional): with ``clusters="balanced"``, key groups of this many tokens (a divisor of
-            ``block_size``, at least 16) inside each query group of ``block_size`` tokens: queries keep whole
-            ``block_size`` groups (full kernel tiles) while keys are chosen at a finer grain, as Sparse VideoGen 2
-            clusters keys several times finer than queries. `None` = ``block_size``. FlashAttention-4 runs 128 / 64
-            as fast as 128 / 128 on an H200, 128 / 32 at 0.73 of it; on the trained small model 128 / 32 gave 22.9 dB
-            against dense video where 128 / 128 gave 21.8 and k-means semantic 30.8 (``quality-small-balanced-kvblock-
-            cpu.json``): the query grain matters as much (32 / 32: 26.8 dB, ``quality-small-balanced-grain.json``).
+        kv_block_size (`int`, optional): key blocks of this many tokens (a divisor of ``block_size``, at least 16)
+            inside query blocks of ``block_size``: queries keep whole ``block_size`` blocks (full kernel tiles) while
+            keys are chosen at a finer grain, as Sparse VideoGen 2 clusters keys several times finer than queries.
+            With cluster pieces (``clusters="joint"``), every query piece is cut into ``block_size / kv_block_size``
+            key pieces (the last ones shorter or empty), so that its own tokens stay its diagonal; with
+            ``clusters="separate"`` key clusters are cut into pieces of ``kv_block_size``; with
+            ``clusters="balanced"`` each group is split into finer key groups. `None` = ``block_size``.
+            FlashAttention-4 runs 128 / 64 as fast as 128 / 128 on an H200, 128 / 32 at 0.73 of it; on the trained
+            small model balanced 128 / 32 gave 22.9 dB against dense video where 128 / 128 gave 21.8 and k-means
+            semantic 30.8 (``quality-small-balanced-kvblock-cpu.json``).
+        min_cluster_tokens (`int`, defaults to 16): fewest tokens per cluster on average: the cluster counts are cut
+            to at most one per this many tokens. Larger clusters cut into pieces of ``block_size`` leave fewer short
+            pieces, whose kernel tiles run partly empty (see the README's "Semantic on FlashAttention-4").
     """
 
     method: ClassVar[str] = "semantic"
@@ -284,10 +290,12 @@ class SemanticConfig(SparseConfig):
     fixed_blocks: bool = False
     static_kmax: bool = False
     kv_block_size: Optional[int] = None
+    min_cluster_tokens: int = 16
 
     def validate(self) -> None:
         super().validate()
         _check_range("top_p", self.top_p, 0.0, 1.0, lo_open=True)
+        _check_int("min_cluster_tokens", self.min_cluster_tokens, 1)
         _check_int("q_clusters", self.q_clusters, 1)
         _check_int("kv_clusters", self.kv_clusters, 1)
         _check_range("min_kv_ratio", self.min_kv_ratio, 0.0, 1.0)
@@ -306,15 +314,15 @@ class SemanticConfig(SparseConfig):
         _check_bool("static_kmax", self.static_kmax)
         if self.kv_block_size is not None:
             _check_int("kv_block_size", self.kv_block_size, 16)
-            if self.clusters != "balanced":
-                raise ValueError(
-                    f"kv_block_size={self.kv_block_size} splits balanced groups and needs clusters='balanced' "
-                    f"(got clusters={self.clusters!r}); drop kv_block_size or set clusters='balanced'"
-                )
             if self.block_size % self.kv_block_size:
                 raise ValueError(
-                    f"kv_block_size={self.kv_block_size} must divide block_size={self.block_size} (key groups split "
-                    "each query group); e.g. block_size=128 with kv_block_size=32 or 64"
+                    f"kv_block_size={self.kv_block_size} must divide block_size={self.block_size} (key blocks split "
+                    "each query block); e.g. block_size=128 with kv_block_size=32 or 64"
+                )
+            if self.estimate == "centroids":
+                raise ValueError(
+                    "kv_block_size cuts blocks that estimate='centroids' does not select (it keeps whole clusters); "
+                    "drop kv_block_size or use estimate='pooled'"
                 )
 
     @property

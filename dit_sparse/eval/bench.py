@@ -195,13 +195,15 @@ def _kernel_layouts(args, shape_name, q, k, densities, heads, length, device):
         # The step benchmark's semantic-b64 (cluster pieces of at most 64 tokens, --top-p: 0.3 gives density ~0.25 on
         # random inputs), planned once on the shape's q and k with each of --clusters (the plan reads no geometry).
         # Yardsticks: random layouts of the first plan's density, in 128- and 64-token blocks.
-        method, options = STEP_METHODS["semantic-b64"]
         rows = []
-        for clusters in (int(c) for c in args.clusters.split(",")):
-            config = ds.make_config(method, **{**options, "kv_clusters": clusters, "top_p": args.top_p})
-            plan = make_pattern(config).plan(q, k, VideoGeometry(1, 1, length, "wan"),
-                                             PlanCache(shared=BoundedCache()))
-            rows.append((f"semantic-k{clusters}", plan))
+        for row in args.semantic_rows.split(","):
+            method, options = STEP_METHODS[row]
+            options = {key: value for key, value in options.items() if key != "backend"}
+            for clusters in (int(c) for c in args.clusters.split(",")):
+                config = ds.make_config(method, **{**options, "kv_clusters": clusters, "top_p": args.top_p})
+                plan = make_pattern(config).plan(q, k, VideoGeometry(1, 1, length, "wan"),
+                                                 PlanCache(shared=BoundedCache()))
+                rows.append((f"{row}-k{clusters}", plan))
         density = float(rows[0][1].density())
         return rows + [(f"random-{density:.3f}", random_layout(1, heads, length, density, 128, device)),
                        (f"random64-{density:.3f}", random_layout(1, heads, length, density, 64, device))]
@@ -1100,6 +1102,16 @@ STEP_METHODS = {
     "semantic-b64-fa4": ("semantic", {"top_p": 0.3, "block_size": 64, "backend": "fa4"}),
     "semantic-b64-r2-cfg-fa4": ("semantic", {"top_p": 0.3, "block_size": 64, "refresh_every": 2,
                                              "share_cfg_layouts": True, "backend": "fa4"}),
+    # Query pieces of 128 tokens (FA4's full-rate query tile) holding two key pieces of 64; with clusters of at
+    # least 256 / 512 tokens on average, fewer pieces run short (their tiles partly empty).
+    "semantic-b128k64": ("semantic", {"top_p": 0.3, "block_size": 128, "kv_block_size": 64}),
+    "semantic-b128k64-fa4": ("semantic", {"top_p": 0.3, "block_size": 128, "kv_block_size": 64, "backend": "fa4"}),
+    "semantic-b128k64-m256-fa4": ("semantic", {"top_p": 0.3, "block_size": 128, "kv_block_size": 64,
+                                               "min_cluster_tokens": 256, "backend": "fa4"}),
+    "semantic-b128k64-m512-fa4": ("semantic", {"top_p": 0.3, "block_size": 128, "kv_block_size": 64,
+                                               "min_cluster_tokens": 512, "backend": "fa4"}),
+    "semantic-b64-m256-fa4": ("semantic", {"top_p": 0.3, "block_size": 64, "min_cluster_tokens": 256,
+                                           "backend": "fa4"}),
     "semantic-b32": ("semantic", {"top_p": 0.3, "block_size": 32}),
     # Balanced groups of exactly 128 tokens as blocks (fixed layouts, FA4); top_p 0.3 as the other semantic rows
     # (0.25 gave density 0.21 on Wan-1.3B).
@@ -1380,6 +1392,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random blocks at --densities, or the tile pattern (image presets) or semantic's cluster "
                         "pieces (the step benchmark's semantic-b64), and random at its density")
     k.add_argument("--clusters", default="500", help="--layout semantic: kv_clusters of each semantic row")
+    k.add_argument("--semantic-rows", default="semantic-b64",
+                   help="--layout semantic: step-benchmark rows whose semantic options to plan with")
     k.add_argument("--top-p", type=float, default=0.3, help="--layout semantic: top_p (0.3: density ~0.25 on random "
                    "q/k; the presets' 0.9 on --qkv photo)")
     k.add_argument("--qkv", default="random", choices=("random", "photo"),

@@ -174,6 +174,7 @@ def select_top_p(mass: torch.Tensor, sizes: torch.Tensor, top_p: float, min_keep
     if top_p >= 1.0:
         return valid.expand_as(mass).contiguous()
     score = torch.where(valid, mass / sizes.float().clamp(min=1).unsqueeze(1), torch.full_like(mass, -1.0))
+    own = None
     if diagonal:
         pq, pk = mass.shape[-2:]
         own = (torch.arange(pk, device=mass.device) // kv_per_q).unsqueeze(0) == torch.arange(
@@ -185,7 +186,12 @@ def select_top_p(mass: torch.Tensor, sizes: torch.Tensor, top_p: float, min_keep
     before = sorted_mass.cumsum(-1) - sorted_mass
     rank = torch.arange(mass.shape[-1], device=mass.device)
     keep_sorted = (before < top_p) | (rank < max(1, min_keep))
-    return torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted) & valid
+    keep = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+    if own is not None:
+        # Every own block, not only the first: with kv_per_q > 1 the first can hold top_p alone (the kernel keeps
+        # all of them too, as ties at +inf).
+        keep = keep | own
+    return keep & valid
 
 
 # Longest row (key blocks) the fused kernel holds in registers; longer rows take the torch path. HunyuanVideo 720p's

@@ -146,6 +146,14 @@ def cluster_pieces(counts: torch.Tensor, block: int, n_max: int, length: int) ->
     return starts.to(torch.int32), cluster, valid
 
 
+def split_pieces(starts: torch.Tensor, parts: int, block: int) -> torch.Tensor:
+    """Every piece of ``starts`` (int [N, P + 1]) cut into ``parts`` pieces of at most ``block`` tokens, in order (the
+    tail ones shorter or empty): int32 [N, P * parts + 1]."""
+    first, end = starts[:, :-1].long(), starts[:, 1:].long()
+    cuts = (first.unsqueeze(-1) + torch.arange(parts, device=starts.device) * block).minimum(end.unsqueeze(-1))
+    return torch.cat([cuts.flatten(1), starts[:, -1:].long()], dim=1).to(torch.int32)
+
+
 def _overlap(counts: torch.Tensor, block: int, length: int) -> torch.Tensor:
     """bool [N, ceil(L / block), K]: fixed block i of the permuted sequence holds tokens of cluster c."""
     offsets = (counts.cumsum(-1) - counts).unsqueeze(1)
@@ -179,8 +187,14 @@ def block_plan(q, k, q_perm, kv_perm, q_counts, k_counts, block: int, fixed_bloc
         q_valid = None
     else:
         q_starts, _, q_valid = cluster_pieces(q_counts, block, max_pieces(lq, q_counts.shape[1], block), lq)
-        kv_starts, _, k_valid = cluster_pieces(k_counts, block, max_pieces(lk, k_counts.shape[1], block), lk)
+        if diagonal and kb < block:
+            # One permutation for both: key pieces cut from the query pieces, so query piece i holds key pieces
+            # [i * r, (i + 1) * r), its diagonal (r = block / kv_block; the shorter tails leave some empty).
+            kv_starts = split_pieces(q_starts, block // kb, kb)
+        else:
+            kv_starts, _, _ = cluster_pieces(k_counts, kb, max_pieces(lk, k_counts.shape[1], kb), lk)
         k_sizes = (kv_starts[:, 1:] - kv_starts[:, :-1]).float()
+        k_valid = k_sizes > 0
     mass_of = block_mass_estimate if estimate == "blocks" else pooled_block_mass
     mass = mass_of(q_sorted, k_sorted, 1.0 / math.sqrt(d), block, q_starts, kv_starts, kv_block=kb)
     min_keep = math.ceil(min_kv_ratio * mass.shape[-1] - 1e-9)
@@ -247,22 +261,25 @@ class SemanticPattern(Pattern):
         return labels.view(b, h, length), centroids.view(b, h, k, d), counts.view(b, h, k)
 
     # ------------------------------------------------------------------ planning
-    # Fewest tokens per cluster (on average) that the cluster counts are cut to: a cluster of a handful of tokens
-    # makes k-means a token-level clustering that costs more than it saves (a new user's 100 / 500 clusters on 320
-    # tokens took 25 minutes for one CPU step).
+    # Fewest tokens per cluster (on average) below which a user is warned that the cluster counts were cut: a
+    # cluster of a handful of tokens makes k-means a token-level clustering that costs more than it saves (a new
+    # user's 100 / 500 clusters on 320 tokens took 25 minutes for one CPU step). ``min_cluster_tokens`` above it cuts
+    # them on purpose, silently.
     MIN_CLUSTER_TOKENS = 16
 
     def cluster_counts(self, lq: int, lk: int) -> Tuple[int, int]:
         """Query and key cluster counts for sequences of ``lq`` / ``lk`` tokens (the config's, cut to at most one
-        cluster per ``MIN_CLUSTER_TOKENS`` tokens, with a warning the first time they are cut)."""
+        cluster per ``min_cluster_tokens`` tokens, with a warning the first time they are cut below
+        ``MIN_CLUSTER_TOKENS`` tokens per cluster)."""
         cfg = self.config
         joint = cfg.clusters == "joint"  # one clustering of the tokens: kv_clusters clusters, q_clusters unused
         wanted = (cfg.kv_clusters,) * 2 if joint else (cfg.q_clusters, cfg.kv_clusters)
         lengths = (min(lq, lk),) * 2 if joint else (lq, lk)
-        kq, kk = (min(w, max(1, n // self.MIN_CLUSTER_TOKENS)) for w, n in zip(wanted, lengths))
+        kq, kk = (min(w, max(1, n // cfg.min_cluster_tokens)) for w, n in zip(wanted, lengths))
+        too_many = any(w > max(1, n // self.MIN_CLUSTER_TOKENS) for w, n in zip(wanted, lengths))
         # Warned from `prepare` (outside any compiled graph) when the step hook calls it; logging inside a graph
         # that Dynamo traces is not supported.
-        if (kq, kk) != wanted and not self._warned_clusters and not torch.compiler.is_compiling():
+        if too_many and not self._warned_clusters and not torch.compiler.is_compiling():
             if joint:
                 told, fields = f"{wanted[0]} clusters for {lk} tokens; using {kk}", "kv_clusters=..."
             else:
@@ -391,4 +408,5 @@ __all__ = [
     "cluster_pieces",
     "max_pieces",
     "select_clusters",
+    "split_pieces",
 ]

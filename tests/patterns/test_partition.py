@@ -132,8 +132,8 @@ def test_balanced_kv_block_size_layout_keeps_each_query_groups_own_keys():
 
 
 def test_kv_block_size_is_checked():
-    with pytest.raises(ValueError, match="needs clusters='balanced'"):
-        ds.make_config("semantic", kv_block_size=32)
+    with pytest.raises(ValueError, match="estimate='centroids' does not select"):
+        ds.make_config("semantic", clusters="separate", estimate="centroids", kv_block_size=32)
     with pytest.raises(ValueError, match="must divide block_size=128"):
         ds.make_config("semantic", clusters="balanced", block_size=128, kv_block_size=48)
     with pytest.raises(ValueError, match=r"kv_block_size=8 is out of range; allowed: \[16"):

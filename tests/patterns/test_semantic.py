@@ -560,6 +560,41 @@ def test_joint_clusters_share_one_permutation_and_keep_the_diagonal():
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("clusters", ["joint", "separate"])
+def test_kv_block_size_cuts_cluster_pieces_into_finer_key_pieces(clusters):
+    # Query pieces of at most 32 tokens, key pieces of at most 16: joint, key pieces 2i and 2i + 1 are query piece
+    # i's own tokens (its diagonal, always kept); separate, key clusters are cut at 16. top_p 1.0 is dense.
+    geometry = VideoGeometry(5, 6, 7)
+    q, k, v = clustered(2, 3, geometry.num_tokens, 16, centers=5, seed=4)
+    sem = cfg(top_p=0.3, clusters=clusters, min_kv_ratio=0.0, block_size=32, kv_block_size=16)
+    layout = SemanticPattern(sem).plan(q, k, geometry, {})
+    check_layout(layout)
+    assert layout.block_q == 32 and layout.block_kv == 16
+    qs, ks = layout.q_block_starts, layout.kv_block_starts
+    assert int((ks[..., 1:] - ks[..., :-1]).max()) == 16
+    if clusters == "joint":
+        assert ks.shape[-1] - 1 == 2 * (qs.shape[-1] - 1)
+        assert torch.equal(ks[..., ::2], qs)  # every query piece starts a pair of key pieces
+        mask = layout.to_block_mask()
+        k_sizes = ks[..., 1:] - ks[..., :-1]
+        own = (torch.arange(mask.shape[-1]) // 2).view(1, 1, 1, -1) == torch.arange(mask.shape[-2]).view(1, 1, -1, 1)
+        assert bool(mask[own & (k_sizes > 0).unsqueeze(-2)].all())
+    assert float(layout.density()) < 0.9
+    full = cfg(top_p=1.0, clusters=clusters, block_size=32, kv_block_size=16)
+    dense = SemanticPattern(full).plan(q, k, geometry, {})
+    torch.testing.assert_close(block_sparse_attention(q, k, v, dense, backend="reference"), dense_attention(q, k, v),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_min_cluster_tokens_cuts_the_cluster_count_without_a_warning(caplog):
+    geometry = VideoGeometry(5, 6, 7)  # 210 tokens
+    q, k, _ = clustered(1, 2, geometry.num_tokens, 16, centers=5, seed=4)
+    cache = {}
+    with caplog.at_level(logging.WARNING, logger="dit_sparse.patterns.semantic"):
+        SemanticPattern(cfg(clusters="joint", kv_clusters=13, min_cluster_tokens=64)).plan(q, k, geometry, cache)
+    assert cache["qk_centroids"].shape[2] == 210 // 64 and "using" not in caplog.text
+
+
 def test_centroid_estimate_needs_separate_clusters():
     with pytest.raises(ValueError, match="clusters='separate'"):
         SemanticConfig(estimate="centroids")
