@@ -23,12 +23,13 @@ kern)
   ;;
 step)
   timeout 400 python3 -m dit_sparse.eval.bench step --model wan14b-720p --layers 10 --dense-variants none \
-    --methods semantic-b64-triton,semantic-b64-fa4,semantic-b64-r2-cfg-fa4,fixed-0.25 \
+    --methods semantic-b64-triton,semantic-b64-fa4,semantic-b128k64-m256-fa4,semantic-b128k64-m512-fa4,fixed-0.25 \
     --out $OUT/step-wan14b-720p-semantic-fa4.json 2>&1 | grep -E "^wan|Error|wrote" | cut -c1-300
   ;;
 steph)
   timeout 300 python3 -m dit_sparse.eval.bench step --model hunyuan-720p --layers 15 --dense-variants none \
-    --methods semantic-b64-triton,semantic-b64-fa4,fixed-0.25 --out $OUT/step-hunyuan-720p-semantic-fa4.json 2>&1 \
+    --methods semantic-b64-triton,semantic-b128k64-m256-fa4,semantic-b128k64-m512-fa4,fixed-0.25 \
+    --out $OUT/step-hunyuan-720p-semantic-fa4.json 2>&1 \
     | grep -E "^hunyuan|Error|wrote" | cut -c1-300
   ;;
 fill)
@@ -43,7 +44,7 @@ fill)
   ;;
 tiles)
   # Query pieces of 128 tokens with key pieces of 64 (FA4's full-rate tile) against 64 / 64, by cluster count.
-  timeout 300 python3 -m dit_sparse.eval.bench kernel --shapes wan14b-720p,hunyuan-720p --layout semantic \
+  timeout 300 python3 -m dit_sparse.eval.bench kernel --shapes wan14b-720p --layout semantic \
     --semantic-rows semantic-b64,semantic-b128k64 --clusters 500,250,125 --backends fa4 --reps 5 \
     --out $OUT/kernel-semantic-tiles.json 2>&1 | grep -E "^(wan|hun)|Error|wrote" | cut -c1-330
   ;;

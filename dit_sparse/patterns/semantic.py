@@ -287,7 +287,7 @@ class SemanticPattern(Pattern):
                 fields = "q_clusters=..., kv_clusters=..."
             logger.warning(
                 "semantic: %s (at least %d tokens per cluster). Set SemanticConfig(%s) for this size to silence this.",
-                told, self.MIN_CLUSTER_TOKENS, fields,
+                told, max(cfg.min_cluster_tokens, self.MIN_CLUSTER_TOKENS), fields,
             )
             self._warned_clusters = True
         return kq, kk
