@@ -28,7 +28,7 @@ step)
   ;;
 steph)
   timeout 300 python3 -m dit_sparse.eval.bench step --model hunyuan-720p --layers 15 --dense-variants none \
-    --methods semantic-b64-triton,semantic-b128k64-m256-fa4,semantic-b128k64-m512-fa4,fixed-0.25 \
+    --methods semantic-b64-triton,semantic-b128k64-fa4,semantic-b128k64-m256-fa4,fixed-0.25 \
     --out $OUT/step-hunyuan-720p-semantic-fa4.json 2>&1 \
     | grep -E "^hunyuan|Error|wrote" | cut -c1-300
   ;;

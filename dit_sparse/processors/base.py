@@ -234,8 +234,14 @@ class SparseAttentionCore:
         # A fresh layout object per call (the valid lengths change); its index tensors are the cached ones.
         text_layout = BlockLayout(text_layout.kv_indices, text_layout.kv_counts, bs, bs, video_len, text_len,
                                   kv_valid_len=text_valid)
-        o_text, lse_text = block_sparse_attention(  # the config's engine: FA4 does not take padded text keys
-            qv, k_text, v_text, text_layout, backend=state.config.backend, return_lse=True
+        # The config's engine, unless it cannot take padded text keys (FA4's adapter): then the automatic choice, so
+        # that backend="fa4" runs the video part on FA4 instead of failing on the text part.
+        text_backend = state.config.backend
+        if text_backend != "auto" and available_backends(
+                q.device, q.dtype, q.shape[-1], text_layout.kind, (bs, bs)).get(text_backend) != "ok":
+            text_backend = "auto"
+        o_text, lse_text = block_sparse_attention(
+            qv, k_text, v_text, text_layout, backend=text_backend, return_lse=True
         )
         out_video, _ = merge_attention(o_video, lse_video, o_text, lse_text)
         out_text_rows = dispatch_attention_fn(
