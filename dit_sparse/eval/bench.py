@@ -1061,6 +1061,11 @@ def implied_e2e(family: str, full_depth: int, ratios: Dict[str, float]) -> Dict[
         if method == "draft":
             # The preset's own density first (rows at 0.25 stand in only where none was measured).
             labels = draft_row_labels(presets.get(method, {}).get("density", 0.25), refresh) + labels
+        if method == "semantic" and presets.get(method, {}).get("kv_block_size") == 64 \
+                and presets[method].get("block_size") == 128:
+            # 128-token query pieces holding 64-token key pieces (HunyuanVideo's preset): only their own rows.
+            labels = tuple(y for x in ("semantic-b128k64", "semantic-b128k64-fa4")
+                           for y in ((f"{x}-r{refresh}", x) if refresh > 1 else (x,)))
         if method == "semantic" and presets.get(method, {}).get("clusters") == "balanced":
             # Balanced groups run fixed layouts: only their own rows time them.
             labels = ((f"semantic-balanced-r{refresh}",) if refresh > 1 else ()) + ("semantic-balanced",)

@@ -59,6 +59,11 @@ class _CaptureCore:
         self.core, self.layers, self.steps, self.branches, self.store, self.dtype = (
             core, layers, steps, branches, store, dtype)
 
+    def __getattr__(self, name):
+        # Everything else the processors ask of their core (`runs_own_kernel` on CUDA, where Wan's processor builds
+        # q and k with the fused kernel when our kernels run the call) is the wrapped core's.
+        return getattr(self.core, name)
+
     def __call__(self, query, key, value, **kwargs):
         state = self.core.state
         if self.core.layer in self.layers and state.step in self.steps and state.branch in self.branches:

@@ -42,6 +42,9 @@ class _Backend:
     # an engine that reorders tokens anyway (FA4 pads cluster pieces to whole tiles) folds the layout's permutation
     # into its own gather instead of a second pass. None: the front door permutes and calls ``run``.
     run_variable: Optional[Callable] = None
+    # auto_skip(kind, blocks) -> True where the engine runs these inputs but "auto" should pick the next one (it was
+    # measured slower there). None: auto takes it wherever it runs.
+    auto_skip: Optional[Callable[[str, Optional[Tuple[int, int]]], bool]] = None
 
     def reason(self, device, dtype, head_dim: int, kind: str, blocks: Optional[Tuple[int, int]]) -> Optional[str]:
         why = self.available(device, dtype, head_dim, kind)
@@ -55,9 +58,9 @@ _AUTO_CACHE: Dict[Tuple, str] = {}
 AUTO_ORDER_CUDA = ("fa4", "triton", "flex")
 
 
-def register_backend(name: str, available, run, blocks=None, run_variable=None) -> None:
+def register_backend(name: str, available, run, blocks=None, run_variable=None, auto_skip=None) -> None:
     """Registers a kernel engine under ``name`` (used by the kernel modules of this package)."""
-    _BACKENDS[name] = _Backend(name, available, run, blocks, run_variable)
+    _BACKENDS[name] = _Backend(name, available, run, blocks, run_variable, auto_skip)
     _AUTO_CACHE.clear()
 
 
@@ -135,7 +138,8 @@ def _auto_choice(device: torch.device, dtype: torch.dtype, head_dim: int, kind: 
     if device.type == "cuda":
         for name in AUTO_ORDER_CUDA:
             be = _BACKENDS.get(name)
-            if be is not None and be.reason(device, dtype, head_dim, kind, blocks) is None:
+            if be is not None and be.reason(device, dtype, head_dim, kind, blocks) is None and not (
+                    be.auto_skip is not None and be.auto_skip(kind, blocks)):
                 return name
     return "reference"
 

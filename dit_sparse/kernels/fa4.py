@@ -196,10 +196,21 @@ def run_variable(q, k, v, layout: BlockLayout, scale: float, return_lse: bool):
     return out, lse_p.float().gather(2, tiles.q_slot)
 
 
+def auto_skip(kind: str, blocks) -> bool:
+    """Variable layouts of query pieces shorter than 128 tokens go to our Triton kernel under ``backend="auto"``:
+    FA4's 64-row query tiles run at ~435 effective TFLOP/s against ~640 for 128-row ones (random layouts, Wan-14B
+    720p, ``2026-12-03_NVIDIA-H200_kernel-semantic-fill.json``), and semantic's 64-token pieces on padded tiles were
+    no faster than Triton reading them in place (one Wan-14B 720p step 4.42 s vs 4.30 s,
+    ``...step-wan14b-720p-semantic-fa4.json``). 128-token query pieces (``block_size=128, kv_block_size=64``) run
+    FA4's full-rate tiles: one HunyuanVideo 720p step 2.64x dense against 2.35x for 64-token pieces on Triton
+    (``...step-hunyuan-720p-semantic-b128k64.json``)."""
+    return kind == "variable" and blocks is not None and blocks[0] % 128 != 0
+
+
 def _register():
     from . import register_backend
 
-    register_backend("fa4", available, run, supports_blocks, run_variable=run_variable)
+    register_backend("fa4", available, run, supports_blocks, run_variable=run_variable, auto_skip=auto_skip)
 
 
 _register()

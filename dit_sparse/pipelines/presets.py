@@ -169,7 +169,14 @@ WAN_SPARSE = {
 HUNYUAN_SPARSE = {
     "dense": {},
     "radial": {"dense_steps": 0.25, "dense_layers": 0, "decay": 0.95, "fast_dense": True},
-    "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "refresh_every": 2, "fast_dense": True},
+    # Query pieces of 128 tokens holding key pieces of 64: FlashAttention-4 runs them as whole full-rate tiles of a
+    # padded sequence (HunyuanVideo 720p's ~240-token clusters fill them): one 720p step 2.64x dense against 2.35x for
+    # 64-token pieces on Triton (15 of 60 blocks, ``2026-12-03_NVIDIA-H200_step-hunyuan-720p-semantic-b128k64.json``).
+    # On the trained small model the finer key pieces beat 128 / 128 against dense video, 33.74 vs 30.93 dB (8,640
+    # tokens, density 0.50 vs 0.46) and 33.17 vs 32.59 dB (34,560 tokens, 0.447 vs 0.442;
+    # ``quality-small-semantic-tiles.json``, ``quality-small-768p-semantic-tiles.json``).
+    "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "refresh_every": 2, "block_size": 128,
+                 "kv_block_size": 64, "fast_dense": True},
     "draft": {"dense_steps": 0.3, "dense_layers": 1, "density": 0.1, "refresh_every": 2, "fast_dense": True},
     "tile": dict(VIDEO_TILE, fast_dense=True),
 }

@@ -131,3 +131,23 @@ def test_auto_skips_an_engine_that_cannot_run_the_block_sizes(monkeypatch):
     with pytest.raises(ValueError, match="32-token query blocks"):
         kernels.resolve_backend("fa4", cuda, torch.bfloat16, 128, "fixed", (32, 32))
     assert kernels.available_backends(cuda, torch.bfloat16, 128, "fixed", (32, 32))["fa4"] == "32-token query blocks"
+
+
+def test_auto_skips_an_engine_that_asks_to_be_skipped_for_a_layout_kind(monkeypatch):
+    # An engine may run a layout yet leave it to the next one under "auto" (FA4's 64-row query pieces, measured slower
+    # than Triton reading them in place); an explicit choice still gets it.
+    from dit_sparse import kernels
+
+    def fake(name, skip):
+        return kernels._Backend(name, lambda device, dtype, head_dim, kind: None, lambda *a: None,
+                                auto_skip=skip)
+
+    monkeypatch.setattr(kernels, "_BACKENDS", {
+        "fa4": fake("fa4", lambda kind, blocks: kind == "variable" and blocks[0] % 128 != 0),
+        "triton": fake("triton", None), "reference": fake("reference", None)})
+    monkeypatch.setattr(kernels, "_AUTO_CACHE", {})
+    cuda = torch.device("cuda")
+    assert kernels._auto_choice(cuda, torch.float16, 128, "variable", (64, 64)) == "triton"
+    assert kernels._auto_choice(cuda, torch.float16, 128, "variable", (128, 64)) == "fa4"
+    assert kernels._auto_choice(cuda, torch.float16, 128, "fixed", (64, 64)) == "fa4"
+    assert kernels.resolve_backend("fa4", cuda, torch.float16, 128, "variable", (64, 64)) == "fa4"

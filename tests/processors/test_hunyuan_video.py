@@ -39,6 +39,30 @@ def test_full_radial_with_text_padding_equals_dense():
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
 
 
+def test_an_engine_without_padded_text_keys_leaves_the_text_part_to_auto(monkeypatch):
+    # backend="fa4" on HunyuanVideo ran the video part and then failed on the padded text keys (FA4's adapter takes no
+    # kv_valid_len): the text part now runs on the automatic engine. Here the reference engine plays FA4's part.
+    from dit_sparse.processors import base
+
+    real = base.available_backends
+    monkeypatch.setattr(base, "available_backends", lambda device, dtype, head_dim, kind, blocks=None: {
+        **real(device, dtype, head_dim, kind, blocks), **({"reference": "no padded keys"} if kind == "masked" else {})})
+    used = []
+    real_attention = base.block_sparse_attention
+
+    def spy(q, k, v, layout, **kw):
+        used.append((layout.kind, kw["backend"]))
+        return real_attention(q, k, v, layout, **kw)
+
+    monkeypatch.setattr(base, "block_sparse_attention", spy)
+    model = tiny_hunyuan()
+    kw = dict(batch=2, valid=(6, 2), frames=2, height=8, width=8)
+    ref = run(model, **kw)
+    ds.apply_sparse_attention(model, RadialConfig(dense_steps=0, dense_layers=0, block_size=32, backend="reference"))
+    torch.testing.assert_close(run(model, **kw), ref, atol=2e-5, rtol=1e-5)  # every block kept: exact
+    assert ("masked", "auto") in used and all(b == "reference" for kind, b in used if kind != "masked")
+
+
 def test_sparse_radial_finite_and_padding_respected():
     model = tiny_hunyuan()
     ds.apply_sparse_attention(model, RadialConfig(dense_steps=0, dense_layers=0, block_size=16, decay=0.3))
