@@ -222,6 +222,15 @@ STEP_ROW_NOTES = {
     "semantic-b64": "variable blocks <= 64 (default)", "semantic-b64-r2": "blocks <= 64, refresh_every=2",
     "semantic-b64-r2-cfg": "blocks <= 64, refresh_every=2, CFG branches share the plan (Wan's preset)",
     "draft-0.35-r4-cfg": "density 0.35, refresh_every=4, CFG branches share the plan (Wan's preset)",
+    "semantic-b64-triton": "blocks <= 64 on our Triton kernel",
+    "semantic-b64-fa4": "blocks <= 64 as whole 64-token tiles of a padded sequence on FA4",
+    "semantic-b64-r2-cfg-fa4": "blocks <= 64 on FA4's padded tiles, refresh_every=2, CFG branches share the plan",
+    "semantic-b128k64": "query pieces <= 128, key pieces <= 64 (HunyuanVideo's preset)",
+    "semantic-b128k64-triton": "query pieces <= 128, key pieces <= 64, on our Triton kernel",
+    "semantic-b128k64-fa4": "query pieces <= 128, key pieces <= 64, on FA4's padded tiles (HunyuanVideo's preset)",
+    "semantic-b128k64-m256-fa4": "query pieces <= 128, key pieces <= 64, clusters of >= 256 tokens on average, FA4",
+    "semantic-b128k64-m512-fa4": "query pieces <= 128, key pieces <= 64, clusters of >= 512 tokens on average, FA4",
+    "semantic-b64-m256-fa4": "blocks <= 64, clusters of >= 256 tokens on average, FA4",
     "semantic-round": "blocks <= 64, cluster sizes rounded to blocks (tried, reverted: commit e12ac38)",
     "semantic-b32": "variable blocks <= 32",
     "semantic-balanced": "balanced groups of 128 tokens as fixed blocks",
@@ -672,6 +681,36 @@ def schedule_tradeoff_section(results: List[dict], results_dir: str, model: str 
     return "\n".join(lines)
 
 
+# The quality runs of semantic's piece shapes and cluster sizes on the trained small model, at its native size and at
+# 4x the tokens (`bench/gpu_session15.sh qualc` and the 768p run of the session-15 note).
+SEMANTIC_PIECE_RUNS = ("quality-small-semantic-tiles.json", "quality-small-768p-semantic-tiles.json")
+
+
+def semantic_pieces_section(results_dir: str) -> str:
+    """Semantic's rows of each `SEMANTIC_PIECE_RUNS` file side by side: PSNR against dense video (density), with the
+    piece shape and cluster count each row ran."""
+    runs = [(name, _read_json(os.path.join(results_dir, name))) for name in SEMANTIC_PIECE_RUNS]
+    runs = [(name, run) for name, run in runs if run]
+    if not runs:
+        return "_no semantic piece runs yet_"
+    labels = list(dict.fromkeys(label for _, run in runs for label in run["results"] if label != "dense"))
+    head = " | ".join(f"{_size_line('small', run.get('settings'))}, {len(run.get('prompts') or [])} prompt(s): PSNR "
+                      f"(density), `{name}`" for name, run in runs)
+    lines = [f"| row | query / key pieces, clusters | {head} |", "|---" * (2 + len(runs)) + "|"]
+    for label in labels:
+        cfg = next((run["results"][label].get("config") for _, run in runs if label in run["results"]), {}) or {}
+        kv_block = cfg.get("kv_block_size") or cfg.get("block_size")
+        shape = f"<= {cfg.get('block_size')} / <= {kv_block}, " + (
+            f"at most {cfg.get('kv_clusters')} clusters of >= {cfg['min_cluster_tokens']} tokens on average"
+            if cfg.get("min_cluster_tokens", 16) > 16 else f"{cfg.get('kv_clusters')} clusters")
+        cells = []
+        for _, run in runs:
+            row = run["results"].get(label)
+            cells.append(f"{row['psnr']:.2f} dB ({row['density']:.2f})" if row and "psnr" in row else "—")
+        lines.append(f"| {'preset' if label == 'semantic' else label} | {shape} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def replace_section(text: str, name: str, body: str) -> str:
     begin, end = f"<!-- BEGIN:{name} -->", f"<!-- END:{name} -->"
     block = f"{begin}\n{body.rstrip()}\n{end}"
@@ -690,6 +729,7 @@ def update_readme(readme: str, results_dir: str, docs: str) -> Dict[str, str]:
                 "step": step_table(results),
                 "radial": radial_table(), "fidelity": fidelity_section(results_dir),
                 "quality": trained_quality_section(results_dir),
+                "semantic-pieces": semantic_pieces_section(results_dir),
                 "schedule-tradeoff": schedule_tradeoff_section(results, results_dir)}
     img = plot_kernel_speed(results, os.path.join(docs, "kernel_speed.png"))
     if img:

@@ -172,6 +172,45 @@ def test_bench_kernel_tile_layout_and_its_yardstick(tmp_path):
     assert bench.sampled_reference_error(q, k, v, tile, right.flip(2)) > 0.1
 
 
+def test_bench_kernel_semantic_layout_records_its_tile_work(tmp_path):
+    """`--layout semantic`: a plan per (row, cluster count) and random yardsticks of the first one's density, each
+    checked against the reference; the piece rows say what whole tiles cost them (tile_density >= density)."""
+    from dit_sparse.eval import bench
+
+    args = bench.build_parser().parse_args(["kernel", "--shapes", "tiny", "--backends", "reference", "--layout",
+                                            "semantic", "--semantic-rows", "semantic-b64,semantic-b128k64",
+                                            "--clusters", "40,10", "--reps", "1", "--out", str(tmp_path / "k.json")])
+    data = bench.bench_kernel(args)
+    rows = data["results"]["tiny"]["sparse"]["reference"]
+    assert data["benchmark"] == "kernel-semantic"
+    assert list(rows)[:4] == ["semantic-b64-k40", "semantic-b64-k10", "semantic-b128k64-k40", "semantic-b128k64-k10"]
+    for label in list(rows)[:4]:
+        row = rows[label]
+        assert row["ok"] and row["tile_density"] >= row["density"] > 0 and 0 < row["key_piece_fill"] <= 1
+    # Larger clusters fill the tiles better.
+    assert rows["semantic-b64-k10"]["key_piece_fill"] > rows["semantic-b64-k40"]["key_piece_fill"]
+    assert [label.split("-")[0] for label in list(rows)[4:]] == ["random", "random64"]
+
+
+def test_semantic_pieces_section_reads_what_each_row_ran(tmp_path):
+    def run(rows, height):
+        return {"prompts": ["a"], "settings": {"height": height, "width": height * 5 // 3, "frames": 33, "steps": 20},
+                "results": {"dense": {"seconds": 1.0}, **rows}}
+
+    def row(psnr, **cfg):
+        return {"psnr": psnr, "density": 0.5, "config": {"block_size": 128, "kv_clusters": 256, **cfg}}
+
+    small, large = report.SEMANTIC_PIECE_RUNS
+    (tmp_path / small).write_text(json.dumps(run({"semantic": row(30.9), "m256": row(24.6, kv_block_size=64,
+                                                                                     min_cluster_tokens=256)}, 384)))
+    (tmp_path / large).write_text(json.dumps(run({"semantic": row(32.6)}, 768)))
+    table = report.semantic_pieces_section(str(tmp_path))
+    assert "8,640 tokens" in table and "34,560 tokens" in table
+    assert "| preset | <= 128 / <= 128, 256 clusters | 30.90 dB (0.50) | 32.60 dB (0.50) |" in table
+    assert "| m256 | <= 128 / <= 64, at most 256 clusters of >= 256 tokens on average | 24.60 dB (0.50) | — |" in table
+    assert report.semantic_pieces_section(str(tmp_path / "none")).startswith("_no semantic")
+
+
 SAMPLE_KERNEL = {
     "benchmark": "kernel", "commit": "abc", "block_size": 128, "command": "python -m dit_sparse.eval.bench kernel",
     "env": {"device": "NVIDIA H100"},

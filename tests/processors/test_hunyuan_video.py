@@ -45,8 +45,12 @@ def test_an_engine_without_padded_text_keys_leaves_the_text_part_to_auto(monkeyp
     from dit_sparse.processors import base
 
     real = base.available_backends
-    monkeypatch.setattr(base, "available_backends", lambda device, dtype, head_dim, kind, blocks=None: {
-        **real(device, dtype, head_dim, kind, blocks), **({"reference": "no padded keys"} if kind == "masked" else {})})
+
+    def available(device, dtype, head_dim, kind, blocks=None):
+        return {**real(device, dtype, head_dim, kind, blocks),
+                **({"reference": "no padded keys"} if kind == "masked" else {})}
+
+    monkeypatch.setattr(base, "available_backends", available)
     used = []
     real_attention = base.block_sparse_attention
 
