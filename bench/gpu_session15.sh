@@ -7,6 +7,7 @@
 #   fill:  the padded work of semantic's pieces as whole tiles, by cluster count, random and photographic q/k.
 #   tiles: 128-token query pieces with 64-token key pieces against 64 / 64, by cluster count (FA4).
 #   qualc: those piece shapes and cluster sizes on the trained small model: oracle gain and video PSNR vs dense.
+#   qual768: qualc's video PSNR at 768x1280 (34,560 tokens).
 #   step:  one denoising step at Wan-14B 720p (10 blocks): semantic-b64 on Triton and FA4, at the preset's schedule
 #          (planned every other step, shared by the CFG branches) on FA4, and the fixed 0.25 yardstick.
 #   steph: the same at HunyuanVideo 720p (15 of 60 blocks).
@@ -58,5 +59,13 @@ qualc)
   timeout 380 python3 -m dit_sparse.eval.quality --model small --device cuda --dtype bfloat16 --prompts 2 --steps 20 \
     --densities '' --no-random --methods semantic --variants "$v" --out $OUT/quality-small-semantic-tiles.json 2>&1 \
     | grep -vE "^ *$|Warning|warn" | tail -12
+  ;;
+qual768)
+  # The same at 4x the tokens (768x1280, 34,560): the cluster sizes of Wan-14B 720p are closer (run inline in the
+  # session; its JSON's command field is this command).
+  v='{"b128/64": {"method": "semantic", "block_size": 128, "kv_block_size": 64}, "b128/64 m256": {"method": "semantic", "block_size": 128, "kv_block_size": 64, "min_cluster_tokens": 256}, "b128/64 m512": {"method": "semantic", "block_size": 128, "kv_block_size": 64, "min_cluster_tokens": 512}}'
+  timeout 330 python3 -m dit_sparse.eval.quality --model small --device cuda --dtype bfloat16 --prompts 1 --steps 20 \
+    --height 768 --width 1280 --densities '' --no-random --methods semantic --variants "$v" \
+    --out $OUT/quality-small-768p-semantic-tiles.json 2>&1 | grep -vE "^ *$|Warning|warn" | tail -12
   ;;
 esac
