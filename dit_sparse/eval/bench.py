@@ -1111,6 +1111,7 @@ STEP_METHODS = {
     # least 256 / 512 tokens on average, fewer pieces run short (their tiles partly empty).
     "semantic-b128k64": ("semantic", {"top_p": 0.3, "block_size": 128, "kv_block_size": 64}),
     "semantic-b128k64-fa4": ("semantic", {"top_p": 0.3, "block_size": 128, "kv_block_size": 64, "backend": "fa4"}),
+    "semantic-b128k64-r2": ("semantic", {"top_p": 0.3, "block_size": 128, "kv_block_size": 64, "refresh_every": 2}),
     "semantic-b128k64-triton": ("semantic", {"top_p": 0.3, "block_size": 128, "kv_block_size": 64,
                                              "backend": "triton"}),
     "semantic-b128k64-m256-fa4": ("semantic", {"top_p": 0.3, "block_size": 128, "kv_block_size": 64,

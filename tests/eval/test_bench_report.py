@@ -523,6 +523,12 @@ def test_implied_e2e_takes_semantics_default_blocks_at_the_presets_period():
     assert implied_e2e("wan", 30, ratios)["draft"]["row"] == "draft-0.35-r4-cfg"
     assert implied_e2e("hunyuan_video", 60, {"draft-0.1-r2": 4.0, "draft-0.1-r2-cfg": 9.0})["draft"]["row"] == (
         "draft-0.1-r2")
+    # HunyuanVideo's preset runs 128-token query pieces with 64-token key pieces: only those rows time it.
+    hunyuan = {"semantic-b64-r2": 2.4, "semantic-b64": 2.35, "semantic-b128k64-fa4": 2.64}
+    assert implied_e2e("hunyuan_video", 60, hunyuan)["semantic"]["row"] == "semantic-b128k64-fa4"
+    assert implied_e2e("hunyuan_video", 60, {**hunyuan, "semantic-b128k64-r2": 2.8})["semantic"]["row"] == (
+        "semantic-b128k64-r2")
+    assert "semantic" not in implied_e2e("hunyuan_video", 60, {"semantic-b64": 2.35})
 
 
 def test_implied_e2e_times_fast_dense_steps_by_the_fa4_full_row(monkeypatch):
