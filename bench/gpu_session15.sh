@@ -68,4 +68,14 @@ qual768)
     --height 768 --width 1280 --densities '' --no-random --methods semantic --variants "$v" \
     --out $OUT/quality-small-768p-semantic-tiles.json 2>&1 | grep -vE "^ *$|Warning|warn" | tail -12
   ;;
+next)
+  # Not run (no device time left): Wan-1.3B 480p with 128/64 pieces against its 64-token preset shape, and
+  # HunyuanVideo's preset at its refresh period.
+  timeout 250 python3 -m dit_sparse.eval.bench step --model wan1.3b-480p --dense-variants none \
+    --methods semantic-b64,semantic-b128k64,semantic-b128k64-fa4,fixed-0.25 \
+    --out $OUT/step-wan1.3b-480p-semantic-b128k64.json 2>&1 | grep -E "^wan|Error|wrote" | cut -c1-300
+  timeout 250 python3 -m dit_sparse.eval.bench step --model hunyuan-720p --layers 15 --dense-variants none \
+    --methods semantic-b128k64,semantic-b128k64-r2,fixed-0.25 --out $OUT/step-hunyuan-720p-semantic-b128k64-r2.json \
+    2>&1 | grep -E "^hunyuan|Error|wrote" | cut -c1-300
+  ;;
 esac
