@@ -91,3 +91,23 @@ def test_padded_tiles_compute_the_variable_layout(lq, sizes_q, sizes_k, tile, pe
     torch.testing.assert_close(got_lse, want_lse, atol=2e-5, rtol=2e-5)
     # Both kinds of tile occur in these layouts (the split is exercised).
     assert int(pt.full_counts.sum()) > 0 and int(pt.partial_counts.sum()) > 0
+
+
+def test_padded_tiles_with_fixed_query_blocks_and_no_permutation():
+    # Query blocks of the fixed grid (the last one ragged), variable key pieces, tokens in their own order.
+    torch.manual_seed(0)
+    lq, tile = 150, 32
+    q, k, v = (torch.randn(B, H, lq, D) for _ in range(3))
+    ks = _starts((32, 7, 20), lq)
+    nq, nk = -(-lq // tile), ks.shape[-1] - 1
+    g = torch.Generator().manual_seed(3)
+    mask = (torch.rand(B, H, nq, nk, generator=g) < 0.5) & (ks[0, 0, 1:] > ks[0, 0, :-1])
+    layout = BlockLayout.from_block_mask(mask, tile, tile, lq, lq, kv_block_starts=ks)
+    pt = pad_to_tiles(layout, B, H)
+    assert bool((pt.q_src.gather(2, pt.q_slot) == torch.arange(lq)).all())
+    want, want_lse = block_sparse_attention(q, k, v, layout, backend="reference", return_lse=True)
+    got, got_lse = _padded_attention(q, k, v, pt, 1.0 / math.sqrt(D))
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+    finite = torch.isfinite(want_lse)
+    assert torch.equal(torch.isfinite(got_lse), finite)
+    torch.testing.assert_close(got_lse[finite], want_lse[finite], atol=2e-5, rtol=2e-5)
