@@ -399,10 +399,10 @@ def pad_to_tiles(layout: "BlockLayout", batch: int, heads: int) -> PaddedTiles:
         valid = layout.kv_valid_len.long().view(-1, 1, 1).expand(batch, 1, 1)
         key_ok = key_ok & (kv_pos.expand(batch, heads, -1) < valid)
     tile_partial = ~key_ok.reshape(batch, heads, nk, tk).all(-1)
-    idx = layout.kv_indices.expand(batch, heads, -1, -1)
+    idx = layout.kv_indices.expand(batch, heads, -1, -1).to(torch.int32)
     listed = torch.arange(idx.shape[-1], device=device) < layout.kv_counts.expand(batch, heads, -1).unsqueeze(-1)
     partial = tile_partial.gather(-1, idx.long().flatten(2)).view_as(idx)
-    full_idx, full_cnt = _compact_lists(idx.to(torch.int32), listed & ~partial)
-    part_idx, part_cnt = _compact_lists(idx.to(torch.int32), listed & partial)
+    full_idx, full_cnt = _compact_lists(idx, listed & ~partial)
+    part_idx, part_cnt = _compact_lists(idx, listed & partial)
     return PaddedTiles(q_src.contiguous(), kv_src.contiguous(), q_slot[..., :lq].contiguous(),
                        key_ok.to(torch.int32).contiguous(), full_idx, full_cnt, part_idx, part_cnt, tq, tk)

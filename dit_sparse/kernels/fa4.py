@@ -102,13 +102,17 @@ def fa4_block_sparse_fwd(
     return [out, lse.float()]
 
 
-@fa4_block_sparse_fwd.register_fake
-def _(q, k, v, counts, indices, block_q, block_kv, scale):
+def _fake_outputs(q: torch.Tensor, v: torch.Tensor) -> List[torch.Tensor]:
+    """What FA4 returns for q (B, H, L, D): out in (B, L, H, D) memory as its (B, H, L, D) view, and float32 lse."""
     b, h, lq, _ = q.shape
     dv = v.shape[-1]
-    # FA4 writes (B, L, H, D) memory; the op returns its (B, H, L, D) view.
     out = torch.empty_strided((b, h, lq, dv), (lq * h * dv, dv, h * dv, 1), dtype=q.dtype, device=q.device)
     return [out, q.new_empty((b, h, lq), dtype=torch.float32)]
+
+
+@fa4_block_sparse_fwd.register_fake
+def _(q, k, v, counts, indices, block_q, block_kv, scale):
+    return _fake_outputs(q, v)
 
 
 def run(q, k, v, layout: BlockLayout, scale: float, return_lse: bool):
@@ -159,10 +163,7 @@ def fa4_padded_tiles_fwd(
 
 @fa4_padded_tiles_fwd.register_fake
 def _(qp, kp, vp, full_cnt, full_idx, part_cnt, part_idx, key_ok, tile_q, tile_kv, scale):
-    b, h, lq, _ = qp.shape
-    dv = vp.shape[-1]
-    out = torch.empty_strided((b, h, lq, dv), (lq * h * dv, dv, h * dv, 1), dtype=qp.dtype, device=qp.device)
-    return [out, qp.new_empty((b, h, lq), dtype=torch.float32)]
+    return _fake_outputs(qp, vp)
 
 
 def _slots_gather(x: torch.Tensor, src: torch.Tensor) -> torch.Tensor:

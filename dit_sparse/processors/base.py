@@ -41,15 +41,17 @@ def merge_attention(o1: torch.Tensor, lse1: torch.Tensor, o2: torch.Tensor, lse2
 
 
 @torch.compiler.assume_constant_result
-def _fa4_runs_dense(device: torch.device, dtype: torch.dtype, head_dim: int, block: int) -> bool:
-    """Whether FlashAttention-4 runs dense calls of this kind (``fast_dense``): asked once per kind. A constant to
+def _engine_runs(name: str, device: torch.device, dtype: torch.dtype, head_dim: int, kind: str, block: int) -> bool:
+    """Whether engine ``name`` runs layouts of this kind and block (FlashAttention-4 for ``fast_dense``'s dense
+    calls; the config's engine for padded text keys): asked once per kind, not per call. A constant to
     torch.compile: a memo dict read inside the graph would be guarded on and recompile the block once it fills."""
-    return _fa4_runs_dense_cached(device, dtype, head_dim, block)
+    return _engine_runs_cached(name, device, dtype, head_dim, kind, block)
 
 
-@functools.lru_cache(maxsize=16)
-def _fa4_runs_dense_cached(device: torch.device, dtype: torch.dtype, head_dim: int, block: int) -> bool:
-    return available_backends(device, dtype, head_dim, "fixed", (block, block))["fa4"] == "ok"
+@functools.lru_cache(maxsize=32)
+def _engine_runs_cached(name: str, device: torch.device, dtype: torch.dtype, head_dim: int, kind: str,
+                        block: int) -> bool:
+    return available_backends(device, dtype, head_dim, kind, (block, block)).get(name) == "ok"
 
 
 @functools.lru_cache(maxsize=16)
@@ -237,8 +239,8 @@ class SparseAttentionCore:
         # The config's engine, unless it cannot take padded text keys (FA4's adapter): then the automatic choice, so
         # that backend="fa4" runs the video part on FA4 instead of failing on the text part.
         text_backend = state.config.backend
-        if text_backend != "auto" and available_backends(
-                q.device, q.dtype, q.shape[-1], text_layout.kind, (bs, bs)).get(text_backend) != "ok":
+        if text_backend != "auto" and not _engine_runs(text_backend, q.device, q.dtype, q.shape[-1], text_layout.kind,
+                                                       bs):
             text_backend = "auto"
         o_text, lse_text = block_sparse_attention(
             qv, k_text, v_text, text_layout, backend=text_backend, return_lse=True
@@ -272,7 +274,7 @@ class SparseAttentionCore:
             return True
         if not state.config.fast_dense:
             return False
-        return _fa4_runs_dense(query.device, query.dtype, query.shape[-1], state.config.block_size)
+        return _engine_runs("fa4", query.device, query.dtype, query.shape[-1], "fixed", state.config.block_size)
 
     def _keep(self, qv: torch.Tensor, kv: torch.Tensor) -> bool:
         """Whether a later call reads this call's layout: a later step (``refresh_every`` > 1), an inspection, or,

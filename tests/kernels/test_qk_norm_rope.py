@@ -126,7 +126,7 @@ def test_wan_fast_dense_steps_fuse_only_where_fa4_runs_them(interpreted, monkeyp
     with torch.no_grad():
         ref = model(**wan_inputs(**kw))[0]
     config = RadialConfig(dense_steps=1, dense_layers=0, block_size=32, fast_dense=True)
-    monkeypatch.setattr(base, "_fa4_runs_dense_cached", functools.lru_cache(base._fa4_runs_dense_cached.__wrapped__))
+    monkeypatch.setattr(base, "_engine_runs_cached", functools.lru_cache(base._engine_runs_cached.__wrapped__))
     ds.apply_sparse_attention(model, config)  # no FA4 on this machine: Diffusers' attention, stock q and k
     with torch.no_grad():
         assert torch.equal(model(**wan_inputs(**kw))[0], ref)
@@ -136,7 +136,7 @@ def test_wan_fast_dense_steps_fuse_only_where_fa4_runs_them(interpreted, monkeyp
     backends = dict(kernels._BACKENDS, fa4=kernels._Backend("fa4", lambda *a: None, reference_run))
     monkeypatch.setattr(kernels, "_BACKENDS", backends)
     monkeypatch.setattr(kernels, "_AUTO_CACHE", {})
-    monkeypatch.setattr(base, "_fa4_runs_dense_cached", functools.lru_cache(base._fa4_runs_dense_cached.__wrapped__))
+    monkeypatch.setattr(base, "_engine_runs_cached", functools.lru_cache(base._engine_runs_cached.__wrapped__))
     ds.apply_sparse_attention(model, config)
     with torch.no_grad():
         out = model(**wan_inputs(**kw))[0]

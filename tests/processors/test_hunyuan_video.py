@@ -51,6 +51,7 @@ def test_an_engine_without_padded_text_keys_leaves_the_text_part_to_auto(monkeyp
                 **({"reference": "no padded keys"} if kind == "masked" else {})}
 
     monkeypatch.setattr(base, "available_backends", available)
+    monkeypatch.setattr(base, "_engine_runs_cached", functools.lru_cache(base._engine_runs_cached.__wrapped__))
     used = []
     real_attention = base.block_sparse_attention
 
@@ -95,7 +96,7 @@ def test_fast_dense_runs_dense_steps_on_fa4_where_it_can(monkeypatch):
     ref = run(model, **kw)
     config = RadialConfig(dense_steps=1, dense_layers=0, block_size=32, fast_dense=True)
 
-    monkeypatch.setattr(base, "_fa4_runs_dense_cached", functools.lru_cache(base._fa4_runs_dense_cached.__wrapped__))
+    monkeypatch.setattr(base, "_engine_runs_cached", functools.lru_cache(base._engine_runs_cached.__wrapped__))
     ds.apply_sparse_attention(model, config)  # no FA4 on this machine: Diffusers' attention
     assert torch.equal(run(model, **kw), ref) and ds.summary(model)["dense_calls"] == 4
     ds.remove_sparse_attention(model)
@@ -109,7 +110,7 @@ def test_fast_dense_runs_dense_steps_on_fa4_where_it_can(monkeypatch):
     backends = dict(kernels._BACKENDS, fa4=kernels._Backend("fa4", lambda *a: None, fa4_run))
     monkeypatch.setattr(kernels, "_BACKENDS", backends)
     monkeypatch.setattr(kernels, "_AUTO_CACHE", {})
-    monkeypatch.setattr(base, "_fa4_runs_dense_cached", functools.lru_cache(base._fa4_runs_dense_cached.__wrapped__))
+    monkeypatch.setattr(base, "_engine_runs_cached", functools.lru_cache(base._engine_runs_cached.__wrapped__))
     ds.apply_sparse_attention(model, config)
     out = run(model, **kw)
     # The 4 blocks' video rows on "FA4" with every block listed; the padded text keys on the config's engine.
