@@ -301,8 +301,10 @@ class SemanticConfig(SparseConfig):
         _check_range("min_kv_ratio", self.min_kv_ratio, 0.0, 1.0)
         _check_int("kmeans_iters", self.kmeans_iters, 1)
         _check_int("warm_iters", self.warm_iters, 0)
-        if self.clusters not in ("joint", "separate", "balanced"):
-            raise ValueError(f"clusters={self.clusters!r} is not known; allowed: 'joint', 'separate', 'balanced'")
+        if self.clusters not in ("joint", "separate", "balanced", "rounded"):
+            raise ValueError(
+                f"clusters={self.clusters!r} is not known; allowed: 'joint', 'separate', 'balanced', 'rounded'"
+            )
         if self.estimate not in ("blocks", "pooled", "centroids"):
             raise ValueError(f"estimate={self.estimate!r} is not known; allowed: 'blocks', 'pooled', 'centroids'")
         if self.estimate == "centroids" and self.clusters != "separate":

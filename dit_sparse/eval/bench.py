@@ -1066,9 +1066,10 @@ def implied_e2e(family: str, full_depth: int, ratios: Dict[str, float]) -> Dict[
             # 128-token query pieces holding 64-token key pieces (HunyuanVideo's preset): only their own rows.
             labels = tuple(y for x in ("semantic-b128k64", "semantic-b128k64-fa4")
                            for y in ((f"{x}-r{refresh}", x) if refresh > 1 else (x,)))
-        if method == "semantic" and presets.get(method, {}).get("clusters") == "balanced":
-            # Balanced groups run fixed layouts: only their own rows time them.
-            labels = ((f"semantic-balanced-r{refresh}",) if refresh > 1 else ()) + ("semantic-balanced",)
+        if method == "semantic" and presets.get(method, {}).get("clusters") in ("balanced", "rounded"):
+            # Balanced groups and rounded clusters run fixed layouts: only their own rows time them.
+            row = f"semantic-{presets[method]['clusters']}"
+            labels = ((f"{row}-r{refresh}",) if refresh > 1 else ()) + (row,)
         if presets.get(method, {}).get("share_cfg_layouts"):
             # The row whose CFG branches share the preset row's plan (the "-cfg" rows), where measured.
             labels = (f"{labels[0]}-cfg",) + labels
@@ -1128,6 +1129,12 @@ STEP_METHODS = {
                                           "refresh_every": 2}),
     "semantic-balanced-r4": ("semantic", {"top_p": 0.3, "clusters": "balanced", "block_size": 128,
                                           "refresh_every": 4}),
+    # k-means clusters (joint) resized to whole 128-token blocks (`kmeans.whole_block_order`): fixed layouts, FA4.
+    "semantic-rounded": ("semantic", {"top_p": 0.3, "clusters": "rounded", "block_size": 128}),
+    "semantic-rounded-r2": ("semantic", {"top_p": 0.3, "clusters": "rounded", "block_size": 128,
+                                         "refresh_every": 2}),
+    "semantic-rounded-k64": ("semantic", {"top_p": 0.3, "clusters": "rounded", "block_size": 128,
+                                          "kv_block_size": 64}),
     "fixed-0.25": ("fixed", {"density": 0.25}),
     # The step ratio at other densities (the presets trade density against dense steps for the same quality).
     "fixed-0.35": ("fixed", {"density": 0.35}),

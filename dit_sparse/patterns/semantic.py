@@ -61,7 +61,7 @@ from ..geometry import VideoGeometry
 from ..layout import BlockLayout, block_sizes, cdiv, pack_block_mask, whole_blocks_first
 from .base import Pattern, compiled_planning
 from .block_mass import block_mass_estimate, pooled_block_mass, top_p_block_lists
-from .kmeans import batched_kmeans, cluster_order
+from .kmeans import batched_kmeans, cluster_order, whole_block_order
 from .partition import balanced_partition
 
 logger = logging.getLogger(__name__)
@@ -221,8 +221,8 @@ class SemanticPattern(Pattern):
     ):
         super().__init__(config)
         self.fixed_blocks = config.fixed_blocks if fixed_blocks is None else bool(fixed_blocks)
-        # Balanced groups are whole blocks by construction: their layout is always a fixed-block one.
-        self.fixed_blocks = self.fixed_blocks or config.clusters == "balanced"
+        # Balanced groups and rounded clusters are whole blocks by construction: their layout is a fixed-block one.
+        self.fixed_blocks = self.fixed_blocks or config.clusters in ("balanced", "rounded")
         self.static_kmax = config.static_kmax if static_kmax is None else bool(static_kmax)
         self._warned_clusters = False
 
@@ -272,7 +272,8 @@ class SemanticPattern(Pattern):
         cluster per ``min_cluster_tokens`` tokens, with a warning the first time they are cut below
         ``MIN_CLUSTER_TOKENS`` tokens per cluster)."""
         cfg = self.config
-        joint = cfg.clusters == "joint"  # one clustering of the tokens: kv_clusters clusters, q_clusters unused
+        # One clustering of the tokens: kv_clusters clusters, q_clusters unused.
+        joint = cfg.clusters in ("joint", "rounded")
         wanted = (cfg.kv_clusters,) * 2 if joint else (cfg.q_clusters, cfg.kv_clusters)
         lengths = (min(lq, lk),) * 2 if joint else (lq, lk)
         kq, kk = (min(w, max(1, n // cfg.min_cluster_tokens)) for w, n in zip(wanted, lengths))
@@ -318,12 +319,22 @@ class SemanticPattern(Pattern):
             perm = perm.view(b, h, lq)
             return self._layout(fields, b, h, lq, lk, perm, perm)
         kq, kk = self.cluster_counts(lq, lk)
+        if cfg.clusters in ("joint", "rounded") and lq != lk:
+            raise ValueError(
+                f"SemanticConfig(clusters={cfg.clusters!r}) clusters queries and keys together and needs as many of "
+                f"each, got {lq} and {lk}; use clusters='separate'"
+            )
+        if cfg.clusters == "rounded":
+            # Joint k-means, then every cluster resized to whole blocks (the nearest clusters take the tokens a
+            # rounded-down cluster gives up): each block holds one cluster's tokens, so the fixed layout over this
+            # order computes exactly the selected block pairs and FlashAttention-4 runs full tiles.
+            _, centroids, counts = self.cluster((q, k), kk, cache, "qk")
+            points = (q.reshape(n, lq, d), k.reshape(n, lk, d))
+            perm = whole_block_order(points, centroids.view(n, kk, 2 * d), counts.view(n, kk), cfg.block_size)
+            fields = self._block_layout(*points, perm, perm, None, None, diagonal=True)
+            perm = perm.view(b, h, lq)
+            return self._layout(fields, b, h, lq, lk, perm, perm)
         if cfg.clusters == "joint":
-            if lq != lk:
-                raise ValueError(
-                    f"SemanticConfig(clusters='joint') clusters queries and keys together and needs as many of each, "
-                    f"got {lq} and {lk}; use clusters='separate'"
-                )
             # One k-means on [q, k] per token: one permutation for both sides, so block i of the queries and block i
             # of the keys are the same tokens and the diagonal (a token's own key, the most attended when q ~ k) is
             # always kept. Separate q and k clusters lose it: on photographic attention a query's own neighbourhood

@@ -1,0 +1,34 @@
+# Session 16 (issue #13): k-means clusters resized to whole 128-token blocks (SemanticConfig(clusters="rounded")),
+# whose layouts are fixed ones that FlashAttention-4 runs at its full rate. After staging .gpu/p1 and finishing
+# .gpu/p2 (see bench/gpu_session4.sh); `qual` needs dit_sparse/pipelines/small_model in the tree (a warm call).
+#   qual:  the trained small model at 768x1280 (34,560 tokens; 256 clusters of ~135 tokens, as Wan-14B 720p's 500 of
+#          ~151): video PSNR vs dense of rounded clusters against the 128/64 cluster pieces.
+#   step:  one denoising step at Wan-14B 720p (10 blocks) and HunyuanVideo 720p (15 blocks): rounded against the
+#          presets' piece shapes and the fixed 0.25 yardstick.
+#   kern:  one attention call at Wan-14B 720p: the rounded layout against random blocks of its density.
+#   next:  session 15's unrun part (Wan-1.3B 128/64 pieces; HunyuanVideo's preset at refresh_every=2).
+export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
+case "${1:-qual}" in
+qual)
+  v='{"b128/64": {"method": "semantic", "block_size": 128, "kv_block_size": 64}, "rounded 128": {"method": "semantic", "clusters": "rounded", "block_size": 128}, "rounded 128/64": {"method": "semantic", "clusters": "rounded", "block_size": 128, "kv_block_size": 64}, "rounded 64": {"method": "semantic", "clusters": "rounded", "block_size": 64}}'
+  timeout 400 python3 -m dit_sparse.eval.quality --model small --device cuda --dtype bfloat16 --prompts 1 --steps 20 \
+    --height 768 --width 1280 --densities '' --no-random --methods semantic --variants "$v" \
+    --out $OUT/quality-small-768p-semantic-rounded.json 2>&1 | grep -vE "^ *$|Warning|warn" | tail -12
+  ;;
+step)
+  timeout 330 python3 -m dit_sparse.eval.bench step --model wan14b-720p --layers 10 --dense-variants none \
+    --methods semantic-rounded,semantic-rounded-k64,semantic-b64,fixed-0.25 \
+    --out $OUT/step-wan14b-720p-semantic-rounded.json 2>&1 | grep -E "^wan|Error|wrote" | cut -c1-300
+  timeout 250 python3 -m dit_sparse.eval.bench step --model hunyuan-720p --layers 15 --dense-variants none \
+    --methods semantic-rounded,semantic-b128k64-fa4,fixed-0.25 --out $OUT/step-hunyuan-720p-semantic-rounded.json \
+    2>&1 | grep -E "^hunyuan|Error|wrote" | cut -c1-300
+  ;;
+kern)
+  timeout 200 python3 -m dit_sparse.eval.bench kernel --shapes wan14b-720p --layout semantic \
+    --semantic-rows semantic-rounded,semantic-b128k64 --clusters 500 --backends fa4 --reps 5 \
+    --out $OUT/kernel-semantic-rounded.json 2>&1 | grep -E "^(wan|hun)|Error|wrote" | cut -c1-330
+  ;;
+next)
+  bash bench/gpu_session15.sh next
+  ;;
+esac
