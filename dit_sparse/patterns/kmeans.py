@@ -389,21 +389,23 @@ def batched_kmeans(
 ROUND_CANDIDATES = 4
 
 
-def _nearest_clusters(xc: torch.Tensor, centred: torch.Tensor, r: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The ``r`` nearest centroids of every centred point xc [N, L, D] (centred centroids [N, K, D]), nearest first,
-    and their squared distances: int64 and float32 [N, L, r]. (The assignment drops ``||x||^2``, a constant per
-    point; here distances of different points to one cluster are compared, so it is added back.)"""
-    dtype = _compute_dtype(xc)
-    xm, cm = xc.to(dtype), centred.to(dtype)
+def _nearest_clusters(parts, mean: torch.Tensor, centred: torch.Tensor, r: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The ``r`` nearest centroids of every point (``parts`` as in `batched_kmeans`, centred by ``mean`` [N, D];
+    centred centroids [N, K, D]), nearest first, and their squared distances: int64 and float32 [N, L, r]. Chunk by
+    chunk, in half precision on the GPU like the assignment. (The assignment drops ``||x||^2``, a constant per point;
+    here distances of different points to one cluster are compared, so it is added back.)"""
+    dtype = _compute_dtype(parts[0])
+    cm = centred.to(dtype)
     c_norm = (centred.float() ** 2).sum(-1).to(dtype).unsqueeze(1)
-    n, length, _ = xc.shape
+    n, length = parts[0].shape[:2]
     k = centred.shape[1]
     chunk = max(1, _ASSIGN_CHUNK_ELEMENTS // max(1, n * k))
     dists, idxs = [], []
     for s in range(0, length, chunk):
-        dist = torch.baddbmm(c_norm, xm[:, s : s + chunk], cm.transpose(1, 2), alpha=-2.0)
+        xc = _joined(tuple(p[:, s : s + chunk] for p in parts)).float() - mean.unsqueeze(1)
+        dist = torch.baddbmm(c_norm, xc.to(dtype), cm.transpose(1, 2), alpha=-2.0)
         top = dist.topk(min(r, k), dim=-1, largest=False)
-        dists.append(top.values.float() + (xc[:, s : s + chunk].float() ** 2).sum(-1, keepdim=True))
+        dists.append(top.values.float() + (xc**2).sum(-1, keepdim=True))
         idxs.append(top.indices)
     return torch.cat(idxs, 1), torch.cat(dists, 1)
 
@@ -463,8 +465,7 @@ def whole_block_labels(
     n, length = parts[0].shape[:2]
     k = centroids.shape[1]
     mean = _points_mean(parts)
-    near, dist = _nearest_clusters(_joined(parts).float() - mean.unsqueeze(1), centroids.float() - mean.unsqueeze(1),
-                                   candidates)
+    near, dist = _nearest_clusters(parts, mean, centroids.float() - mean.unsqueeze(1), candidates)
     blocks = apportion_blocks(counts, block, length)
     last = blocks.argmax(-1, keepdim=True)  # [N, 1]: ends the sequence, short of the partial block's slack
     free = blocks * block
