@@ -6,6 +6,8 @@
 #   step:  one denoising step at Wan-14B 720p (10 blocks) and HunyuanVideo 720p (15 blocks): rounded against the
 #          presets' piece shapes and the fixed 0.25 yardstick.
 #   kern:  one attention call at Wan-14B 720p: the rounded layout against random blocks of its density.
+#   qcover: the centroid rule's cover of fixed blocks over similar clusters, video PSNR at 768x1280 (as `qual`).
+#   scover: its attention call and step at Wan-14B 720p.
 #   next:  session 15's unrun part (Wan-1.3B 128/64 pieces; HunyuanVideo's preset at refresh_every=2).
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
 case "${1:-qual}" in
@@ -27,6 +29,22 @@ kern)
   timeout 200 python3 -m dit_sparse.eval.bench kernel --shapes wan14b-720p --layout semantic \
     --semantic-rows semantic-rounded,semantic-b128k64 --clusters 500 --backends fa4 --reps 5 \
     --out $OUT/kernel-semantic-rounded.json 2>&1 | grep -E "^(wan|hun)|Error|wrote" | cut -c1-330
+  ;;
+qcover)
+  # Centroid-rule selection as fixed blocks over a similarity order (a cover of the selection) against the same rule
+  # on cluster pieces (its subset) and the preset's pooled 128/64 pieces; 768x1280 as `qual`.
+  v='{"b128/64": {"method": "semantic", "block_size": 128, "kv_block_size": 64}, "centroids pieces 128": {"method": "semantic", "estimate": "centroids", "block_size": 128}, "centroids cover sim": {"method": "semantic", "estimate": "centroids", "fixed_blocks": true, "cluster_order": "similarity", "block_size": 128}, "centroids cover label": {"method": "semantic", "estimate": "centroids", "fixed_blocks": true, "block_size": 128}, "centroids cover sim p0.7": {"method": "semantic", "estimate": "centroids", "fixed_blocks": true, "cluster_order": "similarity", "block_size": 128, "top_p": 0.7}}'
+  timeout 400 python3 -m dit_sparse.eval.quality --model small --device cuda --dtype bfloat16 --prompts 1 --steps 20 \
+    --height 768 --width 1280 --densities '' --no-random --methods semantic --variants "$v" \
+    --out $OUT/quality-small-768p-semantic-cover.json 2>&1 | grep -vE "^ *$|Warning|warn" | tail -12
+  ;;
+scover)
+  timeout 200 python3 -m dit_sparse.eval.bench kernel --shapes wan14b-720p --layout semantic \
+    --semantic-rows semantic-cover,semantic-cover-p2 --clusters 500 --backends fa4 --reps 5 \
+    --out $OUT/kernel-semantic-cover.json 2>&1 | grep -E "^(wan|hun)|Error|wrote" | cut -c1-330
+  timeout 330 python3 -m dit_sparse.eval.bench step --model wan14b-720p --layers 10 --dense-variants none \
+    --methods semantic-cover,semantic-cover-p2,fixed-0.25 \
+    --out $OUT/step-wan14b-720p-semantic-cover.json 2>&1 | grep -E "^wan|Error|wrote" | cut -c1-300
   ;;
 next)
   bash bench/gpu_session15.sh next

@@ -251,6 +251,9 @@ class SemanticConfig(SparseConfig):
             query cluster (the published method; needs ``clusters="separate"``).
         fixed_blocks (`bool`, defaults to False): fixed ``block_size`` blocks over the permuted sequence (fixed-block
             kernels such as FlashAttention-4 run them) instead of variable-size cluster-aligned blocks.
+        cluster_order (`str`, defaults to "label"): with ``fixed_blocks``, the order of the clusters in the
+            permuted sequence: "label" (k-means' labels) or "similarity" (a k-d-tree order of the centroids, so that
+            the cluster remainders sharing a block are similar).
         static_kmax (`bool`, defaults to False): size the layout's index lists by their static bound instead of one
             host read of the largest count (no host synchronisation: CUDA graphs, ``torch.compile(fullgraph=True)``),
             at the price of memory.
@@ -288,6 +291,7 @@ class SemanticConfig(SparseConfig):
     clusters: str = "joint"
     estimate: str = "pooled"
     fixed_blocks: bool = False
+    cluster_order: str = "label"
     static_kmax: bool = False
     kv_block_size: Optional[int] = None
     min_cluster_tokens: int = 16
@@ -307,12 +311,15 @@ class SemanticConfig(SparseConfig):
             )
         if self.estimate not in ("blocks", "pooled", "centroids"):
             raise ValueError(f"estimate={self.estimate!r} is not known; allowed: 'blocks', 'pooled', 'centroids'")
-        if self.estimate == "centroids" and self.clusters != "separate":
+        if self.estimate == "centroids" and self.clusters not in ("separate", "joint"):
             raise ValueError(
                 "estimate='centroids' scores query clusters against key clusters and needs clusters='separate' "
-                "(Sparse VideoGen 2's published method: SemanticConfig(clusters='separate', estimate='centroids'))"
+                "(Sparse VideoGen 2's published method: SemanticConfig(clusters='separate', estimate='centroids')) "
+                "or clusters='joint'"
             )
         _check_bool("fixed_blocks", self.fixed_blocks)
+        if self.cluster_order not in ("label", "similarity"):
+            raise ValueError(f"cluster_order={self.cluster_order!r} is not known; allowed: 'label', 'similarity'")
         _check_bool("static_kmax", self.static_kmax)
         if self.kv_block_size is not None:
             _check_int("kv_block_size", self.kv_block_size, 16)

@@ -1135,6 +1135,15 @@ STEP_METHODS = {
                                          "refresh_every": 2}),
     "semantic-rounded-k64": ("semantic", {"top_p": 0.3, "clusters": "rounded", "block_size": 128,
                                           "kv_block_size": 64}),
+    # Joint clusters selected by Sparse VideoGen 2's centroid rule, as fixed 128-token blocks over a similarity order
+    # of the clusters: a block pair is computed when any cluster in one selected any in the other (a cover of the
+    # selection: more computed than selected, at FA4's full-tile rate).
+    "semantic-cover": ("semantic", {"top_p": 0.3, "estimate": "centroids", "fixed_blocks": True,
+                                    "cluster_order": "similarity", "block_size": 128}),
+    "semantic-cover-p2": ("semantic", {"top_p": 0.2, "estimate": "centroids", "fixed_blocks": True,
+                                       "cluster_order": "similarity", "block_size": 128}),
+    "semantic-cover-label": ("semantic", {"top_p": 0.3, "estimate": "centroids", "fixed_blocks": True,
+                                          "block_size": 128}),
     "fixed-0.25": ("fixed", {"density": 0.25}),
     # The step ratio at other densities (the presets trade density against dense steps for the same quality).
     "fixed-0.35": ("fixed", {"density": 0.35}),

@@ -339,8 +339,23 @@ class SemanticPattern(Pattern):
             # of the keys are the same tokens and the diagonal (a token's own key, the most attended when q ~ k) is
             # always kept. Separate q and k clusters lose it: on photographic attention a query's own neighbourhood
             # then lands in key blocks its query block does not select (see the module docstring).
-            labels, _, counts = self.cluster((q, k), kk, cache, "qk")
-            q_perm = kv_perm = self._order(labels, kk)
+            labels, centroids, counts = self.cluster((q, k), kk, cache, "qk")
+            q_perm = kv_perm = self._order(labels, kk, centroids)
+            if cfg.estimate == "centroids":
+                # Sparse VideoGen 2's rule on the joint centroids' query and key halves, each cluster keeping its
+                # own; with fixed blocks a block pair is computed when any cluster in the query block selected any
+                # cluster in the key block (every token keeps at least its cluster's selection).
+                cent = centroids.view(n, kk, 2 * d)
+                min_keep = math.ceil(cfg.min_kv_ratio * kk - 1e-9)
+                select = select_clusters(cent[..., :d], cent[..., d:], counts.view(n, kk), 1.0 / math.sqrt(d),
+                                         cfg.top_p, min_keep)
+                select = select | torch.eye(kk, dtype=torch.bool, device=select.device)
+                if self.fixed_blocks:
+                    fields = self._cover_layout(select, labels.view(n, lq).gather(1, q_perm.view(n, lq)), lq)
+                else:
+                    qc = counts.view(n, kk)
+                    fields = self._variable_layout(select, qc, qc, lq, lk)
+                return self._layout(fields, b, h, lq, lk, q_perm, kv_perm)
             qc = kc = counts.view(n, kk)
             fields = self._block_layout(q.reshape(n, lq, d), k.reshape(n, lk, d), q_perm.view(n, lq),
                                         kv_perm.view(n, lk), qc, kc, diagonal=True)
@@ -361,9 +376,19 @@ class SemanticPattern(Pattern):
             fields = build(select, qc, kc, lq, lk)
         return self._layout(fields, b, h, lq, lk, q_perm, kv_perm)
 
-    def _order(self, labels: torch.Tensor, k: int) -> torch.Tensor:
+    def _order(self, labels: torch.Tensor, k: int, centroids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Tokens by cluster; with fixed blocks, each cluster's whole blocks first and the clusters' remainders
-        packed after them (`whole_blocks_first`), so that most blocks hold one cluster."""
+        packed after them (`whole_blocks_first`), so that most blocks hold one cluster. With
+        ``cluster_order="similarity"`` (fixed blocks) the clusters are first put in a k-d-tree order of their
+        centroids (`balanced_partition` of the centroids into groups of one), so that the remainders that share a
+        block come from similar clusters."""
+        if self.fixed_blocks and centroids is not None and self.config.cluster_order == "similarity":
+            b, h = labels.shape[:2]
+            # At most k / 4 principal axes: the k centroids span at most k - 1 directions.
+            order = balanced_partition(centroids.reshape(b * h, k, -1), 1, dims=max(1, min(16, k // 4)))
+            order = order.view(b, h, k)
+            rank = torch.empty_like(order).scatter_(-1, order, torch.arange(k, device=order.device).expand_as(order))
+            labels = rank.gather(-1, labels)
         perm = cluster_order(labels, k)
         if self.fixed_blocks:
             perm = perm.gather(-1, whole_blocks_first(labels.gather(-1, perm), self.config.block_size))
@@ -401,6 +426,19 @@ class SemanticPattern(Pattern):
         kv_indices = idx.gather(1, q_cluster.unsqueeze(-1).expand(-1, -1, idx.shape[-1]))
         kv_counts = (cnt.gather(1, q_cluster) * q_valid).to(torch.int32)
         return kv_indices.contiguous(), kv_counts, q_starts, kv_starts
+
+    def _cover_layout(self, select, sorted_labels, length: int):
+        """kv_indices, kv_counts (fixed blocks over one permutation of queries and keys, N = B * H leading): block
+        pair (i, j) is computed when a cluster with tokens in query block i selected one with tokens in key block j
+        (``select`` bool [N, K, K]; ``sorted_labels`` [N, L]: the cluster of every permuted token)."""
+        bs = self.config.block_size
+        n, k = select.shape[:2]
+        blocks = cdiv(length, bs)
+        where = (torch.arange(length, device=select.device) // bs * k).unsqueeze(0) + sorted_labels
+        holds = torch.zeros(n, blocks * k, device=select.device).scatter_(1, where, 1.0).view(n, blocks, k)
+        mask = torch.bmm(torch.bmm(holds, select.float()), holds.transpose(1, 2)) > 0.5
+        idx, cnt = pack_block_mask(mask)
+        return self._trim(idx, cnt).contiguous(), cnt, None, None
 
     def _fixed_layout(self, select, q_counts, k_counts, lq: int, lk: int):
         """kv_indices, kv_counts (fixed blocks, no starts) with a leading N = B * H dimension."""
