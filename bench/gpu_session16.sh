@@ -8,6 +8,7 @@
 #   kern:  one attention call at Wan-14B 720p: the rounded layout against random blocks of its density.
 #   qcover: the centroid rule's cover of fixed blocks over similar clusters, video PSNR at 768x1280 (as `qual`).
 #   scover: its attention call and step at Wan-14B 720p.
+#   qcover2 / scover2: the same with the pooled rule on whole clusters (estimate="clusters").
 #   next:  session 15's unrun part (Wan-1.3B 128/64 pieces; HunyuanVideo's preset at refresh_every=2).
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
 case "${1:-qual}" in
@@ -45,6 +46,18 @@ scover)
   timeout 330 python3 -m dit_sparse.eval.bench step --model wan14b-720p --layers 10 --dense-variants none \
     --methods semantic-cover,semantic-cover-p2,fixed-0.25 \
     --out $OUT/step-wan14b-720p-semantic-cover.json 2>&1 | grep -E "^wan|Error|wrote" | cut -c1-300
+  ;;
+qcover2)
+  # The cover with the pooled rule on whole clusters (by mass per token, as the pieces' selection) instead of SVG2's.
+  v='{"clusters pieces 128": {"method": "semantic", "estimate": "clusters", "block_size": 128}, "clusters cover sim": {"method": "semantic", "estimate": "clusters", "fixed_blocks": true, "cluster_order": "similarity", "block_size": 128}, "clusters cover sim p0.8": {"method": "semantic", "estimate": "clusters", "fixed_blocks": true, "cluster_order": "similarity", "block_size": 128, "top_p": 0.8}}'
+  timeout 400 python3 -m dit_sparse.eval.quality --model small --device cuda --dtype bfloat16 --prompts 1 --steps 20 \
+    --height 768 --width 1280 --densities '' --no-random --methods semantic --variants "$v" \
+    --out $OUT/quality-small-768p-semantic-cover-clusters.json 2>&1 | grep -vE "^ *$|Warning|warn" | tail -12
+  ;;
+scover2)
+  timeout 330 python3 -m dit_sparse.eval.bench step --model wan14b-720p --layers 10 --dense-variants none \
+    --methods semantic-cover-clusters,semantic-cover-clusters-r2,fixed-0.25 \
+    --out $OUT/step-wan14b-720p-semantic-cover-clusters.json 2>&1 | grep -E "^wan|Error|wrote" | cut -c1-300
   ;;
 next)
   bash bench/gpu_session15.sh next

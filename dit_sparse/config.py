@@ -309,8 +309,12 @@ class SemanticConfig(SparseConfig):
             raise ValueError(
                 f"clusters={self.clusters!r} is not known; allowed: 'joint', 'separate', 'balanced', 'rounded'"
             )
-        if self.estimate not in ("blocks", "pooled", "centroids"):
-            raise ValueError(f"estimate={self.estimate!r} is not known; allowed: 'blocks', 'pooled', 'centroids'")
+        if self.estimate not in ("blocks", "pooled", "centroids", "clusters"):
+            raise ValueError(
+                f"estimate={self.estimate!r} is not known; allowed: 'blocks', 'pooled', 'centroids', 'clusters'"
+            )
+        if self.estimate == "clusters" and self.clusters != "joint":
+            raise ValueError("estimate='clusters' selects joint clusters and needs clusters='joint'")
         if self.estimate == "centroids" and self.clusters not in ("separate", "joint"):
             raise ValueError(
                 "estimate='centroids' scores query clusters against key clusters and needs clusters='separate' "
@@ -328,10 +332,10 @@ class SemanticConfig(SparseConfig):
                     f"kv_block_size={self.kv_block_size} must divide block_size={self.block_size} (key blocks split "
                     "each query block); e.g. block_size=128 with kv_block_size=32 or 64"
                 )
-            if self.estimate == "centroids":
+            if self.estimate in ("centroids", "clusters"):
                 raise ValueError(
-                    "kv_block_size cuts blocks that estimate='centroids' does not select (it keeps whole clusters); "
-                    "drop kv_block_size or use estimate='pooled'"
+                    f"kv_block_size cuts blocks that estimate={self.estimate!r} does not select (it keeps whole "
+                    "clusters); drop kv_block_size or use estimate='pooled'"
                 )
 
     @property

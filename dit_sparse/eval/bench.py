@@ -1144,6 +1144,11 @@ STEP_METHODS = {
                                        "cluster_order": "similarity", "block_size": 128}),
     "semantic-cover-label": ("semantic", {"top_p": 0.3, "estimate": "centroids", "fixed_blocks": True,
                                           "block_size": 128}),
+    "semantic-cover-clusters": ("semantic", {"top_p": 0.3, "estimate": "clusters", "fixed_blocks": True,
+                                             "cluster_order": "similarity", "block_size": 128}),
+    "semantic-cover-clusters-r2": ("semantic", {"top_p": 0.3, "estimate": "clusters", "fixed_blocks": True,
+                                                "cluster_order": "similarity", "block_size": 128,
+                                                "refresh_every": 2}),
     "fixed-0.25": ("fixed", {"density": 0.25}),
     # The step ratio at other densities (the presets trade density against dense steps for the same quality).
     "fixed-0.35": ("fixed", {"density": 0.35}),

@@ -243,6 +243,8 @@ STEP_ROW_NOTES = {
     "semantic-cover": "centroid rule, fixed 128-token blocks over similar clusters (a cover of the selection)",
     "semantic-cover-p2": "as semantic-cover at top_p 0.2",
     "semantic-cover-label": "as semantic-cover with the clusters in label order",
+    "semantic-cover-clusters": "as semantic-cover with the pooled rule (mass per token) on whole clusters",
+    "semantic-cover-clusters-r2": "as semantic-cover-clusters, refresh_every=2",
     "semantic-fixed": "fixed blocks", "semantic-fixed-r2": "fixed blocks, refresh_every=2",
     "semantic-r2": "blocks <= 128, refresh_every=2",
     "radial": "static, default decay", "tile": "tile neighbourhood (the preset's)",

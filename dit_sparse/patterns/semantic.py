@@ -60,7 +60,7 @@ from ..config import SemanticConfig
 from ..geometry import VideoGeometry
 from ..layout import BlockLayout, block_sizes, cdiv, pack_block_mask, whole_blocks_first
 from .base import Pattern, compiled_planning
-from .block_mass import block_mass_estimate, pooled_block_mass, top_p_block_lists
+from .block_mass import block_mass_estimate, pooled_block_mass, select_top_p, top_p_block_lists
 from .kmeans import batched_kmeans, cluster_order, whole_block_order
 from .partition import balanced_partition
 
@@ -341,19 +341,25 @@ class SemanticPattern(Pattern):
             # then lands in key blocks its query block does not select (see the module docstring).
             labels, centroids, counts = self.cluster((q, k), kk, cache, "qk")
             q_perm = kv_perm = self._order(labels, kk, centroids)
-            if cfg.estimate == "centroids":
-                # Sparse VideoGen 2's rule on the joint centroids' query and key halves, each cluster keeping its
-                # own; with fixed blocks a block pair is computed when any cluster in the query block selected any
-                # cluster in the key block (every token keeps at least its cluster's selection).
+            if cfg.estimate in ("centroids", "clusters"):
+                # Whole clusters selected from the joint centroids' query and key halves (their members' mean q and
+                # mean k), each cluster keeping its own: Sparse VideoGen 2's rule (by mass) or the pooled rule (by
+                # mass per token). With fixed blocks a block pair is computed when any cluster in the query block
+                # selected any cluster in the key block (every token keeps at least its cluster's selection).
                 cent = centroids.view(n, kk, 2 * d)
                 min_keep = math.ceil(cfg.min_kv_ratio * kk - 1e-9)
-                select = select_clusters(cent[..., :d], cent[..., d:], counts.view(n, kk), 1.0 / math.sqrt(d),
-                                         cfg.top_p, min_keep)
-                select = select | torch.eye(kk, dtype=torch.bool, device=select.device)
+                qc = counts.view(n, kk)
+                if cfg.estimate == "centroids":
+                    select = select_clusters(cent[..., :d], cent[..., d:], qc, 1.0 / math.sqrt(d), cfg.top_p,
+                                             min_keep)
+                    select = select | torch.eye(kk, dtype=torch.bool, device=select.device)
+                else:
+                    logits = torch.bmm(cent[..., :d], cent[..., d:].transpose(1, 2)) / math.sqrt(d)
+                    mass = torch.softmax(logits + qc.log().unsqueeze(1), dim=-1)
+                    select = select_top_p(mass, qc, cfg.top_p, min_keep, qc > 0, diagonal=True)
                 if self.fixed_blocks:
                     fields = self._cover_layout(select, labels.view(n, lq).gather(1, q_perm.view(n, lq)), lq)
                 else:
-                    qc = counts.view(n, kk)
                     fields = self._variable_layout(select, qc, qc, lq, lk)
                 return self._layout(fields, b, h, lq, lk, q_perm, kv_perm)
             qc = kc = counts.view(n, kk)
