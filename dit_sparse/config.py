@@ -251,9 +251,15 @@ class SemanticConfig(SparseConfig):
             query cluster (the published method; needs ``clusters="separate"``).
         fixed_blocks (`bool`, defaults to False): fixed ``block_size`` blocks over the permuted sequence (fixed-block
             kernels such as FlashAttention-4 run them) instead of variable-size cluster-aligned blocks.
-        cluster_order (`str`, defaults to "label"): with ``fixed_blocks``, the order of the clusters in the
-            permuted sequence: "label" (k-means' labels) or "similarity" (a k-d-tree order of the centroids, so that
-            the cluster remainders sharing a block are similar).
+        cluster_order (`str`, defaults to "label"): with ``fixed_blocks`` or ``pack_pieces``, the order of the
+            clusters in the permuted sequence: "label" (k-means' labels) or "similarity" (a k-d-tree order of the
+            centroids, so that the cluster remainders sharing a block are similar).
+        pack_pieces (`bool`, defaults to False): run the cluster pieces (selected as with variable blocks) as fixed
+            ``block_size`` blocks that hold whole pieces: every cluster's full pieces are whole blocks, the clusters'
+            remainder pieces are packed several to a block (in ``cluster_order``), and a block pair is computed when
+            any piece in one selected any piece in the other (a cover of the selection: every query keeps what its
+            piece selected, and more; the layout's density counts what is computed). FlashAttention-4 runs it on
+            full tiles.
         static_kmax (`bool`, defaults to False): size the layout's index lists by their static bound instead of one
             host read of the largest count (no host synchronisation: CUDA graphs, ``torch.compile(fullgraph=True)``),
             at the price of memory.
@@ -292,6 +298,7 @@ class SemanticConfig(SparseConfig):
     estimate: str = "pooled"
     fixed_blocks: bool = False
     cluster_order: str = "label"
+    pack_pieces: bool = False
     static_kmax: bool = False
     kv_block_size: Optional[int] = None
     min_cluster_tokens: int = 16
@@ -324,6 +331,13 @@ class SemanticConfig(SparseConfig):
         _check_bool("fixed_blocks", self.fixed_blocks)
         if self.cluster_order not in ("label", "similarity"):
             raise ValueError(f"cluster_order={self.cluster_order!r} is not known; allowed: 'label', 'similarity'")
+        _check_bool("pack_pieces", self.pack_pieces)
+        if self.pack_pieces and (self.clusters != "joint" or self.estimate not in ("pooled", "blocks")
+                                 or self.kv_block_size not in (None, self.block_size)):
+            raise ValueError(
+                "pack_pieces packs joint clusters' pieces into fixed blocks and needs clusters='joint', "
+                "estimate='pooled' or 'blocks' and no kv_block_size"
+            )
         _check_bool("static_kmax", self.static_kmax)
         if self.kv_block_size is not None:
             _check_int("kv_block_size", self.kv_block_size, 16)

@@ -204,6 +204,16 @@ def block_plan(q, k, q_perm, kv_perm, q_counts, k_counts, block: int, fixed_bloc
     return idx, cnt, q_starts, kv_starts
 
 
+def _similarity_rank(centroids: torch.Tensor, k: int) -> torch.Tensor:
+    """The rank int64 [..., K] of every cluster in a k-d-tree order of its centroid (``centroids`` [..., K, F];
+    `balanced_partition` into groups of one), so that clusters next to each other in rank are similar."""
+    lead = centroids.shape[:-2]
+    # At most k / 4 principal axes: the k centroids span at most k - 1 directions.
+    order = balanced_partition(centroids.reshape(-1, k, centroids.shape[-1]), 1, dims=max(1, min(16, k // 4)))
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(k, device=order.device).expand_as(order))
+    return rank.view(*lead, k)
+
+
 class SemanticPattern(Pattern):
     """Sparse VideoGen 2's k-means permutation with top-p block selection.
 
@@ -222,7 +232,7 @@ class SemanticPattern(Pattern):
         super().__init__(config)
         self.fixed_blocks = config.fixed_blocks if fixed_blocks is None else bool(fixed_blocks)
         # Balanced groups and rounded clusters are whole blocks by construction: their layout is a fixed-block one.
-        self.fixed_blocks = self.fixed_blocks or config.clusters in ("balanced", "rounded")
+        self.fixed_blocks = self.fixed_blocks or config.clusters in ("balanced", "rounded") or config.pack_pieces
         self.static_kmax = config.static_kmax if static_kmax is None else bool(static_kmax)
         self._warned_clusters = False
 
@@ -340,6 +350,11 @@ class SemanticPattern(Pattern):
             # always kept. Separate q and k clusters lose it: on photographic attention a query's own neighbourhood
             # then lands in key blocks its query block does not select (see the module docstring).
             labels, centroids, counts = self.cluster((q, k), kk, cache, "qk")
+            if cfg.pack_pieces:
+                fields, perm = self._packed_layout(q.reshape(n, lq, d), k.reshape(n, lk, d), labels.view(n, lq),
+                                                   centroids.view(n, kk, 2 * d), counts.view(n, kk))
+                perm = perm.view(b, h, lq)
+                return self._layout(fields, b, h, lq, lk, perm, perm)
             q_perm = kv_perm = self._order(labels, kk, centroids)
             if cfg.estimate in ("centroids", "clusters"):
                 # Whole clusters selected from the joint centroids' query and key halves (their members' mean q and
@@ -389,12 +404,7 @@ class SemanticPattern(Pattern):
         centroids (`balanced_partition` of the centroids into groups of one), so that the remainders that share a
         block come from similar clusters."""
         if self.fixed_blocks and centroids is not None and self.config.cluster_order == "similarity":
-            b, h = labels.shape[:2]
-            # At most k / 4 principal axes: the k centroids span at most k - 1 directions.
-            order = balanced_partition(centroids.reshape(b * h, k, -1), 1, dims=max(1, min(16, k // 4)))
-            order = order.view(b, h, k)
-            rank = torch.empty_like(order).scatter_(-1, order, torch.arange(k, device=order.device).expand_as(order))
-            labels = rank.gather(-1, labels)
+            labels = _similarity_rank(centroids, k).gather(-1, labels)
         perm = cluster_order(labels, k)
         if self.fixed_blocks:
             perm = perm.gather(-1, whole_blocks_first(labels.gather(-1, perm), self.config.block_size))
@@ -432,6 +442,41 @@ class SemanticPattern(Pattern):
         kv_indices = idx.gather(1, q_cluster.unsqueeze(-1).expand(-1, -1, idx.shape[-1]))
         kv_counts = (cnt.gather(1, q_cluster) * q_valid).to(torch.int32)
         return kv_indices.contiguous(), kv_counts, q_starts, kv_starts
+
+    def _packed_layout(self, q, k, labels, centroids, counts):
+        """Cluster pieces selected as by the variable layout, run as fixed blocks that hold whole pieces: (kv_indices,
+        kv_counts, None, None) and the permutation, with N = B * H leading.
+
+        The pieces of ``block_size`` of every cluster are whole blocks (first, `whole_blocks_first`); the clusters'
+        remainder pieces are packed after them, in the clusters' order (their similarity order with
+        ``cluster_order="similarity"``), several to a block. A block pair is computed when any piece in the query
+        block selected any piece in the key block: every query keeps its piece's selection (a cover of it), and
+        FlashAttention-4 runs the layout on full tiles."""
+        cfg = self.config
+        bs = cfg.block_size
+        n, length, d = q.shape
+        kk = counts.shape[1]
+        if cfg.cluster_order == "similarity":
+            rank = _similarity_rank(centroids, kk)
+            labels = rank.gather(-1, labels)
+            counts = torch.empty_like(counts).scatter_(-1, rank, counts)
+        perm = cluster_order(labels, kk)
+        idx, cnt, starts, _ = block_plan(q, k, perm, perm, counts, counts, bs, False, cfg.estimate, cfg.top_p,
+                                         cfg.min_kv_ratio, True, None)
+        pieces = starts.shape[1] - 1
+        listed = (torch.arange(idx.shape[-1], device=idx.device) < cnt.unsqueeze(-1)).float()
+        select = torch.zeros(n, pieces, pieces, device=idx.device).scatter_add_(2, idx.long(), listed)
+        # The piece of every position of the cluster order; pieces stay whole under whole_blocks_first.
+        pos = torch.arange(length, device=idx.device).expand(n, length).contiguous()
+        piece = torch.searchsorted(starts[:, 1:].contiguous(), pos.to(starts.dtype), right=True)
+        packed = whole_blocks_first(labels.gather(-1, perm), bs)
+        perm, piece = perm.gather(-1, packed), piece.gather(-1, packed)
+        blocks = cdiv(length, bs)
+        where = (pos // bs) * pieces + piece
+        holds = torch.zeros(n, blocks * pieces, device=idx.device).scatter_(1, where, 1.0).view(n, blocks, pieces)
+        mask = torch.bmm(torch.bmm(holds, (select > 0).float()), holds.transpose(1, 2)) > 0.5
+        idx, cnt = pack_block_mask(mask)
+        return (self._trim(idx, cnt).contiguous(), cnt, None, None), perm
 
     def _cover_layout(self, select, sorted_labels, length: int):
         """kv_indices, kv_counts (fixed blocks over one permutation of queries and keys, N = B * H leading): block
