@@ -312,21 +312,14 @@ class SemanticConfig(SparseConfig):
         _check_range("min_kv_ratio", self.min_kv_ratio, 0.0, 1.0)
         _check_int("kmeans_iters", self.kmeans_iters, 1)
         _check_int("warm_iters", self.warm_iters, 0)
-        if self.clusters not in ("joint", "separate", "balanced", "rounded"):
-            raise ValueError(
-                f"clusters={self.clusters!r} is not known; allowed: 'joint', 'separate', 'balanced', 'rounded'"
-            )
-        if self.estimate not in ("blocks", "pooled", "centroids", "clusters"):
-            raise ValueError(
-                f"estimate={self.estimate!r} is not known; allowed: 'blocks', 'pooled', 'centroids', 'clusters'"
-            )
-        if self.estimate == "clusters" and self.clusters != "joint":
-            raise ValueError("estimate='clusters' selects joint clusters and needs clusters='joint'")
-        if self.estimate == "centroids" and self.clusters not in ("separate", "joint"):
+        if self.clusters not in ("joint", "separate", "balanced"):
+            raise ValueError(f"clusters={self.clusters!r} is not known; allowed: 'joint', 'separate', 'balanced'")
+        if self.estimate not in ("blocks", "pooled", "centroids"):
+            raise ValueError(f"estimate={self.estimate!r} is not known; allowed: 'blocks', 'pooled', 'centroids'")
+        if self.estimate == "centroids" and self.clusters != "separate":
             raise ValueError(
                 "estimate='centroids' scores query clusters against key clusters and needs clusters='separate' "
-                "(Sparse VideoGen 2's published method: SemanticConfig(clusters='separate', estimate='centroids')) "
-                "or clusters='joint'"
+                "(Sparse VideoGen 2's published method: SemanticConfig(clusters='separate', estimate='centroids'))"
             )
         _check_bool("fixed_blocks", self.fixed_blocks)
         if self.cluster_order not in ("label", "similarity"):
@@ -346,10 +339,10 @@ class SemanticConfig(SparseConfig):
                     f"kv_block_size={self.kv_block_size} must divide block_size={self.block_size} (key blocks split "
                     "each query block); e.g. block_size=128 with kv_block_size=32 or 64"
                 )
-            if self.estimate in ("centroids", "clusters"):
+            if self.estimate == "centroids":
                 raise ValueError(
-                    f"kv_block_size cuts blocks that estimate={self.estimate!r} does not select (it keeps whole "
-                    "clusters); drop kv_block_size or use estimate='pooled'"
+                    "kv_block_size cuts blocks that estimate='centroids' does not select (it keeps whole clusters); "
+                    "drop kv_block_size or use estimate='pooled'"
                 )
 
     @property

@@ -1066,9 +1066,10 @@ def implied_e2e(family: str, full_depth: int, ratios: Dict[str, float]) -> Dict[
             # 128-token query pieces holding 64-token key pieces (HunyuanVideo's preset): only their own rows.
             labels = tuple(y for x in ("semantic-b128k64", "semantic-b128k64-fa4")
                            for y in ((f"{x}-r{refresh}", x) if refresh > 1 else (x,)))
-        if method == "semantic" and presets.get(method, {}).get("clusters") in ("balanced", "rounded"):
-            # Balanced groups and rounded clusters run fixed layouts: only their own rows time them.
-            row = f"semantic-{presets[method]['clusters']}"
+        if method == "semantic" and (presets.get(method, {}).get("clusters") == "balanced"
+                                     or presets.get(method, {}).get("pack_pieces")):
+            # Balanced groups and packed pieces run fixed layouts: only their own rows time them.
+            row = "semantic-balanced" if presets[method].get("clusters") == "balanced" else "semantic-packed"
             labels = ((f"{row}-r{refresh}",) if refresh > 1 else ()) + (row,)
         if presets.get(method, {}).get("share_cfg_layouts"):
             # The row whose CFG branches share the preset row's plan (the "-cfg" rows), where measured.
@@ -1129,26 +1130,14 @@ STEP_METHODS = {
                                           "refresh_every": 2}),
     "semantic-balanced-r4": ("semantic", {"top_p": 0.3, "clusters": "balanced", "block_size": 128,
                                           "refresh_every": 4}),
-    # k-means clusters (joint) resized to whole 128-token blocks (`kmeans.whole_block_order`): fixed layouts, FA4.
-    "semantic-rounded": ("semantic", {"top_p": 0.3, "clusters": "rounded", "block_size": 128}),
-    "semantic-rounded-r2": ("semantic", {"top_p": 0.3, "clusters": "rounded", "block_size": 128,
-                                         "refresh_every": 2}),
-    "semantic-rounded-k64": ("semantic", {"top_p": 0.3, "clusters": "rounded", "block_size": 128,
-                                          "kv_block_size": 64}),
-    # Joint clusters selected by Sparse VideoGen 2's centroid rule, as fixed 128-token blocks over a similarity order
-    # of the clusters: a block pair is computed when any cluster in one selected any in the other (a cover of the
-    # selection: more computed than selected, at FA4's full-tile rate).
-    "semantic-cover": ("semantic", {"top_p": 0.3, "estimate": "centroids", "fixed_blocks": True,
-                                    "cluster_order": "similarity", "block_size": 128}),
-    "semantic-cover-p2": ("semantic", {"top_p": 0.2, "estimate": "centroids", "fixed_blocks": True,
-                                       "cluster_order": "similarity", "block_size": 128}),
-    "semantic-cover-label": ("semantic", {"top_p": 0.3, "estimate": "centroids", "fixed_blocks": True,
-                                          "block_size": 128}),
-    "semantic-cover-clusters": ("semantic", {"top_p": 0.3, "estimate": "clusters", "fixed_blocks": True,
-                                             "cluster_order": "similarity", "block_size": 128}),
-    "semantic-cover-clusters-r2": ("semantic", {"top_p": 0.3, "estimate": "clusters", "fixed_blocks": True,
-                                                "cluster_order": "similarity", "block_size": 128,
-                                                "refresh_every": 2}),
+    # Cluster pieces packed whole into fixed 128-token blocks (`SemanticConfig.pack_pieces`, clusters in a similarity
+    # order): a cover of the pieces' selection on FA4's full tiles.
+    "semantic-packed": ("semantic", {"top_p": 0.3, "block_size": 128, "pack_pieces": True,
+                                     "cluster_order": "similarity"}),
+    "semantic-packed-r2": ("semantic", {"top_p": 0.3, "block_size": 128, "pack_pieces": True,
+                                        "cluster_order": "similarity", "refresh_every": 2}),
+    "semantic-packed-p2": ("semantic", {"top_p": 0.2, "block_size": 128, "pack_pieces": True,
+                                        "cluster_order": "similarity"}),
     "fixed-0.25": ("fixed", {"density": 0.25}),
     # The step ratio at other densities (the presets trade density against dense steps for the same quality).
     "fixed-0.35": ("fixed", {"density": 0.35}),

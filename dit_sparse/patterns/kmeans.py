@@ -385,109 +385,6 @@ def batched_kmeans(
     return labels, centred + mean.unsqueeze(1), counts
 
 
-# Nearest clusters a point may be moved to by `whole_block_order` before it fills any free slot.
-ROUND_CANDIDATES = 4
-
-
-def _nearest_clusters(parts, mean: torch.Tensor, centred: torch.Tensor, r: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The ``r`` nearest centroids of every point (``parts`` as in `batched_kmeans`, centred by ``mean`` [N, D];
-    centred centroids [N, K, D]), nearest first, and their squared distances: int64 and float32 [N, L, r]. Chunk by
-    chunk, in half precision on the GPU like the assignment. (The assignment drops ``||x||^2``, a constant per point;
-    here distances of different points to one cluster are compared, so it is added back.)"""
-    dtype = _compute_dtype(parts[0])
-    cm = centred.to(dtype)
-    c_norm = (centred.float() ** 2).sum(-1).to(dtype).unsqueeze(1)
-    n, length = parts[0].shape[:2]
-    k = centred.shape[1]
-    chunk = max(1, _ASSIGN_CHUNK_ELEMENTS // max(1, n * k))
-    dists, idxs = [], []
-    for s in range(0, length, chunk):
-        xc = _joined(tuple(p[:, s : s + chunk] for p in parts)).float() - mean.unsqueeze(1)
-        dist = torch.baddbmm(c_norm, xc.to(dtype), cm.transpose(1, 2), alpha=-2.0)
-        top = dist.topk(min(r, k), dim=-1, largest=False)
-        dists.append(top.values.float() + (xc**2).sum(-1, keepdim=True))
-        idxs.append(top.indices)
-    return torch.cat(idxs, 1), torch.cat(dists, 1)
-
-
-def apportion_blocks(counts: torch.Tensor, block: int, length: int) -> torch.Tensor:
-    """Whole blocks per cluster, int64 [N, K], summing to ``ceil(length / block)`` in every row: ``counts / block``
-    rounded by largest remainders (Hamilton's apportionment), so every cluster keeps as close to its size as whole
-    blocks allow; a cluster of less than a block's remainder gets none."""
-    quota = counts.float() / block
-    base = quota.floor()
-    spare = (-(-length // block)) - base.sum(-1, keepdim=True)  # in [0, K]: sum(quota) = length / block
-    rank = (quota - base).argsort(dim=-1, descending=True, stable=True).argsort(dim=-1, stable=True)
-    return (base + (rank < spare).float()).long()
-
-
-def _rank_within(groups: torch.Tensor, dist: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """The rank of every element among the elements of its group (ascending ``dist``), int64 [N, L]."""
-    by_dist = dist.argsort(dim=-1, stable=True)
-    order = by_dist.gather(-1, groups.gather(-1, by_dist).argsort(dim=-1, stable=True))
-    sizes = cluster_counts(groups, num_groups).long()
-    starts = sizes.cumsum(-1) - sizes
-    pos = torch.arange(groups.shape[1], device=groups.device).expand_as(groups)
-    ranked = pos - starts.gather(1, groups.gather(-1, order))
-    return torch.empty_like(ranked).scatter_(1, order, ranked)
-
-
-def whole_block_order(
-    x, centroids: torch.Tensor, counts: torch.Tensor, block: int, candidates: int = ROUND_CANDIDATES
-) -> torch.Tensor:
-    """A permutation int64 [N, L] that makes k-means clusters contiguous runs of whole ``block``-token blocks: the
-    tokens sorted by `whole_block_labels`."""
-    k = centroids.shape[1]
-    return cluster_order(whole_block_labels(x, centroids, counts, block, candidates), k + 1)
-
-
-def whole_block_labels(
-    x, centroids: torch.Tensor, counts: torch.Tensor, block: int, candidates: int = ROUND_CANDIDATES
-) -> torch.Tensor:
-    """k-means clusters resized to whole ``block``-token blocks: int64 [N, L] labels in [0, K], sorted by which every
-    block of the sequence holds one cluster's tokens and only the last block is partial.
-
-    Each cluster gets a whole number of blocks (`apportion_blocks`), and then exactly that many tokens: in up to
-    ``candidates`` rounds, every point not yet placed asks for its next-nearest cluster and every cluster takes the
-    nearest askers its free slots hold; points left after the rounds fill the remaining free slots in the order of
-    their nearest cluster. One cluster with the most blocks gives up the last, partial block's missing tokens and is
-    put last, so every block of the permuted sequence holds one cluster's tokens and the last block is the only
-    partial one (it is relabelled K). A point moves only when its cluster is rounded down (on average a quarter of a
-    block per cluster).
-
-    Args:
-        x (`torch.Tensor` [N, L, D], or a pair of them): the points ``centroids`` were fitted to.
-        centroids (`torch.Tensor` [N, K, D_total]) and counts (`torch.Tensor` [N, K]): the k-means result.
-        block (`int`): tokens per block.
-        candidates (`int`): nearest clusters a point may ask for.
-    """
-    parts = _parts(x)
-    n, length = parts[0].shape[:2]
-    k = centroids.shape[1]
-    mean = _points_mean(parts)
-    near, dist = _nearest_clusters(parts, mean, centroids.float() - mean.unsqueeze(1), candidates)
-    blocks = apportion_blocks(counts, block, length)
-    last = blocks.argmax(-1, keepdim=True)  # [N, 1]: ends the sequence, short of the partial block's slack
-    free = blocks * block
-    free = free.scatter_add(1, last, free.sum(-1, keepdim=True).neg().add_(length))
-    labels = torch.full((n, length), -1, dtype=torch.long, device=near.device)
-    none = torch.zeros(n, 1, dtype=free.dtype, device=free.device)
-    for r in range(near.shape[-1]):
-        asking = labels < 0
-        wanted = torch.where(asking, near[..., r], k)  # k: not asking (sorts last, takes no slot)
-        rank = _rank_within(wanted, dist[..., r], k + 1)
-        taken = asking & (rank < torch.cat([free, none], 1).gather(1, wanted))
-        labels = torch.where(taken, wanted, labels)
-        free = free - cluster_counts(torch.where(taken, wanted, k), k + 1)[:, :k].long()
-    # The rest fill the free slots (as many as they are), the j-th left point the j-th free slot.
-    left = labels < 0
-    order = torch.where(left, near[..., 0], k).argsort(dim=-1, stable=True)
-    position = torch.empty_like(rank).scatter_(1, order, torch.arange(length, device=rank.device).expand(n, -1))
-    slot_cluster = torch.searchsorted(free.cumsum(-1), position, right=True).clamp_max(k - 1)
-    labels = torch.where(left, slot_cluster, labels)
-    return torch.where(labels == last, k, labels)
-
-
 def inertia(x: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """Sum of squared distances of the points to their centroids, per row, float32 [N]."""
     c = centroids.float().gather(1, labels.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
@@ -495,6 +392,6 @@ def inertia(x: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor) -> t
 
 
 __all__ = [
-    "apportion_blocks", "assign_clusters", "batched_kmeans", "cluster_counts", "cluster_order", "inertia",
-    "strided_init", "update_centroids", "whole_block_labels", "whole_block_order",
+    "assign_clusters", "batched_kmeans", "cluster_counts", "cluster_order", "inertia", "strided_init",
+    "update_centroids",
 ]

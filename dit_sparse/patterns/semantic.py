@@ -60,8 +60,8 @@ from ..config import SemanticConfig
 from ..geometry import VideoGeometry
 from ..layout import BlockLayout, block_sizes, cdiv, pack_block_mask, whole_blocks_first
 from .base import Pattern, compiled_planning
-from .block_mass import block_mass_estimate, pooled_block_mass, select_top_p, top_p_block_lists
-from .kmeans import batched_kmeans, cluster_order, whole_block_order
+from .block_mass import block_mass_estimate, pooled_block_mass, top_p_block_lists
+from .kmeans import batched_kmeans, cluster_order
 from .partition import balanced_partition
 
 logger = logging.getLogger(__name__)
@@ -231,8 +231,8 @@ class SemanticPattern(Pattern):
     ):
         super().__init__(config)
         self.fixed_blocks = config.fixed_blocks if fixed_blocks is None else bool(fixed_blocks)
-        # Balanced groups and rounded clusters are whole blocks by construction: their layout is a fixed-block one.
-        self.fixed_blocks = self.fixed_blocks or config.clusters in ("balanced", "rounded") or config.pack_pieces
+        # Balanced groups and packed pieces are whole blocks by construction: their layout is a fixed-block one.
+        self.fixed_blocks = self.fixed_blocks or config.clusters == "balanced" or config.pack_pieces
         self.static_kmax = config.static_kmax if static_kmax is None else bool(static_kmax)
         self._warned_clusters = False
 
@@ -282,8 +282,7 @@ class SemanticPattern(Pattern):
         cluster per ``min_cluster_tokens`` tokens, with a warning the first time they are cut below
         ``MIN_CLUSTER_TOKENS`` tokens per cluster)."""
         cfg = self.config
-        # One clustering of the tokens: kv_clusters clusters, q_clusters unused.
-        joint = cfg.clusters in ("joint", "rounded")
+        joint = cfg.clusters == "joint"  # one clustering of the tokens: kv_clusters clusters, q_clusters unused
         wanted = (cfg.kv_clusters,) * 2 if joint else (cfg.q_clusters, cfg.kv_clusters)
         lengths = (min(lq, lk),) * 2 if joint else (lq, lk)
         kq, kk = (min(w, max(1, n // cfg.min_cluster_tokens)) for w, n in zip(wanted, lengths))
@@ -329,22 +328,12 @@ class SemanticPattern(Pattern):
             perm = perm.view(b, h, lq)
             return self._layout(fields, b, h, lq, lk, perm, perm)
         kq, kk = self.cluster_counts(lq, lk)
-        if cfg.clusters in ("joint", "rounded") and lq != lk:
-            raise ValueError(
-                f"SemanticConfig(clusters={cfg.clusters!r}) clusters queries and keys together and needs as many of "
-                f"each, got {lq} and {lk}; use clusters='separate'"
-            )
-        if cfg.clusters == "rounded":
-            # Joint k-means, then every cluster resized to whole blocks (the nearest clusters take the tokens a
-            # rounded-down cluster gives up): each block holds one cluster's tokens, so the fixed layout over this
-            # order computes exactly the selected block pairs and FlashAttention-4 runs full tiles.
-            _, centroids, counts = self.cluster((q, k), kk, cache, "qk")
-            points = (q.reshape(n, lq, d), k.reshape(n, lk, d))
-            perm = whole_block_order(points, centroids.view(n, kk, 2 * d), counts.view(n, kk), cfg.block_size)
-            fields = self._block_layout(*points, perm, perm, None, None, diagonal=True)
-            perm = perm.view(b, h, lq)
-            return self._layout(fields, b, h, lq, lk, perm, perm)
         if cfg.clusters == "joint":
+            if lq != lk:
+                raise ValueError(
+                    f"SemanticConfig(clusters='joint') clusters queries and keys together and needs as many of each, "
+                    f"got {lq} and {lk}; use clusters='separate'"
+                )
             # One k-means on [q, k] per token: one permutation for both sides, so block i of the queries and block i
             # of the keys are the same tokens and the diagonal (a token's own key, the most attended when q ~ k) is
             # always kept. Separate q and k clusters lose it: on photographic attention a query's own neighbourhood
@@ -356,27 +345,6 @@ class SemanticPattern(Pattern):
                 perm = perm.view(b, h, lq)
                 return self._layout(fields, b, h, lq, lk, perm, perm)
             q_perm = kv_perm = self._order(labels, kk, centroids)
-            if cfg.estimate in ("centroids", "clusters"):
-                # Whole clusters selected from the joint centroids' query and key halves (their members' mean q and
-                # mean k), each cluster keeping its own: Sparse VideoGen 2's rule (by mass) or the pooled rule (by
-                # mass per token). With fixed blocks a block pair is computed when any cluster in the query block
-                # selected any cluster in the key block (every token keeps at least its cluster's selection).
-                cent = centroids.view(n, kk, 2 * d)
-                min_keep = math.ceil(cfg.min_kv_ratio * kk - 1e-9)
-                qc = counts.view(n, kk)
-                if cfg.estimate == "centroids":
-                    select = select_clusters(cent[..., :d], cent[..., d:], qc, 1.0 / math.sqrt(d), cfg.top_p,
-                                             min_keep)
-                    select = select | torch.eye(kk, dtype=torch.bool, device=select.device)
-                else:
-                    logits = torch.bmm(cent[..., :d], cent[..., d:].transpose(1, 2)) / math.sqrt(d)
-                    mass = torch.softmax(logits + qc.log().unsqueeze(1), dim=-1)
-                    select = select_top_p(mass, qc, cfg.top_p, min_keep, qc > 0, diagonal=True)
-                if self.fixed_blocks:
-                    fields = self._cover_layout(select, labels.view(n, lq).gather(1, q_perm.view(n, lq)), lq)
-                else:
-                    fields = self._variable_layout(select, qc, qc, lq, lk)
-                return self._layout(fields, b, h, lq, lk, q_perm, kv_perm)
             qc = kc = counts.view(n, kk)
             fields = self._block_layout(q.reshape(n, lq, d), k.reshape(n, lk, d), q_perm.view(n, lq),
                                         kv_perm.view(n, lk), qc, kc, diagonal=True)
@@ -477,19 +445,6 @@ class SemanticPattern(Pattern):
         mask = torch.bmm(torch.bmm(holds, (select > 0).float()), holds.transpose(1, 2)) > 0.5
         idx, cnt = pack_block_mask(mask)
         return (self._trim(idx, cnt).contiguous(), cnt, None, None), perm
-
-    def _cover_layout(self, select, sorted_labels, length: int):
-        """kv_indices, kv_counts (fixed blocks over one permutation of queries and keys, N = B * H leading): block
-        pair (i, j) is computed when a cluster with tokens in query block i selected one with tokens in key block j
-        (``select`` bool [N, K, K]; ``sorted_labels`` [N, L]: the cluster of every permuted token)."""
-        bs = self.config.block_size
-        n, k = select.shape[:2]
-        blocks = cdiv(length, bs)
-        where = (torch.arange(length, device=select.device) // bs * k).unsqueeze(0) + sorted_labels
-        holds = torch.zeros(n, blocks * k, device=select.device).scatter_(1, where, 1.0).view(n, blocks, k)
-        mask = torch.bmm(torch.bmm(holds, select.float()), holds.transpose(1, 2)) > 0.5
-        idx, cnt = pack_block_mask(mask)
-        return self._trim(idx, cnt).contiguous(), cnt, None, None
 
     def _fixed_layout(self, select, q_counts, k_counts, lq: int, lk: int):
         """kv_indices, kv_counts (fixed blocks, no starts) with a leading N = B * H dimension."""

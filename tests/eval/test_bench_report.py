@@ -563,6 +563,12 @@ def test_implied_e2e_times_balanced_semantic_by_its_own_rows(monkeypatch):
     monkeypatch.setitem(presets.WAN_SPARSE, "semantic", balanced)
     assert implied_e2e("wan", 30, ratios)["semantic"]["row"] == "semantic-balanced"
     assert "semantic" not in implied_e2e("wan", 30, {"semantic-b64": 0.9})
+    # Packed pieces are fixed layouts too: their own rows.
+    packed = {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "pack_pieces": True, "block_size": 128}
+    monkeypatch.setitem(presets.WAN_SPARSE, "semantic", {**packed, "refresh_every": 2})
+    ratios = {"semantic-b64": 0.90, "semantic-packed": 1.6, "semantic-packed-r2": 1.7}
+    assert implied_e2e("wan", 30, ratios)["semantic"]["row"] == "semantic-packed-r2"
+    assert "semantic" not in implied_e2e("wan", 30, {"semantic-b64": 0.9})
 
 
 def test_schedule_tradeoff_marks_the_rows_no_other_beats(tmp_path):

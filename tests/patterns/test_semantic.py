@@ -595,12 +595,10 @@ def test_min_cluster_tokens_cuts_the_cluster_count_without_a_warning(caplog):
     assert cache["qk_centroids"].shape[2] == 210 // 64 and "using" not in caplog.text
 
 
-def test_centroid_estimate_needs_cluster_centroids():
-    for clusters in ("balanced", "rounded"):
-        with pytest.raises(ValueError, match="clusters='separate'"):
-            SemanticConfig(estimate="centroids", clusters=clusters)
+def test_centroid_estimate_needs_separate_clusters():
+    with pytest.raises(ValueError, match="clusters='separate'"):
+        SemanticConfig(estimate="centroids")
     SemanticConfig(estimate="centroids", clusters="separate")
-    SemanticConfig(estimate="centroids")  # joint: the centroids' query and key halves
 
 
 def test_fixed_blocks_pack_each_clusters_whole_blocks_first():
