@@ -721,6 +721,37 @@ def semantic_pieces_section(results_dir: str) -> str:
     return "\n".join(lines)
 
 
+# Semantic as fixed layouts that FlashAttention-4 runs on full tiles (issue #13), on small at 768x1280: what each row
+# ran and its video PSNR against dense. Options these runs had that were later removed (clusters="rounded",
+# estimate="clusters", estimate="centroids" with joint clusters) are named as the run's JSON records them.
+SEMANTIC_WHOLE_TILE_RUNS = (
+    "quality-small-768p-semantic-rounded.json", "quality-small-768p-semantic-cover.json",
+    "quality-small-768p-semantic-cover-clusters.json", "quality-small-768p-semantic-packed.json",
+)
+# The options that tell these rows apart, shown where a row's config differs from SemanticConfig's defaults.
+_WHOLE_TILE_OPTIONS = ("clusters", "estimate", "fixed_blocks", "cluster_order", "pack_pieces", "block_size",
+                       "kv_block_size", "top_p")
+
+
+def semantic_whole_tiles_section(results_dir: str) -> str:
+    """One line per row of each `SEMANTIC_WHOLE_TILE_RUNS` file: what ran (the options that differ from the defaults;
+    the preset's 256 clusters everywhere), density, PSNR and SSIM against dense video."""
+    from ..config import SemanticConfig
+
+    defaults = {f: getattr(SemanticConfig(), f, None) for f in _WHOLE_TILE_OPTIONS}
+    lines = ["| file | row | options (vs defaults) | density | PSNR vs dense | SSIM |", "|---|---|---|---|---|---|"]
+    for name in SEMANTIC_WHOLE_TILE_RUNS:
+        run = _read_json(os.path.join(results_dir, name))
+        for label, row in (run or {}).get("results", {}).items():
+            if "psnr" not in row:
+                continue
+            cfg = row.get("config") or {}
+            opts = ", ".join(f"{f}={cfg[f]!r}" for f in _WHOLE_TILE_OPTIONS if f in cfg and cfg[f] != defaults[f])
+            lines.append(f"| `{name}` | {'preset' if label == 'semantic' else label} | {opts or '—'} | "
+                         f"{row['density']:.2f} | {row['psnr']:.2f} dB | {row.get('ssim', float('nan')):.3f} |")
+    return "\n".join(lines) if len(lines) > 2 else "_no whole-tile semantic runs yet_"
+
+
 def replace_section(text: str, name: str, body: str) -> str:
     begin, end = f"<!-- BEGIN:{name} -->", f"<!-- END:{name} -->"
     block = f"{begin}\n{body.rstrip()}\n{end}"
@@ -740,6 +771,7 @@ def update_readme(readme: str, results_dir: str, docs: str) -> Dict[str, str]:
                 "radial": radial_table(), "fidelity": fidelity_section(results_dir),
                 "quality": trained_quality_section(results_dir),
                 "semantic-pieces": semantic_pieces_section(results_dir),
+                "semantic-whole-tiles": semantic_whole_tiles_section(results_dir),
                 "schedule-tradeoff": schedule_tradeoff_section(results, results_dir)}
     img = plot_kernel_speed(results, os.path.join(docs, "kernel_speed.png"))
     if img:
