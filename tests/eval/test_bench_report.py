@@ -192,6 +192,24 @@ def test_bench_kernel_semantic_layout_records_its_tile_work(tmp_path):
     assert [label.split("-")[0] for label in list(rows)[4:]] == ["random", "random64"]
 
 
+def test_semantic_whole_tiles_section_names_the_options_each_row_ran(tmp_path):
+    def row(psnr, **cfg):
+        return {"psnr": psnr, "ssim": 0.9, "density": 0.5,
+                "config": {"clusters": "joint", "block_size": 128, "top_p": 0.9, **cfg}}
+
+    first, *_, last = report.SEMANTIC_WHOLE_TILE_RUNS
+    (tmp_path / first).write_text(json.dumps({"results": {"dense": {"seconds": 1.0}, "semantic": row(32.6),
+                                                          "rounded": row(24.4, clusters="rounded")}}))
+    (tmp_path / last).write_text(json.dumps({"results": {"packed": row(33.0, pack_pieces=True,
+                                                                       cluster_order="similarity")}}))
+    table = report.semantic_whole_tiles_section(str(tmp_path))
+    assert f"| `{first}` | preset | block_size=128 | 0.50 | 32.60 dB | 0.900 |" in table
+    assert f"| `{first}` | rounded | clusters='rounded', block_size=128 | 0.50 | 24.40 dB | 0.900 |" in table
+    assert f"| `{last}` | packed | cluster_order='similarity', pack_pieces=True, block_size=128 |" in table
+    assert "| dense |" not in table
+    assert report.semantic_whole_tiles_section(str(tmp_path / "none")).startswith("_no whole-tile")
+
+
 def test_semantic_pieces_section_reads_what_each_row_ran(tmp_path):
     def run(rows, height):
         return {"prompts": ["a"], "settings": {"height": height, "width": height * 5 // 3, "frames": 33, "steps": 20},
