@@ -63,17 +63,17 @@ scover2)
   ;;
 packed)
   timeout 200 python3 -m dit_sparse.eval.bench kernel --shapes wan14b-720p,hunyuan-720p --layout semantic \
-    --semantic-rows semantic,semantic-packed --clusters 500 --backends fa4 --reps 5 \
+    --semantic-rows semantic,semantic-packed,semantic-b128k64,semantic-packed-k64 --clusters 500 --backends fa4 --reps 5 \
     --out $OUT/kernel-semantic-packed.json 2>&1 | grep -E "^(wan|hun)|Error|wrote" | cut -c1-330
   timeout 330 python3 -m dit_sparse.eval.bench step --model wan14b-720p --layers 10 --dense-variants none \
-    --methods semantic-packed,semantic-packed-p2,semantic-b64,fixed-0.25 \
+    --methods semantic-packed,semantic-packed-k64,semantic-packed-p2,semantic-b64,fixed-0.25 \
     --out $OUT/step-wan14b-720p-semantic-packed.json 2>&1 | grep -E "^wan|Error|wrote" | cut -c1-300
   timeout 250 python3 -m dit_sparse.eval.bench step --model hunyuan-720p --layers 15 --dense-variants none \
-    --methods semantic-packed,semantic-packed-r2,semantic-b128k64-fa4,fixed-0.25 \
+    --methods semantic-packed-k64,semantic-packed-r2,semantic-b128k64-fa4,fixed-0.25 \
     --out $OUT/step-hunyuan-720p-semantic-packed.json 2>&1 | grep -E "^hunyuan|Error|wrote" | cut -c1-300
   ;;
 qpacked)
-  v='{"b128/64": {"method": "semantic", "block_size": 128, "kv_block_size": 64}, "packed": {"method": "semantic", "block_size": 128, "pack_pieces": true, "cluster_order": "similarity"}, "packed p0.8": {"method": "semantic", "block_size": 128, "pack_pieces": true, "cluster_order": "similarity", "top_p": 0.8}, "packed label": {"method": "semantic", "block_size": 128, "pack_pieces": true}}'
+  v='{"b128/64": {"method": "semantic", "block_size": 128, "kv_block_size": 64}, "packed": {"method": "semantic", "block_size": 128, "pack_pieces": true, "cluster_order": "similarity"}, "packed p0.8": {"method": "semantic", "block_size": 128, "pack_pieces": true, "cluster_order": "similarity", "top_p": 0.8}, "packed 128/64": {"method": "semantic", "block_size": 128, "kv_block_size": 64, "pack_pieces": true, "cluster_order": "similarity"}}'
   timeout 400 python3 -m dit_sparse.eval.quality --model small --device cuda --dtype bfloat16 --prompts 1 --steps 20 \
     --height 768 --width 1280 --densities '' --no-random --methods semantic --variants "$v" \
     --out $OUT/quality-small-768p-semantic-packed.json 2>&1 | grep -vE "^ *$|Warning|warn" | tail -12

@@ -259,7 +259,8 @@ class SemanticConfig(SparseConfig):
             remainder pieces are packed several to a block (in ``cluster_order``), and a block pair is computed when
             any piece in one selected any piece in the other (a cover of the selection: every query keeps what its
             piece selected, and more; the layout's density counts what is computed). FlashAttention-4 runs it on
-            full tiles.
+            full tiles. With ``kv_block_size``, pieces are selected as 128 / 64 pieces are and key blocks hold
+            ``kv_block_size`` tokens (fewer pieces share a key block).
         static_kmax (`bool`, defaults to False): size the layout's index lists by their static bound instead of one
             host read of the largest count (no host synchronisation: CUDA graphs, ``torch.compile(fullgraph=True)``),
             at the price of memory.
@@ -325,11 +326,10 @@ class SemanticConfig(SparseConfig):
         if self.cluster_order not in ("label", "similarity"):
             raise ValueError(f"cluster_order={self.cluster_order!r} is not known; allowed: 'label', 'similarity'")
         _check_bool("pack_pieces", self.pack_pieces)
-        if self.pack_pieces and (self.clusters != "joint" or self.estimate not in ("pooled", "blocks")
-                                 or self.kv_block_size not in (None, self.block_size)):
+        if self.pack_pieces and (self.clusters != "joint" or self.estimate not in ("pooled", "blocks")):
             raise ValueError(
-                "pack_pieces packs joint clusters' pieces into fixed blocks and needs clusters='joint', "
-                "estimate='pooled' or 'blocks' and no kv_block_size"
+                "pack_pieces packs joint clusters' pieces into fixed blocks and needs clusters='joint' and "
+                "estimate='pooled' or 'blocks'"
             )
         _check_bool("static_kmax", self.static_kmax)
         if self.kv_block_size is not None:

@@ -1138,6 +1138,8 @@ STEP_METHODS = {
                                         "cluster_order": "similarity", "refresh_every": 2}),
     "semantic-packed-p2": ("semantic", {"top_p": 0.2, "block_size": 128, "pack_pieces": True,
                                         "cluster_order": "similarity"}),
+    "semantic-packed-k64": ("semantic", {"top_p": 0.3, "block_size": 128, "kv_block_size": 64, "pack_pieces": True,
+                                         "cluster_order": "similarity"}),
     "fixed-0.25": ("fixed", {"density": 0.25}),
     # The step ratio at other densities (the presets trade density against dense steps for the same quality).
     "fixed-0.35": ("fixed", {"density": 0.35}),

@@ -429,21 +429,27 @@ class SemanticPattern(Pattern):
             labels = rank.gather(-1, labels)
             counts = torch.empty_like(counts).scatter_(-1, rank, counts)
         perm = cluster_order(labels, kk)
-        idx, cnt, starts, _ = block_plan(q, k, perm, perm, counts, counts, bs, False, cfg.estimate, cfg.top_p,
-                                         cfg.min_kv_ratio, True, None)
-        pieces = starts.shape[1] - 1
+        kb = cfg.key_block_size
+        idx, cnt, q_starts, kv_starts = block_plan(q, k, perm, perm, counts, counts, bs, False, cfg.estimate,
+                                                   cfg.top_p, cfg.min_kv_ratio, True, kb)
+        pq, pk = q_starts.shape[1] - 1, kv_starts.shape[1] - 1
         listed = (torch.arange(idx.shape[-1], device=idx.device) < cnt.unsqueeze(-1)).float()
-        select = torch.zeros(n, pieces, pieces, device=idx.device).scatter_add_(2, idx.long(), listed)
-        # The piece of every position of the cluster order; pieces stay whole under whole_blocks_first.
+        select = torch.zeros(n, pq, pk, device=idx.device).scatter_add_(2, idx.long(), listed) > 0
+        # The query and key piece of every position of the cluster order; pieces stay whole under whole_blocks_first
+        # (a cluster's full pieces are its whole blocks, its remainder piece moves as one run).
         pos = torch.arange(length, device=idx.device).expand(n, length).contiguous()
-        piece = torch.searchsorted(starts[:, 1:].contiguous(), pos.to(starts.dtype), right=True)
+        q_piece = torch.searchsorted(q_starts[:, 1:].contiguous(), pos.to(q_starts.dtype), right=True)
+        k_piece = torch.searchsorted(kv_starts[:, 1:].contiguous(), pos.to(kv_starts.dtype), right=True)
         packed = whole_blocks_first(labels.gather(-1, perm), bs)
-        perm, piece = perm.gather(-1, packed), piece.gather(-1, packed)
-        blocks = cdiv(length, bs)
-        where = (pos // bs) * pieces + piece
-        holds = torch.zeros(n, blocks * pieces, device=idx.device).scatter_(1, where, 1.0).view(n, blocks, pieces)
-        mask = torch.bmm(torch.bmm(holds, (select > 0).float()), holds.transpose(1, 2)) > 0.5
-        idx, cnt = pack_block_mask(mask)
+        perm, q_piece, k_piece = (t.gather(-1, packed) for t in (perm, q_piece, k_piece))
+
+        def holds(piece, block, pieces):  # [N, blocks, pieces]: block i holds tokens of piece p
+            where = (pos // block) * pieces + piece
+            return torch.zeros(n, cdiv(length, block) * pieces, device=idx.device).scatter_(1, where, 1.0).view(
+                n, cdiv(length, block), pieces)
+
+        mask = torch.bmm(torch.bmm(holds(q_piece, bs, pq), select.float()), holds(k_piece, kb, pk).transpose(1, 2))
+        idx, cnt = pack_block_mask(mask > 0.5)
         return (self._trim(idx, cnt).contiguous(), cnt, None, None), perm
 
     def _fixed_layout(self, select, q_counts, k_counts, lq: int, lk: int):

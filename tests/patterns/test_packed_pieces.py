@@ -43,12 +43,14 @@ def test_packed_pieces_are_exact_at_full_budget(order):
                                rtol=1e-5)
 
 
-@pytest.mark.parametrize("order", ["label", "similarity"])
+@pytest.mark.parametrize("order,kv_block", [("label", None), ("similarity", None), ("similarity", 16)])
 @pytest.mark.parametrize("top_p", [0.3, 0.6])
-def test_packed_pieces_compute_every_pair_the_pieces_selected(order, top_p):
+def test_packed_pieces_compute_every_pair_the_pieces_selected(order, kv_block, top_p):
     q, k, _ = inputs(1)
-    pieces = make_pattern(config(top_p=top_p)).plan(q, k, GEOMETRY, {})
-    packed = make_pattern(config(top_p=top_p, pack_pieces=True, cluster_order=order)).plan(q, k, GEOMETRY, {})
+    pieces = make_pattern(config(top_p=top_p, kv_block_size=kv_block)).plan(q, k, GEOMETRY, {})
+    packed = make_pattern(config(top_p=top_p, pack_pieces=True, cluster_order=order,
+                                 kv_block_size=kv_block)).plan(q, k, GEOMETRY, {})
+    assert (packed.block_q, packed.block_kv) == (32, kv_block or 32)
     selected, computed = token_mask(pieces), token_mask(packed)
     assert (computed | ~selected).all()  # a cover: nothing the pieces selected is dropped
     # ... and not everything: the cover stays sparse, and computes more than it selected only in shared blocks.
@@ -58,7 +60,5 @@ def test_packed_pieces_compute_every_pair_the_pieces_selected(order, top_p):
 def test_pack_pieces_is_checked():
     with pytest.raises(ValueError, match="pack_pieces"):
         ds.make_config("semantic", pack_pieces=True, clusters="separate")
-    with pytest.raises(ValueError, match="pack_pieces"):
-        ds.make_config("semantic", pack_pieces=True, block_size=128, kv_block_size=64)
     with pytest.raises(ValueError, match="cluster_order"):
         ds.make_config("semantic", cluster_order="random")
