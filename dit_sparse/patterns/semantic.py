@@ -443,12 +443,16 @@ class SemanticPattern(Pattern):
         packed = whole_blocks_first(labels.gather(-1, perm), bs)
         perm, q_piece, k_piece = (t.gather(-1, packed) for t in (perm, q_piece, k_piece))
 
+        # 0 / 1 maps multiplied on tensor cores on the GPU: a count of at least 1 stays at least 1 in bfloat16.
+        dtype = torch.bfloat16 if idx.is_cuda else torch.float32
+
         def holds(piece, block, pieces):  # [N, blocks, pieces]: block i holds tokens of piece p
             where = (pos // block) * pieces + piece
-            return torch.zeros(n, cdiv(length, block) * pieces, device=idx.device).scatter_(1, where, 1.0).view(
-                n, cdiv(length, block), pieces)
+            ones = torch.ones(1, 1, device=idx.device, dtype=dtype).expand(n, length)
+            return torch.zeros(n, cdiv(length, block) * pieces, device=idx.device, dtype=dtype).scatter_(
+                1, where, ones).view(n, cdiv(length, block), pieces)
 
-        mask = torch.bmm(torch.bmm(holds(q_piece, bs, pq), select.float()), holds(k_piece, kb, pk).transpose(1, 2))
+        mask = torch.bmm(torch.bmm(holds(q_piece, bs, pq), select.to(dtype)), holds(k_piece, kb, pk).transpose(1, 2))
         idx, cnt = pack_block_mask(mask > 0.5)
         return (self._trim(idx, cnt).contiguous(), cnt, None, None), perm
 
