@@ -192,7 +192,7 @@ def _kernel_layouts(args, shape_name, q, k, densities, heads, length, device):
     from ..pipelines.presets import FLUX_SPARSE
 
     if args.layout == "semantic":
-        # The step benchmark's semantic-b64 (cluster pieces of at most 64 tokens, --top-p: 0.3 gives density ~0.25 on
+        # Each of --semantic-rows (step-benchmark rows: their semantic options; --top-p 0.3 gives density ~0.25 on
         # random inputs), planned once on the shape's q and k with each of --clusters (the plan reads no geometry).
         # Yardsticks: random layouts of the first plan's density, in 128- and 64-token blocks.
         rows = []
@@ -299,8 +299,8 @@ def bench_kernel(args) -> dict:
         **({"block_kv": args.block_kv} if args.block_kv else {}),
         "selection": {"random": "random blocks per row, diagonal kept",
                       "tile": "the image presets' tile pattern, and random blocks at its density",
-                      "semantic": "semantic-b64's cluster pieces (top_p 0.3) at each --clusters, and random 128- "
-                                  "and 64-token blocks at the first one's density"}[args.layout],
+                      "semantic": "each --semantic-rows plan at each --clusters and --top-p, and random 128- and "
+                                  "64-token blocks at the first one's density"}[args.layout],
         "qkv": args.qkv,
         "results": results,
     }
@@ -1409,8 +1409,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--block-kv", type=int, default=None,
                    help="key block size of the random layouts (default: --block)")
     k.add_argument("--layout", default="random", choices=["random", "tile", "semantic"],
-                   help="random blocks at --densities, or the tile pattern (image presets) or semantic's cluster "
-                        "pieces (the step benchmark's semantic-b64), and random at its density")
+                   help="random blocks at --densities, or the tile pattern (image presets) or semantic's plans "
+                        "(--semantic-rows), and random at its density")
     k.add_argument("--clusters", default="500", help="--layout semantic: kv_clusters of each semantic row")
     k.add_argument("--semantic-rows", default="semantic-b64",
                    help="--layout semantic: step-benchmark rows whose semantic options to plan with")
