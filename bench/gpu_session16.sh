@@ -10,7 +10,7 @@
 #   next (9259871): session 15's unrun part (Wan-1.3B 128/64 pieces; HunyuanVideo's preset at refresh_every=2).
 # Not run yet (no device time left):
 #   packed:  cluster pieces packed whole into fixed blocks (pack_pieces=True): the attention call at Wan-14B and
-#            HunyuanVideo 720p against its own pieces, and the step at both.
+#            HunyuanVideo 720p against its own pieces, and the step at Wan-14B (`packedh`: at HunyuanVideo).
 #   qpacked: its video quality on small at 768x1280 (as `qual`).
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
 case "${1:-packed}" in
@@ -68,6 +68,9 @@ packed)
   timeout 330 python3 -m dit_sparse.eval.bench step --model wan14b-720p --layers 10 --dense-variants none \
     --methods semantic-packed,semantic-packed-k64,semantic-packed-p2,semantic-b64,fixed-0.25 \
     --out $OUT/step-wan14b-720p-semantic-packed.json 2>&1 | grep -E "^wan|Error|wrote" | cut -c1-300
+  ;;
+packedh)
+  # HunyuanVideo's half of `packed` (one device call runs at most 600 s).
   timeout 250 python3 -m dit_sparse.eval.bench step --model hunyuan-720p --layers 15 --dense-variants none \
     --methods semantic-packed-k64,semantic-packed-r2,semantic-b128k64-fa4,fixed-0.25 \
     --out $OUT/step-hunyuan-720p-semantic-packed.json 2>&1 | grep -E "^hunyuan|Error|wrote" | cut -c1-300
