@@ -1022,11 +1022,17 @@ def _family_presets(family: str) -> dict:
             "qwen_image": presets.QWEN_IMAGE_SPARSE}[family]
 
 
+# The options that shape semantic's layout (not its selection): the step rows set them (a row's name says which).
+SEMANTIC_LAYOUT_OPTIONS = ("block_size", "kv_block_size", "pack_pieces", "cluster_order", "fixed_blocks", "clusters")
+
+
 def _preset_pattern_options(family: str, method: str) -> dict:
     """A preset's options of ``method`` that shape the pattern (decay, window, density, ...), without the schedule:
     the benchmarks time every layer and step sparse, planning on every step unless a row says otherwise."""
     schedule = ("dense_steps", "dense_layers", "refresh_every", "min_sparse_tokens", "fast_dense", "share_cfg_layouts")
-    return {key: v for key, v in _family_presets(family).get(method, {}).items() if key not in schedule}
+    # Semantic's rows name their own layout (piece sizes, packing): the preset's must not turn a row into another.
+    shape = SEMANTIC_LAYOUT_OPTIONS if method == "semantic" else ()
+    return {key: v for key, v in _family_presets(family).get(method, {}).items() if key not in schedule + shape}
 
 
 # The step benchmark's rows that run what the presets run (semantic's default blocks are 64 tokens), best first; the
@@ -1138,6 +1144,9 @@ STEP_METHODS = {
                                         "cluster_order": "similarity", "refresh_every": 2}),
     "semantic-packed-p2": ("semantic", {"top_p": 0.2, "block_size": 128, "pack_pieces": True,
                                         "cluster_order": "similarity"}),
+    "semantic-packed-r2-cfg": ("semantic", {"top_p": 0.3, "block_size": 128, "pack_pieces": True,
+                                            "cluster_order": "similarity", "refresh_every": 2,
+                                            "share_cfg_layouts": True}),
     "semantic-packed-k64": ("semantic", {"top_p": 0.3, "block_size": 128, "kv_block_size": 64, "pack_pieces": True,
                                          "cluster_order": "similarity"}),
     "fixed-0.25": ("fixed", {"density": 0.25}),

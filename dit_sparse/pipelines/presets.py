@@ -151,8 +151,16 @@ WAN_SPARSE = {
     # and draft 25.42 -> 25.83 dB against dense (``quality-small-share-cfg.json``; tiny, 3 prompts: semantic 24.46 ->
     # 27.94 dB, draft 21.19 -> 21.84 dB, ``quality-tiny-share-cfg.json``): likely because with one layout the two
     # branches' sparsity errors are alike and largely cancel in the guidance difference cond - uncond.
+    # Cluster pieces packed whole into 128-token fixed blocks (``pack_pieces``, clusters in a similarity order): the
+    # pieces' selection, computed as a cover on FlashAttention-4's full-rate tiles. Per step, every step planned,
+    # top_p 0.3 on random weights: Wan-14B 720p 1.65x dense at density 0.40 against 1.41x for the 64-token pieces on
+    # Triton at 0.23 (yardstick 2.21x); Wan-1.3B 480p 1.05x against 1.00x (``2026-12-03_NVIDIA-H200_step-{wan14b-720p,
+    # wan1.3b-480p}-semantic-packed.json``). Against dense video on the trained small model at Wan-14B's cluster size
+    # (768x1280, 20 steps): 34.73 dB at density 0.54 against 32.59 / 33.17 dB for 128 / 128 and 128 / 64 pieces at
+    # 0.44-0.45 (``quality-small-768p-semantic-packed.json``). The cover computes more than the pieces select (1.2x on
+    # trained attention, 1.8x on random q/k) but at ~600 effective TFLOP/s where pieces run at 210-250.
     "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "refresh_every": 2, "share_cfg_layouts": True,
-                 "fast_dense": True},
+                 "block_size": 128, "pack_pieces": True, "cluster_order": "similarity", "fast_dense": True},
     # Fewer dense steps at a higher density: on the trained small model (20 steps, 2 prompts,
     # ``quality-small-dense-steps.json``) density 0.35 with 10 % dense steps gives 26.09 dB against dense video where
     # 0.25 with 25 % gave 25.42, and Wan-1.3B 480p's steps imply 1.49x end to end against 1.41x for the 0.25 / 30 %
@@ -169,16 +177,14 @@ WAN_SPARSE = {
 HUNYUAN_SPARSE = {
     "dense": {},
     "radial": {"dense_steps": 0.25, "dense_layers": 0, "decay": 0.95, "fast_dense": True},
-    # Query pieces of 128 tokens holding key pieces of 64: FlashAttention-4 runs them as whole full-rate tiles of a
-    # padded sequence (HunyuanVideo 720p's ~240-token clusters fill them): one 720p step 2.64x dense against 2.35x for
-    # 64-token pieces on Triton (15 of 60 blocks, ``2026-12-03_NVIDIA-H200_step-hunyuan-720p-semantic-b128k64.json``).
-    # On the trained small model the finer key pieces beat 128 / 128 against dense video, 33.74 vs 30.93 dB (8,640
-    # tokens, density 0.50 vs 0.46) and 33.17 vs 32.59 dB (34,560 tokens, 0.447 vs 0.442;
-    # ``quality-small-semantic-tiles.json``, ``quality-small-768p-semantic-tiles.json``), though per call they choose
-    # no better (oracle gain 1.32 vs 1.44 at density 0.25 on small's captured attention,
-    # ``oracle-small-semantic-pieces.json``): the preset is taken for speed at no loss in video quality.
+    # Cluster pieces packed whole into 128-token fixed blocks, as Wan's preset. Per 720p step (15 of 60 blocks,
+    # top_p 0.3 on random weights, planned every other step) 2.68x dense, as the 128 / 64 pieces it replaces (2.68x,
+    # FlashAttention-4 running them as whole tiles of a padded sequence; 2.35x for 64-token pieces on Triton;
+    # ``2026-12-03_NVIDIA-H200_step-hunyuan-720p-semantic-{packed,b128k64-r2}.json``), with better video on the trained
+    # small model: 34.73 dB at density 0.54 against 33.17 dB at 0.45 (768x1280, ``quality-small-768p-semantic-
+    # packed.json``). Packed with 64-token key blocks: 34.81 dB but 2.55x against 2.65x for its pieces, every step.
     "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "refresh_every": 2, "block_size": 128,
-                 "kv_block_size": 64, "fast_dense": True},
+                 "pack_pieces": True, "cluster_order": "similarity", "fast_dense": True},
     "draft": {"dense_steps": 0.3, "dense_layers": 1, "density": 0.1, "refresh_every": 2, "fast_dense": True},
     "tile": dict(VIDEO_TILE, fast_dense=True),
 }

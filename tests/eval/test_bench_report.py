@@ -500,14 +500,18 @@ def test_bench_crossover_reports_the_smallest_faster_size(tmp_path):
 
 def test_bench_compile_whole_model_semantic(tmp_path):
     """--route model: semantic under torch.compile(transformer, fullgraph=True) compiles a graph per CFG branch for the
-    cold first step and one for the warm steps, then no more."""
+    cold first step and one for the warm steps, then no more; with variable pieces and with packed pieces (the video
+    presets; their similarity order's balanced partition once drew its starts from a torch.Generator, which Dynamo
+    does not take)."""
     out = tmp_path / "compile.json"
-    data = _run_bench(out, "compile", "--model", "tiny", "--methods", "semantic-b64",
+    data = _run_bench(out, "compile", "--model", "tiny", "--methods", "semantic-b64,semantic-packed",
                       "--steps", "4", "--warmup", "2", "--compile-backend", "eager", "--route", "model", timeout=600)
     assert data["compile"].startswith("torch.compile(transformer")
-    row = data["results"]["semantic-b64-compiled"]
-    assert "error" not in row, row
-    assert row["graphs"] == 4 and row["graph_breaks"] == 0
+    for label in ("semantic-b64-compiled", "semantic-packed-compiled"):
+        row = data["results"][label]
+        assert "error" not in row, row
+        assert row["graphs"] == 4 and row["graph_breaks"] == 0
+    assert data["results"]["semantic-packed-compiled"]["config"]["pack_pieces"]
 
 
 def test_implied_e2e_takes_the_row_of_the_presets_own_draft_density():
@@ -524,24 +528,42 @@ def test_implied_e2e_takes_the_row_of_the_presets_own_draft_density():
     assert implied_e2e("wan", 30, {"draft-r4": 1.75})["draft"]["row"] == "draft-r4"
 
 
-def test_implied_e2e_takes_semantics_default_blocks_at_the_presets_period():
-    # Wan's preset plans semantic every other step with 64-token blocks: its row is semantic-b64-r2, then
-    # semantic-b64; the 128-token rows (measured before the planning fix) only where neither was measured.
+def test_implied_e2e_takes_the_semantic_presets_own_rows(monkeypatch):
+    """Both video presets run packed pieces (pack_pieces): only the packed rows time them, at the preset's period and,
+    on Wan, with the CFG branches sharing the plan. Variable-piece presets (the earlier ones, a user's) take their own
+    block sizes' rows."""
+    from dit_sparse.eval import bench
     from dit_sparse.eval.bench import implied_e2e
 
+    ratios = {"semantic-b64": 1.41, "semantic-b64-r2-cfg": 1.5, "semantic-packed": 1.65, "semantic-packed-r2": 1.7,
+              "draft-0.35-r4": 1.9, "draft-0.35-r4-cfg": 1.95}
+    assert implied_e2e("wan", 30, ratios)["semantic"]["row"] == "semantic-packed-r2"
+    assert implied_e2e("wan", 30, {**ratios, "semantic-packed-r2-cfg": 1.8})["semantic"]["row"] == (
+        "semantic-packed-r2-cfg")
+    assert implied_e2e("wan", 30, ratios)["draft"]["row"] == "draft-0.35-r4-cfg"
+    assert "semantic" not in implied_e2e("wan", 30, {"semantic-b64": 1.41, "semantic-b64-r2": 1.45})
+    # HunyuanVideo (one call per step) shares nothing: never a "-cfg" row.
+    hunyuan = {"semantic-b128k64-r2": 2.68, "semantic-packed": 2.6, "semantic-packed-r2": 2.68,
+               "semantic-packed-r2-cfg": 9.0}
+    assert implied_e2e("hunyuan_video", 60, hunyuan)["semantic"]["row"] == "semantic-packed-r2"
+    assert implied_e2e("hunyuan_video", 60, {"draft-0.1-r2": 4.0, "draft-0.1-r2-cfg": 9.0})["draft"]["row"] == (
+        "draft-0.1-r2")
+
+    # A variable-piece preset with 64-token pieces: semantic-b64 at its period, the 128-token rows (measured before
+    # the planning fix) only where neither was measured.
+    wan = {"semantic": {"dense_steps": 0.2, "dense_layers": 1, "refresh_every": 2, "share_cfg_layouts": True}}
+    monkeypatch.setattr(bench, "_family_presets", lambda family: wan)
     ratios = {"semantic-r2": 0.5, "semantic": 0.6, "semantic-b64": 1.41, "semantic-b64-r2": 1.45}
     assert implied_e2e("wan", 30, ratios)["semantic"]["row"] == "semantic-b64-r2"
     del ratios["semantic-b64-r2"]
     assert implied_e2e("wan", 30, ratios)["semantic"]["row"] == "semantic-b64"
     assert implied_e2e("wan", 30, {"semantic-r2": 0.5, "semantic": 0.6})["semantic"]["row"] == "semantic-r2"
-    # Its CFG branches share one plan per step (share_cfg_layouts): the "-cfg" row first where measured; HunyuanVideo
-    # (one call per step) shares nothing.
-    ratios.update({"semantic-b64-r2-cfg": 1.5, "draft-0.35-r4": 1.9, "draft-0.35-r4-cfg": 1.95})
-    assert implied_e2e("wan", 30, ratios)["semantic"]["row"] == "semantic-b64-r2-cfg"
-    assert implied_e2e("wan", 30, ratios)["draft"]["row"] == "draft-0.35-r4-cfg"
-    assert implied_e2e("hunyuan_video", 60, {"draft-0.1-r2": 4.0, "draft-0.1-r2-cfg": 9.0})["draft"]["row"] == (
-        "draft-0.1-r2")
-    # HunyuanVideo's preset runs 128-token query pieces with 64-token key pieces: only those rows time it.
+    assert implied_e2e("wan", 30, {**ratios, "semantic-b64-r2-cfg": 1.5})["semantic"]["row"] == (
+        "semantic-b64-r2-cfg")
+    # 128-token query pieces with 64-token key pieces: only those rows time it.
+    hy = {"semantic": {"dense_steps": 0.2, "dense_layers": 1, "refresh_every": 2, "block_size": 128,
+                       "kv_block_size": 64}}
+    monkeypatch.setattr(bench, "_family_presets", lambda family: hy)
     hunyuan = {"semantic-b64-r2": 2.4, "semantic-b64": 2.35, "semantic-b128k64-fa4": 2.64}
     assert implied_e2e("hunyuan_video", 60, hunyuan)["semantic"]["row"] == "semantic-b128k64-fa4"
     assert implied_e2e("hunyuan_video", 60, {**hunyuan, "semantic-b128k64-r2": 2.8})["semantic"]["row"] == (
