@@ -225,10 +225,12 @@ STEP_ROW_NOTES = {
     "semantic-b64-triton": "blocks <= 64 on our Triton kernel",
     "semantic-b64-fa4": "blocks <= 64 as whole 64-token tiles of a padded sequence on FA4",
     "semantic-b64-r2-cfg-fa4": "blocks <= 64 on FA4's padded tiles, refresh_every=2, CFG branches share the plan",
-    "semantic-b128k64": "query pieces <= 128, key pieces <= 64 (HunyuanVideo's preset)",
-    "semantic-b128k64-r2": "query pieces <= 128, key pieces <= 64, refresh_every=2 (HunyuanVideo's preset)",
+    "semantic-b128k64": "query pieces <= 128, key pieces <= 64 (HunyuanVideo's preset, sessions 15-16)",
+    "semantic-b128k64-r2": ("query pieces <= 128, key pieces <= 64, refresh_every=2 (HunyuanVideo's preset, "
+                            "sessions 15-16)"),
     "semantic-b128k64-triton": "query pieces <= 128, key pieces <= 64, on our Triton kernel",
-    "semantic-b128k64-fa4": "query pieces <= 128, key pieces <= 64, on FA4's padded tiles (HunyuanVideo's preset)",
+    "semantic-b128k64-fa4": ("query pieces <= 128, key pieces <= 64, on FA4's padded tiles (HunyuanVideo's preset, "
+                             "sessions 15-16)"),
     "semantic-b128k64-m256-fa4": "query pieces <= 128, key pieces <= 64, clusters of >= 256 tokens on average, FA4",
     "semantic-b128k64-m512-fa4": "query pieces <= 128, key pieces <= 64, clusters of >= 512 tokens on average, FA4",
     "semantic-b64-m256-fa4": "blocks <= 64, clusters of >= 256 tokens on average, FA4",
