@@ -17,7 +17,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from ..config import EVERY_TILE
 
@@ -176,24 +176,38 @@ def e2e_table(results: List[dict]) -> str:
     return "\n".join(lines) if lines else "_no end-to-end results yet_"
 
 
-def pattern_table(results: List[dict]) -> str:
-    lines = []
-    runs = _latest(results, "pattern")
-    # Runs at the presets with realistic q/k (one per shape) replace the older runs at the configs' defaults.
+def _pattern_runs(results: List[dict]) -> List[Tuple[dict, Dict[str, Tuple[dict, dict]]]]:
+    """Per shape, (its newest run, {method: (entry, the run it came from)}): runs at the presets with realistic q/k
+    replace the older runs at the configs' defaults, and among them each method's newest measurement is kept (a run
+    of one method, such as a changed preset, does not hide the others)."""
+    runs = [r for r in results if r.get("benchmark") == "pattern"]
     if any(r.get("presets") for r in runs):
         runs = [r for r in runs if r.get("presets")]
-    for r in runs:
+    shapes: Dict[str, Tuple[dict, Dict[str, Tuple[dict, dict]]]] = {}
+    for r in sorted(runs, key=lambda r: r.get("date", "")):
+        key = r.get("shape") or "all"
+        rows = dict(shapes.get(key, (r, {}))[1])
+        rows.update({m: (e, r) for m, e in r.get("results", {}).items()})
+        shapes[key] = (r, rows)
+    return list(shapes.values())
+
+
+def pattern_table(results: List[dict]) -> str:
+    lines = []
+    for r, rows in _pattern_runs(results):
         dev = r.get("env", {}).get("device", "?")
         what = (f"each method at the `{r['presets']}` preset, {r.get('qkv', 'random')} q/k" if r.get("presets")
                 else "each method at its config's defaults, random q/k")
-        lines.append(f"{r['shape']} ({r['tokens']} tokens × {r['heads']} heads) on {dev}, {what}; "
-                     f"`{r.get('command', '')}`\n")
+        sources = list({id(run): run for _, run in rows.values()}.values())
+        commands = "; ".join(f"`{run.get('command', '')}` (commit `{run.get('commit', '?')}`)" for run in sources)
+        lines.append(f"{r['shape']} ({r['tokens']} tokens × {r['heads']} heads) on {dev}, {what}; {commands}\n")
         lines.append("| method | plan (ms, warm) | plan (ms, cold) | sparse attention (ms) | overhead per plan "
-                     "| density | planned | overhead per sparse call at the schedule |")
-        lines.append("|---|---|---|---|---|---|---|---|")
-        for m, e in r["results"].items():
+                     "| density | planned | overhead per sparse call at the schedule | file |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for m, (e, run) in rows.items():
+            source = f"`{os.path.basename(run['_path'])}`" if run.get("_path") else "—"
             if "error" in e:
-                lines.append(f"| {m} | error: {e['error'][:100]} | | | | | | |")
+                lines.append(f"| {m} | error: {e['error'][:100]} | | | | | | | {source} |")
                 continue
             if "overhead_at_schedule" in e:
                 every = e["refresh_every"]
@@ -205,7 +219,8 @@ def pattern_table(results: List[dict]) -> str:
             else:
                 planned, at_schedule = "—", "—"
             lines.append(f"| {m} | {e['plan_ms']:.2f} | {e['cold_ms']:.2f} | {e['attention_ms']:.2f} | "
-                         f"{100 * e['overhead_ratio']:.1f} % | {e['density']:.2f} | {planned} | {at_schedule} |")
+                         f"{100 * e['overhead_ratio']:.1f} % | {e['density']:.2f} | {planned} | {at_schedule} | "
+                         f"{source} |")
         lines.append("")
     return "\n".join(lines) if lines else "_no pattern results yet_"
 

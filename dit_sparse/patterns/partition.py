@@ -113,7 +113,9 @@ def principal_features(x: torch.Tensor, basis: torch.Tensor, iters: int = SUBSPA
         gram = basis.transpose(1, 2) @ basis
         # A relative jitter keeps the Cholesky defined when the data has fewer than ``dims`` directions.
         jitter = 1e-6 * gram.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)[:, None, None] * eye
-        chol = torch.linalg.cholesky(gram + jitter)
+        # cholesky_ex: no error check, whose read of the status to the host would stall the plan on the GPU (the
+        # jitter keeps the matrix positive definite).
+        chol = torch.linalg.cholesky_ex(gram + jitter).L
         basis = torch.linalg.solve_triangular(chol, basis.transpose(1, 2), upper=False).transpose(1, 2)
     return xf @ basis
 

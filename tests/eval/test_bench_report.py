@@ -677,3 +677,11 @@ def test_pattern_table_prefers_the_preset_runs_and_says_how_often_each_plans():
     assert "wan1.3b-480p" not in text and "`hunyuanvideo` preset, photo q/k" in text
     assert "| every 2 sparse steps | 12.5 % |" in text and "| once per geometry | 25.0 % |" in text
     assert "wan1.3b-480p" in report.pattern_table([old])
+    # A later run of one method (a changed preset) replaces that method's row and keeps the others, each row naming
+    # its file.
+    newer = {"benchmark": "pattern", "shape": "hunyuan-720p", "tokens": 118800, "heads": 24, "date": "2026-12-04",
+             "presets": "hunyuanvideo", "qkv": "photo", "_path": "bench/results/pattern-hunyuan-newer.json",
+             "results": {"draft": dict(row, static=False, refresh_every=2, overhead_at_schedule=0.0625)}}
+    text = report.pattern_table([old, new, newer])
+    assert "| every 2 sparse steps | 6.2 % | `pattern-hunyuan-newer.json` |" in text
+    assert "| once per geometry | 25.0 % | — |" in text and "12.5 %" not in text
