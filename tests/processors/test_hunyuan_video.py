@@ -118,7 +118,7 @@ def test_fast_dense_runs_dense_steps_on_fa4_where_it_can(monkeypatch):
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["radial", "draft", "semantic"])
+@pytest.mark.parametrize("method", ["radial", "draft", "semantic", "semantic-packed"])
 def test_compile_repeated_blocks_fullgraph_equals_eager(method):
     """HunyuanVideo under compile_repeated_blocks(fullgraph=True) (what `generate --compile` compiles): dual- and
     single-stream blocks trace through our processors without a break (padded text, batch 2, a dense step, a dense
@@ -133,6 +133,9 @@ def test_compile_repeated_blocks_fullgraph_equals_eager(method):
         "draft": DraftConfig(dense_steps=1, dense_layers=1, block_size=32, density=0.5, min_sparse_tokens=0),
         "semantic": SemanticConfig(dense_steps=1, dense_layers=1, block_size=16, kv_clusters=8, top_p=0.5,
                                    min_sparse_tokens=0),
+        # The preset's layout: cluster pieces packed into fixed blocks in the clusters' similarity order.
+        "semantic-packed": SemanticConfig(dense_steps=1, dense_layers=1, block_size=16, kv_clusters=8, top_p=0.5,
+                                          pack_pieces=True, cluster_order="similarity", min_sparse_tokens=0),
     }[method]
 
     def steps(model):
