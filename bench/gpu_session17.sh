@@ -5,7 +5,10 @@
 #          conditional branch's layout) against the 64-token pieces it replaces on Wan, the fixed 0.25 yardstick in
 #          the same run: Wan-14B 720p (10 blocks) and Wan-1.3B 480p.
 #   pat:   `bench pattern --presets --qkv photo` (planning per sparse call at the preset's period against the sparse
-#          attention it serves, on photographic q/k/v: realistic densities) at the three shapes.
+#          attention it serves, on photographic q/k/v: realistic densities) at the three shapes. Ran (f23260a).
+#   prof:  the packed plan by stage (similarity order, packing, k-means, block plan; CUDA time and host wall-clock)
+#          against the 64-token pieces, Wan-1.3B 480p (plan 11.4 ms against 2.8 ms for the pieces) and Wan-14B 720p.
+# Not run yet (the device was lent for ~11 minutes this session): steps, prof.
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
 case "${1:-steps}" in
 steps)
@@ -21,5 +24,9 @@ pat)
     timeout 170 python3 -m dit_sparse.eval.bench pattern --shape $shape --presets --qkv photo --methods semantic \
       --out $OUT/pattern-$shape-semantic-packed-presets.json 2>&1 | grep -vE "^ *$|Warning|warn" | tail -4 | cut -c1-400
   done
+  ;;
+prof)
+  timeout 560 python3 bench/profile_semantic_plan.py $OUT/profile-semantic-packed-plan.json wan1.3b-480p,wan14b-720p \
+    2>&1 | grep -vE "^ *$|Warning" | cut -c1-300 | tail -80
   ;;
 esac

@@ -1,7 +1,8 @@
 """Where semantic's planning time goes on photographic q/k at its preset (issue #13): after session 13's pattern
 benchmark, planning cost 42-65 % of semantic's sparse attention at the three target shapes (density 0.14-0.16).
-CUDA time of each stage of one warm plan (k-means, cluster order, the compiled block plan, the trim), the CUDA kernels
-of a whole plan, and plan / attention for a few variants.
+CUDA time of each stage of one warm plan (k-means, cluster order, the compiled block plan, the trim; with packed
+pieces, the presets' layout since session 17, also the similarity order and the whole packing), the host wall-clock of
+a plan next to its CUDA time, the CUDA kernels of a whole plan, and plan / attention for a few variants.
 
     python bench/profile_semantic_plan.py OUT.json [SHAPES]   (comma-separated; default wan1.3b-480p,wan14b-720p)
 """
@@ -19,7 +20,39 @@ from dit_sparse.patterns import block_mass, make_pattern
 from dit_sparse.patterns.semantic import block_plan
 from dit_sparse.schedule import BoundedCache, PlanCache
 
-VARIANTS = {"preset": {}, "warm_iters=1": {"warm_iters": 1}, "block_size=128": {"block_size": 128}}
+# Since session 17 the presets pack the pieces (pack_pieces=True): "pieces b64" is the layout they replaced.
+VARIANTS = {"preset": {}, "warm_iters=1": {"warm_iters": 1},
+            "pieces b64": {"block_size": 64, "pack_pieces": False, "cluster_order": "label"}}
+
+
+def wall_ms(fn, reps: int = 5) -> float:
+    """Host wall-clock of fn() to a synchronised end, median: against the CUDA time it shows host stalls (a read
+    to the host, launches the GPU waits for)."""
+    import time
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    times = []
+    for _ in range(reps):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(1e3 * (time.perf_counter() - t))
+    return sorted(times)[len(times) // 2]
+
+
+def packed_stages(pattern, q, k, labels, centroids, counts) -> dict:
+    """The packing stages of ``pack_pieces``: the clusters' similarity order and the whole `_packed_layout`
+    (similarity order, cluster order, block plan, piece maps and their products, block lists, trim)."""
+    from dit_sparse.patterns.semantic import _similarity_rank
+
+    b, h, length, d = q.shape
+    n, kk = b * h, counts.shape[-1]
+    args = (q.reshape(n, length, d), k.reshape(n, length, d), labels.view(n, length), centroids.view(n, kk, 2 * d),
+            counts.view(n, kk))
+    return {"similarity_rank_ms": time_cuda(lambda: _similarity_rank(args[3], kk), reps=5)["median_ms"],
+            "packed_layout_ms": time_cuda(lambda: pattern._packed_layout(*args), reps=5)["median_ms"],
+            "packed_layout_wall_ms": wall_ms(lambda: pattern._packed_layout(*args))}
 
 
 def stages(pattern, q, k, cache) -> dict:
@@ -30,7 +63,9 @@ def stages(pattern, q, k, cache) -> dict:
     out = {}
     x = (q, k)  # read in place by the k-means kernel (joint clusters of [q, k])
     out["kmeans_ms"] = time_cuda(lambda: pattern.cluster(x, kk, cache, "qk"), reps=5)["median_ms"]
-    labels, _, counts = pattern.cluster(x, kk, cache, "qk")
+    labels, centroids, counts = pattern.cluster(x, kk, cache, "qk")
+    if cfg.pack_pieces:
+        out.update(packed_stages(pattern, q, k, labels, centroids, counts))
     out["order_ms"] = time_cuda(lambda: pattern._order(labels, kk), reps=5)["median_ms"]
     perm = pattern._order(labels, kk).view(n, length)
     qc = counts.view(n, kk)
@@ -76,6 +111,7 @@ def main():
             cache = PlanCache(shared=BoundedCache())
             layout = pattern.plan(q, k, geometry, cache)
             row = {"plan_ms": time_cuda(lambda: pattern.plan(q, k, geometry, cache), reps=5)["median_ms"],
+                   "plan_wall_ms": wall_ms(lambda: pattern.plan(q, k, geometry, cache)),
                    "attention_ms": time_cuda(lambda: block_sparse_attention(q, k, v, layout), reps=5)["median_ms"],
                    "density": float(layout.density())}
             if label == "preset":
