@@ -3,7 +3,9 @@
 # for the call that carries a part).
 #   steps: per denoising step at the preset's shape (packed pieces, planned every other step, both CFG branches on the
 #          conditional branch's layout) against the 64-token pieces it replaces on Wan, the fixed 0.25 yardstick in
-#          the same run: Wan-14B 720p (10 blocks) and Wan-1.3B 480p.
+#          the same run: Wan-14B 720p (10 blocks) and Wan-1.3B 480p (there also pieces packed into 64-token blocks,
+#          which cover its ~65-token clusters' selection at 1.25x the pieces' density instead of 1.5x on small's
+#          attention, `oracle-small-packed-wan480-clusters.json`).
 #   pat:   `bench pattern --presets --qkv photo` (planning per sparse call at the preset's period against the sparse
 #          attention it serves, on photographic q/k/v: realistic densities) at the three shapes. Ran (f23260a).
 #   prof:  the packed plan by stage (similarity order, packing, k-means, block plan; CUDA time and host wall-clock)
@@ -16,7 +18,7 @@ steps)
     --methods semantic-packed-r2-cfg,semantic-packed-r2,semantic-b64-r2-cfg,fixed-0.25 \
     --out $OUT/step-wan14b-720p-semantic-packed-preset.json 2>&1 | grep -E "^wan|Error|wrote" | cut -c1-300
   timeout 200 python3 -m dit_sparse.eval.bench step --model wan1.3b-480p --dense-variants none \
-    --methods semantic-packed-r2-cfg,semantic-b64-r2-cfg,fixed-0.25 \
+    --methods semantic-packed-r2-cfg,semantic-packed-b64,semantic-packed,semantic-b64-r2-cfg,fixed-0.25 \
     --out $OUT/step-wan1.3b-480p-semantic-packed-preset.json 2>&1 | grep -E "^wan|Error|wrote" | cut -c1-300
   ;;
 pat)

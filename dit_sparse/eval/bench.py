@@ -1147,6 +1147,10 @@ STEP_METHODS = {
     "semantic-packed-r2-cfg": ("semantic", {"top_p": 0.3, "block_size": 128, "pack_pieces": True,
                                             "cluster_order": "similarity", "refresh_every": 2,
                                             "share_cfg_layouts": True}),
+    # Pieces packed into 64-token blocks: at Wan-1.3B 480p's ~65-token clusters 128-token blocks hold ~2 clusters each,
+    # and the cover computes 1.5x the pieces' density there (``oracle-small-packed-wan480-clusters.json``).
+    "semantic-packed-b64": ("semantic", {"top_p": 0.3, "block_size": 64, "pack_pieces": True,
+                                         "cluster_order": "similarity"}),
     "semantic-packed-k64": ("semantic", {"top_p": 0.3, "block_size": 128, "kv_block_size": 64, "pack_pieces": True,
                                          "cluster_order": "similarity"}),
     "fixed-0.25": ("fixed", {"density": 0.25}),

@@ -264,6 +264,7 @@ STEP_ROW_NOTES = {
     "semantic-packed-r2": "packed pieces, refresh_every=2",
     "semantic-packed-p2": "packed pieces at top_p 0.2",
     "semantic-packed-k64": "packed 128 / 64 pieces (64-token key blocks)",
+    "semantic-packed-b64": "cluster pieces packed whole into 64-token fixed blocks",
     "semantic-packed-r2-cfg": "packed pieces, refresh_every=2, CFG branches sharing the layout (Wan's preset)",
     "semantic-fixed": "fixed blocks", "semantic-fixed-r2": "fixed blocks, refresh_every=2",
     "semantic-r2": "blocks <= 128, refresh_every=2",
