@@ -132,33 +132,24 @@ def balanced_partition(
         raise ValueError(f"balanced_partition needs block >= 1, got {block}")
     if sub_block is not None and (sub_block < 1 or block % sub_block):
         raise ValueError(f"balanced_partition needs sub_block to divide block={block}, got {sub_block}")
-    dims = min(PCA_DIMS if dims is None else dims, f)
-    # Inside a caller's torch.compile the starts are built in the graph (Dynamo traces through an lru_cache rather
-    # than reading it); eager, the per-device cache saves a host-to-device copy per plan.
-    starts = _fixed_starts if torch.compiler.is_compiling() else _starts
-    basis, axis = starts(f, dims, x.device)
+    basis, axis = _starts(f, min(PCA_DIMS if dims is None else dims, f), x.device)
     return _partition(x, basis, axis, _padded_levels(length, block, x.device, sub_block))
 
 
 # Fixed Gaussian numbers for the starts, drawn once at import: Dynamo does not take a ``torch.Generator`` inside a
-# caller's ``torch.compile(fullgraph=True)``, a module constant it does.
+# caller's ``torch.compile(fullgraph=True)`` (it traces through `_starts`' cache), a module constant it does.
 _GAUSSIAN = torch.randn(1 << 15, generator=torch.Generator().manual_seed(0))
-
-
-def _fixed_starts(features: int, dims: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Fixed starts for the subspace and power iterations (the same for every row and segment): deterministic, and
-    almost surely not orthogonal to what they converge to; consecutive entries of `_GAUSSIAN` (wrapping around past
-    its end, for features * dims beyond 32k)."""
-    idx = torch.arange(features * dims + dims) % _GAUSSIAN.numel()
-    v = _GAUSSIAN[idx].to(device)
-    return v[: features * dims].view(features, dims), v[features * dims:]
 
 
 @lru_cache(maxsize=16)
 def _starts(features: int, dims: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """`_fixed_starts`, cached per device (eager planning): a host-to-device copy in every plan would wait for the
-    stream."""
-    return _fixed_starts(features, dims, device)
+    """Fixed starts for the subspace and power iterations (the same for every row and segment): deterministic, and
+    almost surely not orthogonal to what they converge to; consecutive entries of `_GAUSSIAN` (wrapping around past
+    its end, for features * dims beyond 32k). Cached per device: a host-to-device copy in every plan would wait for
+    the stream."""
+    idx = torch.arange(features * dims + dims) % _GAUSSIAN.numel()
+    v = _GAUSSIAN[idx].to(device)
+    return v[: features * dims].view(features, dims), v[features * dims:]
 
 
 @compiled_planning

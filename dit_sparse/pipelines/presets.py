@@ -158,7 +158,8 @@ WAN_SPARSE = {
     # wan1.3b-480p}-semantic-packed.json``). Against dense video on the trained small model at Wan-14B's cluster size
     # (768x1280, 20 steps): 34.73 dB at density 0.54 against 32.59 / 33.17 dB for 128 / 128 and 128 / 64 pieces at
     # 0.44-0.45 (``quality-small-768p-semantic-packed.json``). The cover computes more than the pieces select (1.2x on
-    # trained attention, 1.8x on random q/k) but at ~600 effective TFLOP/s where pieces run at 210-250.
+    # small's captured attention, ``oracle-small-packed-pieces.json``; 1.7-3.3x on random q/k, the step JSONs) but at
+    # ~600 effective TFLOP/s where pieces run at 210-250.
     "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "refresh_every": 2, "share_cfg_layouts": True,
                  "block_size": 128, "pack_pieces": True, "cluster_order": "similarity", "fast_dense": True},
     # Fewer dense steps at a higher density: on the trained small model (20 steps, 2 prompts,
