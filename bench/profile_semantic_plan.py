@@ -1,8 +1,9 @@
 """Where semantic's planning time goes on photographic q/k at its preset (issue #13): after session 13's pattern
 benchmark, planning cost 42-65 % of semantic's sparse attention at the three target shapes (density 0.14-0.16).
 CUDA time of each stage of one warm plan (k-means, cluster order, the compiled block plan, the trim; with packed
-pieces, the presets' layout since session 17, also the similarity order and the whole packing), the host wall-clock of
-a plan next to its CUDA time, the CUDA kernels of a whole plan, and plan / attention for a few variants.
+pieces, the presets' layout since session 17, also the similarity order and the compiled packing), the host
+wall-clock of a plan next to its CUDA time, a cold plan (k-means from its start), the CUDA kernels of a whole plan,
+and plan / attention for a few variants.
 
     python bench/profile_semantic_plan.py OUT.json [SHAPES]   (comma-separated; default wan1.3b-480p,wan14b-720p)
 """
@@ -21,7 +22,9 @@ from dit_sparse.patterns.semantic import block_plan
 from dit_sparse.schedule import BoundedCache, PlanCache
 
 # Since session 17 the presets pack the pieces (pack_pieces=True): "pieces b64" is the layout they replaced.
-VARIANTS = {"preset": {}, "warm_iters=1": {"warm_iters": 1},
+# Since session 18 the packed plan keeps the clusters' similarity order while k-means is warm-started
+# (keep_cluster_order): "order every plan" is the plan before that.
+VARIANTS = {"preset": {}, "order every plan": {"keep_cluster_order": False},
             "pieces b64": {"block_size": 64, "pack_pieces": False, "cluster_order": "label"}}
 
 
@@ -42,17 +45,28 @@ def wall_ms(fn, reps: int = 5) -> float:
 
 
 def packed_stages(pattern, q, k, labels, centroids, counts) -> dict:
-    """The packing stages of ``pack_pieces``: the clusters' similarity order and the whole `_packed_layout`
-    (similarity order, cluster order, block plan, piece maps and their products, block lists, trim)."""
-    from dit_sparse.patterns.semantic import _similarity_rank
+    """The packing stages of ``pack_pieces``: the clusters' similarity order (once per k-means cold start since
+    session 18) and the compiled packing (`packed_plan`: cluster order, block plan, piece maps and their products,
+    block lists), whether it ran compiled, and the trim."""
+    from dit_sparse.patterns.semantic import _similarity_rank, packed_plan
 
+    cfg = pattern.config
     b, h, length, d = q.shape
     n, kk = b * h, counts.shape[-1]
-    args = (q.reshape(n, length, d), k.reshape(n, length, d), labels.view(n, length), centroids.view(n, kk, 2 * d),
-            counts.view(n, kk))
-    return {"similarity_rank_ms": time_cuda(lambda: _similarity_rank(args[3], kk), reps=5)["median_ms"],
-            "packed_layout_ms": time_cuda(lambda: pattern._packed_layout(*args), reps=5)["median_ms"],
-            "packed_layout_wall_ms": wall_ms(lambda: pattern._packed_layout(*args))}
+    q2, k2, labels2 = q.reshape(n, length, d), k.reshape(n, length, d), labels.view(n, length)
+    cent2, counts2 = centroids.view(n, kk, 2 * d), counts.view(n, kk)
+    rank = _similarity_rank(cent2, kk)
+
+    def pack():
+        return packed_plan(q2, k2, labels2, counts2, rank, cfg.block_size, cfg.key_block_size, cfg.estimate,
+                           cfg.top_p, cfg.min_kv_ratio)
+
+    out = {"similarity_rank_ms": time_cuda(lambda: _similarity_rank(cent2, kk), reps=5)["median_ms"],
+           "packed_plan_ms": time_cuda(pack, reps=5)["median_ms"], "packed_plan_wall_ms": wall_ms(pack),
+           "packed_plan_compiled": bool(q.is_cuda and not packed_plan._failed and packed_plan._compiled is not None)}
+    idx, cnt, _ = pack()
+    out["trim_ms"] = time_cuda(lambda: pattern._trim(idx, cnt), reps=5)["median_ms"]
+    return out
 
 
 def stages(pattern, q, k, cache) -> dict:
@@ -66,6 +80,7 @@ def stages(pattern, q, k, cache) -> dict:
     labels, centroids, counts = pattern.cluster(x, kk, cache, "qk")
     if cfg.pack_pieces:
         out.update(packed_stages(pattern, q, k, labels, centroids, counts))
+        return out
     out["order_ms"] = time_cuda(lambda: pattern._order(labels, kk), reps=5)["median_ms"]
     perm = pattern._order(labels, kk).view(n, length)
     qc = counts.view(n, kk)
@@ -110,7 +125,11 @@ def main():
             pattern = make_pattern(ds.make_config("semantic", **{**base, **opts}))
             cache = PlanCache(shared=BoundedCache())
             layout = pattern.plan(q, k, geometry, cache)
+            # A cold plan (k-means from its start, the similarity order): once per layer and video.
+            cold_ms = time_cuda(lambda: pattern.plan(q, k, geometry, PlanCache(shared=cache.shared)),
+                                reps=3)["median_ms"]
             row = {"plan_ms": time_cuda(lambda: pattern.plan(q, k, geometry, cache), reps=5)["median_ms"],
+                   "cold_plan_ms": cold_ms,
                    "plan_wall_ms": wall_ms(lambda: pattern.plan(q, k, geometry, cache)),
                    "attention_ms": time_cuda(lambda: block_sparse_attention(q, k, v, layout), reps=5)["median_ms"],
                    "density": float(layout.density())}

@@ -211,6 +211,53 @@ def block_plan(q, k, q_perm, kv_perm, q_counts, k_counts, block: int, fixed_bloc
     return idx, cnt, q_starts, kv_starts
 
 
+@compiled_planning
+def packed_plan(q, k, labels, counts, rank: Optional[torch.Tensor], block: int, kv_block: int, estimate: str,
+                top_p: float, min_kv_ratio: float):
+    """Cluster pieces selected as by the variable layout, run as fixed blocks that hold whole pieces (tensors only,
+    so that the whole packing compiles as one graph with the block selection, see `compiled_planning`): q, k
+    [N, L, D] in token order, joint cluster ``labels`` [N, L] and sizes ``counts`` [N, K], ``rank`` [N, K] the
+    clusters' similarity order (or None: label order). Returns kv_indices (full width), kv_counts and the
+    permutation [N, L].
+
+    The pieces of ``block`` of every cluster are whole blocks (first, `whole_blocks_first`); the clusters' remainder
+    pieces are packed after them, in the clusters' order, several to a block. A block pair is computed when any piece
+    in the query block selected any piece in the key block: every query keeps its piece's selection (a cover of it),
+    and FlashAttention-4 runs the layout on full tiles."""
+    n, length, d = q.shape
+    kk = counts.shape[1]
+    if rank is not None:
+        labels = rank.gather(-1, labels)
+        counts = torch.empty_like(counts).scatter_(-1, rank, counts)
+    perm = cluster_order(labels, kk)
+    bs, kb = block, kv_block
+    idx, cnt, q_starts, kv_starts = block_plan(q, k, perm, perm, counts, counts, bs, False, estimate, top_p,
+                                           min_kv_ratio, True, kb)
+    pq, pk = q_starts.shape[1] - 1, kv_starts.shape[1] - 1
+    listed = (torch.arange(idx.shape[-1], device=idx.device) < cnt.unsqueeze(-1)).float()
+    select = torch.zeros(n, pq, pk, device=idx.device).scatter_add_(2, idx.long(), listed) > 0
+    # The query and key piece of every position of the cluster order; pieces stay whole under whole_blocks_first
+    # (a cluster's full pieces are its whole blocks, its remainder piece moves as one run).
+    pos = torch.arange(length, device=idx.device).expand(n, length).contiguous()
+    q_piece = torch.searchsorted(q_starts[:, 1:].contiguous(), pos.to(q_starts.dtype), right=True)
+    k_piece = torch.searchsorted(kv_starts[:, 1:].contiguous(), pos.to(kv_starts.dtype), right=True)
+    packed = whole_blocks_first(labels.gather(-1, perm), bs)
+    perm, q_piece, k_piece = (t.gather(-1, packed) for t in (perm, q_piece, k_piece))
+
+    # 0 / 1 maps multiplied on tensor cores on the GPU: a count of at least 1 stays at least 1 in bfloat16.
+    dtype = torch.bfloat16 if idx.is_cuda else torch.float32
+
+    def holds(piece, size, pieces):  # [N, blocks, pieces]: block i (of ``size`` tokens) holds tokens of piece p
+        where = (pos // size) * pieces + piece
+        ones = torch.ones(1, 1, device=idx.device, dtype=dtype).expand(n, length)
+        return torch.zeros(n, cdiv(length, size) * pieces, device=idx.device, dtype=dtype).scatter_(
+            1, where, ones).view(n, cdiv(length, size), pieces)
+
+    mask = torch.bmm(torch.bmm(holds(q_piece, bs, pq), select.to(dtype)), holds(k_piece, kb, pk).transpose(1, 2))
+    idx, cnt = pack_block_mask(mask > 0.5)
+    return idx, cnt, perm
+
+
 def _similarity_rank(centroids: torch.Tensor, k: int) -> torch.Tensor:
     """The rank int64 [..., K] of every cluster in a k-d-tree order of its centroid (``centroids`` [..., K, F];
     `balanced_partition` into groups of one), so that clusters next to each other in rank are similar."""
@@ -273,6 +320,8 @@ class SemanticPattern(Pattern):
         # (B, H, L, D) views of Diffusers' (B, L, H, D) memory flatten to [B * H, L, D] without a copy when B == 1.
         points = tuple(part.reshape(b * h, length, part.shape[-1]) for part in parts)
         labels, centroids, counts = batched_kmeans(points, k, iters, init)
+        if not warm:  # new clusters: an order kept from the old ones (`_cluster_rank`) no longer applies
+            cache.pop(f"{which}_rank", None)
         cache[key] = centroids.view(b, h, k, d)
         cache[f"{which}_iters"] = iters
         return labels.view(b, h, length), centroids.view(b, h, k, d), counts.view(b, h, k)
@@ -347,11 +396,12 @@ class SemanticPattern(Pattern):
             # then lands in key blocks its query block does not select (see the module docstring).
             labels, centroids, counts = self.cluster((q, k), kk, cache, "qk")
             if cfg.pack_pieces:
+                rank = self._cluster_rank(centroids.view(n, kk, 2 * d), kk, cache, "qk")
                 fields, perm = self._packed_layout(q.reshape(n, lq, d), k.reshape(n, lk, d), labels.view(n, lq),
-                                                   centroids.view(n, kk, 2 * d), counts.view(n, kk))
+                                                   counts.view(n, kk), rank)
                 perm = perm.view(b, h, lq)
                 return self._layout(fields, b, h, lq, lk, perm, perm)
-            q_perm = kv_perm = self._order(labels, kk, centroids)
+            q_perm = kv_perm = self._order(labels, kk, centroids, cache)
             qc = kc = counts.view(n, kk)
             fields = self._block_layout(q.reshape(n, lq, d), k.reshape(n, lk, d), q_perm.view(n, lq),
                                         kv_perm.view(n, lk), qc, kc, diagonal=True)
@@ -372,14 +422,33 @@ class SemanticPattern(Pattern):
             fields = build(select, qc, kc, lq, lk)
         return self._layout(fields, b, h, lq, lk, q_perm, kv_perm)
 
-    def _order(self, labels: torch.Tensor, k: int, centroids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def _cluster_rank(self, centroids: torch.Tensor, k: int, cache: Dict[str, Any], which: str):
+        """The clusters' similarity rank (`_similarity_rank`) with ``cluster_order="similarity"``, else None. With
+        ``keep_cluster_order`` it is computed when k-means starts cold (`cluster` drops the cached one) and kept
+        while k-means is warm-started: the clusters keep their identity from plan to plan, and the rank, some 200
+        small kernels, would otherwise be most of a packed plan (6.8 of 7.9 ms at Wan-1.3B 480p on an H200,
+        ``2026-12-03_NVIDIA-H200_profile-semantic-packed-plan.json``)."""
+        if self.config.cluster_order != "similarity":
+            return None
+        key = f"{which}_rank"
+        rank = cache.get(key) if self.config.keep_cluster_order else None
+        if rank is None:
+            rank = _similarity_rank(centroids, k)
+            cache[key] = rank
+        return rank
+
+    def _order(self, labels: torch.Tensor, k: int, centroids: Optional[torch.Tensor] = None,
+               cache: Optional[Dict[str, Any]] = None) -> torch.Tensor:
         """Tokens by cluster; with fixed blocks, each cluster's whole blocks first and the clusters' remainders
         packed after them (`whole_blocks_first`), so that most blocks hold one cluster. With
         ``cluster_order="similarity"`` (fixed blocks) the clusters are first put in a k-d-tree order of their
         centroids (`balanced_partition` of the centroids into groups of one), so that the remainders that share a
         block come from similar clusters."""
         if self.fixed_blocks and centroids is not None and self.config.cluster_order == "similarity":
-            labels = _similarity_rank(centroids, k).gather(-1, labels)
+            lead = centroids.shape[:-2]
+            rank = self._cluster_rank(centroids.reshape(-1, k, centroids.shape[-1]), k, {} if cache is None else cache,
+                                      "qk")
+            labels = rank.view(*lead, k).gather(-1, labels)
         perm = cluster_order(labels, k)
         if self.fixed_blocks:
             perm = perm.gather(-1, whole_blocks_first(labels.gather(-1, perm), self.config.block_size))
@@ -418,49 +487,13 @@ class SemanticPattern(Pattern):
         kv_counts = (cnt.gather(1, q_cluster) * q_valid).to(torch.int32)
         return kv_indices.contiguous(), kv_counts, q_starts, kv_starts
 
-    def _packed_layout(self, q, k, labels, centroids, counts):
+    def _packed_layout(self, q, k, labels, counts, rank):
         """Cluster pieces selected as by the variable layout, run as fixed blocks that hold whole pieces: (kv_indices,
-        kv_counts, None, None) and the permutation, with N = B * H leading.
-
-        The pieces of ``block_size`` of every cluster are whole blocks (first, `whole_blocks_first`); the clusters'
-        remainder pieces are packed after them, in the clusters' order (their similarity order with
-        ``cluster_order="similarity"``), several to a block. A block pair is computed when any piece in the query
-        block selected any piece in the key block: every query keeps its piece's selection (a cover of it), and
-        FlashAttention-4 runs the layout on full tiles."""
+        kv_counts, None, None) and the permutation, with N = B * H leading (see `packed_plan`); ``rank`` the
+        clusters' similarity order or None (label order)."""
         cfg = self.config
-        bs = cfg.block_size
-        n, length, d = q.shape
-        kk = counts.shape[1]
-        if cfg.cluster_order == "similarity":
-            rank = _similarity_rank(centroids, kk)
-            labels = rank.gather(-1, labels)
-            counts = torch.empty_like(counts).scatter_(-1, rank, counts)
-        perm = cluster_order(labels, kk)
-        kb = cfg.key_block_size
-        idx, cnt, q_starts, kv_starts = block_plan(q, k, perm, perm, counts, counts, bs, False, cfg.estimate,
-                                                   cfg.top_p, cfg.min_kv_ratio, True, kb)
-        pq, pk = q_starts.shape[1] - 1, kv_starts.shape[1] - 1
-        listed = (torch.arange(idx.shape[-1], device=idx.device) < cnt.unsqueeze(-1)).float()
-        select = torch.zeros(n, pq, pk, device=idx.device).scatter_add_(2, idx.long(), listed) > 0
-        # The query and key piece of every position of the cluster order; pieces stay whole under whole_blocks_first
-        # (a cluster's full pieces are its whole blocks, its remainder piece moves as one run).
-        pos = torch.arange(length, device=idx.device).expand(n, length).contiguous()
-        q_piece = torch.searchsorted(q_starts[:, 1:].contiguous(), pos.to(q_starts.dtype), right=True)
-        k_piece = torch.searchsorted(kv_starts[:, 1:].contiguous(), pos.to(kv_starts.dtype), right=True)
-        packed = whole_blocks_first(labels.gather(-1, perm), bs)
-        perm, q_piece, k_piece = (t.gather(-1, packed) for t in (perm, q_piece, k_piece))
-
-        # 0 / 1 maps multiplied on tensor cores on the GPU: a count of at least 1 stays at least 1 in bfloat16.
-        dtype = torch.bfloat16 if idx.is_cuda else torch.float32
-
-        def holds(piece, block, pieces):  # [N, blocks, pieces]: block i holds tokens of piece p
-            where = (pos // block) * pieces + piece
-            ones = torch.ones(1, 1, device=idx.device, dtype=dtype).expand(n, length)
-            return torch.zeros(n, cdiv(length, block) * pieces, device=idx.device, dtype=dtype).scatter_(
-                1, where, ones).view(n, cdiv(length, block), pieces)
-
-        mask = torch.bmm(torch.bmm(holds(q_piece, bs, pq), select.to(dtype)), holds(k_piece, kb, pk).transpose(1, 2))
-        idx, cnt = pack_block_mask(mask > 0.5)
+        idx, cnt, perm = packed_plan(q, k, labels, counts, rank, cfg.block_size, cfg.key_block_size, cfg.estimate,
+                                     cfg.top_p, cfg.min_kv_ratio)
         return (self._trim(idx, cnt).contiguous(), cnt, None, None), perm
 
     def _fixed_layout(self, select, q_counts, k_counts, lq: int, lk: int):

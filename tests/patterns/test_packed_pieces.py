@@ -62,3 +62,52 @@ def test_pack_pieces_is_checked():
         ds.make_config("semantic", pack_pieces=True, clusters="separate")
     with pytest.raises(ValueError, match="cluster_order"):
         ds.make_config("semantic", cluster_order="random")
+
+
+@pytest.mark.parametrize("with_rank,kv_block", [(True, 32), (False, 32), (True, 16)])
+def test_packed_plan_compiles_as_one_graph_and_matches_eager(with_rank, kv_block):
+    """On the GPU the whole packing runs compiled (`compiled_planning`, fullgraph): a graph break or a host read in it
+    would fail there. Traced on the CPU with an eager backend, the result must equal eager."""
+    from dit_sparse.patterns.semantic import packed_plan
+
+    torch._dynamo.reset()
+    torch.manual_seed(3)
+    n, length, d, kc = 4, 300, 32, 12
+    q, k = torch.randn(n, length, d), torch.randn(n, length, d)
+    labels = torch.randint(0, kc, (n, length))
+    counts = torch.zeros(n, kc).scatter_add_(1, labels, torch.ones(n, length))
+    rank = torch.stack([torch.randperm(kc) for _ in range(n)]) if with_rank else None
+    args = (q, k, labels, counts, rank, 32, kv_block, "pooled", 0.5, 0.0)
+    eager = packed_plan.fn(*args)
+    compiled = torch.compile(packed_plan.fn, backend="aot_eager", fullgraph=True, dynamic=False)(*args)
+    for a, b in zip(eager, compiled):
+        assert torch.equal(a, b)
+    assert int(eager[1].sum()) > 0 and sorted(eager[2][0].tolist()) == list(range(length))
+
+
+def test_cluster_order_is_kept_while_kmeans_is_warm(monkeypatch):
+    """The clusters' similarity order is computed on k-means' cold start and kept while it is warm-started (the
+    clusters keep their identity); a kept order still gives a cover of the pieces' selection."""
+    from dit_sparse.patterns import semantic
+
+    calls = []
+    real = semantic._similarity_rank
+    monkeypatch.setattr(semantic, "_similarity_rank", lambda c, kk: calls.append(kk) or real(c, kk))
+    pattern = make_pattern(config(pack_pieces=True, cluster_order="similarity", top_p=0.5))
+    cache = {}
+    q, k, _ = inputs(0)
+    pattern.plan(q, k, GEOMETRY, cache)  # cold start
+    assert len(calls) == 1 and cache["qk_rank"].shape == (6, 12)
+    q2, k2, _ = inputs(1)
+    warm = dict(cache)
+    packed = pattern.plan(q2, k2, GEOMETRY, cache)  # warm-started: the order is kept
+    assert len(calls) == 1
+    pieces = make_pattern(config(top_p=0.5)).plan(q2, k2, GEOMETRY, warm)  # the same warm-started clusters
+    selected, computed = token_mask(pieces), token_mask(packed)
+    assert (computed | ~selected).all() and computed.float().mean() < 0.95
+    pattern.plan(q2[:1], k2[:1], GEOMETRY, cache)  # another batch: k-means starts cold, a new order
+    assert len(calls) == 2 and cache["qk_rank"].shape == (3, 12)
+    every = make_pattern(config(pack_pieces=True, cluster_order="similarity", keep_cluster_order=False))
+    every.plan(q, k, GEOMETRY, cache)
+    every.plan(q, k, GEOMETRY, cache)
+    assert len(calls) == 4
