@@ -1,4 +1,4 @@
-# Session 18 (issue #13): the packed plan's similarity order kept while k-means is warm-started
+# Session 18 (issue #13; all four parts ran at 69fdd4a: prof with wan1.3b-480p only): the packed plan's similarity order kept while k-means is warm-started
 # (SemanticConfig(keep_cluster_order=True)), and the whole packing compiled as one graph (`packed_plan`). After staging
 # .gpu/p1 and finishing .gpu/p2 (see bench/gpu_session4.sh; dit_sparse/pipelines/{tiny,small}_model out of the tree for
 # the call that carries a part; in the tree for `qual`).
@@ -27,11 +27,12 @@ qual)
     --out $OUT/quality-small-768p-semantic-packed-kept-order.json 2>&1 | grep -vE "^ *$|Warning|warn" | tail -8
   ;;
 steps)
-  timeout 330 python3 -m dit_sparse.eval.bench step --model wan14b-720p --layers 10 --dense-variants none \
-    --methods semantic-packed-r2-cfg,fixed-0.25 \
-    --out $OUT/step-wan14b-720p-semantic-packed-kept-order.json 2>&1 | grep -E "^wan|Error|wrote" | cut -c1-300
-  timeout 200 python3 -m dit_sparse.eval.bench step --model wan1.3b-480p --dense-variants none \
+  # Ran (69fdd4a) as one command line in this order, with timeouts 170 / 240.
+  timeout 170 python3 -m dit_sparse.eval.bench step --model wan1.3b-480p --dense-variants none \
     --methods semantic-packed-r2-cfg,fixed-0.25 \
     --out $OUT/step-wan1.3b-480p-semantic-packed-kept-order.json 2>&1 | grep -E "^wan|Error|wrote" | cut -c1-300
+  timeout 240 python3 -m dit_sparse.eval.bench step --model wan14b-720p --layers 10 --dense-variants none \
+    --methods semantic-packed-r2-cfg,fixed-0.25 \
+    --out $OUT/step-wan14b-720p-semantic-packed-kept-order.json 2>&1 | grep -E "^wan|Error|wrote" | cut -c1-300
   ;;
 esac

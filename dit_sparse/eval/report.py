@@ -747,10 +747,11 @@ def semantic_pieces_section(results_dir: str) -> str:
 SEMANTIC_WHOLE_TILE_RUNS = (
     "quality-small-768p-semantic-rounded.json", "quality-small-768p-semantic-cover.json",
     "quality-small-768p-semantic-cover-clusters.json", "quality-small-768p-semantic-packed.json",
+    "quality-small-768p-semantic-packed-kept-order.json",
 )
 # The options that tell these rows apart, shown where a row's config differs from SemanticConfig's defaults.
-_WHOLE_TILE_OPTIONS = ("clusters", "estimate", "fixed_blocks", "cluster_order", "pack_pieces", "block_size",
-                       "kv_block_size", "top_p")
+_WHOLE_TILE_OPTIONS = ("clusters", "estimate", "fixed_blocks", "cluster_order", "keep_cluster_order", "pack_pieces",
+                       "block_size", "kv_block_size", "top_p")
 
 
 def semantic_whole_tiles_section(results_dir: str) -> str:
@@ -767,6 +768,9 @@ def semantic_whole_tiles_section(results_dir: str) -> str:
                 continue
             cfg = row.get("config") or {}
             opts = ", ".join(f"{f}={cfg[f]!r}" for f in _WHOLE_TILE_OPTIONS if f in cfg and cfg[f] != defaults[f])
+            if cfg.get("pack_pieces") and cfg.get("cluster_order") == "similarity" and "keep_cluster_order" not in cfg:
+                # Packed runs from before keep_cluster_order (session 18) recomputed the order in every plan.
+                opts += " (similarity order in every plan)"
             lines.append(f"| `{name}` | {'preset' if label == 'semantic' else label} | {opts or '—'} | "
                          f"{row['density']:.2f} | {row['psnr']:.2f} dB | {row.get('ssim', float('nan')):.3f} |")
     return "\n".join(lines) if len(lines) > 2 else "_no whole-tile semantic runs yet_"

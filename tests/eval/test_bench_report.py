@@ -200,12 +200,19 @@ def test_semantic_whole_tiles_section_names_the_options_each_row_ran(tmp_path):
     first, *_, last = report.SEMANTIC_WHOLE_TILE_RUNS
     (tmp_path / first).write_text(json.dumps({"results": {"dense": {"seconds": 1.0}, "semantic": row(32.6),
                                                           "rounded": row(24.4, clusters="rounded")}}))
-    (tmp_path / last).write_text(json.dumps({"results": {"packed": row(33.0, pack_pieces=True,
-                                                                       cluster_order="similarity")}}))
+    packed = dict(pack_pieces=True, cluster_order="similarity")
+    (tmp_path / last).write_text(json.dumps({"results": {
+        "packed": row(33.0, **packed), "kept": row(33.1, keep_cluster_order=True, **packed),
+        "every": row(33.2, keep_cluster_order=False, **packed)}}))
     table = report.semantic_whole_tiles_section(str(tmp_path))
     assert f"| `{first}` | preset | block_size=128 | 0.50 | 32.60 dB | 0.900 |" in table
     assert f"| `{first}` | rounded | clusters='rounded', block_size=128 | 0.50 | 24.40 dB | 0.900 |" in table
-    assert f"| `{last}` | packed | cluster_order='similarity', pack_pieces=True, block_size=128 |" in table
+    # A packed run from before keep_cluster_order recomputed the order in every plan: the row says so.
+    assert (f"| `{last}` | packed | cluster_order='similarity', pack_pieces=True, block_size=128 (similarity order "
+            f"in every plan) |") in table
+    assert f"| `{last}` | kept | cluster_order='similarity', pack_pieces=True, block_size=128 |" in table
+    assert (f"| `{last}` | every | cluster_order='similarity', keep_cluster_order=False, pack_pieces=True, "
+            f"block_size=128 |") in table
     assert "| dense |" not in table
     assert report.semantic_whole_tiles_section(str(tmp_path / "none")).startswith("_no whole-tile")
 
