@@ -257,9 +257,9 @@ class SemanticConfig(SparseConfig):
         keep_cluster_order (`bool`, defaults to True): with ``cluster_order="similarity"``, compute the clusters'
             order when k-means starts cold and keep it while k-means is warm-started from the last plan's centroids
             (the clusters keep their identity from plan to plan; any order is a valid layout, a stale one only packs
-            less similar remainders together). The order is some 200 small kernels, 6.8 ms of a 7.9 ms packed plan
-            at Wan-1.3B 480p on an H200 (``2026-12-03_NVIDIA-H200_profile-semantic-packed-plan.json``). False
-            recomputes it in every plan.
+            less similar remainders together). The order (a k-d tree: some 90 small batched matmuls and the kernels
+            between them) took 6.8 ms of a 7.9 ms packed plan at Wan-1.3B 480p on an H200
+            (``2026-12-03_NVIDIA-H200_profile-semantic-packed-plan.json``). False recomputes it in every plan.
         pack_pieces (`bool`, defaults to False): run the cluster pieces (selected as with variable blocks) as fixed
             ``block_size`` blocks that hold whole pieces: every cluster's full pieces are whole blocks, the clusters'
             remainder pieces are packed several to a block (in ``cluster_order``), and a block pair is computed when

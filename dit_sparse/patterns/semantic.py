@@ -230,9 +230,8 @@ def packed_plan(q, k, labels, counts, rank: Optional[torch.Tensor], block: int, 
         labels = rank.gather(-1, labels)
         counts = torch.empty_like(counts).scatter_(-1, rank, counts)
     perm = cluster_order(labels, kk)
-    bs, kb = block, kv_block
-    idx, cnt, q_starts, kv_starts = block_plan(q, k, perm, perm, counts, counts, bs, False, estimate, top_p,
-                                           min_kv_ratio, True, kb)
+    idx, cnt, q_starts, kv_starts = block_plan(q, k, perm, perm, counts, counts, block, False, estimate, top_p,
+                                           min_kv_ratio, True, kv_block)
     pq, pk = q_starts.shape[1] - 1, kv_starts.shape[1] - 1
     listed = (torch.arange(idx.shape[-1], device=idx.device) < cnt.unsqueeze(-1)).float()
     select = torch.zeros(n, pq, pk, device=idx.device).scatter_add_(2, idx.long(), listed) > 0
@@ -241,7 +240,7 @@ def packed_plan(q, k, labels, counts, rank: Optional[torch.Tensor], block: int, 
     pos = torch.arange(length, device=idx.device).expand(n, length).contiguous()
     q_piece = torch.searchsorted(q_starts[:, 1:].contiguous(), pos.to(q_starts.dtype), right=True)
     k_piece = torch.searchsorted(kv_starts[:, 1:].contiguous(), pos.to(kv_starts.dtype), right=True)
-    packed = whole_blocks_first(labels.gather(-1, perm), bs)
+    packed = whole_blocks_first(labels.gather(-1, perm), block)
     perm, q_piece, k_piece = (t.gather(-1, packed) for t in (perm, q_piece, k_piece))
 
     # 0 / 1 maps multiplied on tensor cores on the GPU: a count of at least 1 stays at least 1 in bfloat16.
@@ -253,7 +252,8 @@ def packed_plan(q, k, labels, counts, rank: Optional[torch.Tensor], block: int, 
         return torch.zeros(n, cdiv(length, size) * pieces, device=idx.device, dtype=dtype).scatter_(
             1, where, ones).view(n, cdiv(length, size), pieces)
 
-    mask = torch.bmm(torch.bmm(holds(q_piece, bs, pq), select.to(dtype)), holds(k_piece, kb, pk).transpose(1, 2))
+    mask = torch.bmm(torch.bmm(holds(q_piece, block, pq), select.to(dtype)),
+                     holds(k_piece, kv_block, pk).transpose(1, 2))
     idx, cnt = pack_block_mask(mask > 0.5)
     return idx, cnt, perm
 
@@ -425,9 +425,9 @@ class SemanticPattern(Pattern):
     def _cluster_rank(self, centroids: torch.Tensor, k: int, cache: Dict[str, Any], which: str):
         """The clusters' similarity rank (`_similarity_rank`) with ``cluster_order="similarity"``, else None. With
         ``keep_cluster_order`` it is computed when k-means starts cold (`cluster` drops the cached one) and kept
-        while k-means is warm-started: the clusters keep their identity from plan to plan, and the rank, some 200
-        small kernels, would otherwise be most of a packed plan (6.8 of 7.9 ms at Wan-1.3B 480p on an H200,
-        ``2026-12-03_NVIDIA-H200_profile-semantic-packed-plan.json``)."""
+        while k-means is warm-started: the clusters keep their identity from plan to plan, and the rank (a k-d
+        tree: some 90 small batched matmuls and the kernels between them) would otherwise be most of a packed plan
+        (6.8 of 7.9 ms at Wan-1.3B 480p on an H200, ``2026-12-03_NVIDIA-H200_profile-semantic-packed-plan.json``)."""
         if self.config.cluster_order != "similarity":
             return None
         key = f"{which}_rank"
