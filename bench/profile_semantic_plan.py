@@ -24,7 +24,7 @@ from dit_sparse.schedule import BoundedCache, PlanCache
 # Since session 17 the presets pack the pieces (pack_pieces=True): "pieces b64" is the layout they replaced.
 # Since session 18 the packed plan keeps the clusters' similarity order while k-means is warm-started
 # (keep_cluster_order): "order every plan" is the plan before that.
-VARIANTS = {"preset": {}, "order every plan": {"keep_cluster_order": False},
+VARIANTS = {"preset": {}, "order every plan": {"keep_cluster_order": False}, "warm_iters 1": {"warm_iters": 1},
             "pieces b64": {"block_size": 64, "pack_pieces": False, "cluster_order": "label"}}
 
 

@@ -1153,6 +1153,21 @@ STEP_METHODS = {
                                          "cluster_order": "similarity"}),
     "semantic-packed-k64": ("semantic", {"top_p": 0.3, "block_size": 128, "kv_block_size": 64, "pack_pieces": True,
                                          "cluster_order": "similarity"}),
+    # The preset's shape at a lower top_p, where the cover's density on random q/k comes near the yardstick's 0.25
+    # (top_p 0.3 gives 0.40 at Wan-14B 720p): what density costs against what planning and the permutation cost.
+    "semantic-packed-p2-r2-cfg": ("semantic", {"top_p": 0.2, "block_size": 128, "pack_pieces": True,
+                                               "cluster_order": "similarity", "refresh_every": 2,
+                                               "share_cfg_layouts": True}),
+    "semantic-packed-p15-r2-cfg": ("semantic", {"top_p": 0.15, "block_size": 128, "pack_pieces": True,
+                                                "cluster_order": "similarity", "refresh_every": 2,
+                                                "share_cfg_layouts": True}),
+    "semantic-packed-r2-cfg-triton": ("semantic", {"top_p": 0.3, "block_size": 128, "pack_pieces": True,
+                                                   "cluster_order": "similarity", "refresh_every": 2,
+                                                   "share_cfg_layouts": True, "backend": "triton"}),
+    # One warm k-means iteration per plan instead of two (k-means is most of a 720p plan's GPU work).
+    "semantic-packed-w1-r2-cfg": ("semantic", {"top_p": 0.3, "block_size": 128, "pack_pieces": True,
+                                               "cluster_order": "similarity", "refresh_every": 2,
+                                               "share_cfg_layouts": True, "warm_iters": 1}),
     "fixed-0.25": ("fixed", {"density": 0.25}),
     # The step ratio at other densities (the presets trade density against dense steps for the same quality).
     "fixed-0.35": ("fixed", {"density": 0.35}),
@@ -1182,6 +1197,34 @@ def _qk_prologue(device: str) -> str:
     from dit_sparse.kernels import qk_norm_rope
 
     return "fused" if qk_norm_rope.enabled(torch.empty(0, device=device)) else "stock"
+
+
+def step_kernel_profile(step, steps: int, top: int = 25) -> dict:
+    """GPU time per step by kernel over ``steps`` steps (one refresh cycle, so planning's share is in it): where a
+    sparse step's time goes against the yardstick's. ``busy_ms`` is the GPU's kernel time per step; what the step
+    takes beyond it is time the GPU waited for the host. Without CUDA, the host's time by operator."""
+    import time
+
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    def self_us(e) -> float:
+        return e.self_device_time_total if cuda else e.self_cpu_time_total
+
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        wall = time.perf_counter() - t0
+    events = sorted((e for e in prof.key_averages() if self_us(e) > 0), key=lambda e: -self_us(e))
+    return {"steps": steps, "device": "cuda" if cuda else "cpu",
+            "busy_ms": sum(self_us(e) for e in events) / 1e3 / steps, "wall_ms_profiled": 1e3 * wall / steps,
+            "kernels": [{"name": e.key[:160], "ms": self_us(e) / 1e3 / steps, "calls": e.count / steps}
+                        for e in events[:top]]}
 
 
 def bench_step(args) -> dict:
@@ -1232,6 +1275,8 @@ def bench_step(args) -> dict:
     t0 = time.perf_counter()
     rows["dense"] = timed(1, args.reps)
     rows["dense"]["what"] = "Diffusers' default attention (no processors installed)"
+    if args.profile:
+        rows["dense"]["gpu_kernels"] = step_kernel_profile(step, 1)
     print(args.model, "dense", rows["dense"], flush=True)
     dense_s = rows["dense"]["step_s"]
     if device == "cuda" and "cudnn" in args.dense_variants.split(","):
@@ -1284,6 +1329,9 @@ def bench_step(args) -> dict:
             info = ds.summary(model)
             entry.update(config=cfg.to_dict(), backend=info["backend"], mean_density=info["mean_density"],
                          ratio_vs_dense=dense_s / entry["step_s"], kept_between_steps_bytes=_layout_bytes(state))
+            if args.profile:
+                # After the timing, so the profiler's own overhead stays out of step_s.
+                entry["gpu_kernels"] = step_kernel_profile(step, r)
             if label == "fa4-full":
                 entry["what"] = "FlashAttention-4 through our processors with every block listed (fastest dense here)"
         except Exception as err:
@@ -1487,6 +1535,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--backend", default="auto")
     st.add_argument("--warmup", type=int, default=1)
     st.add_argument("--reps", type=int, default=2)
+    st.add_argument("--profile", action="store_true", help="also the GPU time per step by kernel (CUDA only), "
+                    "each row after its timing")
     st.add_argument("--out", default=None)
     st.set_defaults(func=bench_step)
     co = sub.add_parser("compile", help="each method eager vs compile_repeated_blocks, and dense eager vs compiled")

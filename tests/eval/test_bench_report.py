@@ -381,7 +381,7 @@ def test_update_readme_writes_trained_quality_between_markers(tmp_path):
 def test_bench_step_tiny_writes_ratios_and_the_presets_end_to_end(tmp_path):
     out = tmp_path / "step.json"
     data = _run_bench(out, "step", "--model", "tiny", "--methods", "radial,draft-r2",
-                      "--dense-variants", "none", "--reps", "1")
+                      "--dense-variants", "none", "--reps", "1", "--profile")
     assert data["benchmark"] == "step" and data["layers_timed"] == data["layers_full_model"] == 2
     rows = data["results"]
     assert rows["dense"]["step_s"] > 0
@@ -389,6 +389,11 @@ def test_bench_step_tiny_writes_ratios_and_the_presets_end_to_end(tmp_path):
         assert "error" not in rows[label], rows[label]
         assert rows[label]["ratio_vs_dense"] > 0 and 0 < rows[label]["mean_density"] <= 1
     assert rows["draft-r2"]["config"]["refresh_every"] == 2
+    # --profile: time by kernel (by operator on a CPU) over one refresh cycle, after the timing.
+    for label, steps in (("dense", 1), ("radial", 1), ("draft-r2", 2)):
+        prof = rows[label]["gpu_kernels"]
+        assert prof["steps"] == steps and prof["kernels"], prof
+        assert 0 < sum(k["ms"] for k in prof["kernels"]) <= prof["busy_ms"] + 1e-6
     implied = data["e2e_implied"]["radial"]
     f, r = implied["dense_fraction"], implied["per_step_ratio"]
     assert abs(implied["e2e_implied"] - 1 / (f + (1 - f) / r)) < 1e-9
