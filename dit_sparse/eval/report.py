@@ -389,6 +389,51 @@ def step_table(results: List[dict]) -> str:
     return "\n".join(lines) if lines else "_no step results yet_"
 
 
+# Kernel name fragments -> what a step's GPU time went to (`bench step --profile`); the first that matches wins, so
+# FlashAttention-4's CuTe kernel counts as attention before "cutlass" counts it as a matmul.
+STEP_KERNEL_KINDS = (
+    ("attention", ("flash", "_attn_fwd", "sdpa", "fmha")),
+    ("matmuls", ("nvjet", "gemm", "cutlass")),
+    ("gathers", ("_scatter_gather",)),
+    ("k-means assign", ("_assign_kernel",)),
+)
+
+
+def step_kernel_split(profile: dict) -> Dict[str, float]:
+    """GPU ms per step of a `bench step --profile` row by kind; ``rest`` holds what no kind names and every kernel
+    outside the profile's top list."""
+    split = {kind: 0.0 for kind, _ in STEP_KERNEL_KINDS}
+    for kernel in profile["kernels"]:
+        name = kernel["name"].lower()
+        kind = next((kind for kind, frags in STEP_KERNEL_KINDS if any(f.lower() in name for f in frags)), None)
+        if kind:
+            split[kind] += kernel["ms"]
+    split["rest"] = profile["busy_ms"] - sum(split.values())
+    return split
+
+
+def step_profile_table(results: List[dict]) -> str:
+    """Where each profiled step row's GPU time goes (`bench step --profile`), the yardstick from the same run."""
+    lines = ["| model (blocks) | row | density | step (s) | ÷ yardstick (same run) | GPU busy (ms) | "
+             + " | ".join(kind for kind, _ in STEP_KERNEL_KINDS) + " | rest | file |",
+             "|---|---|---|---|---|---|" + "---|" * (len(STEP_KERNEL_KINDS) + 2)]
+    for run in sorted(results, key=lambda r: (r.get("model", ""), r.get("date", ""))):
+        if run.get("benchmark") != "step":
+            continue
+        rows = run["results"]
+        yard = rows.get("fixed-0.25", {}).get("ratio_vs_dense")
+        for label, e in rows.items():
+            if "gpu_kernels" not in e:
+                continue
+            split = step_kernel_split(e["gpu_kernels"])
+            ratio = e.get("ratio_vs_dense", 1.0 if label == "dense" else None)
+            cells = " | ".join(f"{split[kind]:.0f}" for kind in [k for k, _ in STEP_KERNEL_KINDS] + ["rest"])
+            lines.append(f"| {run['model']} ({run['layers_timed']}) | {label} | {_fmt(e.get('mean_density', 1.0))} | "
+                         f"{e['step_s']:.3f} | {_fmt(ratio / yard if ratio and yard else None)} | "
+                         f"{e['gpu_kernels']['busy_ms']:.0f} | {cells} | `{os.path.basename(run['_path'])}` |")
+    return "\n".join(lines) if len(lines) > 2 else "_no profiled step runs yet_"
+
+
 TRAINED_MODELS = ("tiny", "small")
 # The commands that write each model's JSON (the README's hint when one is missing); small is a GPU run.
 QUALITY_COMMANDS = {"tiny": "python -m dit_sparse.eval.quality --model tiny",
@@ -795,7 +840,7 @@ def update_readme(readme: str, results_dir: str, docs: str) -> Dict[str, str]:
     Path(docs).mkdir(parents=True, exist_ok=True)
     sections = {"kernel": kernel_table(results), "kernel-tile": kernel_table(results, "kernel-tile"),
                 "e2e": e2e_table(results), "pattern": pattern_table(results),
-                "step": step_table(results),
+                "step": step_table(results), "step-profile": step_profile_table(results),
                 "radial": radial_table(), "fidelity": fidelity_section(results_dir),
                 "quality": trained_quality_section(results_dir),
                 "semantic-pieces": semantic_pieces_section(results_dir),
