@@ -35,3 +35,19 @@ prof)
     ${2:-wan14b-720p,hunyuan-720p} 2>&1 | grep -E "^wan|^hun|Error" | cut -c1-600
   ;;
 esac
+# Part two: the per-head permutation as one Triton copy over contiguous rows (`kernels.permute`).
+case "${1:-}" in
+perm)
+  # The copy against torch's gather / scatter_ at HunyuanVideo 720p and Wan-14B 720p sizes (equality asserted).
+  timeout 120 python3 bench/perm_gather.py --tokens 119056 --heads 24 --out $OUT/perm-gather-per-head-hunyuan.json 2>&1 | tail -12
+  timeout 120 python3 bench/perm_gather.py --tokens 75600 --heads 40 --out $OUT/perm-gather-per-head-wan14b.json 2>&1 | grep per_head
+  ;;
+permsteps)
+  timeout 230 python3 -m dit_sparse.eval.bench step --model hunyuan-720p --layers 15 --dense-variants none --profile \
+    --methods semantic-packed-r2,semantic-packed-p15-r2-cfg,fixed-0.25 \
+    --out $OUT/step-hunyuan-720p-semantic-triton-permute.json 2>&1 | grep -E "^hun|Error|wrote" | cut -c1-300
+  timeout 230 python3 -m dit_sparse.eval.bench step --model wan14b-720p --layers 10 --dense-variants none --profile \
+    --methods semantic-packed-r2-cfg,semantic-packed-p15-r2-cfg,fixed-0.25 \
+    --out $OUT/step-wan14b-720p-semantic-triton-permute.json 2>&1 | grep -E "^wan|Error|wrote" | cut -c1-300
+  ;;
+esac

@@ -1,8 +1,8 @@
 """Token permutation passes of the kernel front door at FLUX 4096^2 sizes. Shared [1, 1, L] orders (draft, tile):
 index_select over L of the (B, H, L, D) view (what the front door did until session 6) against a row gather over L of
 Diffusers' (B, L, H, D) memory, which copies whole H*D rows and leaves the (B, L, H, D) memory that FA4 reads (what it
-does now). Per-head [1, H, L] orders (semantic): gather with an expanded index (what it does) against an index_select of
-D-rows of the flat (B*L*H, D) memory (a candidate, not yet measured).
+does now). Per-head [1, H, L] orders (semantic): gather with an expanded index (torch's path) against an index_select
+of D-rows of the flat (B*L*H, D) memory (a candidate), and the Triton copy `kernels.permute` with its scatter back.
 
     python bench/perm_gather.py [--out FILE]
 """
@@ -40,7 +40,19 @@ fns.update({
     "per_head_gather (now)": lambda: x.gather(2, ph.unsqueeze(-1).expand(-1, -1, -1, D)),
     "per_head_flat_rows": lambda: x_bl.reshape(-1, D).index_select(0, flat.view(-1)).view(1, H, L, D),
 })
-assert torch.equal(fns["per_head_gather (now)"](), fns["per_head_flat_rows"]())
+# Per-head orders through the Triton copy (`kernels.permute`, what the front door runs on CUDA since session 19) and
+# the scatter back, against torch's expanded-index gather and scatter_ (what it ran before).
+from dit_sparse.kernels.permute import permute_tokens  # noqa: E402
+
+ph_index = ph.unsqueeze(-1).expand(-1, -1, -1, D)
+fns.update({
+    "per_head_triton": lambda: permute_tokens(x, ph),
+    "per_head_scatter_torch (before)": lambda: torch.empty_like(x).scatter_(2, ph_index, x),
+    "per_head_scatter_triton": lambda: permute_tokens(x, ph, inverse=True),
+})
+assert torch.equal(fns["per_head_triton"](), fns["per_head_gather (now)"]())
+assert torch.equal(fns["per_head_scatter_triton"](), fns["per_head_scatter_torch (before)"]())
+assert torch.equal(fns["per_head_flat_rows"](), fns["per_head_gather (now)"]())
 assert torch.equal(fns["gather_dim2_view (before)"](), fns["gather_rows_bl (now)"]())
 assert torch.equal(fns["scatter_dim2_view (before)"](), fns["scatter_rows_bl"]())
 for name, fn in fns.items():

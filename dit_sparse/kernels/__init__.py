@@ -21,6 +21,7 @@ import torch
 
 from ..config import env_flag
 from ..layout import BlockLayout, inverse_permutation
+from . import permute as _permute
 from .reference import run as _reference_run
 
 BACKENDS = ("auto", "fa4", "triton", "flex", "reference")
@@ -307,8 +308,11 @@ def _gather_tokens(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     b, h, _, d = x.shape
     if _shared_order(perm):
         return _select_tokens(x, perm.view(-1))
-    # Per-head orders (semantic): the expanded-index gather of the strided view. index_select of D-rows of the flat
-    # (B*L*H, D) memory was slower at Wan-1.3B 480p (0.26 vs 0.18 ms, ...perm-gather-wan1.3b.json).
+    if _permute.enabled(x, perm):
+        # Per-head orders (semantic) in one pass over contiguous rows (`kernels.permute`).
+        return _permute.permute_tokens(x, perm)
+    # Elsewhere the expanded-index gather of the strided view. index_select of D-rows of the flat (B*L*H, D) memory
+    # was slower at Wan-1.3B 480p (0.26 vs 0.18 ms, ...perm-gather-wan1.3b.json).
     return x.gather(2, perm.expand(b, h, -1).unsqueeze(-1).expand(-1, -1, -1, d))
 
 
@@ -317,6 +321,8 @@ def _scatter_tokens(y: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     if _shared_order(perm):
         # A gather by the inverse order instead of index_copy_: the scatter ran at half the gather's bandwidth.
         return _select_tokens(y, inverse_permutation(perm.view(-1)))
+    if y.dim() == 4 and _permute.enabled(y, perm):
+        return _permute.permute_tokens(y, perm, inverse=True)
     out = torch.empty_like(y)
     idx = perm.expand(y.shape[0], y.shape[1], -1)
     if y.dim() == 4:
