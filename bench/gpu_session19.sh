@@ -50,4 +50,13 @@ permsteps)
     --methods semantic-packed-r2-cfg,semantic-packed-p15-r2-cfg,fixed-0.25 \
     --out $OUT/step-wan14b-720p-semantic-triton-permute.json 2>&1 | grep -E "^wan|Error|wrote" | cut -c1-300
   ;;
+coldwarm)
+  # The packed preset's first step in a fresh machine's first process, then in a second process (compilation caches
+  # on disk: Inductor's, Triton's, FA4's): is the warm-up paid once per machine?
+  for n in 1 2; do
+    timeout 200 python3 -m dit_sparse.eval.bench step --model wan1.3b-480p --dense-variants none --reps 1 \
+      --methods semantic-packed-r2-cfg --out $OUT/step-wan1.3b-480p-semantic-packed-process$n.json 2>&1 \
+      | grep -E "^wan|Error" | cut -c1-200
+  done
+  ;;
 esac
