@@ -37,7 +37,7 @@ fns = {
 ph = torch.stack([torch.randperm(L, device="cuda") for _ in range(H)]).view(1, H, L)
 flat = ((torch.arange(1, device="cuda").view(1, 1, 1) * L + ph) * H + torch.arange(H, device="cuda").view(1, H, 1))
 fns.update({
-    "per_head_gather (now)": lambda: x.gather(2, ph.unsqueeze(-1).expand(-1, -1, -1, D)),
+    "per_head_gather_torch (before)": lambda: x.gather(2, ph.unsqueeze(-1).expand(-1, -1, -1, D)),
     "per_head_flat_rows": lambda: x_bl.reshape(-1, D).index_select(0, flat.view(-1)).view(1, H, L, D),
 })
 # Per-head orders through the Triton copy (`kernels.permute`, what the front door runs on CUDA since session 19) and
@@ -50,9 +50,9 @@ fns.update({
     "per_head_scatter_torch (before)": lambda: torch.empty_like(x).scatter_(2, ph_index, x),
     "per_head_scatter_triton": lambda: permute_tokens(x, ph, inverse=True),
 })
-assert torch.equal(fns["per_head_triton"](), fns["per_head_gather (now)"]())
+assert torch.equal(fns["per_head_triton"](), fns["per_head_gather_torch (before)"]())
 assert torch.equal(fns["per_head_scatter_triton"](), fns["per_head_scatter_torch (before)"]())
-assert torch.equal(fns["per_head_flat_rows"](), fns["per_head_gather (now)"]())
+assert torch.equal(fns["per_head_flat_rows"](), fns["per_head_gather_torch (before)"]())
 assert torch.equal(fns["gather_dim2_view (before)"](), fns["gather_rows_bl (now)"]())
 assert torch.equal(fns["scatter_dim2_view (before)"](), fns["scatter_rows_bl"]())
 for name, fn in fns.items():

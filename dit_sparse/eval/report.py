@@ -394,7 +394,8 @@ def step_table(results: List[dict]) -> str:
 STEP_KERNEL_KINDS = (
     ("attention", ("flash", "_attn_fwd", "sdpa", "fmha")),
     ("matmuls", ("nvjet", "gemm", "cutlass")),
-    ("gathers", ("_scatter_gather",)),
+    # The permutation's passes: torch's gather / scatter_, or since session 19 our Triton copy (`kernels.permute`).
+    ("gathers", ("_scatter_gather", "_permute_rows")),
     ("k-means assign", ("_assign_kernel",)),
 )
 

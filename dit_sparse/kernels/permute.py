@@ -13,6 +13,10 @@ processors hand over and read back, so the processor's transpose after attention
 reads the rows in order and writes them to their original positions; a permutation writes every row once, so no two
 programs write the same place.
 
+Measured on an H200 (``python bench/perm_gather.py --tokens 119056 --heads 24``, HunyuanVideo 720p's size,
+``2026-12-04_NVIDIA-H200_perm-gather-per-head-hunyuan.json``): 3.57 TB/s for the gather and 3.55 for the scatter,
+against 1.25 / 1.11 for torch's; in a HunyuanVideo step the passes went from 85 to 23 ms.
+
 It is a copy: the result is bit for bit the torch path's. Used on CUDA outside torch.compile (Inductor compiles the
 torch gather itself) and without autograd (no backward here); ``DIT_SPARSE_TRITON_PERMUTE``: unset = on CUDA, ``0`` =
 never, ``1`` = also under ``TRITON_INTERPRET=1`` on a CPU (the tests).
