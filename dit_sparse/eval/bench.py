@@ -1535,8 +1535,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--backend", default="auto")
     st.add_argument("--warmup", type=int, default=1)
     st.add_argument("--reps", type=int, default=2)
-    st.add_argument("--profile", action="store_true", help="also the GPU time per step by kernel (CUDA only), "
-                    "each row after its timing")
+    st.add_argument("--profile", action="store_true", help="also each row's GPU time per step by kernel, after its "
+                    "timing (on a CPU the host's time by operator)")
     st.add_argument("--out", default=None)
     st.set_defaults(func=bench_step)
     co = sub.add_parser("compile", help="each method eager vs compile_repeated_blocks, and dense eager vs compiled")

@@ -321,7 +321,7 @@ def _scatter_tokens(y: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     if _shared_order(perm):
         # A gather by the inverse order instead of index_copy_: the scatter ran at half the gather's bandwidth.
         return _select_tokens(y, inverse_permutation(perm.view(-1)))
-    if y.dim() == 4 and _permute.enabled(y, perm):
+    if _permute.enabled(y, perm):  # the output (B, H, L, D); the lse (B, H, L) takes torch's scatter below
         return _permute.permute_tokens(y, perm, inverse=True)
     out = torch.empty_like(y)
     idx = perm.expand(y.shape[0], y.shape[1], -1)
