@@ -32,7 +32,10 @@ def drift_rows(captures, methods: Dict[str, dict], block_size: int, gaps: Sequen
     for cap in captures:
         by_layer.setdefault(cap.layer, {})[cap.step] = cap
     rows = []
-    for method, options in methods.items():
+    for label, options in methods.items():
+        # A label names its method, or a variant carries it (``{"method": "semantic", "pack_pieces": True, ...}``).
+        options = dict(options)
+        method = options.pop("method", label)
         cfg = make_config(method, **{**options, "block_size": block_size, "dense_steps": 0, "dense_layers": 0})
         for layer, steps in sorted(by_layer.items()):
             pattern, cache = make_pattern(cfg), {}  # one cache per layer: warm starts as in a real run
@@ -47,7 +50,7 @@ def drift_rows(captures, methods: Dict[str, dict], block_size: int, gaps: Sequen
                     if step - gap not in layouts:
                         continue
                     reused = attention_error(cap.q, cap.k, cap.v, layouts[step - gap], reference=ref)
-                    rows.append(dict(method=method, layer=layer, step=step, gap=gap, fresh_rel_l2=fresh["rel_l2"],
+                    rows.append(dict(method=label, layer=layer, step=step, gap=gap, fresh_rel_l2=fresh["rel_l2"],
                                      reused_rel_l2=reused["rel_l2"], random_rel_l2=random_err,
                                      reuse_penalty=reused["rel_l2"] / max(fresh["rel_l2"], 1e-12),
                                      density=fresh["density"], reused_density=reused["density"]))
@@ -85,6 +88,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--model", default="tiny", choices=["tiny", "small"])
     p.add_argument("--out", default=None, help="JSON path (default bench/results/drift-<model>.json; '' = none)")
     p.add_argument("--methods", default="draft,semantic")
+    p.add_argument("--variants", default=None,
+                   help='JSON {label: {"method": ..., option: value}}: the method\'s preset options with these '
+                        "changed, as rows of their own (--methods '' runs only the variants)")
     p.add_argument("--layers", default="1,3,5")
     p.add_argument("--device", default="cpu")
     p.add_argument("--prompt", default="a blue circle and a green triangle drift up while the camera zooms in over a "
@@ -100,8 +106,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                              width=preset.width, frames=preset.frames, num_inference_steps=steps)
     for cap in caps:  # captures are parked on the CPU; planning and the dense references run on --device
         cap.q, cap.k, cap.v = (t.to(args.device) for t in (cap.q, cap.k, cap.v))
-    methods = {m: {k: v for k, v in preset.sparse[m].items() if k not in ("dense_steps", "dense_layers", "block_size")}
-               for m in args.methods.split(",")}
+
+    def preset_options(method: str) -> dict:
+        skip = ("dense_steps", "dense_layers", "block_size")
+        return {k: v for k, v in preset.sparse[method].items() if k not in skip}
+
+    methods = {m: preset_options(m) for m in args.methods.split(",") if m}
+    for label, variant in (json.loads(args.variants) if args.variants else {}).items():
+        methods[label] = {**preset_options(variant["method"]), **variant}
     block = preset.sparse["draft"].get("block_size", 128)
     rows = drift_rows(caps, methods, block)
     summary = summarise(rows)
