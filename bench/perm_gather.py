@@ -15,6 +15,7 @@ import torch
 
 sys.path.insert(0, os.getcwd())
 from dit_sparse.eval.bench import device_info, git_commit, time_cuda  # noqa: E402
+from dit_sparse.kernels.permute import permute_tokens  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--out", default=None)
@@ -42,8 +43,6 @@ fns.update({
 })
 # Per-head orders through the Triton copy (`kernels.permute`, what the front door runs on CUDA since session 19) and
 # the scatter back, against torch's expanded-index gather and scatter_ (what it ran before).
-from dit_sparse.kernels.permute import permute_tokens  # noqa: E402
-
 ph_index = ph.unsqueeze(-1).expand(-1, -1, -1, D)
 fns.update({
     "per_head_triton": lambda: permute_tokens(x, ph),

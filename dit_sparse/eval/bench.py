@@ -1093,6 +1093,12 @@ def implied_e2e(family: str, full_depth: int, ratios: Dict[str, float]) -> Dict[
     return out
 
 
+# Cluster pieces packed whole into fixed 128-token blocks (`SemanticConfig.pack_pieces`, clusters in a similarity
+# order): a cover of the pieces' selection on FA4's full tiles; and that layout at the Wan presets' schedule (planned
+# every other step, both CFG branches on one layout).
+PACKED = {"block_size": 128, "pack_pieces": True, "cluster_order": "similarity"}
+PACKED_PRESET = {**PACKED, "refresh_every": 2, "share_cfg_layouts": True}
+
 # The methods of the step benchmark: label -> (method, options). Semantic's top_p is the one that gives a density
 # near 0.25 on random weights (the issue's comparison point); every other option is the config's default, but for the
 # block sizes the labels name (the rows measured before SemanticConfig's default became 64 keep their meaning).
@@ -1136,38 +1142,22 @@ STEP_METHODS = {
                                           "refresh_every": 2}),
     "semantic-balanced-r4": ("semantic", {"top_p": 0.3, "clusters": "balanced", "block_size": 128,
                                           "refresh_every": 4}),
-    # Cluster pieces packed whole into fixed 128-token blocks (`SemanticConfig.pack_pieces`, clusters in a similarity
-    # order): a cover of the pieces' selection on FA4's full tiles.
-    "semantic-packed": ("semantic", {"top_p": 0.3, "block_size": 128, "pack_pieces": True,
-                                     "cluster_order": "similarity"}),
-    "semantic-packed-r2": ("semantic", {"top_p": 0.3, "block_size": 128, "pack_pieces": True,
-                                        "cluster_order": "similarity", "refresh_every": 2}),
-    "semantic-packed-p2": ("semantic", {"top_p": 0.2, "block_size": 128, "pack_pieces": True,
-                                        "cluster_order": "similarity"}),
-    "semantic-packed-r2-cfg": ("semantic", {"top_p": 0.3, "block_size": 128, "pack_pieces": True,
-                                            "cluster_order": "similarity", "refresh_every": 2,
-                                            "share_cfg_layouts": True}),
+    # Packed pieces (PACKED above).
+    "semantic-packed": ("semantic", {"top_p": 0.3, **PACKED}),
+    "semantic-packed-r2": ("semantic", {"top_p": 0.3, **PACKED, "refresh_every": 2}),
+    "semantic-packed-p2": ("semantic", {"top_p": 0.2, **PACKED}),
+    "semantic-packed-r2-cfg": ("semantic", {"top_p": 0.3, **PACKED_PRESET}),
     # Pieces packed into 64-token blocks: at Wan-1.3B 480p's ~65-token clusters 128-token blocks hold ~2 clusters each,
     # and the cover computes 1.5x the pieces' density there (``oracle-small-packed-wan480-clusters.json``).
-    "semantic-packed-b64": ("semantic", {"top_p": 0.3, "block_size": 64, "pack_pieces": True,
-                                         "cluster_order": "similarity"}),
-    "semantic-packed-k64": ("semantic", {"top_p": 0.3, "block_size": 128, "kv_block_size": 64, "pack_pieces": True,
-                                         "cluster_order": "similarity"}),
+    "semantic-packed-b64": ("semantic", {"top_p": 0.3, **PACKED, "block_size": 64}),
+    "semantic-packed-k64": ("semantic", {"top_p": 0.3, **PACKED, "kv_block_size": 64}),
     # The preset's shape at a lower top_p, where the cover's density on random q/k comes near the yardstick's 0.25
     # (top_p 0.3 gives 0.40 at Wan-14B 720p): what density costs against what planning and the permutation cost.
-    "semantic-packed-p2-r2-cfg": ("semantic", {"top_p": 0.2, "block_size": 128, "pack_pieces": True,
-                                               "cluster_order": "similarity", "refresh_every": 2,
-                                               "share_cfg_layouts": True}),
-    "semantic-packed-p15-r2-cfg": ("semantic", {"top_p": 0.15, "block_size": 128, "pack_pieces": True,
-                                                "cluster_order": "similarity", "refresh_every": 2,
-                                                "share_cfg_layouts": True}),
-    "semantic-packed-r2-cfg-triton": ("semantic", {"top_p": 0.3, "block_size": 128, "pack_pieces": True,
-                                                   "cluster_order": "similarity", "refresh_every": 2,
-                                                   "share_cfg_layouts": True, "backend": "triton"}),
+    "semantic-packed-p2-r2-cfg": ("semantic", {"top_p": 0.2, **PACKED_PRESET}),
+    "semantic-packed-p15-r2-cfg": ("semantic", {"top_p": 0.15, **PACKED_PRESET}),
+    "semantic-packed-r2-cfg-triton": ("semantic", {"top_p": 0.3, **PACKED_PRESET, "backend": "triton"}),
     # One warm k-means iteration per plan instead of two (k-means is most of a 720p plan's GPU work).
-    "semantic-packed-w1-r2-cfg": ("semantic", {"top_p": 0.3, "block_size": 128, "pack_pieces": True,
-                                               "cluster_order": "similarity", "refresh_every": 2,
-                                               "share_cfg_layouts": True, "warm_iters": 1}),
+    "semantic-packed-w1-r2-cfg": ("semantic", {"top_p": 0.3, **PACKED_PRESET, "warm_iters": 1}),
     "fixed-0.25": ("fixed", {"density": 0.25}),
     # The step ratio at other densities (the presets trade density against dense steps for the same quality).
     "fixed-0.35": ("fixed", {"density": 0.35}),

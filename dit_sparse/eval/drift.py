@@ -97,6 +97,20 @@ def main(argv: Optional[List[str]] = None) -> int:
                                        "gray checkered background")
     args = p.parse_args(argv)
     preset = PRESETS[args.model]
+
+    # Options checked before the (slow) capture.
+    def preset_options(method: str) -> dict:
+        # The schedule is the evaluator's (every captured step sparse) and the block size its own.
+        options = preset.sparse_options(method)
+        return {k: v for k, v in options.items() if k not in ("dense_steps", "dense_layers", "block_size")}
+
+    methods = {m: preset_options(m) for m in args.methods.split(",") if m}
+    for label, variant in (json.loads(args.variants) if args.variants else {}).items():
+        if "method" not in variant:
+            raise ValueError(f"--variants {label!r} names no method; give one, e.g. "
+                             '{"packed": {"method": "semantic", "pack_pieces": true}}')
+        methods[label] = {**preset_options(variant["method"]), **variant}
+
     pipe = load_model(args.model, args.device)
     steps = preset.steps
     first_sparse = int(round(preset.sparse["draft"].get("dense_steps", 0.25) * steps))
@@ -107,13 +121,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     for cap in caps:  # captures are parked on the CPU; planning and the dense references run on --device
         cap.q, cap.k, cap.v = (t.to(args.device) for t in (cap.q, cap.k, cap.v))
 
-    def preset_options(method: str) -> dict:
-        skip = ("dense_steps", "dense_layers", "block_size")
-        return {k: v for k, v in preset.sparse[method].items() if k not in skip}
-
-    methods = {m: preset_options(m) for m in args.methods.split(",") if m}
-    for label, variant in (json.loads(args.variants) if args.variants else {}).items():
-        methods[label] = {**preset_options(variant["method"]), **variant}
     block = preset.sparse["draft"].get("block_size", 128)
     rows = drift_rows(caps, methods, block)
     summary = summarise(rows)
