@@ -25,3 +25,26 @@ qual)
     --out $OUT/quality-small-768p-semantic-packed-refresh.json 2>&1 | grep -vE "^ *$|Warning|warn" | tail -12
   ;;
 esac
+# Part two: a cheaper packed plan (pooled block means read through the cluster order in one Triton pass, the top-p
+# kernel writing the pieces' selection as a mask, whole blocks first from the cluster counts). Parts carried as above
+# (models out of the tree for the call that carries a part; not needed here).
+case "${1:-}" in
+plan)
+  # The plan by stage at the three shapes, with the gather + scatter-add means as the comparison (same run).
+  timeout 240 python3 bench/profile_semantic_plan.py $OUT/profile-semantic-packed-plan-ordered-means.json \
+    wan1.3b-480p,wan14b-720p,hunyuan-720p preset 2>&1 | grep -E "^wan|^hun|Error" | cut -c1-700
+  ;;
+pattern)
+  # Planning per sparse call at the presets' schedules (README pattern table).
+  for s in wan1.3b-480p wan14b-720p hunyuan-720p; do
+    timeout 150 python3 -m dit_sparse.eval.bench pattern --shape $s --presets --qkv photo --methods semantic \
+      --out $OUT/pattern-$s-semantic-ordered-means.json 2>&1 | grep -E "semantic|Error" | cut -c1-300
+  done
+  ;;
+steps)
+  # HunyuanVideo 720p (15 blocks): the packed preset planned every 2nd / 3rd step against the yardstick.
+  timeout 280 python3 -m dit_sparse.eval.bench step --model hunyuan-720p --layers 15 --dense-variants none \
+    --methods semantic-packed-r2,semantic-packed-r3,fixed-0.25 \
+    --out $OUT/step-hunyuan-720p-semantic-ordered-means.json 2>&1 | grep -E "^hun|Error|wrote" | cut -c1-300
+  ;;
+esac

@@ -5,7 +5,8 @@ pieces, the presets' layout since session 17, also the similarity order and the 
 wall-clock of a plan next to its CUDA time, a cold plan (k-means from its start), the CUDA kernels of a whole plan,
 and plan / attention for a few variants.
 
-    python bench/profile_semantic_plan.py OUT.json [SHAPES]   (comma-separated; default wan1.3b-480p,wan14b-720p)
+    python bench/profile_semantic_plan.py OUT.json [SHAPES [VARIANTS]]   (comma-separated; default
+    wan1.3b-480p,wan14b-720p and every variant)
 """
 
 import json
@@ -64,8 +65,20 @@ def packed_stages(pattern, q, k, labels, centroids, counts) -> dict:
     out = {"similarity_rank_ms": time_cuda(lambda: _similarity_rank(cent2, kk), reps=5)["median_ms"],
            "packed_plan_ms": time_cuda(pack, reps=5)["median_ms"], "packed_plan_wall_ms": wall_ms(pack),
            "packed_plan_compiled": bool(q.is_cuda and not packed_plan._failed and packed_plan._compiled is not None)}
-    idx, cnt, _ = pack()
+    idx, cnt, perm = pack()
     out["trim_ms"] = time_cuda(lambda: pattern._trim(idx, cnt), reps=5)["median_ms"]
+    # Session 20: the pooled block means read q and k through the cluster order in one Triton pass per side. The
+    # packing with the gather + scatter-add means instead: its time, and how many query blocks get the same key-block
+    # list (sums in another order round differently, so a block at the top-p threshold can flip).
+    block_mass.ORDERED_MEANS_KERNEL = False
+    try:
+        out["packed_plan_gather_means_ms"] = time_cuda(pack, reps=5)["median_ms"]
+        idx_g, cnt_g, perm_g = pack()
+    finally:
+        block_mass.ORDERED_MEANS_KERNEL = True
+    out["ordered_means_rows_equal"] = float(((cnt == cnt_g) & (idx == idx_g).all(-1)).float().mean())
+    out["ordered_means_perm_equal"] = bool(torch.equal(perm, perm_g))
+    out["density_ordered_vs_gather_means"] = [float(cnt.float().mean()), float(cnt_g.float().mean())]
     return out
 
 
@@ -110,6 +123,7 @@ def stages(pattern, q, k, cache) -> dict:
 def main():
     path = sys.argv[1]
     shapes = sys.argv[2].split(",") if len(sys.argv) > 2 else ["wan1.3b-480p", "wan14b-720p"]
+    variants = sys.argv[3].split(",") if len(sys.argv) > 3 else list(VARIANTS)
     from dit_sparse.eval.bench import VIDEO_SHAPES
     from dit_sparse.pipelines.presets import PRESETS
 
@@ -121,7 +135,8 @@ def main():
         base = PRESETS[VIDEO_SHAPES[shape][4]].sparse_options("semantic")
         base.update(dense_steps=0, dense_layers=0, min_sparse_tokens=0)
         rows = {}
-        for label, opts in VARIANTS.items():
+        for label in variants:
+            opts = VARIANTS[label]
             pattern = make_pattern(ds.make_config("semantic", **{**base, **opts}))
             cache = PlanCache(shared=BoundedCache())
             layout = pattern.plan(q, k, geometry, cache)

@@ -42,7 +42,7 @@ def inverse_permutation(order: torch.Tensor) -> torch.Tensor:
     return inverse
 
 
-def whole_blocks_first(group: torch.Tensor, block: int) -> torch.Tensor:
+def whole_blocks_first(group: torch.Tensor, block: int, counts: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The order that packs a grouped sequence into fixed ``block`` blocks with as few mixed blocks as possible.
 
     ``group`` (int [..., L]) labels consecutive runs of a sequence (tiles, or clusters sorted together). Every group
@@ -50,10 +50,19 @@ def whole_blocks_first(group: torch.Tensor, block: int) -> torch.Tensor:
     remainders of all groups follow, in group order, and only they share blocks with other groups. Without this, one
     short group shifts every later group off the block grid, so that almost every block mixes two groups.
 
+    ``counts`` (int or float [..., K], optional): when ``group`` is sorted labels in [0, K) (clusters in label order)
+    and ``counts`` their sizes, the runs are read from the counts (no scan over the tokens; the same order).
+
     Returns the int64 positions [..., L] to gather the grouped sequence by (a stable sort, no host sync).
     """
     length = group.shape[-1]
     pos = torch.arange(length, device=group.device)
+    if counts is not None:
+        sizes = counts.long()
+        label = group.long()
+        rank = pos - (sizes.cumsum(-1) - sizes).gather(-1, label)  # place inside the token's cluster
+        remainder = rank >= (sizes // block * block).gather(-1, label)
+        return torch.sort(remainder.to(torch.uint8), dim=-1, stable=True).indices
     new_run = torch.ones_like(group, dtype=torch.bool)
     new_run[..., 1:] = group[..., 1:] != group[..., :-1]
     # Start of each token's run (cummax of run starts), its rank inside the run, and the run's length.

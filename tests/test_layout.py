@@ -53,3 +53,18 @@ def test_whole_blocks_first_packs_each_groups_whole_blocks_then_remainders():
     assert torch.equal(order[1], torch.arange(16))  # one group of whole blocks: unchanged
     # Stable: tokens keep their order within each part.
     assert order[0].tolist() == [0, 1, 2, 3, 7, 8, 9, 10, 11, 12, 13, 14, 4, 5, 6, 15]
+
+
+def test_whole_blocks_first_from_cluster_counts_is_the_same_order():
+    """Sorted cluster labels with their counts (semantic's packed pieces): the runs read from the counts, with empty
+    clusters, give the order of the scan over the tokens."""
+    from dit_sparse.layout import whole_blocks_first
+
+    g = torch.Generator().manual_seed(0)
+    for k, block in ((7, 4), (30, 8), (3, 16)):
+        labels = torch.randint(0, k, (3, 200), generator=g)
+        labels[labels == 1] = 0  # cluster 1 is empty
+        labels = labels.sort(-1).values
+        counts = torch.zeros(3, k).scatter_add_(1, labels, torch.ones(3, 200))
+        assert (counts[:, 1] == 0).all() and (counts[:, 0] > block).all()
+        assert torch.equal(whole_blocks_first(labels, block, counts=counts), whole_blocks_first(labels, block))

@@ -1147,6 +1147,8 @@ STEP_METHODS = {
     "semantic-packed-r2": ("semantic", {"top_p": 0.3, **PACKED, "refresh_every": 2}),
     "semantic-packed-p2": ("semantic", {"top_p": 0.2, **PACKED}),
     "semantic-packed-r2-cfg": ("semantic", {"top_p": 0.3, **PACKED_PRESET}),
+    "semantic-packed-r3": ("semantic", {"top_p": 0.3, **PACKED, "refresh_every": 3}),
+    "semantic-packed-r3-cfg": ("semantic", {"top_p": 0.3, **PACKED_PRESET, "refresh_every": 3}),
     # Pieces packed into 64-token blocks: at Wan-1.3B 480p's ~65-token clusters 128-token blocks hold ~2 clusters each,
     # and the cover computes 1.5x the pieces' density there (``oracle-small-packed-wan480-clusters.json``).
     "semantic-packed-b64": ("semantic", {"top_p": 0.3, **PACKED, "block_size": 64}),

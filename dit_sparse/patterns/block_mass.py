@@ -25,6 +25,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..layout import block_sizes, cdiv, pack_block_mask
+from . import kmeans
 
 try:  # optional fused top-p selection kernel (GPU); the torch path is always available
     import triton
@@ -32,20 +33,45 @@ try:  # optional fused top-p selection kernel (GPU); the torch path is always av
 except Exception:  # pragma: no cover - depends on the install
     triton = None
 
+# Block means read through a permutation by one Triton pass on CUDA (`segment_means` with ``order``); a module switch
+# so that the benchmark can time the gather + scatter-add path against it.
+ORDERED_MEANS_KERNEL = True
+
 # Score elements per chunk (rows of queries x keys, over the batch x head rows of one chunk): 2**26 floats = 256 MiB.
 _CHUNK_ELEMENTS = 1 << 26
 
 
-def segment_means(x: torch.Tensor, starts: Optional[torch.Tensor], block: int) -> torch.Tensor:
+def segment_means(x: torch.Tensor, starts: Optional[torch.Tensor], block: int, order: Optional[torch.Tensor] = None,
+                  engine: str = "auto") -> torch.Tensor:
     """Mean of x [N, L, D] over each block, float32 [N, P, D] (empty blocks give zeros).
 
     Args:
-        x (`torch.Tensor` [N, L, D]): tokens in block order.
+        x (`torch.Tensor` [N, L, D]): tokens in block order, or in token order when ``order`` is given.
         starts (`torch.Tensor` int [N or 1, P + 1], optional): block boundaries; `None` = fixed ``block`` blocks (the
             last one ragged).
         block (`int`): block size when ``starts`` is None.
+        order (`torch.Tensor` int [N, L], optional): the blocks tile ``x`` gathered by ``order`` (a permutation, e.g.
+            semantic's cluster order): block j holds ``x[order[starts[j]:starts[j + 1]]]``.
+        engine (`str`, defaults to "auto"): with ``order`` and ``starts``, "triton" sums every block through the order
+            in one program (`kmeans.segment_sums`: the permuted copy of x and the float32 atomics of a scatter-add are
+            never made), "torch" gathers then scatter-adds; "auto" is triton on CUDA.
     """
+    if engine not in ("auto", "torch", "triton"):
+        raise ValueError(f"engine={engine!r} is not known; allowed: 'auto', 'torch', 'triton'")
     n, length, d = x.shape
+    if order is not None and starts is not None:
+        fused = kmeans._triton_ok((x,)) and (engine == "triton" or (engine == "auto" and x.is_cuda
+                                                                    and ORDERED_MEANS_KERNEL))
+        if engine == "triton" and not fused:
+            raise ValueError("engine='triton' needs triton, a CUDA tensor (or TRITON_INTERPRET=1) and a power-of-two "
+                             f"channel count in [16, 256], got {d} channels on {x.device}; use engine='auto'")
+        if fused:
+            first = starts[:, :-1].expand(n, -1)
+            sizes = (starts[:, 1:] - starts[:, :-1]).expand(n, -1)
+            sums = kmeans.segment_sums(x, order, first, sizes)
+            return sums / sizes.float().clamp(min=1).unsqueeze(-1)
+    if order is not None:
+        x = x.gather(1, order.long().unsqueeze(-1).expand(-1, -1, d))
     if starts is None:
         p = cdiv(length, block)
         pad = p * block - length
@@ -129,17 +155,20 @@ def pooled_block_mass(
     q_starts: Optional[torch.Tensor] = None,
     kv_starts: Optional[torch.Tensor] = None,
     kv_block: Optional[int] = None,
+    q_order: Optional[torch.Tensor] = None,
+    kv_order: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The cheap estimate: each query block's mean query against each key block's mean key, a key block of s tokens
     weighted by s (``softmax(mean_q . mean_k * scale + log s)``); [N, Pq, Pk] float32, rows sum to 1.
 
     Costs ``Pq x Pk x D`` (DraftAttention's pooled map) instead of ``Pq x L x D``; less faithful where a key block's
-    keys point in many directions (see the module docstring).
+    keys point in many directions (see the module docstring). ``q_order`` / ``kv_order`` (int [N, L], optional):
+    q / k are in token order and their blocks tile them gathered by these orders (`segment_means`).
     """
     n, lk, _ = k.shape
     kb = block if kv_block is None else kv_block  # key blocks may be finer than query blocks
-    qm = segment_means(q, q_starts, block)
-    km = segment_means(k, kv_starts, kb)
+    qm = segment_means(q, q_starts, block, order=q_order)
+    km = segment_means(k, kv_starts, kb, order=kv_order)
     if kv_starts is None:
         sizes = block_sizes(lk, kb, k.device).unsqueeze(0)
     else:
@@ -206,6 +235,7 @@ if triton is not None:
     def _top_p_lists_kernel(
         MASS, SIZES, VALID, ROW_VALID, IDX, CNT, PQ, PK, s_sizes, s_valid, top_p, min_keep,
         KV_PER_Q: tl.constexpr, DIAGONAL: tl.constexpr, HAS_ROW_VALID: tl.constexpr, BLOCK_P: tl.constexpr,
+        MASK_OUT: tl.constexpr,
     ):  # fmt: skip
         # One program = one query block's row. The sort of `select_top_p` becomes two searches for a threshold on
         # the score's bits (a non-negative float32's bit pattern orders like its value): the largest t whose blocks
@@ -242,6 +272,9 @@ if triton is not None:
             lo_c = tl.where(many, mid_c, lo_c)
             hi_c = tl.where(many, hi_c, mid_c)
         keep = valid & (bits >= tl.minimum(lo_p, lo_c))
+        if MASK_OUT:  # the selection as a 0 / 1 row of IDX (uint8 [N, Pq, Pk]); CNT is not written
+            tl.store(IDX + row * PK + offs, keep.to(tl.uint8), mask=inside)
+            return
         keep_i = keep.to(tl.int32)
         count = tl.sum(keep_i, axis=0)
         pos = tl.cumsum(keep_i, axis=0) - 1
@@ -260,6 +293,40 @@ def _top_p_kernel_ok(mass: torch.Tensor) -> bool:
     )
 
 
+def _top_p_engine(mass: torch.Tensor, top_p: float, engine: str) -> bool:
+    """Whether the fused top-p kernel runs (checks ``engine``)."""
+    if engine not in ("auto", "torch", "triton"):
+        raise ValueError(f"engine={engine!r} is not known; allowed: 'auto', 'torch', 'triton'")
+    if engine == "triton" and not _top_p_kernel_ok(mass):
+        raise ValueError(
+            f"engine='triton' needs triton, a CUDA tensor (or TRITON_INTERPRET=1) and at most "
+            f"{TOP_P_KERNEL_MAX_BLOCKS} key blocks per row, got {mass.shape[-1]} on {mass.device}; use engine='auto'"
+        )
+    # "auto": the kernel on CUDA only (under the interpreter on the CPU it is far slower than the sort).
+    use_kernel = engine == "triton" or (engine == "auto" and TOP_P_KERNEL and mass.is_cuda and _top_p_kernel_ok(mass))
+    return use_kernel and top_p < 1.0
+
+
+def _top_p_kernel(mass, sizes, top_p, min_keep, valid, diagonal, kv_per_q, row_valid, mask_out: bool):
+    """Runs `_top_p_lists_kernel`: (kv_indices, kv_counts), or the uint8 [N, Pq, Pk] selection with ``mask_out``."""
+    n, pq, pk = mass.shape
+    mass = mass.float().contiguous()
+    # [N or 1, Pk]: one row shared by all N is read with stride 0.
+    sizes = sizes.float().reshape(-1, pk).contiguous()
+    valid = valid.reshape(-1, pk).to(torch.int8).contiguous()
+    idx = torch.empty(n, pq, pk, dtype=torch.uint8 if mask_out else torch.int32, device=mass.device)
+    cnt = torch.empty(n, pq, dtype=torch.int32, device=mass.device)
+    rv = row_valid.to(torch.int8).contiguous() if row_valid is not None else cnt
+    block_p = max(16, triton.next_power_of_2(pk))
+    _top_p_lists_kernel[(n * pq,)](
+        mass, sizes, valid, rv, idx, cnt, pq, pk, pk if sizes.shape[0] > 1 else 0, pk if valid.shape[0] > 1 else 0,
+        float(top_p), max(1, min_keep),
+        KV_PER_Q=kv_per_q, DIAGONAL=diagonal, HAS_ROW_VALID=row_valid is not None, BLOCK_P=block_p,
+        MASK_OUT=mask_out, num_warps=4 if block_p <= 2048 else 8,
+    )  # fmt: skip
+    return idx if mask_out else (idx, cnt)
+
+
 def top_p_block_lists(mass: torch.Tensor, sizes: torch.Tensor, top_p: float, min_keep: int, valid: torch.Tensor,
                       diagonal: bool = False, kv_per_q: int = 1, row_valid: Optional[torch.Tensor] = None,
                       engine: str = "auto") -> Tuple[torch.Tensor, torch.Tensor]:
@@ -272,36 +339,24 @@ def top_p_block_lists(mass: torch.Tensor, sizes: torch.Tensor, top_p: float, min
     block plan (1,673 x 1,673 piece pairs per head, ``2026-12-03_NVIDIA-H200_profile-semantic-plan.json``). The two
     agree except where scores tie at the threshold: the kernel keeps every tied block, the sort an arbitrary subset.
     """
-    if engine not in ("auto", "torch", "triton"):
-        raise ValueError(f"engine={engine!r} is not known; allowed: 'auto', 'torch', 'triton'")
-    if engine == "triton" and not _top_p_kernel_ok(mass):
-        raise ValueError(
-            f"engine='triton' needs triton, a CUDA tensor (or TRITON_INTERPRET=1) and at most "
-            f"{TOP_P_KERNEL_MAX_BLOCKS} key blocks per row, got {mass.shape[-1]} on {mass.device}; use engine='auto'"
-        )
-    # "auto": the kernel on CUDA only (under the interpreter on the CPU it is far slower than the sort).
-    use_kernel = engine == "triton" or (engine == "auto" and TOP_P_KERNEL and mass.is_cuda and _top_p_kernel_ok(mass))
-    if not use_kernel or top_p >= 1.0:
-        select = select_top_p(mass, sizes, top_p, min_keep, valid, diagonal=diagonal, kv_per_q=kv_per_q)
-        if row_valid is not None:
-            select = select & row_valid.unsqueeze(-1)
-        return pack_block_mask(select)
-    n, pq, pk = mass.shape
-    mass = mass.float().contiguous()
-    # [N or 1, Pk]: one row shared by all N is read with stride 0.
-    sizes = sizes.float().reshape(-1, pk).contiguous()
-    valid = valid.reshape(-1, pk).to(torch.int8).contiguous()
-    idx = torch.empty(n, pq, pk, dtype=torch.int32, device=mass.device)
-    cnt = torch.empty(n, pq, dtype=torch.int32, device=mass.device)
-    rv = row_valid.to(torch.int8).contiguous() if row_valid is not None else cnt
-    block_p = max(16, triton.next_power_of_2(pk))
-    _top_p_lists_kernel[(n * pq,)](
-        mass, sizes, valid, rv, idx, cnt, pq, pk, pk if sizes.shape[0] > 1 else 0, pk if valid.shape[0] > 1 else 0,
-        float(top_p), max(1, min_keep),
-        KV_PER_Q=kv_per_q, DIAGONAL=diagonal, HAS_ROW_VALID=row_valid is not None, BLOCK_P=block_p,
-        num_warps=4 if block_p <= 2048 else 8,
-    )  # fmt: skip
-    return idx, cnt
+    if _top_p_engine(mass, top_p, engine):
+        return _top_p_kernel(mass, sizes, top_p, min_keep, valid, diagonal, kv_per_q, row_valid, False)
+    return pack_block_mask(top_p_block_mask(mass, sizes, top_p, min_keep, valid, diagonal, kv_per_q, row_valid,
+                                            engine="torch"))
 
 
-__all__ = ["block_mass_estimate", "pooled_block_mass", "segment_means", "select_top_p", "top_p_block_lists"]
+def top_p_block_mask(mass: torch.Tensor, sizes: torch.Tensor, top_p: float, min_keep: int, valid: torch.Tensor,
+                     diagonal: bool = False, kv_per_q: int = 1, row_valid: Optional[torch.Tensor] = None,
+                     engine: str = "auto") -> torch.Tensor:
+    """`top_p_block_lists`' selection as a mask, bool [N, Pq, Pk] (for callers that combine it further, as semantic's
+    packed pieces: on CUDA the kernel writes the mask, no lists to scatter back)."""
+    if _top_p_engine(mass, top_p, engine):
+        return _top_p_kernel(mass, sizes, top_p, min_keep, valid, diagonal, kv_per_q, row_valid, True).bool()
+    select = select_top_p(mass, sizes, top_p, min_keep, valid, diagonal=diagonal, kv_per_q=kv_per_q)
+    if row_valid is not None:
+        select = select & row_valid.unsqueeze(-1)
+    return select
+
+
+__all__ = ["block_mass_estimate", "pooled_block_mass", "segment_means", "select_top_p", "top_p_block_lists",
+           "top_p_block_mask"]

@@ -131,8 +131,8 @@ if triton is not None:
         X, X2, M, ORDER, STARTS, COUNTS, SUMS, L, K, sxn, sxl, sxd, s2n, s2l, s2d,
         D: tl.constexpr, TWO: tl.constexpr, BLOCK_R: tl.constexpr,
     ):  # fmt: skip
-        # One program per (cluster, row n): the centred sum of the cluster's points, read through the cluster order
-        # (the points of a cluster are a contiguous run of ORDER), summed in registers: no atomics.
+        # One program per (run, row n): the centred sum of the run's points, read through ORDER (a run - a k-means
+        # cluster, a semantic cluster piece - is contiguous in ORDER), summed in registers: no atomics. K runs a row.
         DT: tl.constexpr = 2 * D if TWO else D
         c = tl.program_id(0).to(tl.int64)
         n = tl.program_id(1).to(tl.int64)
@@ -240,20 +240,47 @@ def _triton_sums(parts, mean, labels, k: int):
     sorted by cluster (a radix sort of the labels), then one program per cluster sums its run in registers. At
     Wan-14B 720p the assignment kernel's float32 atomics (256 per point) took as long as the assignment itself
     (4.2 of 8.6 ms per iteration, ``2026-12-03_NVIDIA-H200_kmeans-micro.json``)."""
+    counts = cluster_counts(labels, k)
+    icounts = counts.to(torch.int32)
+    starts = icounts.cumsum(-1, dtype=torch.int32) - icounts
+    order = cluster_order(labels, k).to(torch.int32)
+    return segment_sums(parts, order, starts, icounts, mean), counts
+
+
+def segment_sums(parts, order: torch.Tensor, starts: torch.Tensor, counts: torch.Tensor,
+                 mean: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Sums of runs of reordered points by one Triton program per (run, row), in registers (no atomics, no copy of
+    the reordered points): run j of row n sums the points ``order[n, starts[n, j] : starts[n, j] + counts[n, j]]``.
+
+    Args:
+        parts (`torch.Tensor` [N, L, D], or a pair): points, read in place (any strides); a pair is summed as the
+            concatenation of its rows, as in `batched_kmeans`.
+        order (`torch.Tensor` int [N, L]): the token order the runs are contiguous in.
+        starts, counts (`torch.Tensor` int [N, J]): first position (in ``order``) and length of every run; an empty
+            run sums to 0.
+        mean (`torch.Tensor` float32 [N, D_total], optional): subtracted from every point (k-means' centring).
+
+    Returns:
+        `torch.Tensor` float32 [N, J, D_total]. Needs `_triton_ok` (CUDA or ``TRITON_INTERPRET=1``).
+    """
+    parts = _parts(parts)
+    if not _triton_ok(parts):
+        raise ValueError("segment_sums needs triton, a CUDA tensor (or TRITON_INTERPRET=1) and points of at most 256 "
+                         "channels in one or two power-of-two parts of at least 16")
     x, x2 = parts[0], parts[-1]
     n, length, d = x.shape
     d_total = d * len(parts)
-    counts = cluster_counts(labels, k)
-    icounts = counts.to(torch.int32)
-    starts = (icounts.cumsum(-1, dtype=torch.int32) - icounts).contiguous()
-    order = cluster_order(labels, k).to(torch.int32).contiguous()
-    sums = torch.empty(n, k, d_total, device=x.device, dtype=torch.float32)
-    _segment_sum_kernel[(k, n)](
-        x, x2, mean.contiguous(), order, starts, icounts.contiguous(), sums, length, k,
+    runs = starts.shape[-1]
+    if mean is None:
+        mean = torch.zeros(n, d_total, device=x.device, dtype=torch.float32)
+    sums = torch.empty(n, runs, d_total, device=x.device, dtype=torch.float32)
+    _segment_sum_kernel[(runs, n)](
+        x, x2, mean.contiguous(), order.to(torch.int32).contiguous(), starts.to(torch.int32).contiguous(),
+        counts.to(torch.int32).contiguous(), sums, length, runs,
         x.stride(0), x.stride(1), x.stride(2), x2.stride(0), x2.stride(1), x2.stride(2),
         D=d, TWO=len(parts) == 2, BLOCK_R=32, num_warps=4,
     )  # fmt: skip
-    return sums, counts
+    return sums
 
 
 def _assign_torch(xc: torch.Tensor, centred: torch.Tensor) -> torch.Tensor:
@@ -392,6 +419,6 @@ def inertia(x: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor) -> t
 
 
 __all__ = [
-    "assign_clusters", "batched_kmeans", "cluster_counts", "cluster_order", "inertia", "strided_init",
+    "assign_clusters", "batched_kmeans", "cluster_counts", "cluster_order", "inertia", "segment_sums", "strided_init",
     "update_centroids",
 ]

@@ -175,7 +175,7 @@ def test_top_p_kernel_matches_the_sort_under_interpreter():
     # masses with empty key blocks, padding rows, min_keep above and below what top_p keeps, the diagonal with equal
     # and finer key blocks, and one [1, Pk] row of sizes shared by every head (fixed blocks).
     pytest.importorskip("triton")
-    from dit_sparse.patterns.block_mass import top_p_block_lists
+    from dit_sparse.patterns.block_mass import top_p_block_lists, top_p_block_mask
 
     g = torch.Generator().manual_seed(0)
     n, pq = 2, 6
@@ -194,6 +194,10 @@ def test_top_p_kernel_matches_the_sort_under_interpreter():
                 got_idx, got_cnt = top_p_block_lists(*args, engine="triton")
                 assert torch.equal(got_cnt, want_cnt), (pk, top_p, min_keep, diagonal)
                 assert torch.equal(got_idx, want_idx), (pk, top_p, min_keep, diagonal)
+                # The same selection written as a mask (semantic's packed pieces combine it further).
+                want_mask = top_p_block_mask(*args, engine="torch")
+                assert torch.equal(top_p_block_mask(*args, engine="triton"), want_mask)
+                assert torch.equal(pack_block_mask(want_mask)[1], want_cnt)
     assert (want_cnt > 0).any() and (want_cnt < valid.sum()).any()  # the cases select, not all or nothing
 
 
@@ -641,6 +645,32 @@ def test_segment_means_match_per_block_means_with_empty_blocks(device_rows):
             torch.testing.assert_close(means[r, i], want, atol=1e-6, rtol=1e-5)
     fixed = segment_means(x, None, 16)  # fixed blocks, the last one ragged
     torch.testing.assert_close(fixed[:, 3], x[:, 48:].mean(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("device_rows", [1, 4])
+def test_segment_means_through_an_order_match_the_permuted_copy(dtype, device_rows):
+    """Block means of tokens read through a permutation (semantic's pooled estimate, q and k in token order): the
+    Triton pass (CUDA default, here under the interpreter) against gathering the permuted copy first, on a strided
+    view of Diffusers' (B, L, H, D) memory, with empty blocks and padding blocks at the end."""
+    pytest.importorskip("triton")
+    from dit_sparse.patterns.block_mass import segment_means
+
+    g = torch.Generator().manual_seed(1)
+    b, length, h, d = 1, 90, 4, 32
+    x = torch.randn(b, length, h, d, generator=g).to(dtype).transpose(1, 2).reshape(b * h, length, d)  # a view
+    assert not x.is_contiguous()
+    order = torch.stack([torch.randperm(length, generator=g) for _ in range(b * h)])
+    starts = torch.tensor([[0, 7, 7, 40, 41, 90, 90], [0, 32, 64, 80, 90, 90, 90], [0, 0, 1, 2, 3, 90, 90],
+                           [0, 45, 45, 45, 46, 90, 90]])[:device_rows]
+    want = segment_means(x, starts, 32, order=order, engine="torch")
+    by_hand = x.gather(1, order.unsqueeze(-1).expand(-1, -1, d))
+    torch.testing.assert_close(want, segment_means(by_hand, starts, 32))  # torch: the permuted copy, as before
+    got = segment_means(x, starts, 32, order=order, engine="triton")
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert (got[:, -1] == 0).all() and got.abs().sum() > 0  # the padding block is empty: a zero mean
+    with pytest.raises(ValueError, match="engine"):
+        segment_means(x, starts, 32, order=order, engine="cuda")
 
 
 @pytest.mark.parametrize("fixed_blocks", [False, True])
