@@ -118,11 +118,16 @@ WAN_NEGATIVE_PROMPT = (
 # HunyuanVideo 720p plans every other step: 3.2 % per call there, 1.6 % at r=2. The kept layouts are int16-compact
 # (`BlockLayout.compact`): draft-r2 peaks +1.17 GiB over dense at HunyuanVideo 720p with all 60 blocks
 # (``2026-12-02_NVIDIA-H200_step-hunyuan-720p-full-depth.json``); the period does not change their size.
-# Semantic plans every other sparse step: on realistic q/k its plan cost 42-65 % of its sparse attention per call when
-# planned every step (it keeps only 0.14-0.16 of the blocks, so its attention is cheap; ``2026-12-03_NVIDIA-H200_
-# pattern-*-presets.json``), its layout drifts little over one step (reuse penalty 1.04 at r=2, 1.11 at r=4,
-# ``drift-small.json``) and the video agrees (small, 10 steps: 30.76 dB at r=1 and r=2, ``quality-small-block64-
-# refresh.json``). Its kept layouts are compact too (variable blocks: int16 key-piece lists, int32 orders).
+# Semantic plans every 3rd sparse step: its packed plan costs 63 / 27 / 19 % of its sparse attention per call at
+# Wan-1.3B 480p / Wan-14B 720p / HunyuanVideo 720p when planned every call (2.3 / 11.2 / 10.1 ms on photographic q/k,
+# ``2026-12-04_NVIDIA-H200_pattern-*-semantic-ordered-means.json``), so at r=3 (CFG branches sharing it on Wan) 10.5
+# / 4.5 / 6.3 % against 15.8 / 6.8 / 9.5 % at r=2. The packed layout drifts more than the pieces did (reuse penalty
+# 1.13 / 1.29 / 1.71 at r = 1 / 2 / 4, ``drift-small-packed.json``; the pieces' 1.01 / 1.04 / 1.11), but the video
+# loses little: small at 768x1280 (Wan-14B's cluster size), 20 steps, 2 prompts, Wan's schedule with CFG sharing:
+# 35.55 / 35.39 / 35.27 / 34.95 dB at r = 1 / 2 / 3 / 4 (``quality-small-768p-semantic-packed-refresh.json``). r=4
+# would bring HunyuanVideo under 5 % (4.7 %) for another 0.3 dB; a step gains ~1 % from r=2 to r=3 (HunyuanVideo
+# 2.88x -> 2.91x, Wan-14B 1.81x -> 1.82x, ``...step-{hunyuan-720p,wan14b-720p}-semantic-ordered-means.json``).
+# Its kept layouts are compact too (variable blocks: int16 key-piece lists, int32 orders).
 # The tile pattern on video: 2x8x8 tiles (one 128-token block), a window of every frame and 3 x 3 tiles around the
 # query in space. The Sliding-Tile-like cube (TileConfig's default 3x3x3 window) is worse than random blocks on the
 # trained models' attention; a window over every frame is what their heads need (``oracle-small-tile.json``). On the
@@ -160,7 +165,7 @@ WAN_SPARSE = {
     # 0.44-0.45 (``quality-small-768p-semantic-packed.json``). The cover computes more than the pieces select (1.2x on
     # small's captured attention, ``oracle-small-packed-pieces.json``; 1.7-3.3x on random q/k, the step JSONs) but at
     # ~600 effective TFLOP/s where pieces run at 210-250.
-    "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "refresh_every": 2, "share_cfg_layouts": True,
+    "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "refresh_every": 3, "share_cfg_layouts": True,
                  "block_size": 128, "pack_pieces": True, "cluster_order": "similarity", "fast_dense": True},
     # Fewer dense steps at a higher density: on the trained small model (20 steps, 2 prompts,
     # ``quality-small-dense-steps.json``) density 0.35 with 10 % dense steps gives 26.09 dB against dense video where
@@ -184,7 +189,7 @@ HUNYUAN_SPARSE = {
     # ``2026-12-03_NVIDIA-H200_step-hunyuan-720p-semantic-{packed,b128k64-r2}.json``), with better video on the trained
     # small model: 34.73 dB at density 0.54 against 33.17 dB at 0.45 (768x1280, ``quality-small-768p-semantic-
     # packed.json``). Packed with 64-token key blocks: 34.81 dB but 2.55x against 2.65x for its pieces, every step.
-    "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "refresh_every": 2, "block_size": 128,
+    "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "refresh_every": 3, "block_size": 128,
                  "pack_pieces": True, "cluster_order": "similarity", "fast_dense": True},
     "draft": {"dense_steps": 0.3, "dense_layers": 1, "density": 0.1, "refresh_every": 2, "fast_dense": True},
     "tile": dict(VIDEO_TILE, fast_dense=True),

@@ -45,7 +45,7 @@ def test_recommended_sparse_settings():
     wan, hy = PRESETS["wan2.1-1.3b"], PRESETS["hunyuanvideo"]
     assert wan.sparse_options("radial") == {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.2, "fast_dense": True}
     assert hy.sparse_options("radial")["decay"] == 0.95 and hy.sparse_options("radial")["dense_layers"] == 0
-    assert wan.sparse_options("semantic") == {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "refresh_every": 2,
+    assert wan.sparse_options("semantic") == {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "refresh_every": 3,
                                               "share_cfg_layouts": True, "block_size": 128, "pack_pieces": True,
                                               "cluster_order": "similarity", "fast_dense": True}
     # Both video families run semantic as packed pieces on FlashAttention-4's full tiles (presets.py says why).

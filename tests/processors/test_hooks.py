@@ -213,7 +213,7 @@ def test_compile_repeated_blocks_fullgraph_semantic_shares_one_graph_across_bloc
 
 
 def test_compile_semantic_with_refresh_every_reuses_layouts_without_recompiling():
-    """The Wan and HunyuanVideo presets plan semantic every other sparse step (refresh_every=2). A kept layout used to
+    """The Wan and HunyuanVideo presets plan semantic every 3rd sparse step (here every 2nd). A kept layout used to
     be stamped with the step it was planned at, so the block graph guarded on the step number and Wan-1.3B's blocks
     recompiled every step until Dynamo's limit (fullgraph: a failure, H200, session 14). It is marked with a flag the
     step hook clears outside the graph: per CFG branch a cold, a warm planning and a reusing graph (6), none after
