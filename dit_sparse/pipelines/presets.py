@@ -120,8 +120,8 @@ WAN_NEGATIVE_PROMPT = (
 # (``2026-12-02_NVIDIA-H200_step-hunyuan-720p-full-depth.json``); the period does not change their size.
 # Semantic plans every 3rd sparse step: its packed plan costs 63 / 27 / 19 % of its sparse attention per call at
 # Wan-1.3B 480p / Wan-14B 720p / HunyuanVideo 720p when planned every call (2.3 / 11.2 / 10.1 ms on photographic q/k,
-# ``2026-12-04_NVIDIA-H200_pattern-*-semantic-ordered-means.json``), so at r=3 (CFG branches sharing it on Wan) 10.5
-# / 4.5 / 6.3 % against 15.8 / 6.8 / 9.5 % at r=2. The packed layout drifts more than the pieces did (reuse penalty
+# ``2026-12-04_NVIDIA-H200_pattern-*-semantic-ordered-means.json``), so at r=3 (CFG branches sharing it on Wan) 9.8 /
+# 4.4 / 6.3 % (``...pattern-*-semantic-r3.json``) against 15.8 / 6.8 / 9.5 % at r=2. The packed layout drifts more than the pieces did (reuse penalty
 # 1.13 / 1.29 / 1.71 at r = 1 / 2 / 4, ``drift-small-packed.json``; the pieces' 1.01 / 1.04 / 1.11), but the video
 # loses little: small at 768x1280 (Wan-14B's cluster size), 20 steps, 2 prompts, Wan's schedule with CFG sharing:
 # 35.55 / 35.39 / 35.27 / 34.95 dB at r = 1 / 2 / 3 / 4 (``quality-small-768p-semantic-packed-refresh.json``). r=4
