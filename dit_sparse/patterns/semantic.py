@@ -183,7 +183,7 @@ def block_plan(q, k, q_perm, kv_perm, q_counts, k_counts, block: int, fixed_bloc
     blocks), all with a leading N = B * H.
     """
     mass, k_sizes, k_valid, q_valid, q_starts, kv_starts = _block_mass(
-        q, k, q_perm, kv_perm, q_counts, k_counts, block, fixed_blocks, estimate, kv_block)
+        q, k, q_perm, kv_perm, q_counts, k_counts, block, fixed_blocks, estimate, kv_block, diagonal)
     kb = block if kv_block is None else kv_block
     min_keep = math.ceil(min_kv_ratio * mass.shape[-1] - 1e-9)
     # Padding pieces (q_valid False) compute nothing.
@@ -193,7 +193,7 @@ def block_plan(q, k, q_perm, kv_perm, q_counts, k_counts, block: int, fixed_bloc
 
 
 def _block_mass(q, k, q_perm, kv_perm, q_counts, k_counts, block: int, fixed_blocks: bool, estimate: str,
-                kv_block: Optional[int], diagonal: bool = True):
+                kv_block: Optional[int], diagonal: bool):
     """`block_plan`'s blocks and their estimated mass: (mass [N, Pq, Pk], key block sizes and validity, query block
     validity (None for fixed blocks), q and kv block starts (None for fixed blocks))."""
     n, lq, d = q.shape
@@ -248,7 +248,7 @@ def packed_plan(q, k, labels, counts, rank: Optional[torch.Tensor], block: int, 
         counts = torch.empty_like(counts).scatter_(-1, rank, counts)
     perm = cluster_order(labels, kk)
     mass, k_sizes, k_valid, q_valid, q_starts, kv_starts = _block_mass(q, k, perm, perm, counts, counts, block, False,
-                                                                       estimate, kv_block)
+                                                                       estimate, kv_block, True)
     min_keep = math.ceil(min_kv_ratio * mass.shape[-1] - 1e-9)
     # The pieces' selection as a mask (on CUDA the top-p kernel writes it: no lists to scatter back).
     select = top_p_block_mask(mass, k_sizes, top_p, min_keep, k_valid, diagonal=True, kv_per_q=block // kv_block,

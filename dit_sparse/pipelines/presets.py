@@ -118,15 +118,16 @@ WAN_NEGATIVE_PROMPT = (
 # HunyuanVideo 720p plans every other step: 3.2 % per call there, 1.6 % at r=2. The kept layouts are int16-compact
 # (`BlockLayout.compact`): draft-r2 peaks +1.17 GiB over dense at HunyuanVideo 720p with all 60 blocks
 # (``2026-12-02_NVIDIA-H200_step-hunyuan-720p-full-depth.json``); the period does not change their size.
-# Semantic plans every 3rd sparse step: its packed plan costs 63 / 27 / 19 % of its sparse attention per call at
-# Wan-1.3B 480p / Wan-14B 720p / HunyuanVideo 720p when planned every call (2.3 / 11.2 / 10.1 ms on photographic q/k,
-# ``2026-12-04_NVIDIA-H200_pattern-*-semantic-ordered-means.json``), so at r=3 (CFG branches sharing it on Wan) 9.8 /
-# 4.4 / 6.3 % (``...pattern-*-semantic-r3.json``) against 15.8 / 6.8 / 9.5 % at r=2. The packed layout drifts more than the pieces did (reuse penalty
-# 1.13 / 1.29 / 1.71 at r = 1 / 2 / 4, ``drift-small-packed.json``; the pieces' 1.01 / 1.04 / 1.11), but the video
-# loses little: small at 768x1280 (Wan-14B's cluster size), 20 steps, 2 prompts, Wan's schedule with CFG sharing:
-# 35.55 / 35.39 / 35.27 / 34.95 dB at r = 1 / 2 / 3 / 4 (``quality-small-768p-semantic-packed-refresh.json``). r=4
-# would bring HunyuanVideo under 5 % (4.7 %) for another 0.3 dB; a step gains ~1 % from r=2 to r=3 (HunyuanVideo
-# 2.88x -> 2.91x, Wan-14B 1.81x -> 1.82x, ``...step-{hunyuan-720p,wan14b-720p}-semantic-ordered-means.json``).
+# Semantic plans every 3rd sparse step: its packed plan costs 59 / 27 / 19 % of its sparse attention per call at
+# Wan-1.3B 480p / Wan-14B 720p / HunyuanVideo 720p when planned every call (2.1 / 11.1 / 10.2 ms on photographic q/k),
+# so at r=3 (CFG branches sharing it on Wan) 9.8 / 4.4 / 6.3 % (``2026-12-04_NVIDIA-H200_pattern-*-semantic-r3.json``)
+# against 15.8 / 6.8 / 9.5 % at r=2 (``...pattern-*-semantic-ordered-means.json``). The packed layout drifts more than
+# the pieces did (reuse penalty 1.13 / 1.29 / 1.71 at r = 1 / 2 / 4, ``drift-small-packed.json``; the pieces' 1.01 /
+# 1.04 / 1.11), but the video loses little: small at 768x1280 (Wan-14B's cluster size), 20 steps, 2 prompts, Wan's
+# schedule with CFG sharing: 35.55 / 35.39 / 35.27 / 34.95 dB at r = 1 / 2 / 3 / 4
+# (``quality-small-768p-semantic-packed-refresh.json``). r=4 would bring HunyuanVideo under 5 % (4.7 %) for another
+# 0.3 dB; a step gains 0.5-1 % from r=2 to r=3 (HunyuanVideo 2.88x -> 2.91x, Wan-14B 1.81x -> 1.82x, Wan-1.3B 1.25x ->
+# 1.27x, ``...step-*-semantic-ordered-means.json``).
 # Its kept layouts are compact too (variable blocks: int16 key-piece lists, int32 orders).
 # The tile pattern on video: 2x8x8 tiles (one 128-token block), a window of every frame and 3 x 3 tiles around the
 # query in space. The Sliding-Tile-like cube (TileConfig's default 3x3x3 window) is worse than random blocks on the

@@ -673,6 +673,25 @@ def test_segment_means_through_an_order_match_the_permuted_copy(dtype, device_ro
         segment_means(x, starts, 32, order=order, engine="cuda")
 
 
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_finer_key_pieces_come_from_the_key_clusters_or_the_query_pieces(diagonal):
+    """``kv_block_size`` below ``block_size``: with separate clusters the key pieces cut the key clusters; with one
+    permutation (joint, the diagonal) they cut the query pieces, so query piece i holds key pieces 2i and 2i+1."""
+    from dit_sparse.patterns.semantic import block_plan, cluster_order, cluster_pieces, max_pieces, split_pieces
+
+    torch.manual_seed(4)
+    n, length, d = 2, 150, 32
+    q, k = torch.randn(n, length, d), torch.randn(n, length, d)
+    q_labels, k_labels = torch.randint(0, 5, (n, length)), torch.randint(0, 9, (n, length))
+    q_counts = torch.zeros(n, 5).scatter_add_(1, q_labels, torch.ones(n, length))
+    k_counts = torch.zeros(n, 9).scatter_add_(1, k_labels, torch.ones(n, length))
+    _, _, q_starts, kv_starts = block_plan.fn(q, k, cluster_order(q_labels, 5), cluster_order(k_labels, 9), q_counts,
+                                              k_counts, 32, False, "pooled", 0.5, 0.0, diagonal, 16)
+    want = split_pieces(q_starts, 2, 16) if diagonal else cluster_pieces(k_counts, 16, max_pieces(length, 9, 16),
+                                                                          length)[0]
+    assert torch.equal(kv_starts, want)
+
+
 @pytest.mark.parametrize("fixed_blocks", [False, True])
 def test_block_plan_compiles_as_one_graph_and_matches_eager(fixed_blocks):
     """On the GPU the block selection of a semantic plan runs compiled (`compiled_planning`, fullgraph): a graph break
