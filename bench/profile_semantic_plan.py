@@ -26,7 +26,8 @@ from dit_sparse.schedule import BoundedCache, PlanCache
 # Since session 18 the packed plan keeps the clusters' similarity order while k-means is warm-started
 # (keep_cluster_order): "order every plan" is the plan before that.
 VARIANTS = {"preset": {}, "order every plan": {"keep_cluster_order": False}, "warm_iters 1": {"warm_iters": 1},
-            "pieces b64": {"block_size": 64, "pack_pieces": False, "cluster_order": "label"}}
+            "pieces b64": {"block_size": 64, "pack_pieces": False, "cluster_order": "label"},
+            "sample 4": {"kmeans_sample": 4}}  # session 20: k-means' first warm iteration on every 4th token
 
 
 def wall_ms(fn, reps: int = 5) -> float:

@@ -1149,6 +1149,10 @@ STEP_METHODS = {
     "semantic-packed-r2-cfg": ("semantic", {"top_p": 0.3, **PACKED_PRESET}),
     "semantic-packed-r3": ("semantic", {"top_p": 0.3, **PACKED, "refresh_every": 3}),
     "semantic-packed-r3-cfg": ("semantic", {"top_p": 0.3, **PACKED_PRESET, "refresh_every": 3}),
+    # k-means' first warm iteration on every 4th token (`SemanticConfig.kmeans_sample`), at the presets' period.
+    "semantic-packed-s4-r3": ("semantic", {"top_p": 0.3, **PACKED, "refresh_every": 3, "kmeans_sample": 4}),
+    "semantic-packed-s4-r3-cfg": ("semantic", {"top_p": 0.3, **PACKED_PRESET, "refresh_every": 3,
+                                               "kmeans_sample": 4}),
     # Pieces packed into 64-token blocks: at Wan-1.3B 480p's ~65-token clusters 128-token blocks hold ~2 clusters each,
     # and the cover computes 1.5x the pieces' density there (``oracle-small-packed-wan480-clusters.json``).
     "semantic-packed-b64": ("semantic", {"top_p": 0.3, **PACKED, "block_size": 64}),

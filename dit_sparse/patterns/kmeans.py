@@ -359,13 +359,16 @@ def cluster_order(labels: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def batched_kmeans(
-    x: torch.Tensor, k: int, iters: int, init: Optional[torch.Tensor] = None, backend: str = "auto"
+    x: torch.Tensor, k: int, iters: int, init: Optional[torch.Tensor] = None, backend: str = "auto",
+    sample: int = 1,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Lloyd's k-means with a fixed number of iterations, independently per row.
 
     One iteration assigns every point to its nearest centroid and moves each centroid to the mean of its points, so
     the returned centroids are exactly the means of the returned clusters (what the attention score estimate wants).
-    With ``iters == 0`` the points are only assigned to ``init`` (which is returned unchanged).
+    With ``iters == 0`` the points are only assigned to ``init`` (which is returned unchanged). With ``sample`` > 1
+    the iterations before the last fit the centroids on every ``sample``-th point only (a strided view, no copy); the
+    last one assigns and averages every point, so the returned labels, centroids and counts stay exact.
 
     Args:
         x (`torch.Tensor` [N, L, D], or a pair of them): points (any float dtype; a pair: each point is its two rows
@@ -375,6 +378,8 @@ def batched_kmeans(
         init (`torch.Tensor` [N, k, D], optional): initial centroids (warm start); default `strided_init`.
         backend (`str`, defaults to "auto"): "torch", "triton" (one fused kernel per iteration) or "auto"; see
             `assign_clusters`.
+        sample (`int`, defaults to 1): the iterations before the last use every ``sample``-th point (cut so that
+            a sample keeps at least ``k`` points).
 
     Returns:
         ``(labels, centroids, counts)``: int64 [N, L], float32 [N, k, D_total], float32 [N, k].
@@ -386,17 +391,22 @@ def batched_kmeans(
         raise ValueError(f"k={k} clusters need 1 <= k <= L={length}")
     if init is not None and init.shape != (n, k, d):
         raise ValueError(f"init must have shape {(n, k, d)}, got {tuple(init.shape)}")
+    if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
+        raise ValueError(f"sample must be an int >= 1 (every sample-th point), got {sample!r}")
+    sample = max(1, min(sample, length // k))
+    sampled = tuple(p[:, ::sample] for p in parts)
     # k-means is translation invariant: work on centred points, whose half-precision dot products stay accurate
     # when queries or keys share a large common component.
     mean = _points_mean(parts)  # [N, D_total]
     centroids = torch.cat([strided_init(p, k) for p in parts], -1) if init is None else init.float()
     if _use_triton(parts, backend):
-        for _ in range(max(iters, 1)):
+        for i in range(max(iters, 1)):
+            points = sampled if i < iters - 1 else parts
             if SUMS_BY_SORT:
-                labels = _triton_step(parts, mean, centroids, False)[0]
-                sums, counts = _triton_sums(parts, mean, labels, k)
+                labels = _triton_step(points, mean, centroids, False)[0]
+                sums, counts = _triton_sums(points, mean, labels, k)
             else:
-                labels, sums, counts = _triton_step(parts, mean, centroids, True)
+                labels, sums, counts = _triton_step(points, mean, centroids, True)
             if iters > 0:
                 means = sums / counts.clamp(min=1).unsqueeze(-1) + mean.unsqueeze(1)
                 centroids = torch.where(counts.unsqueeze(-1) > 0, means, centroids)
@@ -406,9 +416,10 @@ def batched_kmeans(
     if iters == 0:
         labels = _assign_torch(xc, centred)
         counts = cluster_counts(labels, k)
-    for _ in range(iters):
-        labels = _assign_torch(xc, centred)
-        centred, counts = update_centroids(xc, labels, centred)
+    for i in range(iters):
+        points = xc[:, ::sample] if i < iters - 1 else xc
+        labels = _assign_torch(points, centred)
+        centred, counts = update_centroids(points, labels, centred)
     return labels, centred + mean.unsqueeze(1), counts
 
 

@@ -547,17 +547,20 @@ def test_implied_e2e_takes_the_semantic_presets_own_rows(monkeypatch):
     from dit_sparse.eval import bench
     from dit_sparse.eval.bench import implied_e2e
 
+    # The presets plan semantic every 3rd sparse step: a row of another period does not stand in for it.
     ratios = {"semantic-b64": 1.41, "semantic-b64-r2-cfg": 1.5, "semantic-packed": 1.65, "semantic-packed-r2": 1.7,
-              "draft-0.35-r4": 1.9, "draft-0.35-r4-cfg": 1.95}
-    assert implied_e2e("wan", 30, ratios)["semantic"]["row"] == "semantic-packed-r2"
-    assert implied_e2e("wan", 30, {**ratios, "semantic-packed-r2-cfg": 1.8})["semantic"]["row"] == (
-        "semantic-packed-r2-cfg")
+              "semantic-packed-r3": 1.72, "draft-0.35-r4": 1.9, "draft-0.35-r4-cfg": 1.95}
+    assert implied_e2e("wan", 30, ratios)["semantic"]["row"] == "semantic-packed-r3"
+    assert implied_e2e("wan", 30, {**ratios, "semantic-packed-r3-cfg": 1.8})["semantic"]["row"] == (
+        "semantic-packed-r3-cfg")
+    del ratios["semantic-packed-r3"]
+    assert implied_e2e("wan", 30, ratios)["semantic"]["row"] == "semantic-packed"
     assert implied_e2e("wan", 30, ratios)["draft"]["row"] == "draft-0.35-r4-cfg"
     assert "semantic" not in implied_e2e("wan", 30, {"semantic-b64": 1.41, "semantic-b64-r2": 1.45})
     # HunyuanVideo (one call per step) shares nothing: never a "-cfg" row.
-    hunyuan = {"semantic-b128k64-r2": 2.68, "semantic-packed": 2.6, "semantic-packed-r2": 2.68,
-               "semantic-packed-r2-cfg": 9.0}
-    assert implied_e2e("hunyuan_video", 60, hunyuan)["semantic"]["row"] == "semantic-packed-r2"
+    hunyuan = {"semantic-b128k64-r2": 2.68, "semantic-packed": 2.6, "semantic-packed-r3": 2.68,
+               "semantic-packed-r3-cfg": 9.0}
+    assert implied_e2e("hunyuan_video", 60, hunyuan)["semantic"]["row"] == "semantic-packed-r3"
     assert implied_e2e("hunyuan_video", 60, {"draft-0.1-r2": 4.0, "draft-0.1-r2-cfg": 9.0})["draft"]["row"] == (
         "draft-0.1-r2")
 

@@ -102,6 +102,30 @@ def test_kmeans_empty_clusters_keep_centroid_and_zero_iters_only_assigns():
     assert torch.equal(counts0.sum(-1), torch.full((2,), 40.0))
 
 
+def test_kmeans_sample_fits_on_a_sample_then_assigns_every_point():
+    """``sample``: the iterations before the last run on every n-th point, the last on all of them, so the result is
+    one full iteration from the sample's centroids (exact means of a full assignment)."""
+    from dit_sparse.patterns.kmeans import batched_kmeans
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 400, 8, generator=g) + 1.0
+    init = x[:, :12].clone()
+    labels, cent, counts = batched_kmeans(x, 12, 3, init=init, sample=4)
+    fitted = batched_kmeans(x[:, ::4], 12, 2, init=init)[1]
+    want = batched_kmeans(x, 12, 1, init=fitted)
+    assert torch.equal(labels, want[0]) and torch.equal(counts, want[2]) and counts.sum() == 800
+    torch.testing.assert_close(cent, want[1], atol=1e-5, rtol=1e-5)
+    assert not torch.equal(labels, batched_kmeans(x, 12, 3, init=init)[0])  # the sample changed the fit
+    same = batched_kmeans(x, 12, 3, init=init, sample=1)
+    assert torch.equal(same[0], batched_kmeans(x, 12, 3, init=init)[0])
+    # A sample never drops below k points (400 // 150 = 2); a bad value is named.
+    assert batched_kmeans(x, 150, 2, sample=10)[2].sum() == 800
+    with pytest.raises(ValueError, match="sample"):
+        batched_kmeans(x, 12, 2, sample=0)
+    with pytest.raises(ValueError, match="kmeans_sample"):
+        ds.make_config("semantic", kmeans_sample=0)
+
+
 _TRITON_CHECK = """
 import importlib.util, sys, torch
 spec = importlib.util.spec_from_file_location("km", sys.argv[1])
@@ -112,10 +136,11 @@ for n, length, k, d, iters in [(2, 300, 13, 16, 3), (3, 257, 70, 64, 0), (1, 130
     x = torch.randn(n, length, d) + 3.0  # an offset: the kernel centres the points
     c = torch.randn(n, k, d) + 3.0
     assert torch.equal(km.assign_clusters(x, c, "torch"), km.assign_clusters(x, c, "triton"))
-    a = km.batched_kmeans(x, k, iters, backend="torch")
-    b = km.batched_kmeans(x, k, iters, backend="triton")
-    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
-    torch.testing.assert_close(a[1], b[1], atol=1e-5, rtol=1e-5)
+    for sample in (1, 3):  # iterations before the last on every 3rd point
+        a = km.batched_kmeans(x, k, iters, backend="torch", sample=sample)
+        b = km.batched_kmeans(x, k, iters, backend="triton", sample=sample)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
+        torch.testing.assert_close(a[1], b[1], atol=1e-5, rtol=1e-5)
 # Points in two parts (semantic's [q, k]), each a strided view of (L, N, D) memory as the processors pass them: the
 # kernel reads both in place and must agree with the concatenated points on either engine.
 # Both ways of summing the clusters: sorted runs (default) and the assignment kernel's atomics.
