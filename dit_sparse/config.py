@@ -225,10 +225,11 @@ class SemanticConfig(SparseConfig):
         min_kv_ratio (`float`, defaults to 0.1): keep at least this fraction of key clusters per query cluster.
         kmeans_iters (`int`, defaults to 20): k-means iterations on the first call (cold start).
         warm_iters (`int`, defaults to 2): iterations when warm-started from the cached centroids of the last step.
-        kmeans_sample (`int`, defaults to 1): the k-means iterations before the last fit the centroids on every
-            n-th token only (the last one assigns and averages every token, so clusters and centroids stay exact
-            means of a full assignment); 1 = every token. At ``warm_iters=2`` a plan's k-means then does ~(1 + 1/n)
-            / 2 of its work (k-means was 7.5 of a 10.1 ms packed plan at HunyuanVideo 720p).
+        kmeans_sample (`int`, defaults to 1): a warm-started k-means' iterations before the last fit the centroids
+            on every n-th token only (the last one assigns and averages every token, so clusters and centroids stay
+            exact means of a full assignment; the cold start uses every token); 1 = every token. At ``warm_iters=2``
+            a plan's k-means then does ~(1 + 1/n) / 2 of its work (k-means was 7.5 of a 10.1 ms packed plan at
+            HunyuanVideo 720p).
         clusters (`str`, defaults to "joint"): "joint": one k-means of every token's [q, k] (``kv_clusters``
             clusters; ``q_clusters`` unused) and one permutation for queries and keys, so each query block keeps the
             key block of its own tokens (the diagonal). "separate": Sparse VideoGen 2's separate query and key

@@ -339,7 +339,9 @@ class SemanticPattern(Pattern):
         init = prev.reshape(b * h, k, d) if warm else None
         # (B, H, L, D) views of Diffusers' (B, L, H, D) memory flatten to [B * H, L, D] without a copy when B == 1.
         points = tuple(part.reshape(b * h, length, part.shape[-1]) for part in parts)
-        labels, centroids, counts = batched_kmeans(points, k, iters, init, sample=self.config.kmeans_sample)
+        # A cold start (once per video and layer) fits on every token; warm plans (every refresh) may sample.
+        sample = self.config.kmeans_sample if warm else 1
+        labels, centroids, counts = batched_kmeans(points, k, iters, init, sample=sample)
         if not warm:  # new clusters: an order kept from the old ones (`_cluster_rank`) no longer applies
             cache.pop(f"{which}_rank", None)
         cache[key] = centroids.view(b, h, k, d)

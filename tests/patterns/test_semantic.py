@@ -126,6 +126,24 @@ def test_kmeans_sample_fits_on_a_sample_then_assigns_every_point():
         ds.make_config("semantic", kmeans_sample=0)
 
 
+def test_kmeans_sample_applies_to_warm_plans_only(monkeypatch):
+    """The cold start (once per video and layer) fits on every token; warm-started plans fit on the sample."""
+    from dit_sparse.patterns import semantic
+
+    seen = []
+    real = semantic.batched_kmeans
+    monkeypatch.setattr(semantic, "batched_kmeans", lambda *a, sample=1, **kw: seen.append(sample) or real(
+        *a, sample=sample, **kw))
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 2, 256, 16, generator=g), torch.randn(1, 2, 256, 16, generator=g)
+    geometry = VideoGeometry(1, 16, 16)
+    pattern = make_pattern(ds.make_config("semantic", block_size=32, kv_clusters=8, kmeans_sample=4))
+    cache = {}
+    pattern.plan(q, k, geometry, cache)
+    pattern.plan(q, k, geometry, cache)
+    assert seen == [1, 4]
+
+
 _TRITON_CHECK = """
 import importlib.util, sys, torch
 spec = importlib.util.spec_from_file_location("km", sys.argv[1])
