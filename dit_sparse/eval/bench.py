@@ -1094,8 +1094,9 @@ def implied_e2e(family: str, full_depth: int, ratios: Dict[str, float]) -> Dict[
 
 
 # Cluster pieces packed whole into fixed 128-token blocks (`SemanticConfig.pack_pieces`, clusters in a similarity
-# order): a cover of the pieces' selection on FA4's full tiles; and that layout at the Wan presets' schedule (planned
-# every other step, both CFG branches on one layout).
+# order): a cover of the pieces' selection on FA4's full tiles; and that layout at the Wan presets' schedule as it
+# was until session 20 (planned every other step, both CFG branches on one layout; the presets now plan every 3rd
+# step, the "-r3-cfg" rows). The rows' names say their period.
 PACKED = {"block_size": 128, "pack_pieces": True, "cluster_order": "similarity"}
 PACKED_PRESET = {**PACKED, "refresh_every": 2, "share_cfg_layouts": True}
 

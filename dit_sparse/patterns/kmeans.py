@@ -394,7 +394,7 @@ def batched_kmeans(
     if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
         raise ValueError(f"sample must be an int >= 1 (every sample-th point), got {sample!r}")
     sample = max(1, min(sample, length // k))
-    sampled = tuple(p[:, ::sample] for p in parts)
+    sampled = parts if sample == 1 else tuple(p[:, ::sample] for p in parts)
     # k-means is translation invariant: work on centred points, whose half-precision dot products stay accurate
     # when queries or keys share a large common component.
     mean = _points_mean(parts)  # [N, D_total]

@@ -182,20 +182,16 @@ def block_plan(q, k, q_perm, kv_perm, q_counts, k_counts, block: int, fixed_bloc
     Returns kv_indices (full width: every key block), kv_counts, q_block_starts and kv_block_starts (None for fixed
     blocks), all with a leading N = B * H.
     """
-    mass, k_sizes, k_valid, q_valid, q_starts, kv_starts = _block_mass(
-        q, k, q_perm, kv_perm, q_counts, k_counts, block, fixed_blocks, estimate, kv_block, diagonal)
-    kb = block if kv_block is None else kv_block
-    min_keep = math.ceil(min_kv_ratio * mass.shape[-1] - 1e-9)
-    # Padding pieces (q_valid False) compute nothing.
-    idx, cnt = top_p_block_lists(mass, k_sizes, top_p, min_keep, k_valid, diagonal=diagonal, kv_per_q=block // kb,
-                                 row_valid=q_valid)
+    (idx, cnt), q_starts, kv_starts = _select_blocks(q, k, q_perm, kv_perm, q_counts, k_counts, block, fixed_blocks,
+                                                     estimate, top_p, min_kv_ratio, diagonal, kv_block, as_mask=False)
     return idx, cnt, q_starts, kv_starts
 
 
-def _block_mass(q, k, q_perm, kv_perm, q_counts, k_counts, block: int, fixed_blocks: bool, estimate: str,
-                kv_block: Optional[int], diagonal: bool):
-    """`block_plan`'s blocks and their estimated mass: (mass [N, Pq, Pk], key block sizes and validity, query block
-    validity (None for fixed blocks), q and kv block starts (None for fixed blocks))."""
+def _select_blocks(q, k, q_perm, kv_perm, q_counts, k_counts, block: int, fixed_blocks: bool, estimate: str,
+                   top_p: float, min_kv_ratio: float, diagonal: bool, kv_block: Optional[int], as_mask: bool):
+    """`block_plan`'s blocks, their estimated mass and the top-p selection: ``(selection, q_starts, kv_starts)``, the
+    selection as block lists (kv_indices, kv_counts) or, with ``as_mask``, as a bool [N, Pq, Pk] mask (the packed
+    pieces combine it further); starts are None for fixed blocks."""
     n, lq, d = q.shape
     lk = k.shape[1]
     kb = block if kv_block is None else kv_block
@@ -224,7 +220,12 @@ def _block_mass(q, k, q_perm, kv_perm, q_counts, k_counts, block: int, fixed_blo
         # per side, no permuted copies and no float32 atomics; 1.6 ms of a 13 ms plan at HunyuanVideo 720p).
         mass = pooled_block_mass(q, k, scale, block, q_starts, kv_starts, kv_block=kb, q_order=q_perm,
                                  kv_order=kv_perm)
-    return mass, k_sizes, k_valid, q_valid, q_starts, kv_starts
+    min_keep = math.ceil(min_kv_ratio * mass.shape[-1] - 1e-9)
+    # Padding pieces (q_valid False) compute nothing.
+    select = top_p_block_mask if as_mask else top_p_block_lists
+    selection = select(mass, k_sizes, top_p, min_keep, k_valid, diagonal=diagonal, kv_per_q=block // kb,
+                       row_valid=q_valid)
+    return selection, q_starts, kv_starts
 
 
 @compiled_planning
@@ -247,12 +248,9 @@ def packed_plan(q, k, labels, counts, rank: Optional[torch.Tensor], block: int, 
         labels = rank.gather(-1, labels)
         counts = torch.empty_like(counts).scatter_(-1, rank, counts)
     perm = cluster_order(labels, kk)
-    mass, k_sizes, k_valid, q_valid, q_starts, kv_starts = _block_mass(q, k, perm, perm, counts, counts, block, False,
-                                                                       estimate, kv_block, True)
-    min_keep = math.ceil(min_kv_ratio * mass.shape[-1] - 1e-9)
     # The pieces' selection as a mask (on CUDA the top-p kernel writes it: no lists to scatter back).
-    select = top_p_block_mask(mass, k_sizes, top_p, min_keep, k_valid, diagonal=True, kv_per_q=block // kv_block,
-                              row_valid=q_valid)
+    select, q_starts, kv_starts = _select_blocks(q, k, perm, perm, counts, counts, block, False, estimate, top_p,
+                                                 min_kv_ratio, True, kv_block, as_mask=True)
     pq, pk = q_starts.shape[1] - 1, kv_starts.shape[1] - 1
     device = q.device
     # The query and key piece of every position of the cluster order; pieces stay whole under whole_blocks_first
