@@ -162,8 +162,9 @@ def main():
             if "kernels" in row:
                 print(row["kernels"], flush=True)
         result["shapes"][shape] = rows
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
+        # Written after every shape: a run that hits its time limit keeps the shapes it finished.
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)
 
 
 if __name__ == "__main__":
