@@ -27,3 +27,16 @@ steps)
     --out $OUT/step-hunyuan-720p-semantic-kmeans-sample.json 2>&1 | grep -E "^hun|Error|wrote" | cut -c1-300
   ;;
 esac
+# Part two, after the presets took warm_iters=1: planning per sparse call at the presets' schedules (README pattern
+# table), and the packing with the ordered means against the gather + scatter-add at the two other Wan sizes (heads x
+# tokens between Wan-1.3B 480p, where the ordered means measured slower, and the 720p shapes, where they were faster).
+case "${1:-}" in
+pattern)
+  for s in hunyuan-720p wan14b-720p wan1.3b-480p; do
+    timeout 150 python3 -m dit_sparse.eval.bench pattern --shape $s --presets --qkv photo --methods semantic \
+      --out $OUT/pattern-$s-semantic-warm1.json 2>&1 | grep -E "semantic|Error" | cut -c1-300
+  done
+  timeout 250 python3 bench/profile_semantic_plan.py $OUT/profile-semantic-packed-plan-means-sizes.json \
+    wan1.3b-720p,wan14b-480p preset 2>&1 | grep -E "^wan|Error" | cut -c1-900
+  ;;
+esac

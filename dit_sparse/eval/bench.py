@@ -645,6 +645,9 @@ VIDEO_SHAPES = {
     "wan1.3b-480p": ((21, 30, 52), 12, 128, "wan", "wan2.1-1.3b"),
     "wan14b-720p": ((21, 45, 80), 40, 128, "wan", "wan2.1-14b"),
     "hunyuan-720p": ((33, 45, 80), 24, 128, "hunyuan_video", "hunyuanvideo"),
+    # The two other Wan sizes: where the plan's cost changes with heads x tokens (session 21, the ordered means).
+    "wan1.3b-720p": ((21, 45, 80), 12, 128, "wan", "wan2.1-1.3b"),
+    "wan14b-480p": ((21, 30, 52), 40, 128, "wan", "wan2.1-14b"),
     "tiny": ((5, 8, 12), 2, 64, "wan", "tiny"),
 }
 

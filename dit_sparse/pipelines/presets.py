@@ -128,6 +128,11 @@ WAN_NEGATIVE_PROMPT = (
 # (``quality-small-768p-semantic-packed-refresh.json``). r=4 would bring HunyuanVideo under 5 % (4.7 %) for another
 # 0.3 dB; a step gains 0.5-1 % from r=2 to r=3 (HunyuanVideo 2.88x -> 2.91x, Wan-14B 1.81x -> 1.82x, Wan-1.3B 1.25x ->
 # 1.27x, ``...step-*-semantic-ordered-means.json``).
+# Its warm-started k-means (from the centroids of the last plan) runs one iteration, not two: the plan 10.4 -> 7.5 ms
+# at HunyuanVideo 720p, 11.6 -> 7.9 ms at Wan-14B 720p (``2026-12-04_NVIDIA-H200_profile-semantic-packed-plan-
+# sample.json``) for 0.11 dB on small (35.27 -> 35.16 dB, Wan's schedule at r=3, ``quality-small-768p-semantic-kmeans-
+# sample.json``). Fitting the first iteration on every 4th token (``kmeans_sample=4``) saved less (8.1 / 9.0 ms) and
+# cost more (35.08 dB); every 2nd token: 35.25 dB.
 # Its kept layouts are compact too (variable blocks: int16 key-piece lists, int32 orders).
 # The tile pattern on video: 2x8x8 tiles (one 128-token block), a window of every frame and 3 x 3 tiles around the
 # query in space. The Sliding-Tile-like cube (TileConfig's default 3x3x3 window) is worse than random blocks on the
@@ -166,8 +171,9 @@ WAN_SPARSE = {
     # 0.44-0.45 (``quality-small-768p-semantic-packed.json``). The cover computes more than the pieces select (1.2x on
     # small's captured attention, ``oracle-small-packed-pieces.json``; 1.7-3.3x on random q/k, the step JSONs) but at
     # ~600 effective TFLOP/s where pieces run at 210-250.
-    "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "refresh_every": 3, "share_cfg_layouts": True,
-                 "block_size": 128, "pack_pieces": True, "cluster_order": "similarity", "fast_dense": True},
+    "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "refresh_every": 3, "warm_iters": 1,
+                 "share_cfg_layouts": True, "block_size": 128, "pack_pieces": True, "cluster_order": "similarity",
+                 "fast_dense": True},
     # Fewer dense steps at a higher density: on the trained small model (20 steps, 2 prompts,
     # ``quality-small-dense-steps.json``) density 0.35 with 10 % dense steps gives 26.09 dB against dense video where
     # 0.25 with 25 % gave 25.42, and Wan-1.3B 480p's steps imply 1.49x end to end against 1.41x for the 0.25 / 30 %
@@ -190,8 +196,8 @@ HUNYUAN_SPARSE = {
     # ``2026-12-03_NVIDIA-H200_step-hunyuan-720p-semantic-{packed,b128k64-r2}.json``), with better video on the trained
     # small model: 34.73 dB at density 0.54 against 33.17 dB at 0.45 (768x1280, ``quality-small-768p-semantic-
     # packed.json``). Packed with 64-token key blocks: 34.81 dB but 2.55x against 2.65x for its pieces, every step.
-    "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "refresh_every": 3, "block_size": 128,
-                 "pack_pieces": True, "cluster_order": "similarity", "fast_dense": True},
+    "semantic": {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "refresh_every": 3, "warm_iters": 1,
+                 "block_size": 128, "pack_pieces": True, "cluster_order": "similarity", "fast_dense": True},
     "draft": {"dense_steps": 0.3, "dense_layers": 1, "density": 0.1, "refresh_every": 2, "fast_dense": True},
     "tile": dict(VIDEO_TILE, fast_dense=True),
 }

@@ -46,11 +46,13 @@ def test_recommended_sparse_settings():
     assert wan.sparse_options("radial") == {"dense_steps": 0.25, "dense_layers": 1, "decay": 0.2, "fast_dense": True}
     assert hy.sparse_options("radial")["decay"] == 0.95 and hy.sparse_options("radial")["dense_layers"] == 0
     assert wan.sparse_options("semantic") == {"dense_steps": 0.2, "dense_layers": 1, "top_p": 0.9, "refresh_every": 3,
-                                              "share_cfg_layouts": True, "block_size": 128, "pack_pieces": True,
-                                              "cluster_order": "similarity", "fast_dense": True}
+                                              "warm_iters": 1, "share_cfg_layouts": True, "block_size": 128,
+                                              "pack_pieces": True, "cluster_order": "similarity", "fast_dense": True}
     # Both video families run semantic as packed pieces on FlashAttention-4's full tiles (presets.py says why).
     assert {k: hy.sparse_options("semantic").get(k) for k in ("block_size", "pack_pieces", "kv_block_size")} == {
         "block_size": 128, "pack_pieces": True, "kv_block_size": None}
+    # One warm k-means iteration on both (presets.py: the plan's cost against the video).
+    assert hy.sparse_options("semantic")["warm_iters"] == 1
     # HunyuanVideo makes one transformer call per step (guidance-distilled): nothing to share there.
     assert wan.sparse_options("draft")["share_cfg_layouts"] and "share_cfg_layouts" not in hy.sparse_options("draft")
     assert wan.sparse_options("draft")["density"] == 0.35 and hy.sparse_options("draft")["density"] == 0.1
