@@ -71,12 +71,17 @@ def packed_stages(pattern, q, k, labels, centroids, counts) -> dict:
     # Session 20: the pooled block means read q and k through the cluster order in one Triton pass per side. The
     # packing with the gather + scatter-add means instead: its time, and how many query blocks get the same key-block
     # list (sums in another order round differently, so a block at the top-p threshold can flip).
-    block_mass.ORDERED_MEANS_KERNEL = False
+    # Session 21: below `block_mass.ORDERED_MEANS_MIN_ROWS` the plan takes the gather path; both are timed anyway.
+    out["ordered_means_used"] = block_mass.use_ordered_means(n * length, q.is_cuda)
+    min_rows, block_mass.ORDERED_MEANS_MIN_ROWS = block_mass.ORDERED_MEANS_MIN_ROWS, 0
     try:
+        out["packed_plan_ordered_means_ms"] = time_cuda(pack, reps=5)["median_ms"]
+        idx, cnt, perm = pack()
+        block_mass.ORDERED_MEANS_KERNEL = False
         out["packed_plan_gather_means_ms"] = time_cuda(pack, reps=5)["median_ms"]
         idx_g, cnt_g, perm_g = pack()
     finally:
-        block_mass.ORDERED_MEANS_KERNEL = True
+        block_mass.ORDERED_MEANS_KERNEL, block_mass.ORDERED_MEANS_MIN_ROWS = True, min_rows
     out["ordered_means_rows_equal"] = float(((cnt == cnt_g) & (idx == idx_g).all(-1)).float().mean())
     out["ordered_means_perm_equal"] = bool(torch.equal(perm, perm_g))
     out["density_ordered_vs_gather_means"] = [float(cnt.float().mean()), float(cnt_g.float().mean())]

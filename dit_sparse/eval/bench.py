@@ -1080,7 +1080,13 @@ def implied_e2e(family: str, full_depth: int, ratios: Dict[str, float]) -> Dict[
             # Balanced groups and packed pieces run fixed layouts: only their own rows time them.
             row = "semantic-balanced" if presets[method].get("clusters") == "balanced" else "semantic-packed"
             labels = ((f"{row}-r{refresh}",) if refresh > 1 else ()) + (row,)
-        if presets.get(method, {}).get("share_cfg_layouts"):
+            if row == "semantic-packed" and presets[method].get("warm_iters") == 1 and refresh > 1:
+                # One warm k-means iteration (the presets since session 21): its own rows first, then the preset's
+                # period with two (a step differs by < 1 %, ``...step-hunyuan-720p-semantic-kmeans-sample.json``).
+                labels = (f"semantic-packed-w1-r{refresh}",) + labels
+                if presets[method].get("share_cfg_layouts"):
+                    labels = (f"{labels[0]}-cfg", f"{labels[1]}-cfg") + labels
+        if presets.get(method, {}).get("share_cfg_layouts") and not labels[0].endswith("-cfg"):
             # The row whose CFG branches share the preset row's plan (the "-cfg" rows), where measured.
             labels = (f"{labels[0]}-cfg",) + labels
         label = next((x for x in labels if x in ratios), None)
@@ -1159,6 +1165,7 @@ STEP_METHODS = {
                                                "kmeans_sample": 4}),
     # One warm k-means iteration instead of the preset's (session 21: against the sample above, per ms saved).
     "semantic-packed-w1-r3": ("semantic", {"top_p": 0.3, **PACKED, "refresh_every": 3, "warm_iters": 1}),
+    "semantic-packed-w1-r3-cfg": ("semantic", {"top_p": 0.3, **PACKED_PRESET, "refresh_every": 3, "warm_iters": 1}),
     # Pieces packed into 64-token blocks: at Wan-1.3B 480p's ~65-token clusters 128-token blocks hold ~2 clusters each,
     # and the cover computes 1.5x the pieces' density there (``oracle-small-packed-wan480-clusters.json``).
     "semantic-packed-b64": ("semantic", {"top_p": 0.3, **PACKED, "block_size": 64}),

@@ -267,10 +267,14 @@ STEP_ROW_NOTES = {
     "semantic-packed-b64": "cluster pieces packed whole into 64-token fixed blocks",
     "semantic-packed-r2-cfg": "packed pieces, refresh_every=2, CFG branches sharing the layout (Wan's preset, "
                               "sessions 17-19)",
-    "semantic-packed-r3": "packed pieces, refresh_every=3 (HunyuanVideo's preset)",
-    "semantic-packed-r3-cfg": "packed pieces, refresh_every=3, CFG branches sharing the layout (Wan's preset)",
+    "semantic-packed-r3": "packed pieces, refresh_every=3 (HunyuanVideo's preset, session 20)",
+    "semantic-packed-r3-cfg": "packed pieces, refresh_every=3, CFG branches sharing the layout (Wan's preset, "
+                              "session 20)",
     "semantic-packed-s4-r3": "packed pieces, refresh_every=3, k-means fitted on every 4th token first",
     "semantic-packed-s4-r3-cfg": "packed pieces, refresh_every=3, CFG sharing, k-means fitted on every 4th token",
+    "semantic-packed-w1-r3": "packed pieces, refresh_every=3, one warm k-means iteration (HunyuanVideo's preset)",
+    "semantic-packed-w1-r3-cfg": "packed pieces, refresh_every=3, one warm k-means iteration, CFG sharing "
+                                 "(Wan's preset)",
     "semantic-packed-p2-r2-cfg": "the presets' packed pieces at top_p 0.2 (density nearer the yardstick's)",
     "semantic-packed-p15-r2-cfg": "the presets' packed pieces at top_p 0.15 (density nearer the yardstick's)",
     "semantic-packed-r2-cfg-triton": "Wan's preset on our Triton kernel (GPUs without FA4)",

@@ -36,6 +36,20 @@ except Exception:  # pragma: no cover - depends on the install
 # Block means read through a permutation by one Triton pass on CUDA (`segment_means` with ``order``); a module switch
 # so that the benchmark can time the gather + scatter-add path against it.
 ORDERED_MEANS_KERNEL = True
+# ... from this many rows (batch x heads x tokens) up. Semantic's packing (H200, photographic q/k) with the ordered
+# means against the gather + scatter-add: 2.38 / 1.34 ms at Wan-1.3B 480p (12 x 32,760 = 0.39 M rows), 1.79 / 1.99 ms
+# at Wan-1.3B 720p (0.91 M), 2.23 / 2.60 ms at Wan-14B 480p (1.31 M), 3.58 / 4.74 ms at HunyuanVideo 720p (2.85 M),
+# 4.22 / 5.43 ms at Wan-14B 720p (3.02 M) (``2026-12-04_NVIDIA-H200_profile-semantic-packed-plan-{sample,means-
+# sizes}.json``). Likely because the small packing is bound by launches, not bytes (its CUDA kernels take 0.5 of its
+# 2.1 ms of host time at Wan-1.3B 480p), and the ordered means add kernels; the threshold lies between the measured
+# sizes, not at a measured crossover.
+ORDERED_MEANS_MIN_ROWS = 600_000
+
+
+def use_ordered_means(rows: int, is_cuda: bool) -> bool:
+    """Whether `segment_means` with ``engine="auto"`` reads through the order by the Triton pass: on CUDA, with the
+    switch on, from ``ORDERED_MEANS_MIN_ROWS`` rows up."""
+    return is_cuda and ORDERED_MEANS_KERNEL and rows >= ORDERED_MEANS_MIN_ROWS
 
 # Score elements per chunk (rows of queries x keys, over the batch x head rows of one chunk): 2**26 floats = 256 MiB.
 _CHUNK_ELEMENTS = 1 << 26
@@ -54,14 +68,15 @@ def segment_means(x: torch.Tensor, starts: Optional[torch.Tensor], block: int, o
             semantic's cluster order): block j holds ``x[order[starts[j]:starts[j + 1]]]``.
         engine (`str`, defaults to "auto"): with ``order`` and ``starts``, "triton" sums every block through the order
             in one program (`kmeans.segment_sums`: the permuted copy of x and the float32 atomics of a scatter-add are
-            never made), "torch" gathers then scatter-adds; "auto" is triton on CUDA.
+            never made), "torch" gathers then scatter-adds; "auto" is triton on CUDA from ``ORDERED_MEANS_MIN_ROWS``
+            rows up (`use_ordered_means`).
     """
     if engine not in ("auto", "torch", "triton"):
         raise ValueError(f"engine={engine!r} is not known; allowed: 'auto', 'torch', 'triton'")
     n, length, d = x.shape
     if order is not None and starts is not None:
-        fused = kmeans._triton_ok((x,)) and (engine == "triton" or (engine == "auto" and x.is_cuda
-                                                                    and ORDERED_MEANS_KERNEL))
+        fused = kmeans._triton_ok((x,)) and (engine == "triton" or (engine == "auto"
+                                                                    and use_ordered_means(n * length, x.is_cuda)))
         if engine == "triton" and not fused:
             raise ValueError("engine='triton' needs triton, a CUDA tensor (or TRITON_INTERPRET=1) and a power-of-two "
                              f"channel count in [16, 256], got {d} channels on {x.device}; use engine='auto'")

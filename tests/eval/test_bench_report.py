@@ -564,6 +564,14 @@ def test_implied_e2e_takes_the_semantic_presets_own_rows(monkeypatch):
     assert implied_e2e("hunyuan_video", 60, {"draft-0.1-r2": 4.0, "draft-0.1-r2-cfg": 9.0})["draft"]["row"] == (
         "draft-0.1-r2")
 
+    # One warm k-means iteration (the presets since session 21): its own rows first, then the period's rows.
+    assert implied_e2e("hunyuan_video", 60, {**hunyuan, "semantic-packed-w1-r3": 2.7})["semantic"]["row"] == (
+        "semantic-packed-w1-r3")
+    wan_rows = {"semantic-packed-r3": 1.7, "semantic-packed-w1-r3": 1.75, "semantic-packed-r3-cfg": 1.8}
+    assert implied_e2e("wan", 30, wan_rows)["semantic"]["row"] == "semantic-packed-r3-cfg"
+    assert implied_e2e("wan", 30, {**wan_rows, "semantic-packed-w1-r3-cfg": 1.82})["semantic"]["row"] == (
+        "semantic-packed-w1-r3-cfg")
+
     # A variable-piece preset with 64-token pieces: semantic-b64 at its period, the 128-token rows (measured before
     # the planning fix) only where neither was measured.
     wan = {"semantic": {"dense_steps": 0.2, "dense_layers": 1, "refresh_every": 2, "share_cfg_layouts": True}}

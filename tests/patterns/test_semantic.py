@@ -716,6 +716,20 @@ def test_segment_means_through_an_order_match_the_permuted_copy(dtype, device_ro
         segment_means(x, starts, 32, order=order, engine="cuda")
 
 
+def test_ordered_means_only_from_their_size_up(monkeypatch):
+    """"auto" reads through the order by the Triton pass on CUDA from ``ORDERED_MEANS_MIN_ROWS`` rows (batch x heads
+    x tokens) up: below that the packing is bound by launches and the gather + scatter-add measured faster (Wan-1.3B
+    480p). The module switch turns it off at every size."""
+    from dit_sparse.patterns import block_mass
+
+    rows = block_mass.ORDERED_MEANS_MIN_ROWS
+    assert 12 * 32760 < rows <= 12 * 75600  # Wan-1.3B: 480p gathers, 720p reads through the order
+    assert block_mass.use_ordered_means(rows, True) and block_mass.use_ordered_means(40 * 75600, True)
+    assert not block_mass.use_ordered_means(rows - 1, True) and not block_mass.use_ordered_means(rows, False)
+    monkeypatch.setattr(block_mass, "ORDERED_MEANS_KERNEL", False)
+    assert not block_mass.use_ordered_means(40 * 75600, True)
+
+
 @pytest.mark.parametrize("diagonal", [False, True])
 def test_finer_key_pieces_come_from_the_key_clusters_or_the_query_pieces(diagonal):
     """``kv_block_size`` below ``block_size``: with separate clusters the key pieces cut the key clusters; with one
