@@ -40,3 +40,13 @@ pattern)
     wan1.3b-720p,wan14b-480p preset 2>&1 | grep -E "^wan|Error" | cut -c1-900
   ;;
 esac
+# Part three: the plan launched behind one sparse attention call (`bench pattern` since session 21 also reports
+# plan_behind_attention_ms): how much of a small plan's isolated time is host launches a pipeline hides.
+case "${1:-}" in
+behind)
+  for sm in wan1.3b-480p:semantic,draft hunyuan-720p:semantic wan14b-720p:semantic; do
+    timeout 150 python3 -m dit_sparse.eval.bench pattern --shape ${sm%%:*} --presets --qkv photo --methods ${sm#*:} \
+      --out $OUT/pattern-${sm%%:*}-behind.json 2>&1 | grep -E "semantic|draft|Error" | cut -c1-400
+  done
+  ;;
+esac

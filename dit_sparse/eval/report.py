@@ -202,12 +202,13 @@ def pattern_table(results: List[dict]) -> str:
         commands = "; ".join(f"`{run.get('command', '')}` (commit `{run.get('commit', '?')}`)" for run in sources)
         lines.append(f"{r['shape']} ({r['tokens']} tokens × {r['heads']} heads) on {dev}, {what}; {commands}\n")
         lines.append("| method | plan (ms, warm) | plan (ms, cold) | sparse attention (ms) | overhead per plan "
-                     "| density | planned | overhead per sparse call at the schedule | file |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
+                     "| density | planned | overhead per sparse call at the schedule | ... launched behind the "
+                     "attention | file |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for m, (e, run) in rows.items():
             source = f"`{os.path.basename(run['_path'])}`" if run.get("_path") else "—"
             if "error" in e:
-                lines.append(f"| {m} | error: {e['error'][:100]} | | | | | | | {source} |")
+                lines.append(f"| {m} | error: {e['error'][:100]} | | | | | | | | {source} |")
                 continue
             if "overhead_at_schedule" in e:
                 every = e["refresh_every"]
@@ -218,9 +219,15 @@ def pattern_table(results: List[dict]) -> str:
                 at_schedule = f"{100 * e['overhead_at_schedule']:.1f} %"
             else:
                 planned, at_schedule = "—", "—"
+            behind = e.get("overhead_at_schedule_behind_attention")
+            behind = "—" if behind is None else f"{100 * behind:.1f} % ({e['plan_behind_attention_ms']:.2f} ms)"
             lines.append(f"| {m} | {e['plan_ms']:.2f} | {e['cold_ms']:.2f} | {e['attention_ms']:.2f} | "
                          f"{100 * e['overhead_ratio']:.1f} % | {e['density']:.2f} | {planned} | {at_schedule} | "
-                         f"{source} |")
+                         f"{behind} | {source} |")
+        if any("overhead_at_schedule_behind_attention" in e for e, _ in rows.values()):
+            lines.append("\nThe plan is timed alone (its launches on an idle GPU: a small plan is bound by them) and "
+                         "launched behind one sparse attention call, as in a pipeline, where its launches overlap "
+                         "queued GPU work (`paired_extra_ms`, the plan's ms in brackets, negative = fully hidden).")
         lines.append("")
     return "\n".join(lines) if lines else "_no pattern results yet_"
 

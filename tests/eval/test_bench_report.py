@@ -682,6 +682,10 @@ def test_bench_pattern_presets_on_photographic_qk_amortise_planning_over_the_ref
     assert not draft["static"] and draft["refresh_every"] == 4 and draft["calls_per_plan"] == 8
     assert draft["overhead_at_schedule"] == pytest.approx(draft["overhead_ratio"] / 8)
     assert rows["semantic"]["calls_per_plan"] == 1 and not rows["semantic"]["share_cfg_layouts"]
+    # Dynamic patterns are also timed launched behind a sparse attention call; a static one plans nothing there.
+    assert "plan_behind_attention_ms" not in rows["radial"]
+    assert draft["overhead_at_schedule_behind_attention"] == pytest.approx(
+        max(0.0, draft["plan_behind_attention_ms"]) / 8 / draft["attention_ms"])
     assert rows["semantic"]["options"]["kv_clusters"] == 64
     assert rows["semantic"]["density"] < 0.6
     data = json.loads((tmp_path / "pattern.json").read_text())
@@ -698,7 +702,7 @@ def test_pattern_table_prefers_the_preset_runs_and_says_how_often_each_plans():
                        "radial": dict(row, static=True, refresh_every=1, overhead_at_schedule=0.25)}}
     text = report.pattern_table([old, new])
     assert "wan1.3b-480p" not in text and "`hunyuanvideo` preset, photo q/k" in text
-    assert "| every 2 sparse steps | 12.5 % |" in text and "| once per geometry | 25.0 % |" in text
+    assert "| every 2 sparse steps | 12.5 % | — |" in text and "| once per geometry | 25.0 % | — |" in text
     assert "wan1.3b-480p" in report.pattern_table([old])
     # A later run of one method (a changed preset) replaces that method's row and keeps the others, each row naming
     # its file.
@@ -706,8 +710,23 @@ def test_pattern_table_prefers_the_preset_runs_and_says_how_often_each_plans():
              "presets": "hunyuanvideo", "qkv": "photo", "_path": "bench/results/pattern-hunyuan-newer.json",
              "results": {"draft": dict(row, static=False, refresh_every=2, overhead_at_schedule=0.0625)}}
     text = report.pattern_table([old, new, newer])
-    assert "| every 2 sparse steps | 6.2 % | `pattern-hunyuan-newer.json` |" in text
-    assert "| once per geometry | 25.0 % | — |" in text and "12.5 %" not in text
+    assert "| every 2 sparse steps | 6.2 % | — | `pattern-hunyuan-newer.json` |" in text
+    assert "| once per geometry | 25.0 % | — | — |" in text and "12.5 %" not in text
+    # The plan launched behind the attention (session 21): its share at the schedule and its ms.
+    newest = dict(newer, date="2026-12-05", results={"draft": dict(
+        newer["results"]["draft"], plan_behind_attention_ms=0.25, overhead_at_schedule_behind_attention=0.03125)})
+    text = report.pattern_table([old, new, newest])
+    assert "| every 2 sparse steps | 6.2 % | 3.1 % (0.25 ms) |" in text and "launched behind" in text
+
+
+def test_paired_extra_ms_is_what_the_second_call_adds():
+    """On the CPU (wall clock) the pairs' difference is the second call's time, not both calls'."""
+    import time
+
+    from dit_sparse.eval.bench import paired_extra_ms
+
+    extra = paired_extra_ms(lambda: time.sleep(0.004), lambda: time.sleep(0.012), reps=5)
+    assert 10.0 < extra < 15.0
 
 
 def test_step_profile_table_splits_gpu_time_by_kernel_kind():
