@@ -227,7 +227,9 @@ def pattern_table(results: List[dict]) -> str:
         if any("overhead_at_schedule_behind_attention" in e for e, _ in rows.values()):
             lines.append("\nThe plan is timed alone (its launches on an idle GPU: a small plan is bound by them) and "
                          "launched behind one sparse attention call, as in a pipeline, where its launches overlap "
-                         "queued GPU work (`paired_extra_ms`, the plan's ms in brackets, negative = fully hidden).")
+                         "queued GPU work (`paired_extra_ms`, the plan's ms in brackets, negative = fully hidden). "
+                         "It can also cost more there than alone: at 720p it did (session 21), a cause not yet "
+                         "separated (clocks after a long attention kernel, allocation).")
         lines.append("")
     return "\n".join(lines) if lines else "_no pattern results yet_"
 
