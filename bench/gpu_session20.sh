@@ -48,28 +48,5 @@ steps)
     --out $OUT/step-hunyuan-720p-semantic-ordered-means.json 2>&1 | grep -E "^hun|Error|wrote" | cut -c1-300
   ;;
 esac
-# Part three (written at the end of session 20, for the next one): k-means' first warm iteration on every 4th token
-# (`SemanticConfig(kmeans_sample=4)`): the plan's cost, the step, and the video on small.
-case "${1:-}" in
-sample)
-  timeout 200 python3 bench/profile_semantic_plan.py $OUT/profile-semantic-packed-plan-sample.json \
-    wan14b-720p,hunyuan-720p "preset,sample 4" 2>&1 | grep -E "^wan|^hun|Error" | cut -c1-300
-  ;;
-sampleq)
-  # Models in the tree. Wan's schedule at the presets' period (r = 3, CFG sharing), every token against a sample,
-  # and against one warm iteration (which saves more; on tiny, CPU, sample 2 / 4 cost 0.15 dB:
-  # quality-tiny-kmeans-sample.json).
-  timeout 400 python3 -m dit_sparse.eval.quality --model small --device cuda --dtype bfloat16 --prompts 2 --steps 20 \
-    --height 768 --width 1280 --densities '' --no-random --methods '' --variants "{
-      \"packed r3 cfg\": {$PACKED, \"refresh_every\": 3, \"share_cfg_layouts\": true},
-      \"packed r3 cfg sample 2\": {$PACKED, \"refresh_every\": 3, \"share_cfg_layouts\": true, \"kmeans_sample\": 2},
-      \"packed r3 cfg sample 4\": {$PACKED, \"refresh_every\": 3, \"share_cfg_layouts\": true, \"kmeans_sample\": 4},
-      \"packed r3 cfg warm_iters 1\": {$PACKED, \"refresh_every\": 3, \"share_cfg_layouts\": true, \"warm_iters\": 1}}" \
-    --out $OUT/quality-small-768p-semantic-kmeans-sample.json 2>&1 | grep -vE "^ *$|Warning|warn" | tail -6
-  ;;
-samplesteps)
-  timeout 280 python3 -m dit_sparse.eval.bench step --model hunyuan-720p --layers 15 --dense-variants none \
-    --methods semantic-packed-r3,semantic-packed-s4-r3,fixed-0.25 \
-    --out $OUT/step-hunyuan-720p-semantic-kmeans-sample.json 2>&1 | grep -E "^hun|Error|wrote" | cut -c1-300
-  ;;
-esac
+# Part three (written at the end of session 20: kmeans_sample's plan, video and step) ran in session 21 as
+# `bench/gpu_session21.sh plan|qual|steps`, with one warm k-means iteration beside it.
