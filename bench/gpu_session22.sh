@@ -1,0 +1,24 @@
+# Written at the end of session 21 (issue #13), for the next session. After staging .gpu/p1 and finishing .gpu/p2.
+#   behind:  why semantic's plan costs more behind a sparse attention call than alone at 720p (probe_plan_behind.py:
+#            the plan alone, behind the attention, right after it with a sync, after a rest, and its kernels' CUDA
+#            time alone and behind the attention).
+#   profile: the step at the presets' rows (one warm k-means iteration, r=3) with the GPU time by kernel kind: the
+#            planning's share of a real step (k-means assign; the rest above the yardstick's), where the isolated
+#            plan timings may not be what a pipeline pays.
+export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
+case "${1:-behind}" in
+behind)
+  timeout 300 python3 bench/probe_plan_behind.py $OUT/probe-plan-behind.json hunyuan-720p,wan1.3b-480p 2>&1 \
+    | grep -E "^hun|^wan|Error" | cut -c1-600
+  ;;
+profile)
+  timeout 400 python3 -m dit_sparse.eval.bench step --model hunyuan-720p --layers 15 --dense-variants none --profile \
+    --methods semantic-packed-w1-r3,fixed-0.25 --out $OUT/step-hunyuan-720p-semantic-w1-profile.json 2>&1 \
+    | grep -E "^hun|Error|wrote" | cut -c1-300
+  ;;
+profile-wan)
+  timeout 400 python3 -m dit_sparse.eval.bench step --model wan1.3b-480p --dense-variants none --profile \
+    --methods semantic-packed-w1-r3-cfg,fixed-0.25 --out $OUT/step-wan1.3b-480p-semantic-w1-profile.json 2>&1 \
+    | grep -E "^wan|Error|wrote" | cut -c1-300
+  ;;
+esac

@@ -1,0 +1,91 @@
+"""Why semantic's plan costs more launched behind a sparse attention call than alone at 720p (session 21:
+HunyuanVideo 9.73 against 6.90 ms, Wan-14B 10.05 against 7.75 ms; Wan-1.3B 480p 1.58 against 2.21 ms,
+``2026-12-04_NVIDIA-H200_pattern-*-behind.json``). Four timings of the same warm plan at the preset, and the CUDA time
+of its kernels alone and behind the attention (the profiler's sum): if the kernels themselves run slower behind the
+attention (clocks or power after a long tensor-core kernel), the isolated timings understate what a pipeline pays.
+
+    python bench/probe_plan_behind.py OUT.json [SHAPES]   (comma-separated; default hunyuan-720p,wan1.3b-480p)
+"""
+
+import json
+import os
+import sys
+import time
+
+import torch
+
+import dit_sparse as ds
+from dit_sparse.eval.bench import VIDEO_SHAPES, _video_qkv, paired_extra_ms, time_cuda
+from dit_sparse.kernels import block_sparse_attention
+from dit_sparse.patterns import make_pattern
+from dit_sparse.pipelines.presets import PRESETS
+from dit_sparse.schedule import BoundedCache, PlanCache
+
+
+def after_sync_ms(before, fn, reps: int = 15) -> float:
+    """Median CUDA time of ``fn`` started as soon as ``before`` has finished (a sync between): the GPU as the
+    attention left it, but nothing queued for the plan's launches to overlap."""
+    times = []
+    for _ in range(reps):
+        before()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def kernel_ms(fn) -> float:
+    """The CUDA time of ``fn``'s kernels, the profiler's sum (after one call outside it)."""
+    fn()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0)
+               for e in prof.key_averages()) / 1e3
+
+
+def main():
+    path = sys.argv[1]
+    shapes = sys.argv[2].split(",") if len(sys.argv) > 2 else ["hunyuan-720p", "wan1.3b-480p"]
+    out = {"commit": os.environ.get("DIT_SPARSE_COMMIT"), "command": "python bench/probe_plan_behind.py "
+           + " ".join(sys.argv[1:]), "device": torch.cuda.get_device_name(), "shapes": {}}
+    for shape in shapes:
+        geometry, q, k, v = _video_qkv(shape, "photo")
+        options = PRESETS[VIDEO_SHAPES[shape][4]].sparse_options("semantic")
+        options.update(dense_steps=0, dense_layers=0, min_sparse_tokens=0)
+        pattern = make_pattern(ds.make_config("semantic", **options))
+        cache = PlanCache(shared=BoundedCache())
+        layout = pattern.plan(q, k, geometry, cache)
+
+        def attention():
+            return block_sparse_attention(q, k, v, layout)
+
+        def plan():
+            return pattern.plan(q, k, geometry, cache)
+
+        row = {"attention_ms": time_cuda(attention, reps=15)["median_ms"],
+               "plan_alone_ms": time_cuda(plan, reps=15)["median_ms"]}
+        row["plan_behind_attention_ms"] = paired_extra_ms(attention, plan, reps=15)
+        row["plan_after_attention_synced_ms"] = after_sync_ms(attention, plan)
+        torch.cuda.synchronize()
+        time.sleep(0.2)  # an idle GPU again
+        row["plan_alone_after_rest_ms"] = time_cuda(plan, warmup=0, reps=1)["median_ms"]
+        try:
+            row["plan_kernels_alone_ms"] = kernel_ms(plan)
+            # The kernels of attention + plan less the attention's alone.
+            row["plan_kernels_behind_attention_ms"] = kernel_ms(lambda: (attention(), plan())) - kernel_ms(attention)
+        except Exception as err:  # the profiler's field names move between torch versions
+            row["kernels_error"] = repr(err)[:300]
+        out["shapes"][shape] = row
+        print(shape, json.dumps(row), flush=True)
+        with open(path, "w") as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
