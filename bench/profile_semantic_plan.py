@@ -27,7 +27,9 @@ from dit_sparse.schedule import BoundedCache, PlanCache
 # (keep_cluster_order): "order every plan" is the plan before that.
 VARIANTS = {"preset": {}, "order every plan": {"keep_cluster_order": False}, "warm_iters 1": {"warm_iters": 1},
             "pieces b64": {"block_size": 64, "pack_pieces": False, "cluster_order": "label"},
-            "sample 4": {"kmeans_sample": 4}}  # session 20: k-means' first warm iteration on every 4th token
+            # session 20: k-means' first warm iteration on every 4th token (two warm iterations: the presets have
+            # one since session 21, and "warm_iters 2" is the presets' plan before that).
+            "sample 4": {"kmeans_sample": 4, "warm_iters": 2}, "warm_iters 2": {"warm_iters": 2}}
 
 
 def wall_ms(fn, reps: int = 5) -> float:

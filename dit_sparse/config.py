@@ -229,7 +229,8 @@ class SemanticConfig(SparseConfig):
             on every n-th token only (the last one assigns and averages every token, so clusters and centroids stay
             exact means of a full assignment; the cold start uses every token); 1 = every token. At ``warm_iters=2``
             a plan's k-means then does ~(1 + 1/n) / 2 of its work (k-means was 7.5 of a 10.1 ms packed plan at
-            HunyuanVideo 720p).
+            HunyuanVideo 720p). Needs ``warm_iters >= 2``. The video presets take ``warm_iters=1`` instead, which
+            saved more and cost less video (``pipelines/presets.py``).
         clusters (`str`, defaults to "joint"): "joint": one k-means of every token's [q, k] (``kv_clusters``
             clusters; ``q_clusters`` unused) and one permutation for queries and keys, so each query block keeps the
             key block of its own tokens (the diagonal). "separate": Sparse VideoGen 2's separate query and key
@@ -327,6 +328,11 @@ class SemanticConfig(SparseConfig):
         _check_int("kmeans_iters", self.kmeans_iters, 1)
         _check_int("warm_iters", self.warm_iters, 0)
         _check_int("kmeans_sample", self.kmeans_sample, 1)
+        if self.kmeans_sample > 1 and self.warm_iters < 2:
+            # The sample fits the warm iterations before the last; with one (or none) there are none to sample, and
+            # the option would do nothing (the presets run warm_iters=1 since session 21).
+            raise ValueError(f"kmeans_sample={self.kmeans_sample} samples the warm k-means iterations before the last "
+                             f"and warm_iters={self.warm_iters} has none; set warm_iters >= 2 or kmeans_sample=1")
         if self.clusters not in ("joint", "separate", "balanced"):
             raise ValueError(f"clusters={self.clusters!r} is not known; allowed: 'joint', 'separate', 'balanced'")
         if self.estimate not in ("blocks", "pooled", "centroids"):

@@ -124,6 +124,10 @@ def test_kmeans_sample_fits_on_a_sample_then_assigns_every_point():
         batched_kmeans(x, 12, 2, sample=0)
     with pytest.raises(ValueError, match="kmeans_sample"):
         ds.make_config("semantic", kmeans_sample=0)
+    # With one warm iteration (the presets) there is nothing before the last to sample: named, not ignored.
+    with pytest.raises(ValueError, match="warm_iters >= 2"):
+        ds.make_config("semantic", kmeans_sample=4, warm_iters=1)
+    assert ds.make_config("semantic", kmeans_sample=1, warm_iters=1).warm_iters == 1
 
 
 def test_kmeans_sample_applies_to_warm_plans_only(monkeypatch):
