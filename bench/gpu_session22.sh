@@ -2,6 +2,8 @@
 #   behind:  why semantic's plan costs more behind a sparse attention call than alone at 720p (probe_plan_behind.py:
 #            the plan alone, behind the attention, right after it with a sync, after a rest, and its kernels' CUDA
 #            time alone and behind the attention).
+#   graph:   would a CUDA graph of the warm plan (k-means + packing) make it cheap at Wan-1.3B 480p, where the plan is
+#            bound by its launches (probe_plan_graph.py: replay against the same calls launched one by one).
 #   profile: the step at the presets' rows (one warm k-means iteration, r=3) with the GPU time by kernel kind: the
 #            planning's share of a real step (k-means assign; the rest above the yardstick's), where the isolated
 #            plan timings may not be what a pipeline pays.
@@ -9,6 +11,10 @@ export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
 case "${1:-behind}" in
 behind)
   timeout 300 python3 bench/probe_plan_behind.py $OUT/probe-plan-behind.json hunyuan-720p,wan1.3b-480p 2>&1 \
+    | grep -E "^hun|^wan|Error" | cut -c1-600
+  ;;
+graph)
+  timeout 300 python3 bench/probe_plan_graph.py $OUT/probe-plan-graph.json wan1.3b-480p,hunyuan-720p 2>&1 \
     | grep -E "^hun|^wan|Error" | cut -c1-600
   ;;
 profile)
