@@ -41,8 +41,8 @@ ORDERED_MEANS_KERNEL = True
 # at Wan-1.3B 720p (0.91 M), 2.23 / 2.60 ms at Wan-14B 480p (1.31 M), 3.58 / 4.74 ms at HunyuanVideo 720p (2.85 M),
 # 4.22 / 5.43 ms at Wan-14B 720p (3.02 M) (``2026-12-04_NVIDIA-H200_profile-semantic-packed-plan-{sample,means-
 # sizes}.json``). Likely because the small packing is bound by launches, not bytes (its CUDA kernels take 0.5 of its
-# 2.1 ms of host time at Wan-1.3B 480p), and the ordered means add kernels; the threshold lies between the measured
-# sizes, not at a measured crossover.
+# 2.1 ms of host time at Wan-1.3B 480p under the profiler), and the ordered means add kernels; the threshold lies
+# between the measured sizes, not at a measured crossover.
 ORDERED_MEANS_MIN_ROWS = 600_000
 
 
