@@ -131,7 +131,8 @@ WAN_NEGATIVE_PROMPT = (
 # Its warm-started k-means (from the centroids of the last plan) runs one iteration, not two: the plan 10.4 -> 7.5 ms
 # at HunyuanVideo 720p, 11.6 -> 7.9 ms at Wan-14B 720p (``2026-12-04_NVIDIA-H200_profile-semantic-packed-plan-
 # sample.json``) for 0.11 dB on small (35.27 -> 35.16 dB, Wan's schedule at r=3, ``quality-small-768p-semantic-kmeans-
-# sample.json``). Fitting the first iteration on every 4th token (``kmeans_sample=4``) saved less (8.1 / 9.0 ms) and
+# sample.json``; the trained tiny model, CPU, 3 prompts: 28.65 -> 28.62 dB, ``quality-tiny-warm-iters-r3.json``).
+# Fitting the first iteration on every 4th token (``kmeans_sample=4``) saved less (8.1 / 9.0 ms) and
 # cost more (35.08 dB); every 2nd token: 35.25 dB. Planning per sparse call at these schedules is then 3.3 % (Wan-14B
 # 720p) and 4.5 % (HunyuanVideo 720p) of the attention, 10.2 % at Wan-1.3B 480p, where the plan is bound by its
 # launches (``2026-12-04_NVIDIA-H200_pattern-*-semantic-warm1.json``, ``...pattern-wan1.3b-480p-behind.json``).
