@@ -29,12 +29,7 @@ def after_sync_ms(before, fn, reps: int = 15) -> float:
     for _ in range(reps):
         before()
         torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(time_cuda(fn, warmup=0, reps=1)["median_ms"])
     times.sort()
     return times[len(times) // 2]
 
