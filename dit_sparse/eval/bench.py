@@ -1090,6 +1090,7 @@ def implied_e2e(family: str, full_depth: int, ratios: Dict[str, float]) -> Dict[
     out = {}
     for method, labels in PRESET_ROWS.items():
         refresh = presets.get(method, {}).get("refresh_every", 1)
+        own = 1  # the leading rows that time the preset's own plan: their "-cfg" rows go first with share_cfg_layouts
         if method == "semantic":
             # The default 64-token blocks before the older 128-token rows, each at the preset's period first.
             labels = tuple(y for x in labels for y in ((f"{x}-r{refresh}", x) if refresh > 1 else (x,)))
@@ -1111,12 +1112,10 @@ def implied_e2e(family: str, full_depth: int, ratios: Dict[str, float]) -> Dict[
             if row == "semantic-packed" and presets[method].get("warm_iters") == 1 and refresh > 1:
                 # One warm k-means iteration (the presets since session 21): its own rows first, then the preset's
                 # period with two (a step differs by < 1 %, ``...step-hunyuan-720p-semantic-kmeans-sample.json``).
-                labels = (f"semantic-packed-w1-r{refresh}",) + labels
-                if presets[method].get("share_cfg_layouts"):
-                    labels = (f"{labels[0]}-cfg", f"{labels[1]}-cfg") + labels
-        if presets.get(method, {}).get("share_cfg_layouts") and not labels[0].endswith("-cfg"):
-            # The row whose CFG branches share the preset row's plan (the "-cfg" rows), where measured.
-            labels = (f"{labels[0]}-cfg",) + labels
+                labels, own = (f"semantic-packed-w1-r{refresh}",) + labels, 2
+        if presets.get(method, {}).get("share_cfg_layouts"):
+            # The rows whose CFG branches share the preset rows' plan (the "-cfg" rows), where measured.
+            labels = tuple(f"{x}-cfg" for x in labels[:own]) + labels
         label = next((x for x in labels if x in ratios), None)
         if label is None or method not in presets:
             continue
