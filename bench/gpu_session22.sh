@@ -4,6 +4,8 @@
 #            time alone and behind the attention).
 #   graph:   would a CUDA graph of the warm plan (k-means + packing) make it cheap at Wan-1.3B 480p, where the plan is
 #            bound by its launches (probe_plan_graph.py: replay against the same calls launched one by one).
+#   static:  (added in session 22) the automatic static width of semantic's index lists against the width read on the
+#            host every plan, at Wan-1.3B 480p (step with the GPU's idle time, and the pattern row).
 #   profile: the step at the presets' rows (one warm k-means iteration, r=3) with the GPU time by kernel kind: the
 #            planning's share of a real step (k-means assign; the rest above the yardstick's), where the isolated
 #            plan timings may not be what a pipeline pays.
@@ -26,5 +28,15 @@ profile-wan)
   timeout 400 python3 -m dit_sparse.eval.bench step --model wan1.3b-480p --dense-variants none --profile \
     --methods semantic-packed-w1-r3-cfg,fixed-0.25 --out $OUT/step-wan1.3b-480p-semantic-w1-profile.json 2>&1 \
     | grep -E "^wan|Error|wrote" | cut -c1-300
+  ;;
+static)
+  # Session 22, after the first four parts: the automatic static width of semantic's index lists (no host read per
+  # plan on small layouts) against the width read every plan ("-trim", as before), in one Wan-1.3B step with the GPU
+  # time by kernel (idle GPU = wall less busy), and the plan per sparse call at the preset.
+  timeout 300 python3 -m dit_sparse.eval.bench step --model wan1.3b-480p --dense-variants none --profile \
+    --methods semantic-packed-w1-r3-cfg,semantic-packed-w1-r3-cfg-trim,fixed-0.25 \
+    --out $OUT/step-wan1.3b-480p-semantic-static-width.json 2>&1 | grep -E "^wan|Error|wrote" | cut -c1-300
+  timeout 150 python3 -m dit_sparse.eval.bench pattern --shape wan1.3b-480p --presets --qkv photo --methods semantic \
+    --out $OUT/pattern-wan1.3b-480p-semantic-static-width.json 2>&1 | grep -E "semantic|Error" | cut -c1-400
   ;;
 esac

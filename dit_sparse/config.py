@@ -273,9 +273,11 @@ class SemanticConfig(SparseConfig):
             piece selected, and more; the layout's density counts what is computed). FlashAttention-4 runs it on
             full tiles. With ``kv_block_size``, pieces are selected as 128 / 64 pieces are and key blocks hold
             ``kv_block_size`` tokens (fewer pieces share a key block).
-        static_kmax (`bool`, defaults to False): size the layout's index lists by their static bound instead of one
-            host read of the largest count (no host synchronisation: CUDA graphs, ``torch.compile(fullgraph=True)``),
-            at the price of memory.
+        static_kmax (`bool`, optional): size the layout's index lists by their static bound (every key block)
+            instead of one host read of the largest count: no host synchronisation (CUDA graphs,
+            ``torch.compile(fullgraph=True)``, and no idle GPU after the read), at the price of memory. `None` (the
+            default) keeps the static width while the lists are small (at most
+            ``semantic.STATIC_KMAX_MAX_ENTRIES`` entries: Wan 480p yes, 720p no) and reads the width above.
         block_size (`int`, defaults to 64): longest block. Clusters of Sparse VideoGen 2's size (~65 tokens at Wan
             480p with 500 clusters) cut into pieces of at most 64 tokens fill the kernel's tiles better than pieces
             of at most 128: one Wan-1.3B 480p step (all layers sparse, H200) took 1.44 s instead of 1.72 s
@@ -314,7 +316,7 @@ class SemanticConfig(SparseConfig):
     cluster_order: str = "label"
     keep_cluster_order: bool = True
     pack_pieces: bool = False
-    static_kmax: bool = False
+    static_kmax: Optional[bool] = None
     kv_block_size: Optional[int] = None
     min_cluster_tokens: int = 16
 
@@ -352,7 +354,7 @@ class SemanticConfig(SparseConfig):
                 "pack_pieces packs joint clusters' pieces into fixed blocks and needs clusters='joint' and "
                 "estimate='pooled' or 'blocks'"
             )
-        _check_bool("static_kmax", self.static_kmax)
+        _check_bool("static_kmax", self.static_kmax, allow_none=True)
         if self.kv_block_size is not None:
             _check_int("kv_block_size", self.kv_block_size, 16)
             if self.block_size % self.kv_block_size:

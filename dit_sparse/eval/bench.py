@@ -1193,6 +1193,10 @@ STEP_METHODS = {
     # One warm k-means iteration instead of the preset's (session 21: against the sample above, per ms saved).
     "semantic-packed-w1-r3": ("semantic", {"top_p": 0.3, **PACKED, "refresh_every": 3, "warm_iters": 1}),
     "semantic-packed-w1-r3-cfg": ("semantic", {"top_p": 0.3, **PACKED_PRESET, "refresh_every": 3, "warm_iters": 1}),
+    # The same with the index lists' width read on the host every plan, as before session 22 made the static width
+    # automatic on small layouts (`semantic.STATIC_KMAX_MAX_ENTRIES`).
+    "semantic-packed-w1-r3-cfg-trim": ("semantic", {"top_p": 0.3, **PACKED_PRESET, "refresh_every": 3, "warm_iters": 1,
+                                                    "static_kmax": False}),
     # Pieces packed into 64-token blocks: at Wan-1.3B 480p's ~65-token clusters 128-token blocks hold ~2 clusters each,
     # and the cover computes 1.5x the pieces' density there (``oracle-small-packed-wan480-clusters.json``).
     "semantic-packed-b64": ("semantic", {"top_p": 0.3, **PACKED, "block_size": 64}),

@@ -14,7 +14,7 @@ Blocks (default, ``fixed_blocks=False``): variable-size, cluster-aligned. Every 
 kernel computes the selection and nothing else. The number of pieces varies per (batch, head) but is bounded by
 ``floor((L + K (block - 1)) / block)`` (at most ``ceil(L / block) + K``), a static bound: layouts are padded to it with
 empty blocks (start == end, no keys), with no host synchronisation. The only host read of a plan is the width of
-``kv_indices`` (see ``SemanticConfig.static_kmax``).
+``kv_indices`` on large layouts (see ``SemanticConfig.static_kmax``).
 
 Blocks (``fixed_blocks=True``): fixed ``block_size`` blocks over the permuted sequence, which fixed-block kernels
 (FlashAttention-4, FlexAttention) run. Each cluster gives its whole blocks first and the remainders of all clusters
@@ -73,11 +73,20 @@ from .partition import balanced_partition
 
 logger = logging.getLogger(__name__)
 
-# Width of kv_indices (unless ``static_kmax``): the largest kv_counts, read on the host once per plan and rounded up to
-# a multiple of this (few distinct shapes). With ``static_kmax`` the static bound (every key block) is used: no host
-# synchronisation at all, at the price of memory ([B, H, Nq, Nk] int32 is 13 MB for Wan 1.3B 480p, ~140 MB for
-# HunyuanVideo 720p per cached layout).
+# Width of kv_indices where it is trimmed (``static_kmax`` False, or automatic on large layouts): the largest
+# kv_counts, read on the host once per plan and rounded up to a multiple of this (few distinct shapes). With the static
+# width (every key block) there is no host synchronisation at all, at the price of memory.
 _KMAX_ROUND = 16
+
+# The automatic ``static_kmax`` (None) keeps the static width while the untrimmed index lists hold at most this many
+# entries (batch x heads x query blocks x key blocks): Wan-1.3B 480p's packed layout holds 12 x 256 x 256 = 0.79 M
+# (1.6 MB per layout kept between steps as int16), HunyuanVideo 720p's 24 x 846 x 846 = 17 M (34 MB per layer, 2 GB
+# over 60 layers). Why: the host read stops the host until the GPU has run everything queued before it, so the GPU
+# then idles while the host launches the next kernels. Where a sparse call is short that idle is a large share of it:
+# one Wan-1.3B 480p step (random weights, every layer sparse, r = 3 with CFG sharing) had 18 ms of idle GPU against
+# 1 ms for a static layout's (``2026-12-04_NVIDIA-H200_step-wan1.3b-480p-semantic-w1-profile.json``, wall less busy
+# time), while a HunyuanVideo 720p step had 4 ms (``...step-hunyuan-720p-semantic-w1-profile.json``).
+STATIC_KMAX_MAX_ENTRIES = 1 << 22
 
 
 def max_pieces(length: int, clusters: int, block: int) -> int:
@@ -292,7 +301,7 @@ class SemanticPattern(Pattern):
     Args:
         config (`SemanticConfig`): clusters, top-p, iterations, block size, block kind and selection rule.
         fixed_blocks (`bool`, optional): overrides ``config.fixed_blocks`` (tests and benchmarks).
-        static_kmax (`bool`, optional): overrides ``config.static_kmax``.
+        static_kmax (`bool`, optional): overrides ``config.static_kmax`` (None there: automatic).
     """
 
     name = "semantic"
@@ -305,18 +314,26 @@ class SemanticPattern(Pattern):
         self.fixed_blocks = config.fixed_blocks if fixed_blocks is None else bool(fixed_blocks)
         # Balanced groups and packed pieces are whole blocks by construction: their layout is a fixed-block one.
         self.fixed_blocks = self.fixed_blocks or config.clusters == "balanced" or config.pack_pieces
-        self.static_kmax = config.static_kmax if static_kmax is None else bool(static_kmax)
+        self.static_kmax = config.static_kmax if static_kmax is None else bool(static_kmax)  # None: automatic
         self._warned_clusters = False
 
     def _trim(self, idx: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """kv_indices narrowed to the largest count (rounded up), unless ``static_kmax`` or inside a compiled graph
-        (where the read would make the width a data-dependent size: the graph keeps the static width instead)."""
-        if self.static_kmax or torch.compiler.is_compiling():
+        """kv_indices narrowed to the largest count (rounded up), unless the static width is kept (`_static_width`)
+        or inside a compiled graph (where the read would make the width a data-dependent size: the graph keeps the
+        static width instead)."""
+        if self._static_width(idx) or torch.compiler.is_compiling():
             return idx
         # The one host read of the plan (after all k-means work is queued): it keeps layouts small.
         kmax = int(counts.max()) if counts.numel() else 1
         kmax = min(idx.shape[-1], max(1, -(-kmax // _KMAX_ROUND) * _KMAX_ROUND))
         return idx[..., :kmax]
+
+    def _static_width(self, idx: torch.Tensor) -> bool:
+        """Whether the index lists keep their static width: ``static_kmax`` when set, else while they are small
+        (`STATIC_KMAX_MAX_ENTRIES`)."""
+        if self.static_kmax is not None:
+            return self.static_kmax
+        return idx.numel() <= STATIC_KMAX_MAX_ENTRIES
 
     # ------------------------------------------------------------------ clustering
     def cluster(
@@ -527,6 +544,7 @@ class SemanticPattern(Pattern):
 
 
 __all__ = [
+    "STATIC_KMAX_MAX_ENTRIES",
     "SemanticPattern",
     "block_plan",
     "cluster_order",

@@ -14,7 +14,7 @@ from dit_sparse import SemanticConfig, VideoGeometry
 from dit_sparse.api import get_state
 from dit_sparse.kernels import block_sparse_attention
 from dit_sparse.layout import pack_block_mask
-from dit_sparse.patterns import make_pattern
+from dit_sparse.patterns import make_pattern, semantic
 from dit_sparse.patterns.kmeans import assign_clusters, batched_kmeans, inertia, strided_init
 from dit_sparse.patterns.semantic import SemanticPattern, max_pieces, select_clusters
 
@@ -358,7 +358,7 @@ def test_static_kmax_has_no_host_read_and_same_result(fixed_blocks):
     geometry = VideoGeometry(13, 4, 6)
     q, k, v = clustered(1, 2, geometry.num_tokens, 16, centers=6, seed=3)
     config = cfg(top_p=0.3, min_kv_ratio=0.0, block_size=16)
-    trimmed = SemanticPattern(config, fixed_blocks=fixed_blocks).plan(q, k, geometry, {})
+    trimmed = SemanticPattern(config, fixed_blocks=fixed_blocks, static_kmax=False).plan(q, k, geometry, {})
     static = SemanticPattern(config, fixed_blocks=fixed_blocks, static_kmax=True).plan(q, k, geometry, {})
     bound = static.num_kv_blocks
     assert static.kv_indices.shape[-1] == bound
@@ -367,6 +367,29 @@ def test_static_kmax_has_no_host_read_and_same_result(fixed_blocks):
     assert torch.equal(trimmed.to_block_mask(), static.to_block_mask())
     out_t = block_sparse_attention(q, k, v, trimmed, backend="reference")
     torch.testing.assert_close(out_t, block_sparse_attention(q, k, v, static, backend="reference"), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("pack_pieces", [False, True])
+def test_automatic_static_kmax_reads_the_width_only_on_large_layouts(monkeypatch, pack_pieces):
+    # static_kmax=None (the default): small index lists keep their static width and the plan reads nothing on the
+    # host (the read idles the GPU where calls are short); above STATIC_KMAX_MAX_ENTRIES the width is read and trimmed.
+    geometry = VideoGeometry(13, 4, 6)
+    q, k, _ = clustered(1, 2, geometry.num_tokens, 16, centers=6, seed=3)
+    options = dict(top_p=0.3, min_kv_ratio=0.0, block_size=16)
+    if pack_pieces:
+        options.update(pack_pieces=True, cluster_order="similarity", clusters="joint")
+    config = cfg(**options)
+    reads = []
+    to_int = torch.Tensor.__int__
+    monkeypatch.setattr(torch.Tensor, "__int__", lambda t: reads.append(t) or to_int(t))
+    small = SemanticPattern(config).plan(q, k, geometry, {})
+    assert reads == []
+    assert small.kv_indices.shape[-1] == small.num_kv_blocks
+    monkeypatch.setattr(semantic, "STATIC_KMAX_MAX_ENTRIES", small.kv_indices.numel() - 1)
+    large = SemanticPattern(config).plan(q, k, geometry, {})
+    assert len(reads) == 1
+    assert large.kv_indices.shape[-1] < large.num_kv_blocks
+    assert torch.equal(large.to_block_mask(), small.to_block_mask())
 
 
 def test_permutation_round_trip_and_labels_cluster_aligned():
