@@ -13,8 +13,12 @@ Knobs (environment variables, read per call):
     DIT_SPARSE_TRITON_ORDER        program order: "head" (default; longest rows first within each head), "global"
                                    (longest rows first over all heads) or "none" (plain query-block order).
     DIT_SPARSE_TRITON_TAIL=0       mask every key tile instead of only the sequence's short last block.
-    DIT_SPARSE_TRITON_TMA=1        load K/V tiles through device-side TMA descriptors (off by default: not yet
-                                   measured on Hopper here).
+    DIT_SPARSE_TRITON_TMA=1        load K/V tiles through device-side TMA descriptors (off by default: no gain
+                                   measured on H200).
+    DIT_SPARSE_TRITON_WS=1         warp-specialise the main key loop (``tl.range(..., warp_specialize=True)``: loads
+                                   and compute in separate warps). Off by default: Triton 3.6 fails to compile it on
+                                   sm90 (``PassManager::run failed``); ``bench/probe_triton_ws.sh`` measures it under
+                                   a newer Triton.
     DIT_SPARSE_PERSISTENT_CACHE=0  do not keep autotuning results on disk (Triton's ``cache_results``, in Triton's
                                    cache directory): by default a new process reuses them instead of re-tuning.
 """
@@ -73,9 +77,9 @@ def _attn_inner_py(
     k_desc, v_desc,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, D_TILE: tl.constexpr, DV_TILE: tl.constexpr,
     BLOCK_KV: tl.constexpr, VAR_KV: tl.constexpr, MASK_KV: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr,
-    BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+    BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr, WARP_SPEC: tl.constexpr,
 ):
-    for t in tl.range(t_lo, t_hi, num_stages=NUM_STAGES):
+    for t in tl.range(t_lo, t_hi, num_stages=NUM_STAGES, warp_specialize=WARP_SPEC):
         kb = tl.load(idx_ptr + (t // kv_sub) * stride_ik)
         if VAR_KV:
             kv_start = tl.load(ks_ptr + kb * stride_ksk)
@@ -152,7 +156,7 @@ def _attn_fwd(
     BLOCK_Q: tl.constexpr, BLOCK_KV: tl.constexpr, BLOCK_M: tl.constexpr, Q_SUB: tl.constexpr,
     VAR_Q: tl.constexpr, VAR_KV: tl.constexpr, HAS_VALID: tl.constexpr, HAS_ORDER: tl.constexpr,
     MASK_KV: tl.constexpr, IEEE: tl.constexpr, USE_TMA: tl.constexpr, RAGGED_TAIL: tl.constexpr,
-    BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+    WARP_SPEC: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -231,13 +235,14 @@ def _attn_fwd(
         stride_kn, stride_vn, stride_ik, stride_ksk, qk_scale, offs_d, offs_dv, d_ok, dv_ok, offs_n0,
         k_desc, v_desc,
         HEAD_DIM, HEAD_DIM_V, D_TILE, DV_TILE, BLOCK_KV, VAR_KV, MASK_KV, IEEE, USE_TMA, BLOCK_N, NUM_STAGES,
+        WARP_SPEC,
     )
     if RAGGED_TAIL:
         m_i, l_i, acc = _attn_inner(
             m_i, l_i, acc, q, k_base, v_base, idx_ptr, ks_ptr, n_main * kv_sub, count * kv_sub, kv_sub, kv_limit,
             stride_kn, stride_vn, stride_ik, stride_ksk, qk_scale, offs_d, offs_dv, d_ok, dv_ok, offs_n0,
             k_desc, v_desc,
-            HEAD_DIM, HEAD_DIM_V, D_TILE, DV_TILE, BLOCK_KV, VAR_KV, True, IEEE, USE_TMA, BLOCK_N, 1,
+            HEAD_DIM, HEAD_DIM_V, D_TILE, DV_TILE, BLOCK_KV, VAR_KV, True, IEEE, USE_TMA, BLOCK_N, 1, False,
         )
 
     # Rows without any unmasked key keep l_i == 0: they return zeros and lse = -inf instead of 0/0.
@@ -325,7 +330,8 @@ def _build_kernel(interpret: bool, autotune: bool):
         return jitted
     return triton.autotune(
         configs=_autotune_configs(),
-        key=["HEAD_DIM", "HEAD_DIM_V", "BLOCK_M", "BLOCK_KV", "VAR_KV", "MASK_KV", "USE_TMA", "RAGGED_TAIL"],
+        key=["HEAD_DIM", "HEAD_DIM_V", "BLOCK_M", "BLOCK_KV", "VAR_KV", "MASK_KV", "USE_TMA", "RAGGED_TAIL",
+             "WARP_SPEC"],
         prune_configs_by={"early_config_prune": _prune_configs},
         **_disk_cache_options(),
     )(jitted)
@@ -422,6 +428,8 @@ def _forward(q, k, v, kv_indices, kv_counts, q_block_starts, kv_block_starts, kv
         BLOCK_Q=block_q, BLOCK_KV=block_kv, BLOCK_M=block_m, Q_SUB=q_sub,
         VAR_Q=var_q, VAR_KV=var_kv, HAS_VALID=has_valid, HAS_ORDER=order is not None,
         MASK_KV=mask_kv, IEEE=q.dtype == torch.float32, USE_TMA=use_tma, RAGGED_TAIL=ragged_tail,
+        # Not under the interpreter, which runs the loop as a plain one anyway.
+        WARP_SPEC=not interpret and os.environ.get("DIT_SPARSE_TRITON_WS", "0") == "1",
     )
     autotune = not interpret and os.environ.get("DIT_SPARSE_TRITON_AUTOTUNE", "1") != "0"
     if interpret or not autotune:
