@@ -8,7 +8,7 @@
 #   run:  unpack Triton 3.9 to /tmp/triton39 and time our kernel at Wan-1.3B 480p, densities 0.25 / 0.10, under
 #         the machine's Triton and under 3.9 with and without DIT_SPARSE_TRITON_WS (kernel bench: effective TFLOP/s
 #         and the error against the reference kernel). RUNS="3.9:0 3.9:1" picks runs, TAG names their files
-#         (e.g. TAG=-tma with DIT_SPARSE_TRITON_TMA=1).
+#         (e.g. TAG=-tma with DIT_SPARSE_TRITON_TMA=1), SHAPES the kernel shapes, KERNEL_ARGS more options.
 export PYTHONUNBUFFERED=1
 case "${1:-run}" in
 stage)
@@ -29,8 +29,8 @@ run)
     # In-tree backend discovery: the machine's Triton 3.6 entry points name an AMD backend that 3.9's copy lacks.
     PYTHONPATH=$pp TRITON_BACKENDS_IN_TREE=1 DIT_SPARSE_TRITON_WS=$ws timeout 240 python3 -c "import triton; print('triton', triton.__version__)"
     PYTHONPATH=$pp TRITON_BACKENDS_IN_TREE=1 DIT_SPARSE_TRITON_WS=$ws timeout 240 python3 -m dit_sparse.eval.bench \
-      kernel --shapes wan1.3b-480p --densities 0.25,0.1 --backends triton \
-      --out $OUT/kernel-wan1.3b-480p-triton$ver-ws$ws${TAG:-}.json 2>&1 | grep -E "triton|Error|error" | cut -c1-400
+      kernel --shapes ${SHAPES:-wan1.3b-480p} --densities 0.25,0.1 --backends triton ${KERNEL_ARGS:-} \
+      --out $OUT/kernel-triton$ver-ws$ws${TAG:-}.json 2>&1 | grep -E "triton|Error|error" | cut -c1-400
   done
   ;;
 esac
