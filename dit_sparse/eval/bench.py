@@ -75,6 +75,11 @@ def device_info() -> Dict[str, str]:
         info["triton"] = triton.__version__
     except Exception:
         pass
+    # The package's switches set for the run (kernel experiments like DIT_SPARSE_TRITON_TMA change what is timed);
+    # the commit is recorded on its own.
+    switches = {k: v for k, v in os.environ.items() if k.startswith("DIT_SPARSE_") and k != "DIT_SPARSE_COMMIT"}
+    if switches:
+        info["switches"] = dict(sorted(switches.items()))
     return info
 
 

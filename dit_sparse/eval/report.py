@@ -284,6 +284,8 @@ STEP_ROW_NOTES = {
     "semantic-packed-w1-r3": "packed pieces, refresh_every=3, one warm k-means iteration (HunyuanVideo's preset)",
     "semantic-packed-w1-r3-cfg": "packed pieces, refresh_every=3, one warm k-means iteration, CFG sharing "
                                  "(Wan's preset)",
+    "semantic-packed-w1-r3-cfg-trim": "Wan's preset with the index lists' width read on the host every plan "
+                                      "(static_kmax=False, as before session 22)",
     "semantic-packed-p2-r2-cfg": "the presets' packed pieces at top_p 0.2 (density nearer the yardstick's)",
     "semantic-packed-p15-r2-cfg": "the presets' packed pieces at top_p 0.15 (density nearer the yardstick's)",
     "semantic-packed-r2-cfg-triton": "Wan's preset on our Triton kernel (GPUs without FA4)",

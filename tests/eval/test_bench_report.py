@@ -747,3 +747,16 @@ def test_step_profile_table_splits_gpu_time_by_kernel_kind():
     table = report.step_profile_table([run])
     assert "| hunyuan-720p (15) | semantic | 0.22 | 2.000 | 0.95 | 100 | 40 | 30 | 9 | 2 | 19 | `s.json` |" in table
     assert "| fixed-0.25 |" not in table  # not profiled
+
+
+def test_device_info_records_the_switches_set_for_the_run(monkeypatch):
+    # A kernel experiment (DIT_SPARSE_TRITON_TMA=1) changes what a benchmark times: its JSON says so.
+    from dit_sparse.eval.bench import device_info
+
+    monkeypatch.delenv("DIT_SPARSE_TRITON_TMA", raising=False)
+    assert "DIT_SPARSE_TRITON_TMA" not in device_info().get("switches", {})
+    monkeypatch.setenv("DIT_SPARSE_TRITON_TMA", "1")
+    monkeypatch.setenv("DIT_SPARSE_COMMIT", "abc")
+    switches = device_info()["switches"]
+    assert switches["DIT_SPARSE_TRITON_TMA"] == "1"
+    assert "DIT_SPARSE_COMMIT" not in switches
