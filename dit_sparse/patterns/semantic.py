@@ -82,10 +82,12 @@ _KMAX_ROUND = 16
 # entries (batch x heads x query blocks x key blocks): Wan-1.3B 480p's packed layout holds 12 x 256 x 256 = 0.79 M
 # (1.6 MB per layout kept between steps as int16), HunyuanVideo 720p's 24 x 846 x 846 = 17 M (34 MB per layer, 2 GB
 # over 60 layers). Why: the host read stops the host until the GPU has run everything queued before it, so the GPU
-# then idles while the host launches the next kernels. Where a sparse call is short that idle is a large share of it:
-# one Wan-1.3B 480p step (random weights, every layer sparse, r = 3 with CFG sharing) had 18 ms of idle GPU against
-# 1 ms for a static layout's (``2026-12-04_NVIDIA-H200_step-wan1.3b-480p-semantic-w1-profile.json``, wall less busy
-# time), while a HunyuanVideo 720p step had 4 ms (``...step-hunyuan-720p-semantic-w1-profile.json``).
+# then idles while the host launches the next kernels, a large share of a short sparse call. One Wan-1.3B 480p step
+# (random weights, every layer sparse, the preset's r = 3 with CFG sharing) idled 28.6 ms with the read and 14.0 ms
+# without (wall less busy GPU time under the profiler; 0.942 against 0.938 s per step), and the plan per sparse call
+# measured 8.3 % of the attention, 10.2 % with the read in session 21 (another loan) (``2026-12-04_NVIDIA-H200_{step,
+# pattern}-wan1.3b-480p-semantic-static-width.json``); a HunyuanVideo 720p step idles 4 ms with the read
+# (``...step-hunyuan-720p-semantic-w1-profile.json``).
 STATIC_KMAX_MAX_ENTRIES = 1 << 22
 
 
