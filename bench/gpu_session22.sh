@@ -6,6 +6,7 @@
 #            bound by its launches (probe_plan_graph.py: replay against the same calls launched one by one).
 #   static:  (added in session 22) the automatic static width of semantic's index lists against the width read on the
 #            host every plan, at Wan-1.3B 480p (step with the GPU's idle time, and the pattern row).
+#   plan2:   (session 22) the plan per sparse call after the warm centring and half-precision pooled product.
 #   profile: the step at the presets' rows (one warm k-means iteration, r=3) with the GPU time by kernel kind: the
 #            planning's share of a real step (k-means assign; the rest above the yardstick's), where the isolated
 #            plan timings may not be what a pipeline pays.
@@ -38,5 +39,13 @@ static)
     --out $OUT/step-wan1.3b-480p-semantic-static-width.json 2>&1 | grep -E "^wan|Error|wrote" | cut -c1-300
   timeout 150 python3 -m dit_sparse.eval.bench pattern --shape wan1.3b-480p --presets --qkv photo --methods semantic \
     --out $OUT/pattern-wan1.3b-480p-semantic-static-width.json 2>&1 | grep -E "semantic|Error" | cut -c1-400
+  ;;
+plan2)
+  # Session 22, later: warm k-means centred on its centroids' mean (no pass over q and k for the points' mean) and the
+  # pooled block-mass product in bfloat16 on tensor cores; the plan per sparse call at the presets.
+  for s in wan1.3b-480p hunyuan-720p wan14b-720p; do
+    timeout 150 python3 -m dit_sparse.eval.bench pattern --shape $s --presets --qkv photo --methods semantic \
+      --out $OUT/pattern-$s-semantic-plan-trims.json 2>&1 | grep -E "semantic|Error" | cut -c1-400
+  done
   ;;
 esac

@@ -89,6 +89,25 @@ def test_kmeans_inertia_matches_sklearn():
                 torch.testing.assert_close(cent[0, c], x[0][sel].mean(0), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_warm_kmeans_centres_on_its_centroids_without_reading_the_points_twice(monkeypatch, backend):
+    # A warm start centres on its centroids' mean, not the points' (a pass over q and k saved per plan); k-means is
+    # translation invariant, so the clustering is the cold centre's.
+    from dit_sparse.patterns import kmeans as kmeans_module
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = torch.randn(2, 96, 16) + 4.0  # a large common component, as q and k have
+    init = batched_kmeans(x, 6, 5, backend=backend)[1]
+    want = batched_kmeans(x - 4.0, 6, 2, init=init - 4.0, backend=backend)
+    calls = []
+    points_mean = kmeans_module._points_mean
+    monkeypatch.setattr(kmeans_module, "_points_mean", lambda parts: calls.append(1) or points_mean(parts))
+    labels, cent, counts = batched_kmeans(x, 6, 2, init=init, backend=backend)
+    assert calls == []
+    assert torch.equal(labels, want[0]) and torch.equal(counts, want[2])
+    torch.testing.assert_close(cent - 4.0, want[1], atol=1e-5, rtol=0)
+
+
 def test_kmeans_empty_clusters_keep_centroid_and_zero_iters_only_assigns():
     x = torch.zeros(2, 40, 4)
     x[:, 20:] = 1.0  # two distinct points, five clusters: three stay empty
