@@ -447,26 +447,35 @@ def _forward(q, k, v, kv_indices, kv_counts, q_block_starts, kv_block_starts, kv
         meta["num_stages"] = stages
 
     grid = (nq * q_sub, bsz * heads)
-    _kernel(interpret, autotune)[grid](
-        q, k, v, out, lse,
-        kv_indices, kv_counts,
-        dummy if q_block_starts is None else q_block_starts,
-        dummy if kv_block_starts is None else kv_block_starts,
-        dummy if kv_valid_len is None else kv_valid_len,
-        dummy if order is None else order,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        lse.stride(0), lse.stride(1),
-        *_strides(kv_indices, 4),
-        *_strides(kv_counts, 3),
-        *_strides(q_block_starts, 3),
-        *_strides(kv_block_starts, 3),
-        vl_stride,
-        heads, nq, lq, lk, float(scale) * _LOG2E,
-        **meta,
-    )
+    try:
+        _kernel(interpret, autotune)[grid](
+            q, k, v, out, lse,
+            kv_indices, kv_counts,
+            dummy if q_block_starts is None else q_block_starts,
+            dummy if kv_block_starts is None else kv_block_starts,
+            dummy if kv_valid_len is None else kv_valid_len,
+            dummy if order is None else order,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            out.stride(0), out.stride(1), out.stride(2),
+            lse.stride(0), lse.stride(1),
+            *_strides(kv_indices, 4),
+            *_strides(kv_counts, 3),
+            *_strides(q_block_starts, 3),
+            *_strides(kv_block_starts, 3),
+            vl_stride,
+            heads, nq, lq, lk, float(scale) * _LOG2E,
+            **meta,
+        )
+    except Exception as err:
+        if not meta["WARP_SPEC"]:
+            raise
+        # An experiment's switch: say which one failed instead of leaving a compiler pass's message alone.
+        raise RuntimeError(
+            f"DIT_SPARSE_TRITON_WS=1: Triton {triton.__version__} could not build the warp-specialised key loop "
+            f"({type(err).__name__}: {str(err)[:200]}); unset DIT_SPARSE_TRITON_WS (Triton 3.6 and 3.9 fail on sm90)"
+        ) from err
     return out, lse
 
 

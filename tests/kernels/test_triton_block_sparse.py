@@ -354,3 +354,25 @@ def test_variable_pieces_match_reference(dtype, sizes_q, sizes_k, d, density):
     finite = torch.isfinite(ref_lse)
     assert torch.equal(torch.isfinite(lse), finite)
     torch.testing.assert_close(lse[finite], ref_lse[finite], **TOL[dtype])
+
+
+def test_warp_specialisation_switch_names_itself_when_triton_cannot_build_it(monkeypatch):
+    # DIT_SPARSE_TRITON_WS=1 is an experiment that Triton 3.6 and 3.9 fail to compile on sm90: the error says which
+    # switch failed and how to undo it. Without the switch the same failure passes through unchanged.
+    class FailingLaunch:
+        def __getitem__(self, grid):
+            def launch(*args, **meta):
+                raise RuntimeError("PassManager::run failed")
+            return launch
+
+    monkeypatch.setattr(tbs, "_interpreting", lambda: False)
+    monkeypatch.setattr(tbs, "_kernel", lambda interpret, autotune: FailingLaunch())
+    q = k = v = torch.randn(1, 1, 32, 16)
+    layout = BlockLayout.dense(1, 1, 32, 32, 16, 16)
+    args = (q, k, v, layout.kv_indices, layout.kv_counts, None, None, None, 16, 16, 0.25)
+    monkeypatch.setenv("DIT_SPARSE_TRITON_WS", "1")
+    with pytest.raises(RuntimeError, match="unset DIT_SPARSE_TRITON_WS"):
+        tbs._forward(*args)
+    monkeypatch.setenv("DIT_SPARSE_TRITON_WS", "0")
+    with pytest.raises(RuntimeError, match="^PassManager::run failed$"):
+        tbs._forward(*args)
