@@ -16,9 +16,9 @@ Knobs (environment variables, read per call):
     DIT_SPARSE_TRITON_TMA=1        load K/V tiles through device-side TMA descriptors (off by default: no gain
                                    measured on H200).
     DIT_SPARSE_TRITON_WS=1         warp-specialise the main key loop (``tl.range(..., warp_specialize=True)``: loads
-                                   and compute in separate warps). Off by default: Triton 3.6 fails to compile it on
-                                   sm90 (``PassManager::run failed``); ``bench/probe_triton_ws.sh`` measures it under
-                                   a newer Triton.
+                                   and compute in separate warps). Off by default: Triton 3.6 and 3.9 fail to
+                                   compile it on sm90 (``PassManager::run failed``, with or without TMA);
+                                   ``bench/probe_triton_ws.sh`` measures it under another Triton.
     DIT_SPARSE_PERSISTENT_CACHE=0  do not keep autotuning results on disk (Triton's ``cache_results``, in Triton's
                                    cache directory): by default a new process reuses them instead of re-tuning.
 """

@@ -188,8 +188,9 @@ def pooled_block_mass(
         sizes = block_sizes(lk, kb, k.device).unsqueeze(0)
     else:
         sizes = (kv_starts[..., 1:] - kv_starts[..., :-1]).float().expand(n, -1)
-    # Half precision on the GPU as in `block_mass_estimate` (tensor cores): the float32 product of ~1,350 x 1,350 piece
-    # means per head ran on CUDA cores, 0.42 ms of a 6.6 ms plan at HunyuanVideo 720p (session 22's profiled step).
+    # Half precision on the GPU as in `block_mass_estimate` (tensor cores): the float32 product of some 1,400 x 1,400
+    # piece means per head ran on CUDA cores, 0.42 ms of a 6.6 ms plan at HunyuanVideo 720p (session 22's profiled
+    # step); the bfloat16 means leave the selection's density where it was (``bench/probe_pooled_half.py``).
     dot_dtype = k.dtype if k.is_cuda and k.dtype in (torch.float16, torch.bfloat16) else torch.float32
     logits = torch.bmm(qm.to(dot_dtype), km.to(dot_dtype).transpose(1, 2)).float() * scale
     logits = logits + sizes.log().unsqueeze(1)  # log 0 = -inf: empty blocks

@@ -80,7 +80,7 @@ _KMAX_ROUND = 16
 
 # The automatic ``static_kmax`` (None) keeps the static width while the untrimmed index lists hold at most this many
 # entries (batch x heads x query blocks x key blocks): Wan-1.3B 480p's packed layout holds 12 x 256 x 256 = 0.79 M
-# (1.6 MB per layout kept between steps as int16), HunyuanVideo 720p's 24 x 846 x 846 = 17 M (34 MB per layer, 2 GB
+# (1.6 MB per layout kept between steps as int16), HunyuanVideo 720p's 24 x 929 x 929 = 21 M (41 MB per layer, 2.5 GB
 # over 60 layers). Why: the host read stops the host until the GPU has run everything queued before it, so the GPU
 # then idles while the host launches the next kernels, a large share of a short sparse call. One Wan-1.3B 480p step
 # (random weights, every layer sparse, the preset's r = 3 with CFG sharing) idled 28.6 ms with the read and 14.0 ms
