@@ -7,12 +7,12 @@ attention (clocks or power after a long tensor-core kernel), the isolated timing
     python bench/probe_plan_behind.py OUT.json [SHAPES]   (comma-separated; default hunyuan-720p,wan1.3b-480p)
 """
 
-import json
 import os
 import sys
 import time
 
 import torch
+from probe_io import record  # bench/, next to this script
 
 import dit_sparse as ds
 from dit_sparse.eval.bench import VIDEO_SHAPES, _video_qkv, paired_extra_ms, time_cuda
@@ -76,10 +76,7 @@ def main():
             row["plan_kernels_behind_attention_ms"] = kernel_ms(lambda: (attention(), plan())) - kernel_ms(attention)
         except Exception as err:  # the profiler's field names move between torch versions
             row["kernels_error"] = repr(err)[:300]
-        out["shapes"][shape] = row
-        print(shape, json.dumps(row), flush=True)
-        with open(path, "w") as f:
-            json.dump(out, f, indent=2)
+        record(out, path, shape, row)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,11 @@ centroids into its input buffer), so its output is compared with an eager call f
     python bench/probe_plan_graph.py OUT.json [SHAPES]   (comma-separated; default wan1.3b-480p,hunyuan-720p)
 """
 
-import json
 import os
 import sys
 
 import torch
+from probe_io import record  # bench/, next to this script
 
 import dit_sparse as ds
 from dit_sparse.eval.bench import VIDEO_SHAPES, _video_qkv, time_cuda
@@ -70,10 +70,7 @@ def main():
             row["core_graph_ms"] = time_cuda(graph.replay, reps=15)["median_ms"]
         except Exception as err:  # capture may meet a host read or an op that cannot be captured: that is a result
             row["error"] = repr(err)[:500]
-        out["shapes"][shape] = row
-        print(shape, json.dumps(row), flush=True)
-        with open(path, "w") as f:
-            json.dump(out, f, indent=2)
+        record(out, path, shape, row)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,10 @@ to bfloat16 (what the tensor cores multiply; they accumulate in float32), from t
     python bench/probe_pooled_half.py OUT.json [SHAPE:HEADS,...]   (default wan1.3b-480p:4,hunyuan-720p:3)
 """
 
-import json
 import sys
 
 import torch
+from probe_io import record  # bench/, next to this script
 
 import dit_sparse as ds
 from dit_sparse.eval.bench import VIDEO_SHAPES
@@ -51,10 +51,7 @@ def main():
                "density_bfloat16_means": float(half.density()),
                "query_blocks_same_count": float((full.kv_counts == half.kv_counts).float().mean()),
                "same_permutation": bool(torch.equal(full.q_perm, half.q_perm))}
-        out["shapes"][shape] = row
-        print(shape, json.dumps(row), flush=True)
-        with open(path, "w") as f:
-            json.dump(out, f, indent=2)
+        record(out, path, shape, row)
 
 
 if __name__ == "__main__":
