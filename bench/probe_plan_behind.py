@@ -7,19 +7,14 @@ attention (clocks or power after a long tensor-core kernel), the isolated timing
     python bench/probe_plan_behind.py OUT.json [SHAPES]   (comma-separated; default hunyuan-720p,wan1.3b-480p)
 """
 
-import os
 import sys
 import time
 
 import torch
-from probe_io import record  # bench/, next to this script
+from probe_io import preset_semantic, record, start  # bench/, next to this script
 
-import dit_sparse as ds
-from dit_sparse.eval.bench import VIDEO_SHAPES, _video_qkv, paired_extra_ms, time_cuda
+from dit_sparse.eval.bench import paired_extra_ms, time_cuda
 from dit_sparse.kernels import block_sparse_attention
-from dit_sparse.patterns import make_pattern
-from dit_sparse.pipelines.presets import PRESETS
-from dit_sparse.schedule import BoundedCache, PlanCache
 
 
 def after_sync_ms(before, fn, reps: int = 15) -> float:
@@ -47,14 +42,9 @@ def kernel_ms(fn) -> float:
 def main():
     path = sys.argv[1]
     shapes = sys.argv[2].split(",") if len(sys.argv) > 2 else ["hunyuan-720p", "wan1.3b-480p"]
-    out = {"commit": os.environ.get("DIT_SPARSE_COMMIT"), "command": "python bench/probe_plan_behind.py "
-           + " ".join(sys.argv[1:]), "device": torch.cuda.get_device_name(), "shapes": {}}
+    out = start("probe_plan_behind.py")
     for shape in shapes:
-        geometry, q, k, v = _video_qkv(shape, "photo")
-        options = PRESETS[VIDEO_SHAPES[shape][4]].sparse_options("semantic")
-        options.update(dense_steps=0, dense_layers=0, min_sparse_tokens=0)
-        pattern = make_pattern(ds.make_config("semantic", **options))
-        cache = PlanCache(shared=BoundedCache())
+        geometry, q, k, v, pattern, cache = preset_semantic(shape)
         layout = pattern.plan(q, k, geometry, cache)
 
         def attention():

@@ -10,34 +10,24 @@ centroids into its input buffer), so its output is compared with an eager call f
     python bench/probe_plan_graph.py OUT.json [SHAPES]   (comma-separated; default wan1.3b-480p,hunyuan-720p)
 """
 
-import os
 import sys
 
 import torch
-from probe_io import record  # bench/, next to this script
+from probe_io import preset_semantic, record, start  # bench/, next to this script
 
-import dit_sparse as ds
-from dit_sparse.eval.bench import VIDEO_SHAPES, _video_qkv, time_cuda
-from dit_sparse.patterns import make_pattern
+from dit_sparse.eval.bench import time_cuda
 from dit_sparse.patterns.semantic import packed_plan
-from dit_sparse.pipelines.presets import PRESETS
-from dit_sparse.schedule import BoundedCache, PlanCache
 
 
 def main():
     path = sys.argv[1]
     shapes = sys.argv[2].split(",") if len(sys.argv) > 2 else ["wan1.3b-480p", "hunyuan-720p"]
-    out = {"commit": os.environ.get("DIT_SPARSE_COMMIT"), "command": "python bench/probe_plan_graph.py "
-           + " ".join(sys.argv[1:]), "device": torch.cuda.get_device_name(), "shapes": {}}
+    out = start("probe_plan_graph.py")
     for shape in shapes:
         row = {}
         try:
-            geometry, q, k, _ = _video_qkv(shape, "photo")
-            options = PRESETS[VIDEO_SHAPES[shape][4]].sparse_options("semantic")
-            options.update(dense_steps=0, dense_layers=0, min_sparse_tokens=0)
-            pattern = make_pattern(ds.make_config("semantic", **options))
+            geometry, q, k, _, pattern, cache = preset_semantic(shape)
             cfg = pattern.config
-            cache = PlanCache(shared=BoundedCache())
             pattern.plan(q, k, geometry, cache)  # the cold start: centroids and the clusters' rank cached
             b, h, length, d = q.shape
             n, kk = b * h, pattern.cluster_counts(length, length)[1]

@@ -11,7 +11,7 @@ to bfloat16 (what the tensor cores multiply; they accumulate in float32), from t
 import sys
 
 import torch
-from probe_io import record  # bench/, next to this script
+from probe_io import record, start  # bench/, next to this script
 
 import dit_sparse as ds
 from dit_sparse.eval.bench import VIDEO_SHAPES
@@ -25,7 +25,7 @@ from dit_sparse.schedule import BoundedCache, PlanCache
 def main():
     path = sys.argv[1]
     runs = (sys.argv[2] if len(sys.argv) > 2 else "wan1.3b-480p:4,hunyuan-720p:3").split(",")
-    out = {"command": "python bench/probe_pooled_half.py " + " ".join(sys.argv[1:]), "device": "cpu", "shapes": {}}
+    out = start("probe_pooled_half.py")
     for run in runs:
         shape, heads_used = run.split(":")
         (f, h, w), heads, dim, model, family = VIDEO_SHAPES[shape]

@@ -734,7 +734,8 @@ def bench_pattern(args) -> dict:
                 # attention call), where its host-side launches overlap that work; only its GPU time and what the
                 # host does after its read of the layout width stay exposed. Isolated, a small plan is bound by
                 # its launches (Wan-1.3B 480p: 0.5 ms of CUDA kernels in 2.1 ms of host time under the profiler,
-                # session 21). At 720p it measured more behind the attention than alone (not yet explained).
+                # session 21). At 720p it measures more behind the attention than alone: the plan's kernels run
+                # slower right after a long attention kernel (session 22, ``bench/probe_plan_behind.py``).
                 entry["plan_behind_attention_ms"] = paired_extra_ms(
                     lambda: block_sparse_attention(q, k, v, layout, backend=args.backend),
                     lambda: pattern.plan(q, k, geometry, cache), reps=max(args.reps, 15))

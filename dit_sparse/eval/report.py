@@ -228,8 +228,8 @@ def pattern_table(results: List[dict]) -> str:
             lines.append("\nThe plan is timed alone (its launches on an idle GPU: a small plan is bound by them) and "
                          "launched behind one sparse attention call, as in a pipeline, where its launches overlap "
                          "queued GPU work (`paired_extra_ms`, the plan's ms in brackets, negative = fully hidden). "
-                         "It can also cost more there than alone: at 720p it did (session 21), a cause not yet "
-                         "separated (clocks after a long attention kernel, allocation).")
+                         "It can also cost more there than alone: at 720p it does, because the plan's kernels run "
+                         "slower right after a long attention kernel (session 22, `bench/probe_plan_behind.py`).")
         lines.append("")
     return "\n".join(lines) if lines else "_no pattern results yet_"
 

@@ -141,7 +141,7 @@ def block_mass_estimate(
         ks = kv_starts.long().expand(n, -1)
         pk = ks.shape[1] - 1
     # Half precision on the GPU (tensor cores; the scores of a mean query are small), float32 on the CPU.
-    dot_dtype = k.dtype if k.is_cuda and k.dtype in (torch.float16, torch.bfloat16) else torch.float32
+    dot_dtype = kmeans._compute_dtype(k)
     kt = k.to(dot_dtype).transpose(1, 2)
     out = torch.empty(n, pq, pk, dtype=torch.float32, device=k.device)
     rows = max(1, chunk_elements // max(1, pq * lk))
@@ -191,7 +191,7 @@ def pooled_block_mass(
     # Half precision on the GPU as in `block_mass_estimate` (tensor cores): the float32 product of some 1,400 x 1,400
     # piece means per head ran on CUDA cores, 0.42 ms of a 6.6 ms plan at HunyuanVideo 720p (session 22's profiled
     # step); the bfloat16 means leave the selection's density where it was (``bench/probe_pooled_half.py``).
-    dot_dtype = k.dtype if k.is_cuda and k.dtype in (torch.float16, torch.bfloat16) else torch.float32
+    dot_dtype = kmeans._compute_dtype(k)
     logits = torch.bmm(qm.to(dot_dtype), km.to(dot_dtype).transpose(1, 2)).float() * scale
     logits = logits + sizes.log().unsqueeze(1)  # log 0 = -inf: empty blocks
     return torch.softmax(logits, dim=-1)

@@ -135,7 +135,9 @@ WAN_NEGATIVE_PROMPT = (
 # Fitting the first iteration on every 4th token (``kmeans_sample=4``) saved less (8.1 / 9.0 ms) and
 # cost more (35.08 dB); every 2nd token: 35.25 dB. Planning per sparse call at these schedules is then 3.3 % (Wan-14B
 # 720p) and 4.5 % (HunyuanVideo 720p) of the attention, 10.2 % at Wan-1.3B 480p, where the plan is bound by its
-# launches (``2026-12-04_NVIDIA-H200_pattern-*-semantic-warm1.json``, ``...pattern-wan1.3b-480p-behind.json``).
+# launches (``2026-12-04_NVIDIA-H200_pattern-*-semantic-warm1.json``, ``...pattern-wan1.3b-480p-behind.json``); since
+# session 22 (no host read on small layouts, two trims of the plan's GPU work) 2.9 % / 3.9 %, and 5.9 % at Wan-1.3B
+# timed behind its attention call (``...pattern-*-semantic-plan-trims.json``).
 # Its kept layouts are compact too (variable blocks: int16 key-piece lists, int32 orders).
 # The tile pattern on video: 2x8x8 tiles (one 128-token block), a window of every frame and 3 x 3 tiles around the
 # query in space. The Sliding-Tile-like cube (TileConfig's default 3x3x3 window) is worse than random blocks on the
