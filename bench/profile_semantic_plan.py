@@ -68,7 +68,7 @@ def packed_stages(pattern, q, k, labels, centroids, counts) -> dict:
     out = {"similarity_rank_ms": time_cuda(lambda: _similarity_rank(cent2, kk), reps=5)["median_ms"],
            "packed_plan_ms": time_cuda(pack, reps=5)["median_ms"], "packed_plan_wall_ms": wall_ms(pack),
            "packed_plan_compiled": bool(q.is_cuda and not packed_plan._failed and packed_plan._compiled is not None)}
-    idx, cnt, perm = pack()
+    idx, cnt, perm = pack()[:3]
     out["trim_ms"] = time_cuda(lambda: pattern._trim(idx, cnt), reps=5)["median_ms"]
     # Session 20: the pooled block means read q and k through the cluster order in one Triton pass per side. The
     # packing with the gather + scatter-add means instead: its time, and how many query blocks get the same key-block
@@ -78,10 +78,10 @@ def packed_stages(pattern, q, k, labels, centroids, counts) -> dict:
     min_rows, block_mass.ORDERED_MEANS_MIN_ROWS = block_mass.ORDERED_MEANS_MIN_ROWS, 0
     try:
         out["packed_plan_ordered_means_ms"] = time_cuda(pack, reps=5)["median_ms"]
-        idx, cnt, perm = pack()
+        idx, cnt, perm = pack()[:3]
         block_mass.ORDERED_MEANS_KERNEL = False
         out["packed_plan_gather_means_ms"] = time_cuda(pack, reps=5)["median_ms"]
-        idx_g, cnt_g, perm_g = pack()
+        idx_g, cnt_g, perm_g = pack()[:3]
     finally:
         block_mass.ORDERED_MEANS_KERNEL, block_mass.ORDERED_MEANS_MIN_ROWS = True, min_rows
     out["ordered_means_rows_equal"] = float(((cnt == cnt_g) & (idx == idx_g).all(-1)).float().mean())

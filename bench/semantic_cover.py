@@ -84,7 +84,7 @@ def evaluate(cap, top_p: float, options: dict) -> dict:
         perm = cluster_order(lab, clusters)
         idx, kv_counts, starts, kv_starts = block_plan(
             q.reshape(n, length, d), k.reshape(n, length, d), perm, perm, cnt, cnt, config.block_size, False,
-            config.estimate, config.top_p, config.min_kv_ratio, True)
+            config.estimate, config.top_p, config.min_kv_ratio, True)[:4]
         bs = config.block_size
         own = BlockLayout(idx.view(b, h, *idx.shape[1:]).contiguous(), kv_counts.view(b, h, -1), bs, bs, length,
                           length, q_block_starts=starts.view(b, h, -1), kv_block_starts=kv_starts.view(b, h, -1),

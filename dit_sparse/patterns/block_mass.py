@@ -55,6 +55,45 @@ def use_ordered_means(rows: int, is_cuda: bool) -> bool:
 _CHUNK_ELEMENTS = 1 << 26
 
 
+def block_sums(x, starts: Optional[torch.Tensor], block: int, order: Optional[torch.Tensor] = None,
+               engine: str = "auto") -> torch.Tensor:
+    """Sum of x [N, L, D] over each block, float32 [N, P, D] (empty blocks give zeros). ``x`` may be a pair (q, k) of
+    [N, L, D] tensors, summed as the concatenation of their rows ([N, P, 2 D]): one pass gives both sides' block sums
+    where queries and keys share their blocks (semantic's joint clusters). Arguments as `segment_means`."""
+    if engine not in ("auto", "torch", "triton"):
+        raise ValueError(f"engine={engine!r} is not known; allowed: 'auto', 'torch', 'triton'")
+    parts = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    n, length = parts[0].shape[:2]
+    if order is not None and starts is not None:
+        auto = engine == "auto" and use_ordered_means(n * length, parts[0].is_cuda)
+        fused = kmeans._triton_ok(parts) and (engine == "triton" or auto)
+        if engine == "triton" and not fused:
+            raise ValueError("engine='triton' needs triton, a CUDA tensor (or TRITON_INTERPRET=1) and a power-of-two "
+                             f"channel count in [16, 256] per part, got {parts[0].shape[-1]} channels x {len(parts)} "
+                             f"on {parts[0].device}; use engine='auto'")
+        if fused:
+            first = starts[:, :-1].expand(n, -1)
+            sizes = (starts[:, 1:] - starts[:, :-1]).expand(n, -1)
+            return kmeans.segment_sums(parts, order, first, sizes)
+    if order is not None:
+        parts = tuple(p.gather(1, order.long().unsqueeze(-1).expand(-1, -1, p.shape[-1])) for p in parts)
+    x = parts[0].float() if len(parts) == 1 else torch.cat([p.float() for p in parts], -1)
+    d = x.shape[-1]
+    if starts is None:
+        p = cdiv(length, block)
+        pad = p * block - length
+        return torch.nn.functional.pad(x, (0, 0, 0, pad)).view(n, p, block, d).sum(2)
+    starts = starts.long().expand(n, -1)
+    p = starts.shape[1] - 1
+    # Sums by block id (scatter-add). A cumulative sum along the tokens would be a scan over the outer dimension of
+    # [N, L, D], which measured 11.7 ms per call on an H200 at Wan-1.3B 480p (12 x 32,760 x 128): 80 % of the
+    # semantic pattern's planning. Ids: the number of block ends at or before each token (empty blocks get none).
+    pos = torch.arange(length, device=x.device).expand(n, -1)
+    block_of = torch.searchsorted(starts[:, 1:].contiguous(), pos.contiguous(), right=True).clamp_(max=p - 1)
+    sums = torch.zeros(n, p, d, dtype=torch.float32, device=x.device)
+    return sums.scatter_add_(1, block_of.unsqueeze(-1).expand(-1, -1, d), x)
+
+
 def segment_means(x: torch.Tensor, starts: Optional[torch.Tensor], block: int, order: Optional[torch.Tensor] = None,
                   engine: str = "auto") -> torch.Tensor:
     """Mean of x [N, L, D] over each block, float32 [N, P, D] (empty blocks give zeros).
@@ -71,37 +110,11 @@ def segment_means(x: torch.Tensor, starts: Optional[torch.Tensor], block: int, o
             never made), "torch" gathers then scatter-adds; "auto" is triton on CUDA from ``ORDERED_MEANS_MIN_ROWS``
             rows up (`use_ordered_means`).
     """
-    if engine not in ("auto", "torch", "triton"):
-        raise ValueError(f"engine={engine!r} is not known; allowed: 'auto', 'torch', 'triton'")
-    n, length, d = x.shape
-    if order is not None and starts is not None:
-        fused = kmeans._triton_ok((x,)) and (engine == "triton" or (engine == "auto"
-                                                                    and use_ordered_means(n * length, x.is_cuda)))
-        if engine == "triton" and not fused:
-            raise ValueError("engine='triton' needs triton, a CUDA tensor (or TRITON_INTERPRET=1) and a power-of-two "
-                             f"channel count in [16, 256], got {d} channels on {x.device}; use engine='auto'")
-        if fused:
-            first = starts[:, :-1].expand(n, -1)
-            sizes = (starts[:, 1:] - starts[:, :-1]).expand(n, -1)
-            sums = kmeans.segment_sums(x, order, first, sizes)
-            return sums / sizes.float().clamp(min=1).unsqueeze(-1)
-    if order is not None:
-        x = x.gather(1, order.long().unsqueeze(-1).expand(-1, -1, d))
+    sums = block_sums(x, starts, block, order=order, engine=engine)
+    n, length = x.shape[:2]
     if starts is None:
-        p = cdiv(length, block)
-        pad = p * block - length
-        sums = torch.nn.functional.pad(x.float(), (0, 0, 0, pad)).view(n, p, block, d).sum(2)
-        return sums / block_sizes(length, block, x.device).view(1, p, 1)
-    starts = starts.long().expand(n, -1)
-    p = starts.shape[1] - 1
-    # Sums by block id (scatter-add). A cumulative sum along the tokens would be a scan over the outer dimension of
-    # [N, L, D], which measured 11.7 ms per call on an H200 at Wan-1.3B 480p (12 x 32,760 x 128): 80 % of the
-    # semantic pattern's planning. Ids: the number of block ends at or before each token (empty blocks get none).
-    pos = torch.arange(length, device=x.device).expand(n, -1)
-    block_of = torch.searchsorted(starts[:, 1:].contiguous(), pos.contiguous(), right=True).clamp_(max=p - 1)
-    sums = torch.zeros(n, p, d, dtype=torch.float32, device=x.device)
-    sums.scatter_add_(1, block_of.unsqueeze(-1).expand(-1, -1, d), x.float())
-    sizes = (starts[:, 1:] - starts[:, :-1]).float().clamp(min=1)
+        return sums / block_sizes(length, block, x.device).view(1, -1, 1)
+    sizes = (starts[:, 1:] - starts[:, :-1]).float().clamp(min=1).expand(n, -1)
     return sums / sizes.unsqueeze(-1)
 
 
@@ -188,12 +201,18 @@ def pooled_block_mass(
         sizes = block_sizes(lk, kb, k.device).unsqueeze(0)
     else:
         sizes = (kv_starts[..., 1:] - kv_starts[..., :-1]).float().expand(n, -1)
+    return pooled_mass(qm, km, sizes, scale, kmeans._compute_dtype(k))
+
+
+def pooled_mass(q_means: torch.Tensor, k_means: torch.Tensor, k_sizes: torch.Tensor, scale: float,
+                dot_dtype: torch.dtype) -> torch.Tensor:
+    """`pooled_block_mass` from the block means (float32 [N, Pq, D], [N, Pk, D]) and the key blocks' sizes [N or 1,
+    Pk]: ``softmax(mean_q . mean_k * scale + log s)``, the product in ``dot_dtype``, float32 [N, Pq, Pk]."""
     # Half precision on the GPU as in `block_mass_estimate` (tensor cores): the float32 product of some 1,400 x 1,400
     # piece means per head ran on CUDA cores, 0.42 ms of a 6.6 ms plan at HunyuanVideo 720p (session 22's profiled
     # step); the bfloat16 means leave the selection's density where it was (``bench/probe_pooled_half.py``).
-    dot_dtype = kmeans._compute_dtype(k)
-    logits = torch.bmm(qm.to(dot_dtype), km.to(dot_dtype).transpose(1, 2)).float() * scale
-    logits = logits + sizes.log().unsqueeze(1)  # log 0 = -inf: empty blocks
+    logits = torch.bmm(q_means.to(dot_dtype), k_means.to(dot_dtype).transpose(1, 2)).float() * scale
+    logits = logits + k_sizes.float().log().unsqueeze(1)  # log 0 = -inf: empty blocks
     return torch.softmax(logits, dim=-1)
 
 
@@ -378,5 +397,5 @@ def top_p_block_mask(mass: torch.Tensor, sizes: torch.Tensor, top_p: float, min_
     return select
 
 
-__all__ = ["block_mass_estimate", "pooled_block_mass", "segment_means", "select_top_p", "top_p_block_lists",
-           "top_p_block_mask"]
+__all__ = ["block_mass_estimate", "block_sums", "pooled_block_mass", "pooled_mass", "segment_means", "select_top_p",
+           "top_p_block_lists", "top_p_block_mask"]

@@ -360,7 +360,7 @@ def cluster_order(labels: torch.Tensor, k: int) -> torch.Tensor:
 
 def batched_kmeans(
     x: torch.Tensor, k: int, iters: int, init: Optional[torch.Tensor] = None, backend: str = "auto",
-    sample: int = 1,
+    sample: int = 1, update_last: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Lloyd's k-means with a fixed number of iterations, independently per row.
 
@@ -380,6 +380,10 @@ def batched_kmeans(
             `assign_clusters`.
         sample (`int`, defaults to 1): the iterations before the last use every ``sample``-th point (cut so that
             a sample keeps at least ``k`` points).
+        update_last (`bool`, defaults to True): False leaves out the last iteration's update: the labels and counts
+            are those of the last assignment and the centroids the ones it assigned to, whose means the caller takes
+            itself where it sums the same points anyway (semantic's joint plan sums [q, k] per cluster piece for its
+            block means: one pass over the points and one sort of the labels fewer per plan).
 
     Returns:
         ``(labels, centroids, counts)``: int64 [N, L], float32 [N, k, D_total], float32 [N, k].
@@ -408,6 +412,9 @@ def batched_kmeans(
     if _use_triton(parts, backend):
         for i in range(max(iters, 1)):
             points = sampled if i < iters - 1 else parts
+            if i == iters - 1 and not update_last:
+                labels = _triton_step(points, mean, centroids, False)[0]
+                return labels, centroids, cluster_counts(labels, k)
             if SUMS_BY_SORT:
                 labels = _triton_step(points, mean, centroids, False)[0]
                 sums, counts = _triton_sums(points, mean, labels, k)
@@ -425,6 +432,8 @@ def batched_kmeans(
     for i in range(iters):
         points = xc[:, ::sample] if i < iters - 1 else xc
         labels = _assign_torch(points, centred)
+        if i == iters - 1 and not update_last:  # the centroids assigned to (as given when there was no update)
+            return labels, centroids if i == 0 else centred + mean.unsqueeze(1), cluster_counts(labels, k)
         centred, counts = update_centroids(points, labels, centred)
     return labels, centred + mean.unsqueeze(1), counts
 

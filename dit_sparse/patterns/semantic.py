@@ -66,8 +66,16 @@ import torch
 from ..config import SemanticConfig
 from ..geometry import VideoGeometry
 from ..layout import BlockLayout, block_sizes, cdiv, pack_block_mask, whole_blocks_first
+from . import kmeans
 from .base import Pattern, compiled_planning
-from .block_mass import block_mass_estimate, pooled_block_mass, top_p_block_lists, top_p_block_mask
+from .block_mass import (
+    block_mass_estimate,
+    block_sums,
+    pooled_block_mass,
+    pooled_mass,
+    top_p_block_lists,
+    top_p_block_mask,
+)
 from .kmeans import batched_kmeans, cluster_order
 from .partition import balanced_partition
 
@@ -89,6 +97,11 @@ _KMAX_ROUND = 16
 # pattern}-wan1.3b-480p-semantic-static-width.json``); a HunyuanVideo 720p step idles 4 ms with the read
 # (``...step-hunyuan-720p-semantic-w1-profile.json``).
 STATIC_KMAX_MAX_ENTRIES = 1 << 22
+
+# Joint plans with the pooled estimate take their clusters' means from the [q, k] sums of the cluster pieces that the
+# block means need anyway (`_joint_pooled_mass`), so k-means leaves out its last update (one pass over q and k and one
+# sort of the labels fewer per plan); a module switch so that the benchmark can time both.
+FUSED_CLUSTER_SUMS = True
 
 
 def max_pieces(length: int, clusters: int, block: int) -> int:
@@ -183,26 +196,31 @@ def _overlap(counts: torch.Tensor, block: int, length: int) -> torch.Tensor:
 
 @compiled_planning
 def block_plan(q, k, q_perm, kv_perm, q_counts, k_counts, block: int, fixed_blocks: bool, estimate: str,
-               top_p: float, min_kv_ratio: float, diagonal: bool, kv_block: Optional[int] = None):
+               top_p: float, min_kv_ratio: float, diagonal: bool, kv_block: Optional[int] = None,
+               cluster_sums: bool = False):
     """The block selection of a semantic plan after clustering (tensors only, so that it compiles as one graph, see
     `compiled_planning`): q [N, Lq, D], k [N, Lk, D] in token order, their cluster orders ``q_perm`` / ``kv_perm``
     [N, L] and cluster sizes [N, K]; blocks are cluster pieces of at most ``block`` tokens (or fixed blocks), each
     query block keeping its key blocks of most estimated mass until ``top_p``. ``kv_block`` (fixed blocks only):
-    finer key blocks, ``block / kv_block`` of them per query block.
+    finer key blocks, ``block / kv_block`` of them per query block. ``cluster_sums``: see `_select_blocks`.
 
     Returns kv_indices (full width: every key block), kv_counts, q_block_starts and kv_block_starts (None for fixed
-    blocks), all with a leading N = B * H.
+    blocks), all with a leading N = B * H, and the clusters' [q, k] sums (None without ``cluster_sums``).
     """
-    (idx, cnt), q_starts, kv_starts = _select_blocks(q, k, q_perm, kv_perm, q_counts, k_counts, block, fixed_blocks,
-                                                     estimate, top_p, min_kv_ratio, diagonal, kv_block, as_mask=False)
-    return idx, cnt, q_starts, kv_starts
+    (idx, cnt), q_starts, kv_starts, sums = _select_blocks(
+        q, k, q_perm, kv_perm, q_counts, k_counts, block, fixed_blocks, estimate, top_p, min_kv_ratio, diagonal,
+        kv_block, as_mask=False, cluster_sums=cluster_sums)
+    return idx, cnt, q_starts, kv_starts, sums
 
 
 def _select_blocks(q, k, q_perm, kv_perm, q_counts, k_counts, block: int, fixed_blocks: bool, estimate: str,
-                   top_p: float, min_kv_ratio: float, diagonal: bool, kv_block: Optional[int], as_mask: bool):
-    """`block_plan`'s blocks, their estimated mass and the top-p selection: ``(selection, q_starts, kv_starts)``, the
-    selection as block lists (kv_indices, kv_counts) or, with ``as_mask``, as a bool [N, Pq, Pk] mask (the packed
-    pieces combine it further); starts are None for fixed blocks."""
+                   top_p: float, min_kv_ratio: float, diagonal: bool, kv_block: Optional[int], as_mask: bool,
+                   cluster_sums: bool = False):
+    """`block_plan`'s blocks, their estimated mass and the top-p selection: ``(selection, q_starts, kv_starts,
+    sums)``, the selection as block lists (kv_indices, kv_counts) or, with ``as_mask``, as a bool [N, Pq, Pk] mask
+    (the packed pieces combine it further); starts are None for fixed blocks. With ``cluster_sums`` (joint clusters:
+    one order and one set of counts for both sides, cluster pieces, the pooled estimate) ``sums`` is every cluster's
+    [q, k] sum, float32 [N, K, 2 D] (`_joint_pooled_mass`), else None."""
     n, lq, d = q.shape
     lk = k.shape[1]
     kb = block if kv_block is None else kv_block
@@ -212,7 +230,7 @@ def _select_blocks(q, k, q_perm, kv_perm, q_counts, k_counts, block: int, fixed_
         k_valid = torch.ones_like(k_sizes, dtype=torch.bool)
         q_valid = None
     else:
-        q_starts, _, q_valid = cluster_pieces(q_counts, block, max_pieces(lq, q_counts.shape[1], block), lq)
+        q_starts, q_cluster, q_valid = cluster_pieces(q_counts, block, max_pieces(lq, q_counts.shape[1], block), lq)
         if diagonal and kb < block:
             # One permutation for both: key pieces cut from the query pieces, so query piece i holds key pieces
             # [i * r, (i + 1) * r), its diagonal (r = block / kv_block; the shorter tails leave some empty).
@@ -222,7 +240,12 @@ def _select_blocks(q, k, q_perm, kv_perm, q_counts, k_counts, block: int, fixed_
         k_sizes = (kv_starts[:, 1:] - kv_starts[:, :-1]).float()
         k_valid = k_sizes > 0
     scale = 1.0 / math.sqrt(d)
-    if estimate == "blocks":
+    sums = None
+    if cluster_sums and (fixed_blocks or not diagonal or estimate == "blocks"):
+        raise ValueError("cluster_sums needs joint clusters (diagonal) cut into pieces and the pooled estimate")
+    if cluster_sums:
+        mass, sums = _joint_pooled_mass(q, k, q_perm, q_starts, q_cluster, kv_starts, q_counts.shape[1], scale)
+    elif estimate == "blocks":
         q_sorted = q.gather(1, q_perm.unsqueeze(-1).expand(-1, -1, d))
         k_sorted = k.gather(1, kv_perm.unsqueeze(-1).expand(-1, -1, d))
         mass = block_mass_estimate(q_sorted, k_sorted, scale, block, q_starts, kv_starts, kv_block=kb)
@@ -236,17 +259,40 @@ def _select_blocks(q, k, q_perm, kv_perm, q_counts, k_counts, block: int, fixed_
     select = top_p_block_mask if as_mask else top_p_block_lists
     selection = select(mass, k_sizes, top_p, min_keep, k_valid, diagonal=diagonal, kv_per_q=block // kb,
                        row_valid=q_valid)
-    return selection, q_starts, kv_starts
+    return selection, q_starts, kv_starts, sums
+
+
+def _joint_pooled_mass(q, k, order, q_starts, q_cluster, kv_starts, clusters: int, scale: float):
+    """The pooled estimate of joint clusters from one pass over q and k, and the clusters' sums with it.
+
+    Queries and keys share ``order`` and the key pieces nest in the query pieces (the same pieces, or each query
+    piece cut into r key pieces, `split_pieces`), so one [q, k] sum per key piece gives the key pieces' means, r of
+    them summed the query pieces' means, and the query pieces' sums added per cluster (``q_cluster`` [N, Pq]; padding
+    pieces are empty) every cluster's [q, k] sum: the k-means update that `batched_kmeans` with ``update_last=False``
+    leaves out. Returns the mass [N, Pq, Pk] (as `pooled_block_mass`) and the sums float32 [N, K, 2 D]."""
+    n, _, d = q.shape
+    pq, pk = q_starts.shape[1] - 1, kv_starts.shape[1] - 1
+    if pk % pq:
+        raise ValueError(f"the key pieces ({pk}) must nest in the query pieces ({pq})")
+    fine = block_sums((q, k), kv_starts, 1, order=order)  # [N, Pk, 2 D]
+    coarse = fine.view(n, pq, pk // pq, 2 * d).sum(2)  # the query pieces' sums
+    q_sizes = (q_starts[:, 1:] - q_starts[:, :-1]).float()
+    k_sizes = (kv_starts[:, 1:] - kv_starts[:, :-1]).float()
+    q_means = coarse[..., :d] / q_sizes.clamp(min=1).unsqueeze(-1)
+    k_means = fine[..., d:] / k_sizes.clamp(min=1).unsqueeze(-1)
+    mass = pooled_mass(q_means, k_means, k_sizes, scale, kmeans._compute_dtype(k))
+    sums = torch.zeros(n, clusters, 2 * d, device=q.device, dtype=torch.float32)
+    return mass, sums.scatter_add_(1, q_cluster.unsqueeze(-1).expand(-1, -1, 2 * d), coarse)
 
 
 @compiled_planning
 def packed_plan(q, k, labels, counts, rank: Optional[torch.Tensor], block: int, kv_block: int, estimate: str,
-                top_p: float, min_kv_ratio: float):
+                top_p: float, min_kv_ratio: float, cluster_sums: bool = False):
     """Cluster pieces selected as by the variable layout, run as fixed blocks that hold whole pieces (tensors only,
     so that the whole packing compiles as one graph with the block selection, see `compiled_planning`): q, k
     [N, L, D] in token order, joint cluster ``labels`` [N, L] and sizes ``counts`` [N, K], ``rank`` [N, K] the
-    clusters' similarity order (or None: label order). Returns kv_indices (full width), kv_counts and the
-    permutation [N, L].
+    clusters' similarity order (or None: label order). Returns kv_indices (full width), kv_counts, the permutation
+    [N, L] and, with ``cluster_sums``, the clusters' [q, k] sums by label (`_select_blocks`; else None).
 
     The pieces of ``block`` of every cluster are whole blocks (first, `whole_blocks_first`); the clusters' remainder
     pieces are packed after them, in the clusters' order, several to a block. A block pair is computed when any piece
@@ -260,8 +306,11 @@ def packed_plan(q, k, labels, counts, rank: Optional[torch.Tensor], block: int, 
         counts = torch.empty_like(counts).scatter_(-1, rank, counts)
     perm = cluster_order(labels, kk)
     # The pieces' selection as a mask (on CUDA the top-p kernel writes it: no lists to scatter back).
-    select, q_starts, kv_starts = _select_blocks(q, k, perm, perm, counts, counts, block, False, estimate, top_p,
-                                                 min_kv_ratio, True, kv_block, as_mask=True)
+    select, q_starts, kv_starts, sums = _select_blocks(q, k, perm, perm, counts, counts, block, False, estimate,
+                                                       top_p, min_kv_ratio, True, kv_block, as_mask=True,
+                                                       cluster_sums=cluster_sums)
+    if sums is not None and rank is not None:  # by rank -> by label: cluster c is rank[c] above
+        sums = sums.gather(1, rank.unsqueeze(-1).expand(-1, -1, sums.shape[-1]))
     pq, pk = q_starts.shape[1] - 1, kv_starts.shape[1] - 1
     device = q.device
     # The query and key piece of every position of the cluster order; pieces stay whole under whole_blocks_first
@@ -284,7 +333,7 @@ def packed_plan(q, k, labels, counts, rank: Optional[torch.Tensor], block: int, 
     mask = torch.bmm(torch.bmm(holds(q_piece, block, pq), select.to(dtype)),
                      holds(k_piece, kv_block, pk).transpose(1, 2))
     idx, cnt = pack_block_mask(mask > 0.5)
-    return idx, cnt, perm
+    return idx, cnt, perm, sums
 
 
 def _similarity_rank(centroids: torch.Tensor, k: int) -> torch.Tensor:
@@ -339,10 +388,12 @@ class SemanticPattern(Pattern):
 
     # ------------------------------------------------------------------ clustering
     def cluster(
-        self, x, k: int, cache: Dict[str, Any], which: str
+        self, x, k: int, cache: Dict[str, Any], which: str, update_last: bool = True
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """k-means of x (B, H, L, D) per (batch, head), warm-started from ``cache[which + "_centroids"]``. ``x`` may be
         a pair (q, k): the points are then their rows concatenated, which the k-means kernel reads in place.
+        ``update_last=False``: without the last update (`batched_kmeans`); the caller then stores the clusters' means
+        from their sums (`_store_cluster_means`).
 
         Returns labels int64 [B, H, L], centroids float32 [B, H, k, D_total] and counts float32 [B, H, k].
         """
@@ -358,12 +409,31 @@ class SemanticPattern(Pattern):
         points = tuple(part.reshape(b * h, length, part.shape[-1]) for part in parts)
         # A cold start (once per video and layer) fits on every token; warm plans (every refresh) may sample.
         sample = self.config.kmeans_sample if warm else 1
-        labels, centroids, counts = batched_kmeans(points, k, iters, init, sample=sample)
+        labels, centroids, counts = batched_kmeans(points, k, iters, init, sample=sample, update_last=update_last)
         if not warm:  # new clusters: an order kept from the old ones (`_cluster_rank`) no longer applies
             cache.pop(f"{which}_rank", None)
         cache[key] = centroids.view(b, h, k, d)
         cache[f"{which}_iters"] = iters
         return labels.view(b, h, length), centroids.view(b, h, k, d), counts.view(b, h, k)
+
+    @staticmethod
+    def _store_cluster_means(cache: Dict[str, Any], which: str, centroids, counts, sums) -> None:
+        """The k-means update that `cluster` with ``update_last=False`` left out: the next warm start's centroids are
+        the means of the clusters from their sums (float32 [N, K, D_total]); an empty cluster keeps its centroid.
+        Nothing with no iteration (``warm_iters=0``: k-means only assigned, its centroids stay)."""
+        if cache[f"{which}_iters"] == 0:
+            return
+        prev = cache[f"{which}_centroids"]
+        sums = sums.view(prev.shape)
+        counts = counts.view(*prev.shape[:-1], 1)
+        cache[f"{which}_centroids"] = torch.where(counts > 0, sums / counts.clamp(min=1), centroids.view(prev.shape))
+
+    def _fuses_cluster_means(self) -> bool:
+        """Whether a joint plan takes its clusters' means from the pieces' sums (`_joint_pooled_mass`): with cluster
+        pieces (variable or packed, not fixed blocks over the order) and the pooled estimate."""
+        cfg = self.config
+        pieces = cfg.pack_pieces or not self.fixed_blocks
+        return FUSED_CLUSTER_SUMS and cfg.clusters == "joint" and pieces and cfg.estimate != "blocks"
 
     # ------------------------------------------------------------------ planning
     # Fewest tokens per cluster (on average) below which a user is warned that the cluster counts were cut: a
@@ -418,8 +488,8 @@ class SemanticPattern(Pattern):
             # With kv_block_size, each group is split again into finer key groups (queries keep whole tiles).
             perm = balanced_partition(torch.cat([q, k], -1).reshape(n, lq, 2 * d), cfg.block_size,
                                       sub_block=cfg.kv_block_size)
-            fields = self._block_layout(q.reshape(n, lq, d), k.reshape(n, lk, d), perm, perm, None, None,
-                                        diagonal=True)
+            fields, _ = self._block_layout(q.reshape(n, lq, d), k.reshape(n, lk, d), perm, perm, None, None,
+                                           diagonal=True)
             perm = perm.view(b, h, lq)
             return self._layout(fields, b, h, lq, lk, perm, perm)
         kq, kk = self.cluster_counts(lq, lk)
@@ -433,25 +503,30 @@ class SemanticPattern(Pattern):
             # of the keys are the same tokens and the diagonal (a token's own key, the most attended when q ~ k) is
             # always kept. Separate q and k clusters lose it: on photographic attention a query's own neighbourhood
             # then lands in key blocks its query block does not select (see the module docstring).
-            labels, centroids, counts = self.cluster((q, k), kk, cache, "qk")
+            fuse = self._fuses_cluster_means()
+            labels, centroids, counts = self.cluster((q, k), kk, cache, "qk", update_last=not fuse)
             if cfg.pack_pieces:
+                # The similarity rank of the centroids the labels were assigned to (without the last update, when
+                # fused: the clusters' own centres).
                 rank = self._cluster_rank(centroids.view(n, kk, 2 * d), kk, cache, "qk")
-                fields, perm = self._packed_layout(q.reshape(n, lq, d), k.reshape(n, lk, d), labels.view(n, lq),
-                                                   counts.view(n, kk), rank)
-                perm = perm.view(b, h, lq)
-                return self._layout(fields, b, h, lq, lk, perm, perm)
-            q_perm = kv_perm = self._order(labels, kk, centroids, cache)
-            qc = kc = counts.view(n, kk)
-            fields = self._block_layout(q.reshape(n, lq, d), k.reshape(n, lk, d), q_perm.view(n, lq),
-                                        kv_perm.view(n, lk), qc, kc, diagonal=True)
+                fields, q_perm, sums = self._packed_layout(q.reshape(n, lq, d), k.reshape(n, lk, d),
+                                                           labels.view(n, lq), counts.view(n, kk), rank, fuse)
+                q_perm = kv_perm = q_perm.view(b, h, lq)
+            else:
+                q_perm = kv_perm = self._order(labels, kk, centroids, cache)
+                qc = kc = counts.view(n, kk)
+                fields, sums = self._block_layout(q.reshape(n, lq, d), k.reshape(n, lk, d), q_perm.view(n, lq),
+                                                  kv_perm.view(n, lk), qc, kc, diagonal=True, cluster_sums=fuse)
+            if fuse:
+                self._store_cluster_means(cache, "qk", centroids, counts, sums)
             return self._layout(fields, b, h, lq, lk, q_perm, kv_perm)
         q_labels, q_cent, q_counts = self.cluster(q, kq, cache, "q")
         k_labels, k_cent, k_counts = self.cluster(k, kk, cache, "k")
         qc, kc = q_counts.view(n, kq), k_counts.view(n, kk)
         if cfg.estimate != "centroids":
             q_perm, kv_perm = self._order(q_labels, kq), self._order(k_labels, kk)
-            fields = self._block_layout(q.reshape(n, lq, d), k.reshape(n, lk, d), q_perm.view(n, lq),
-                                        kv_perm.view(n, lk), qc, kc)
+            fields, _ = self._block_layout(q.reshape(n, lq, d), k.reshape(n, lk, d), q_perm.view(n, lq),
+                                           kv_perm.view(n, lk), qc, kc)
         else:
             q_perm, kv_perm = cluster_order(q_labels, kq), cluster_order(k_labels, kk)
             min_keep = math.ceil(cfg.min_kv_ratio * kk - 1e-9)
@@ -502,13 +577,15 @@ class SemanticPattern(Pattern):
         return BlockLayout(kv_indices, kv_counts, cfg.block_size, cfg.key_block_size, lq, lk,
                            q_block_starts=q_starts, kv_block_starts=kv_starts, q_perm=q_perm, kv_perm=kv_perm)
 
-    def _block_layout(self, q, k, q_perm, kv_perm, q_counts, k_counts, diagonal: bool = False):
-        """Top-p per query block on the estimated block mass; kv_indices, kv_counts, q/kv starts with N = B * H."""
+    def _block_layout(self, q, k, q_perm, kv_perm, q_counts, k_counts, diagonal: bool = False,
+                      cluster_sums: bool = False):
+        """Top-p per query block on the estimated block mass: (kv_indices, kv_counts, q/kv starts) with N = B * H, and
+        the clusters' [q, k] sums with ``cluster_sums`` (else None)."""
         cfg = self.config
-        idx, cnt, q_starts, kv_starts = block_plan(
+        idx, cnt, q_starts, kv_starts, sums = block_plan(
             q, k, q_perm, kv_perm, q_counts, k_counts, cfg.block_size, self.fixed_blocks, cfg.estimate, cfg.top_p,
-            cfg.min_kv_ratio, diagonal, cfg.key_block_size)
-        return self._trim(idx, cnt).contiguous(), cnt, q_starts, kv_starts
+            cfg.min_kv_ratio, diagonal, cfg.key_block_size, cluster_sums)
+        return (self._trim(idx, cnt).contiguous(), cnt, q_starts, kv_starts), sums
 
     def _variable_layout(self, select, q_counts, k_counts, lq: int, lk: int):
         """kv_indices, kv_counts, q_block_starts, kv_block_starts with a leading N = B * H dimension."""
@@ -526,14 +603,14 @@ class SemanticPattern(Pattern):
         kv_counts = (cnt.gather(1, q_cluster) * q_valid).to(torch.int32)
         return kv_indices.contiguous(), kv_counts, q_starts, kv_starts
 
-    def _packed_layout(self, q, k, labels, counts, rank):
+    def _packed_layout(self, q, k, labels, counts, rank, cluster_sums: bool = False):
         """Cluster pieces selected as by the variable layout, run as fixed blocks that hold whole pieces: (kv_indices,
-        kv_counts, None, None) and the permutation, with N = B * H leading (see `packed_plan`); ``rank`` the
-        clusters' similarity order or None (label order)."""
+        kv_counts, None, None), the permutation and, with ``cluster_sums``, the clusters' [q, k] sums (else None),
+        with N = B * H leading (see `packed_plan`); ``rank`` the clusters' similarity order or None (label order)."""
         cfg = self.config
-        idx, cnt, perm = packed_plan(q, k, labels, counts, rank, cfg.block_size, cfg.key_block_size, cfg.estimate,
-                                     cfg.top_p, cfg.min_kv_ratio)
-        return (self._trim(idx, cnt).contiguous(), cnt, None, None), perm
+        idx, cnt, perm, sums = packed_plan(q, k, labels, counts, rank, cfg.block_size, cfg.key_block_size,
+                                           cfg.estimate, cfg.top_p, cfg.min_kv_ratio, cluster_sums)
+        return (self._trim(idx, cnt).contiguous(), cnt, None, None), perm, sums
 
     def _fixed_layout(self, select, q_counts, k_counts, lq: int, lk: int):
         """kv_indices, kv_counts (fixed blocks, no starts) with a leading N = B * H dimension."""

@@ -77,11 +77,15 @@ def test_packed_plan_compiles_as_one_graph_and_matches_eager(with_rank, kv_block
     labels = torch.randint(0, kc, (n, length))
     counts = torch.zeros(n, kc).scatter_add_(1, labels, torch.ones(n, length))
     rank = torch.stack([torch.randperm(kc) for _ in range(n)]) if with_rank else None
-    args = (q, k, labels, counts, rank, 32, kv_block, "pooled", 0.5, 0.0)
+    args = (q, k, labels, counts, rank, 32, kv_block, "pooled", 0.5, 0.0, True)  # with the clusters' sums
     eager = packed_plan.fn(*args)
     compiled = torch.compile(packed_plan.fn, backend="aot_eager", fullgraph=True, dynamic=False)(*args)
     for a, b in zip(eager, compiled):
         assert torch.equal(a, b)
+    # The clusters' [q, k] sums, by label.
+    joined = torch.cat([q, k], -1)
+    want = torch.zeros(n, kc, 2 * d).scatter_add_(1, labels.unsqueeze(-1).expand(-1, -1, 2 * d), joined)
+    torch.testing.assert_close(eager[3], want, atol=1e-4, rtol=1e-5)
     assert int(eager[1].sum()) > 0 and sorted(eager[2][0].tolist()) == list(range(length))
 
 

@@ -788,17 +788,18 @@ def test_finer_key_pieces_come_from_the_key_clusters_or_the_query_pieces(diagona
     q_labels, k_labels = torch.randint(0, 5, (n, length)), torch.randint(0, 9, (n, length))
     q_counts = torch.zeros(n, 5).scatter_add_(1, q_labels, torch.ones(n, length))
     k_counts = torch.zeros(n, 9).scatter_add_(1, k_labels, torch.ones(n, length))
-    _, _, q_starts, kv_starts = block_plan.fn(q, k, cluster_order(q_labels, 5), cluster_order(k_labels, 9), q_counts,
-                                              k_counts, 32, False, "pooled", 0.5, 0.0, diagonal, 16)
+    _, _, q_starts, kv_starts, _ = block_plan.fn(q, k, cluster_order(q_labels, 5), cluster_order(k_labels, 9),
+                                                 q_counts, k_counts, 32, False, "pooled", 0.5, 0.0, diagonal, 16)
     want = split_pieces(q_starts, 2, 16) if diagonal else cluster_pieces(k_counts, 16, max_pieces(length, 9, 16),
                                                                           length)[0]
     assert torch.equal(kv_starts, want)
 
 
-@pytest.mark.parametrize("fixed_blocks", [False, True])
-def test_block_plan_compiles_as_one_graph_and_matches_eager(fixed_blocks):
+@pytest.mark.parametrize("fixed_blocks,cluster_sums", [(False, False), (True, False), (False, True)])
+def test_block_plan_compiles_as_one_graph_and_matches_eager(fixed_blocks, cluster_sums):
     """On the GPU the block selection of a semantic plan runs compiled (`compiled_planning`, fullgraph): a graph break
-    in it would fail there. Traced on the CPU with an eager backend, the result must equal eager."""
+    in it would fail there. Traced on the CPU with an eager backend, the result must equal eager (with the clusters'
+    sums of a joint plan too)."""
     from dit_sparse.patterns.semantic import block_plan, cluster_order
 
     torch._dynamo.reset()
@@ -808,9 +809,86 @@ def test_block_plan_compiles_as_one_graph_and_matches_eager(fixed_blocks):
     labels = torch.randint(0, kc, (n, length))
     perm = cluster_order(labels, kc)
     counts = torch.zeros(n, kc).scatter_add_(1, labels, torch.ones(n, length))
-    args = (q, k, perm, perm, counts, counts, 16, fixed_blocks, "pooled", 0.5, 0.0, True)
+    args = (q, k, perm, perm, counts, counts, 16, fixed_blocks, "pooled", 0.5, 0.0, True, None, cluster_sums)
     eager = block_plan.fn(*args)
+    assert (eager[4] is not None) == cluster_sums
     compiled = torch.compile(block_plan.fn, backend="aot_eager", fullgraph=True, dynamic=False)(*args)
     for a, b in zip(eager, compiled):
         assert (a is None and b is None) or torch.equal(a, b)
     assert int(eager[1].sum()) > 0
+
+
+# ---------------------------------------------------------------------------------------------------- fused means
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_kmeans_without_its_last_update_returns_the_centroids_it_assigned_to(monkeypatch, backend):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    torch.manual_seed(2)
+    x = (torch.randn(2, 120, 16), torch.randn(2, 120, 16))
+    init = batched_kmeans(x, 6, 3, backend=backend)[1]
+    full = batched_kmeans(x, 6, 1, init=init, backend=backend)
+    labels, cent, counts = batched_kmeans(x, 6, 1, init=init, backend=backend, update_last=False)
+    assert torch.equal(labels, full[0]) and torch.equal(counts, full[2]) and torch.equal(cent, init)
+    # Cold, several iterations: all but the last update, so the labels are those of the full run's last assignment.
+    four = batched_kmeans(x, 6, 4, backend=backend)
+    labels3, cent3, _ = batched_kmeans(x, 6, 4, backend=backend, update_last=False)
+    assert torch.equal(labels3, four[0])
+    torch.testing.assert_close(cent3, batched_kmeans(x, 6, 3, backend=backend)[1], atol=1e-5, rtol=0)
+
+
+def test_block_sums_of_a_pair_are_the_sums_of_the_joined_rows(monkeypatch):
+    from dit_sparse.patterns.block_mass import block_sums
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    torch.manual_seed(3)
+    n, length = 2, 150
+    q, k = torch.randn(n, length, 16).half(), torch.randn(n, length, 16).half()
+    order = torch.stack([torch.randperm(length) for _ in range(n)])
+    starts = torch.tensor([[0, 7, 7, 40, 128, 150]] * n, dtype=torch.int32)  # an empty block too
+    want = block_sums(torch.cat([q, k], -1), starts, 32, order=order, engine="torch")
+    joined = torch.cat([q, k], -1).float().gather(1, order.unsqueeze(-1).expand(-1, -1, 32))
+    torch.testing.assert_close(want[:, 1], torch.zeros(n, 32))
+    torch.testing.assert_close(want[:, 3], joined[:, 40:128].sum(1), atol=1e-4, rtol=1e-5)
+    for engine in ("torch", "triton"):
+        torch.testing.assert_close(block_sums((q, k), starts, 32, order=order, engine=engine), want, atol=1e-4,
+                                   rtol=1e-5)
+
+
+@pytest.mark.parametrize("pack_pieces,kv_block_size,order", [(False, None, "label"), (True, None, "label"),
+                                                              (True, 16, "label"), (True, None, "similarity")])
+def test_joint_plans_take_the_cluster_means_from_the_piece_sums(monkeypatch, pack_pieces, kv_block_size, order):
+    """A joint plan with the pooled estimate leaves k-means' last update out and stores its clusters' means from the
+    [q, k] sums of its pieces (one pass over q and k fewer per plan): plan after plan (cold, then warm starts from what
+    the previous plan stored), the stored centroids must be the means of the clusters the plan assigned, and (in label
+    order: the similarity rank of a cold start is now taken before the last update) the layouts and centroids those of
+    the plan with the update."""
+    geometry = VideoGeometry(6, 8, 10)  # 480 tokens
+    q, k, _ = clustered(1, 2, geometry.num_tokens, 16, centers=6, seed=8, spread=0.8)
+    config = cfg(clusters="joint", kv_clusters=10, block_size=32, kv_block_size=kv_block_size, top_p=0.6,
+                 kmeans_iters=4, warm_iters=1, pack_pieces=pack_pieces, cluster_order=order)
+    calls = []
+    kmeans_fn = semantic.batched_kmeans
+    monkeypatch.setattr(semantic, "batched_kmeans", lambda *a, **kw: calls.append(kw["update_last"]) or
+                        kmeans_fn(*a, **kw))
+    runs = {}
+    for fused in (True, False):
+        monkeypatch.setattr(semantic, "FUSED_CLUSTER_SUMS", fused)
+        cache, runs[fused] = {}, []
+        for step in range(3):
+            drift = 0.3 * step * torch.randn(q.shape, generator=torch.Generator().manual_seed(step))
+            before = cache.get("qk_centroids")
+            layout = SemanticPattern(config).plan(q + drift, k + drift, geometry, cache)
+            runs[fused].append((layout, cache["qk_centroids"].clone()))
+            if before is not None:  # warm, one iteration: the means of the clusters of the previous centroids
+                points = torch.cat([q + drift, k + drift], -1).flatten(0, 1)
+                labels = assign_clusters(points, before.flatten(0, 1))
+                sums = torch.zeros(2, 10, 32).scatter_add_(1, labels.unsqueeze(-1).expand(-1, -1, 32), points)
+                counts = torch.zeros(2, 10).scatter_add_(1, labels, torch.ones(labels.shape)).unsqueeze(-1)
+                want = torch.where(counts > 0, sums / counts.clamp(min=1), before.flatten(0, 1))
+                torch.testing.assert_close(cache["qk_centroids"].flatten(0, 1), want, atol=1e-5, rtol=1e-5)
+    assert calls == [False] * 3 + [True] * 3
+    if order != "label":
+        return
+    for (got, got_c), (want, want_c) in zip(runs[True], runs[False]):
+        assert torch.equal(got.kv_counts, want.kv_counts) and torch.equal(got.kv_indices, want.kv_indices)
+        assert torch.equal(got.q_perm, want.q_perm)
+        torch.testing.assert_close(got_c, want_c, atol=1e-5, rtol=1e-5)
