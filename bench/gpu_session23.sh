@@ -1,0 +1,28 @@
+# Session 23 (issue #13), after staging .gpu/p1 and finishing .gpu/p2.
+#   fused:   semantic's joint plan with the clusters' means from its pieces' [q, k] sums against k-means' own update
+#            (bench/probe_fused_means.py), at the three step shapes' presets on photographic q / k.
+#   qual:    video against dense on the trained small model at 768x1280 (models in the tree, a warm call): the preset
+#            after session 22's trims and session 23's fused means, against session 21's numbers.
+#   step:    the Wan-1.3B 480p step at the preset, and the pattern table's row.
+export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
+PACKED='"method": "semantic", "block_size": 128, "pack_pieces": true, "cluster_order": "similarity", "dense_steps": 0.2'
+case "${1:-fused}" in
+fused)
+  timeout 420 python3 bench/probe_fused_means.py $OUT/probe-fused-means.json wan1.3b-480p,hunyuan-720p,wan14b-720p \
+    2>&1 | grep -E "^hun|^wan|Error" | cut -c1-1500
+  ;;
+qual)
+  timeout 400 python3 -m dit_sparse.eval.quality --model small --device cuda --dtype bfloat16 --prompts 2 --steps 20 \
+    --height 768 --width 1280 --densities '' --no-random --methods '' --variants "{
+      \"packed r3 cfg\": {$PACKED, \"refresh_every\": 3, \"share_cfg_layouts\": true},
+      \"packed r3 cfg warm_iters 1\": {$PACKED, \"refresh_every\": 3, \"share_cfg_layouts\": true, \"warm_iters\": 1}}" \
+    --out $OUT/quality-small-768p-semantic-fused-means.json 2>&1 | grep -vE "^ *$|Warning|warn" | tail -6
+  ;;
+step)
+  timeout 150 python3 -m dit_sparse.eval.bench pattern --shape wan1.3b-480p --presets --qkv photo --methods semantic \
+    --out $OUT/pattern-wan1.3b-480p-semantic-fused-means.json 2>&1 | grep -E "semantic|Error" | cut -c1-400
+  timeout 300 python3 -m dit_sparse.eval.bench step --model wan1.3b-480p --dense-variants none --profile \
+    --methods semantic-packed-w1-r3-cfg,fixed-0.25 --out $OUT/step-wan1.3b-480p-semantic-fused-means.json 2>&1 \
+    | grep -E "^wan|Error|wrote" | cut -c1-300
+  ;;
+esac
