@@ -26,3 +26,15 @@ step)
     | grep -E "^wan|Error|wrote" | cut -c1-300
   ;;
 esac
+# Part two, after the pair's sums took the Triton pass at every size (block_mass.ORDERED_PAIR_MIN_ROWS): the probe at
+# Wan-1.3B 480p and the pattern table's rows at the three shapes.
+case "${1:-}" in
+pair)
+  timeout 200 python3 bench/probe_fused_means.py $OUT/probe-fused-means-pair.json wan1.3b-480p 2>&1 \
+    | grep -E "^wan|Error" | cut -c1-1500
+  for s in wan1.3b-480p hunyuan-720p wan14b-720p; do
+    timeout 150 python3 -m dit_sparse.eval.bench pattern --shape $s --presets --qkv photo --methods semantic \
+      --out $OUT/pattern-$s-semantic-fused-pair-sums.json 2>&1 | grep -E "semantic|Error" | cut -c1-400
+  done
+  ;;
+esac

@@ -2,8 +2,10 @@
 ``semantic.FUSED_CLUSTER_SUMS``: k-means leaves out its last update, one pass over q and k and one label sort fewer)
 against the plan with k-means' own update, at each shape's preset on photographic q / k, in one process: the plan
 alone, behind one sparse attention call (what a pipeline pays), its kernels' CUDA time (the profiler's sum), the
-density, and whether both give the same layout. At shapes below ``block_mass.ORDERED_MEANS_MIN_ROWS`` the pieces' sums
-take the gather + scatter-add path; the fused plan with the Triton pass over the order is timed as well.
+density, and whether both give the same layout. The fused plan's pieces' sums read q and k through the order in one
+Triton pass (``block_mass.ORDERED_PAIR_MIN_ROWS``, session 23 after the first run of this probe at a6bbfef, whose
+"fused_triton_sums" was that pass and "fused" the gather + scatter-add below ``ORDERED_MEANS_MIN_ROWS``); the fused plan
+with the gather + scatter-add is timed as well.
 
     python bench/probe_fused_means.py OUT.json [SHAPES]   (comma-separated; default wan1.3b-480p)
 """
@@ -29,9 +31,9 @@ def kernel_ms(fn) -> float:
 
 
 def variants():
-    """(name, FUSED_CLUSTER_SUMS, ORDERED_MEANS_MIN_ROWS); the first one again last: drift within the run."""
-    default = block_mass.ORDERED_MEANS_MIN_ROWS
-    return [("fused", True, default), ("kmeans_update", False, default), ("fused_triton_sums", True, 0),
+    """(name, FUSED_CLUSTER_SUMS, ORDERED_PAIR_MIN_ROWS); the first one again last: drift within the run."""
+    default = block_mass.ORDERED_PAIR_MIN_ROWS
+    return [("fused", True, default), ("kmeans_update", False, default), ("fused_gather_sums", True, 1 << 62),
             ("fused_again", True, default)]
 
 
@@ -45,7 +47,7 @@ def main():
         geometry, q, k, v, pattern, base = preset_semantic(shape)
         pattern.plan(q, k, geometry, base)  # one cold start: every variant warm-starts from its centroids and rank
         for name, fused, min_rows in variants():
-            semantic.FUSED_CLUSTER_SUMS, block_mass.ORDERED_MEANS_MIN_ROWS = fused, min_rows
+            semantic.FUSED_CLUSTER_SUMS, block_mass.ORDERED_PAIR_MIN_ROWS = fused, min_rows
             try:
                 pattern, cache = preset_semantic(shape)[4:]
                 cache.update({key: val for key, val in base.items() if key.startswith("qk_")})
@@ -71,7 +73,7 @@ def main():
             except Exception as err:
                 entry = {"error": repr(err)[:500]}
             row[name] = entry
-        semantic.FUSED_CLUSTER_SUMS, block_mass.ORDERED_MEANS_MIN_ROWS = True, variants()[0][2]
+        semantic.FUSED_CLUSTER_SUMS, block_mass.ORDERED_PAIR_MIN_ROWS = True, variants()[0][2]
         if "fused" in layouts and "kmeans_update" in layouts:
             a, b = layouts["fused"], layouts["kmeans_update"]
             same = (a.kv_counts == b.kv_counts) & (a.kv_indices == b.kv_indices).all(-1)

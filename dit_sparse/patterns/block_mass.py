@@ -44,12 +44,17 @@ ORDERED_MEANS_KERNEL = True
 # 2.1 ms of host time at Wan-1.3B 480p under the profiler), and the ordered means add kernels; the threshold lies
 # between the measured sizes, not at a measured crossover.
 ORDERED_MEANS_MIN_ROWS = 600_000
+# ... and for a (q, k) pair (semantic's joint plan: one pass for both sides' block sums and the clusters' sums) at any
+# size: at Wan-1.3B 480p the pair's Triton pass took the plan's kernels to 0.99 ms against 1.08 ms with the gather +
+# scatter-add, 0.95 against 1.11 ms behind one attention call, the same layout (``2026-12-04_NVIDIA-H200_probe-fused-
+# means.json``, "fused_triton_sums" against "fused").
+ORDERED_PAIR_MIN_ROWS = 0
 
 
-def use_ordered_means(rows: int, is_cuda: bool) -> bool:
-    """Whether `segment_means` with ``engine="auto"`` reads through the order by the Triton pass: on CUDA, with the
-    switch on, from ``ORDERED_MEANS_MIN_ROWS`` rows up."""
-    return is_cuda and ORDERED_MEANS_KERNEL and rows >= ORDERED_MEANS_MIN_ROWS
+def use_ordered_means(rows: int, is_cuda: bool, pair: bool = False) -> bool:
+    """Whether `segment_means` / `block_sums` with ``engine="auto"`` read through the order by the Triton pass: on
+    CUDA, with the switch on, from ``ORDERED_MEANS_MIN_ROWS`` rows up (``ORDERED_PAIR_MIN_ROWS`` for a pair)."""
+    return is_cuda and ORDERED_MEANS_KERNEL and rows >= (ORDERED_PAIR_MIN_ROWS if pair else ORDERED_MEANS_MIN_ROWS)
 
 # Score elements per chunk (rows of queries x keys, over the batch x head rows of one chunk): 2**26 floats = 256 MiB.
 _CHUNK_ELEMENTS = 1 << 26
@@ -65,7 +70,7 @@ def block_sums(x, starts: Optional[torch.Tensor], block: int, order: Optional[to
     parts = tuple(x) if isinstance(x, (tuple, list)) else (x,)
     n, length = parts[0].shape[:2]
     if order is not None and starts is not None:
-        auto = engine == "auto" and use_ordered_means(n * length, parts[0].is_cuda)
+        auto = engine == "auto" and use_ordered_means(n * length, parts[0].is_cuda, pair=len(parts) == 2)
         fused = kmeans._triton_ok(parts) and (engine == "triton" or auto)
         if engine == "triton" and not fused:
             raise ValueError("engine='triton' needs triton, a CUDA tensor (or TRITON_INTERPRET=1) and a power-of-two "
@@ -108,7 +113,7 @@ def segment_means(x: torch.Tensor, starts: Optional[torch.Tensor], block: int, o
         engine (`str`, defaults to "auto"): with ``order`` and ``starts``, "triton" sums every block through the order
             in one program (`kmeans.segment_sums`: the permuted copy of x and the float32 atomics of a scatter-add are
             never made), "torch" gathers then scatter-adds; "auto" is triton on CUDA from ``ORDERED_MEANS_MIN_ROWS``
-            rows up (`use_ordered_means`).
+            rows up (a pair in `block_sums`: ``ORDERED_PAIR_MIN_ROWS``; `use_ordered_means`).
     """
     sums = block_sums(x, starts, block, order=order, engine=engine)
     n, length = x.shape[:2]

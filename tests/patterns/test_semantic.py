@@ -772,8 +772,12 @@ def test_ordered_means_only_from_their_size_up(monkeypatch):
     assert 12 * 32760 < rows <= 12 * 75600  # Wan-1.3B: 480p gathers, 720p reads through the order
     assert block_mass.use_ordered_means(rows, True) and block_mass.use_ordered_means(40 * 75600, True)
     assert not block_mass.use_ordered_means(rows - 1, True) and not block_mass.use_ordered_means(rows, False)
+    # A (q, k) pair (semantic's joint plan) reads through the order at any size, Wan-1.3B 480p included.
+    assert block_mass.use_ordered_means(12 * 32760, True, pair=True)
+    assert not block_mass.use_ordered_means(12 * 32760, False, pair=True)
     monkeypatch.setattr(block_mass, "ORDERED_MEANS_KERNEL", False)
     assert not block_mass.use_ordered_means(40 * 75600, True)
+    assert not block_mass.use_ordered_means(40 * 75600, True, pair=True)
 
 
 @pytest.mark.parametrize("diagonal", [False, True])
