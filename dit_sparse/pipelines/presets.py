@@ -137,7 +137,9 @@ WAN_NEGATIVE_PROMPT = (
 # 720p) and 4.5 % (HunyuanVideo 720p) of the attention, 10.2 % at Wan-1.3B 480p, where the plan is bound by its
 # launches (``2026-12-04_NVIDIA-H200_pattern-*-semantic-warm1.json``, ``...pattern-wan1.3b-480p-behind.json``); since
 # session 22 (no host read on small layouts, two trims of the plan's GPU work) 2.9 % / 3.9 %, and 5.9 % at Wan-1.3B
-# timed behind its attention call (``...pattern-*-semantic-plan-trims.json``).
+# timed behind its attention call (``...pattern-*-semantic-plan-trims.json``); since session 23 (the clusters' means
+# from the pieces' [q, k] sums: one pass over q and k fewer) 2.8 % / 3.9 %, and 4.3 % at Wan-1.3B behind its attention
+# call (``...pattern-*-semantic-fused-pair-sums.json``).
 # Its kept layouts are compact too (variable blocks: int16 key-piece lists, int32 orders).
 # The tile pattern on video: 2x8x8 tiles (one 128-token block), a window of every frame and 3 x 3 tiles around the
 # query in space. The Sliding-Tile-like cube (TileConfig's default 3x3x3 window) is worse than random blocks on the
