@@ -38,3 +38,11 @@ pair)
   done
   ;;
 esac
+# Part three: our Triton kernel under fixed launch configs (64-row query tiles, two programs per SM, stages), against
+# the autotuned one, at Wan-1.3B 480p and HunyuanVideo 720p, densities 0.25 / 0.10 (issue #13 item 2).
+case "${1:-}" in
+configs)
+  timeout 500 python3 bench/probe_triton_configs.py $OUT/probe-triton-configs.json wan1.3b-480p,hunyuan-720p 2>&1 \
+    | grep -E "^wan|^hun|Error" | cut -c1-700
+  ;;
+esac

@@ -4,8 +4,8 @@ against the plan with k-means' own update, at each shape's preset on photographi
 alone, behind one sparse attention call (what a pipeline pays), its kernels' CUDA time (the profiler's sum), the
 density, and whether both give the same layout. The fused plan's pieces' sums read q and k through the order in one
 Triton pass (``block_mass.ORDERED_PAIR_MIN_ROWS``, session 23 after the first run of this probe at a6bbfef, whose
-"fused_triton_sums" was that pass and "fused" the gather + scatter-add below ``ORDERED_MEANS_MIN_ROWS``); the fused plan
-with the gather + scatter-add is timed as well.
+"fused_triton_sums" was that pass and "fused" the gather + scatter-add below ``ORDERED_MEANS_MIN_ROWS``); the fused
+plan with the gather + scatter-add is timed as well.
 
     python bench/probe_fused_means.py OUT.json [SHAPES]   (comma-separated; default wan1.3b-480p)
 """

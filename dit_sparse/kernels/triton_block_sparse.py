@@ -49,8 +49,9 @@ _MAX_TILE = 128
 _MIN_TILE = 16  # tl.dot needs every dimension >= 16
 
 # Fixed launch parameters for the interpreter and for DIT_SPARSE_TRITON_AUTOTUNE=0. Tests may override BLOCK_N to
-# exercise sub-tiles of a key block.
-DEFAULT_CONFIG = {"BLOCK_N": None, "NUM_STAGES": 3, "num_warps": None}
+# exercise sub-tiles of a key block, and BLOCK_M to split query blocks over programs (None: the query block's tile, at
+# most 128 rows; 64 with head_dim > 128); ``bench/probe_triton_configs.py`` times configs through it.
+DEFAULT_CONFIG = {"BLOCK_N": None, "NUM_STAGES": 3, "num_warps": None, "BLOCK_M": None}
 
 
 def _next_pow2(x: int) -> int:
@@ -397,6 +398,9 @@ def _forward(q, k, v, kv_indices, kv_counts, q_block_starts, kv_block_starts, kv
     # head_dim > 128: a 128-row tile's accumulator and Q alone would fill the registers and most of shared memory,
     # so large query blocks are split over programs (Q_SUB) instead.
     block_m = min(_tile(block_q), 64 if max(d_tile, dv_tile) > 128 else _MAX_TILE)
+    autotune = not _interpreting() and os.environ.get("DIT_SPARSE_TRITON_AUTOTUNE", "1") != "0"
+    if DEFAULT_CONFIG["BLOCK_M"] and not autotune:
+        block_m = min(block_m, max(_MIN_TILE, _next_pow2(DEFAULT_CONFIG["BLOCK_M"])))
     q_sub = -(-block_q // block_m)
     if out.numel() == 0 or nq == 0:
         return out.zero_(), lse.fill_(float("-inf"))
@@ -431,7 +435,6 @@ def _forward(q, k, v, kv_indices, kv_counts, q_block_starts, kv_block_starts, kv
         # Not under the interpreter, which runs the loop as a plain one anyway.
         WARP_SPEC=not interpret and os.environ.get("DIT_SPARSE_TRITON_WS", "0") == "1",
     )
-    autotune = not interpret and os.environ.get("DIT_SPARSE_TRITON_AUTOTUNE", "1") != "0"
     if interpret or not autotune:
         tile_kv = _tile(block_kv)
         # Full-width tiles: fewest interpreted steps on CPU, and FlashAttention's usual 128x128 choice on GPU.

@@ -188,11 +188,15 @@ def test_permuted_layout():
 
 
 @pytest.mark.parametrize(
-    "bq, bkv, block_n, lq, lk", [(256, 256, None, 300, 257), (64, 128, 64, 257, 300), (32, 64, 16, 100, 150)]
+    "bq, bkv, block_n, lq, lk, block_m",
+    [(256, 256, None, 300, 257, None), (64, 128, 64, 257, 300, None), (32, 64, 16, 100, 150, None),
+     (64, 64, None, 300, 257, 32)],
 )
-def test_sub_tiles(monkeypatch, bq, bkv, block_n, lq, lk):
-    # block_q > 128 splits a query block over programs; block_kv > BLOCK_N walks a key block in slices.
+def test_sub_tiles(monkeypatch, bq, bkv, block_n, lq, lk, block_m):
+    # block_q > 128 splits a query block over programs; block_kv > BLOCK_N walks a key block in slices; a BLOCK_M
+    # below the query block (64-row tiles of 128-token blocks on the GPU) splits it too.
     monkeypatch.setitem(tbs.DEFAULT_CONFIG, "BLOCK_N", block_n)
+    monkeypatch.setitem(tbs.DEFAULT_CONFIG, "BLOCK_M", block_m)
     q, k, v = _qkv(lq, lk, 64, torch.float32)
     mask = _random_block_mask(1, H, cdiv(lq, bq), cdiv(lk, bkv))
     layout = BlockLayout.from_block_mask(mask, bq, bkv, lq, lk)
