@@ -46,3 +46,12 @@ configs)
     | grep -E "^wan|^hun|Error" | cut -c1-700
   ;;
 esac
+# Part four: the HunyuanVideo 720p step at the preset's row with the GPU time by kernel kind (as session 22's
+# `profile`), after the fused cluster means: planning's share of a real step.
+case "${1:-}" in
+profile)
+  timeout 400 python3 -m dit_sparse.eval.bench step --model hunyuan-720p --layers 15 --dense-variants none --profile \
+    --methods semantic-packed-w1-r3,fixed-0.25 --out $OUT/step-hunyuan-720p-semantic-fused-profile.json 2>&1 \
+    | grep -E "^hun|Error|wrote" | cut -c1-300
+  ;;
+esac
