@@ -34,6 +34,7 @@ from ..layout import BlockLayout, block_sizes, cdiv, inverse_permutation, pack_b
 from ..schedule import shared_or_build
 from .base import Pattern, compiled_planning
 from .block_mass import block_mass_estimate, pooled_block_mass
+from .kmeans import _compute_dtype
 
 
 def default_pool(block_size: int) -> Tuple[int, int]:
@@ -225,8 +226,7 @@ def exact_key_map(q: torch.Tensor, k: torch.Tensor, geometry: VideoGeometry, til
         scale = 1.0 / math.sqrt(d)
     f, gh, gw = geometry.key
     ph, pw = tiles.pool
-    # Half precision on the GPU (tensor cores), float32 on the CPU.
-    dot_dtype = k.dtype if k.is_cuda and k.dtype in (torch.float16, torch.bfloat16) else torch.float32
+    dot_dtype = _compute_dtype(k)  # half precision on the GPU (tensor cores), float32 on the CPU
     qp = pool_tiles(q, geometry, tiles).flatten(0, 1).to(dot_dtype)  # [BH, N, D]
     kt = k.flatten(0, 1).to(dot_dtype).transpose(1, 2)  # [BH, D, L]
     n_rows, n = qp.shape[:2]
