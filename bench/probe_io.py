@@ -1,6 +1,6 @@
 """What the probe scripts in bench/ share: their output's header, semantic at a shape's preset on photographic
-q / k, and one shape's row added to the output, printed, and the JSON rewritten at once (a timeout later keeps what
-was measured)."""
+q / k, one shape's row added to the output, printed, and the JSON rewritten at once (a timeout later keeps what
+was measured), and the CUDA time of a call's kernels."""
 
 import json
 import os
@@ -36,3 +36,13 @@ def record(out: dict, path: str, shape: str, row: dict) -> None:
     print(shape, json.dumps(row), flush=True)
     with open(path, "w") as f:
         json.dump(out, f, indent=2)
+
+
+def kernel_ms(fn) -> float:
+    """The CUDA time of ``fn``'s kernels, the profiler's sum (after one call outside it)."""
+    fn()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0)
+               for e in prof.key_averages()) / 1e3

@@ -11,7 +11,7 @@ import sys
 import time
 
 import torch
-from probe_io import preset_semantic, record, start  # bench/, next to this script
+from probe_io import kernel_ms, preset_semantic, record, start  # bench/, next to this script
 
 from dit_sparse.eval.bench import paired_extra_ms, time_cuda
 from dit_sparse.kernels import block_sparse_attention
@@ -27,16 +27,6 @@ def after_sync_ms(before, fn, reps: int = 15) -> float:
         times.append(time_cuda(fn, warmup=0, reps=1)["median_ms"])
     times.sort()
     return times[len(times) // 2]
-
-
-def kernel_ms(fn) -> float:
-    """The CUDA time of ``fn``'s kernels, the profiler's sum (after one call outside it)."""
-    fn()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return sum(getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0)
-               for e in prof.key_averages()) / 1e3
 
 
 def main():
