@@ -55,3 +55,11 @@ profile)
     | grep -E "^hun|Error|wrote" | cut -c1-300
   ;;
 esac
+# Part five: the persistent Triton kernel (DIT_SPARSE_TRITON_PERSISTENT=1) against the same config one program per
+# tile, at Wan-1.3B 480p and HunyuanVideo 720p, densities 0.25 / 0.10.
+case "${1:-}" in
+persistent)
+  timeout 400 python3 bench/probe_triton_configs.py $OUT/probe-triton-persistent.json wan1.3b-480p,hunyuan-720p \
+    0.25,0.1 persistent 2>&1 | grep -E "^wan|^hun|Error|error" | cut -c1-600
+  ;;
+esac

@@ -380,3 +380,44 @@ def test_warp_specialisation_switch_names_itself_when_triton_cannot_build_it(mon
     monkeypatch.setenv("DIT_SPARSE_TRITON_WS", "0")
     with pytest.raises(RuntimeError, match="^PassManager::run failed$"):
         tbs._forward(*args)
+
+
+# ----------------------------------------------------------------------------------------- the persistent kernel
+@pytest.mark.parametrize("case", ["ragged", "even", "valid_len", "variable", "sub_tiles"])
+def test_persistent_kernel_matches_the_masked_attention(monkeypatch, case):
+    """``DIT_SPARSE_TRITON_PERSISTENT=1`` (an experiment): four programs under the interpreter, each walking several
+    query tiles in one flat loop over their key tiles; empty query blocks (one per layout) give zeros and -inf."""
+    monkeypatch.setenv("DIT_SPARSE_TRITON_PERSISTENT", "1")
+    calls = []
+    build = tbs._build_persistent
+    monkeypatch.setattr(tbs, "_build_persistent", lambda interpret: calls.append(1) or build(interpret))
+    empty = None
+    if case in ("ragged", "even"):
+        length = 300 if case == "ragged" else 256
+        q, k, v = _qkv(length, length, 64, torch.float16)
+        mask = _random_block_mask(B, H, cdiv(length, 64), cdiv(length, 64))
+        layout = BlockLayout.from_block_mask(mask, 64, 64, length, length)
+        empty = (0, H - 1, torch.arange(64, 128))
+    elif case == "valid_len":
+        q, k, v = _qkv(257, 300, 64, torch.float16)
+        mask = _random_block_mask(B, H, cdiv(257, 64), cdiv(300, 64))
+        mask[1, :, 2] = False
+        mask[1, :, 2, 4] = True  # only keys in batch 1's padding: a fully masked row
+        layout = BlockLayout.from_block_mask(mask, 64, 64, 257, 300,
+                                             kv_valid_len=torch.tensor([300, 170], dtype=torch.int32))
+        empty = (1, slice(None), torch.arange(128, 192))
+    elif case == "variable":
+        q, k, v = _qkv(300, 257, 64, torch.float32)
+        q_starts = _var_starts([B, 1], 300, 64, cdiv(300, 64) + 2, seed=3)
+        kv_starts = _var_starts([1, H], 257, 64, cdiv(257, 64) + 1, seed=4)
+        mask = _random_block_mask(B, H, q_starts.shape[-1] - 1, kv_starts.shape[-1] - 1)
+        layout = BlockLayout.from_block_mask(mask, 64, 64, 300, 257, q_block_starts=q_starts,
+                                             kv_block_starts=kv_starts)
+    else:  # query blocks of 256 split over programs, key blocks of 128 walked in 64-key slices
+        monkeypatch.setitem(tbs.DEFAULT_CONFIG, "BLOCK_N", 64)
+        q, k, v = _qkv(300, 257, 64, torch.float32)
+        mask = _random_block_mask(1, H, cdiv(300, 256), cdiv(257, 128))
+        layout = BlockLayout.from_block_mask(mask, 256, 128, 300, 257)
+        empty = (slice(None), H - 1, torch.arange(256, 300))
+    _check(q, k, v, mask, layout, expect_empty=empty)
+    assert calls
