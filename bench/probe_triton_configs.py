@@ -4,12 +4,8 @@ query tiles (two programs per 128-token query block) or configs small enough for
 and registers) beat the autotuned 128-row tiles, with each config's registers, spills and shared memory from its
 compiled kernel, and its error against the reference. The autotuned kernel is timed first, in the same process.
 
-    python bench/probe_triton_configs.py OUT.json [SHAPES] [DENSITIES] [persistent]
+    python bench/probe_triton_configs.py OUT.json [SHAPES] [DENSITIES]
         (comma-separated; defaults wan1.3b-480p,hunyuan-720p and 0.25,0.1)
-
-With ``persistent`` (session 23, later): instead of the config sweep, the persistent kernel
-(``DIT_SPARSE_TRITON_PERSISTENT=1``: one program per SM walking its query tiles in one flat loop) at the autotuner's
-usual config, with 3 and 2 stages and both program orders, against the same config launched one program per tile.
 """
 
 import os
@@ -32,16 +28,16 @@ CONFIGS = [
 
 
 def compiled_kernels() -> dict:
-    """{id: (n_regs, n_spills, shared bytes)} of the fixed-config kernels' compiled variants (Triton's caches;
+    """{id: (n_regs, n_spills, shared bytes)} of the fixed-config kernel's compiled variants (Triton's caches;
     best effort, their layout moves between versions)."""
     found = {}
-    for jit in (tbs._build_kernel(False, False), tbs._build_persistent(False)):
-        for entry in getattr(jit, "device_caches", {}).values():
-            for part in entry if isinstance(entry, tuple) else (entry,):
-                if isinstance(part, dict):
-                    for kernel in part.values():
-                        if hasattr(kernel, "metadata"):
-                            found[id(kernel)] = kernel
+    jit = tbs._build_kernel(False, False)
+    for entry in getattr(jit, "device_caches", {}).values():
+        for part in entry if isinstance(entry, tuple) else (entry,):
+            if isinstance(part, dict):
+                for kernel in part.values():
+                    if hasattr(kernel, "metadata"):
+                        found[id(kernel)] = kernel
     out = {}
     for key, kernel in found.items():
         try:
@@ -84,15 +80,9 @@ def main():
         os.environ.pop("DIT_SPARSE_TRITON_ORDER")
         print(shape, "autotuned", row["autotuned"], "order global", row["autotuned_order_global"], flush=True)
         os.environ["DIT_SPARSE_TRITON_AUTOTUNE"] = "0"
-        persistent = len(sys.argv) > 4 and sys.argv[4] == "persistent"
-        runs = ([(128, 128, 8, 3, "", "head"), (128, 128, 8, 3, "1", "head"), (128, 128, 8, 2, "1", "head"),
-                 (128, 128, 8, 3, "1", "global")] if persistent else [c + ("", "head") for c in CONFIGS])
-        for block_m, block_n, warps, stages, persist, order in runs:
-            name = f"m{block_m}-n{block_n}-w{warps}-s{stages}" + ("-persistent" if persist else "") + (
-                "-order-global" if order == "global" else "")
+        for block_m, block_n, warps, stages in CONFIGS:
+            name = f"m{block_m}-n{block_n}-w{warps}-s{stages}"
             tbs.DEFAULT_CONFIG.update(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, NUM_STAGES=stages)
-            os.environ["DIT_SPARSE_TRITON_PERSISTENT"] = persist or "0"
-            os.environ["DIT_SPARSE_TRITON_ORDER"] = order
             before = compiled_kernels()
             try:
                 entry = {str(d): measure(layout) for d, layout in layouts.items()}
@@ -104,8 +94,7 @@ def main():
             row[name] = entry
             print(shape, name, entry, flush=True)
         tbs.DEFAULT_CONFIG.update(BLOCK_M=None, BLOCK_N=None, num_warps=None, NUM_STAGES=3)
-        for switch in ("DIT_SPARSE_TRITON_AUTOTUNE", "DIT_SPARSE_TRITON_PERSISTENT", "DIT_SPARSE_TRITON_ORDER"):
-            os.environ.pop(switch, None)
+        os.environ.pop("DIT_SPARSE_TRITON_AUTOTUNE", None)
         record(out, path, shape, row)
 
 

@@ -19,9 +19,6 @@ Knobs (environment variables, read per call):
                                    and compute in separate warps). Off by default: Triton 3.6 and 3.9 fail to
                                    compile it on sm90 (``PassManager::run failed``, with or without TMA);
                                    ``bench/probe_triton_ws.sh`` measures it under another Triton.
-    DIT_SPARSE_TRITON_PERSISTENT=1 one program per SM walking its query tiles in one flat loop over their key
-                                   tiles (`_attn_fwd_persistent`, one fixed launch config): an experiment on hiding
-                                   each program's start and end (issue #13); off by default.
     DIT_SPARSE_PERSISTENT_CACHE=0  do not keep autotuning results on disk (Triton's ``cache_results``, in Triton's
                                    cache directory): by default a new process reuses them instead of re-tuning.
 """
@@ -259,151 +256,6 @@ def _attn_fwd(
     tl.store(Lse + b * stride_lb + h * stride_lh + offs_m, lse, mask=m_ok)
 
 
-def _attn_fwd_persistent(
-    Q, K, V, Out, Lse,
-    KvIdx, KvCnt, QStarts, KvStarts, ValidLen, Order,
-    stride_qb, stride_qh, stride_qm,
-    stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn,
-    stride_ob, stride_oh, stride_om,
-    stride_lb, stride_lh,
-    stride_ib, stride_ih, stride_im, stride_ik,
-    stride_cb, stride_ch, stride_cm,
-    stride_qsb, stride_qsh, stride_qsk,
-    stride_ksb, stride_ksh, stride_ksk,
-    stride_vl,
-    H, NQ, LQ, LK, qk_scale, N_TILES,
-    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, D_TILE: tl.constexpr, DV_TILE: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_KV: tl.constexpr, BLOCK_M: tl.constexpr, Q_SUB: tl.constexpr,
-    VAR_Q: tl.constexpr, VAR_KV: tl.constexpr, HAS_VALID: tl.constexpr, MASK_KV: tl.constexpr, IEEE: tl.constexpr,
-    RAGGED_TAIL: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr, MAX_T: tl.constexpr,
-):
-    # The experiment of DIT_SPARSE_TRITON_PERSISTENT=1 (issue #13 item 2): one program per SM walks its query tiles
-    # (tile ids pid, pid + grid, ... of the program order) in ONE flat loop over all their key tiles, so that the
-    # pipeliner can fetch the next tile's first keys during the current tile's last ones and its epilogue, instead of
-    # every tile paying a program's start (its index loads, the pipeline's fill) and end. A tile's first iteration
-    # sets it up (its Q, the softmax state), its last writes it. An empty tile (no listed block) runs one iteration
-    # whose keys are all masked, which leaves l == 0: zeros and lse = -inf, as in `_attn_fwd`.
-    pid = tl.program_id(0)
-    grid = tl.num_programs(0)
-    kv_sub = (BLOCK_KV + BLOCK_N - 1) // BLOCK_N
-    slot = tl.arange(0, MAX_T)
-    lin_all = pid + slot.to(tl.int64) * grid
-    have = lin_all < N_TILES
-    row_all = tl.load(Order + lin_all // Q_SUB, mask=have, other=0).to(tl.int64)
-    bh_all = row_all // NQ
-    cnt_all = tl.load(KvCnt + (bh_all // H) * stride_cb + (bh_all % H) * stride_ch + (row_all % NQ) * stride_cm,
-                      mask=have, other=0)
-    iters_all = tl.where(cnt_all > 0, cnt_all * kv_sub, 1)
-    total = tl.sum(tl.where(have, iters_all, 0))
-    last_kb = (LK - 1) // BLOCK_KV
-
-    offs_d = tl.arange(0, D_TILE)
-    offs_dv = tl.arange(0, DV_TILE)
-    d_ok = offs_d < HEAD_DIM
-    dv_ok = offs_dv < HEAD_DIM_V
-    offs_n0 = tl.arange(0, BLOCK_N)
-    offs_r = tl.arange(0, BLOCK_M)
-
-    # Loop-carried tile state (set by each tile's first iteration).
-    slot_i = pid * 0
-    local = pid * 0
-    n_iter = pid * 0
-    count = pid * 0
-    b = pid.to(tl.int64) * 0
-    h = b
-    qblk = b
-    m_start = pid * 0
-    m_end = pid * 0
-    kv_limit = LK + pid * 0
-    q = tl.zeros([BLOCK_M, D_TILE], dtype=Q.dtype.element_ty)
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, DV_TILE], dtype=tl.float32)
-    for _ in tl.range(0, total, num_stages=NUM_STAGES):
-        if local == 0:
-            pick = slot == slot_i
-            lin = tl.sum(tl.where(pick, lin_all, 0))
-            row = tl.sum(tl.where(pick, row_all, 0))
-            count = tl.sum(tl.where(pick, cnt_all, 0))
-            n_iter = tl.sum(tl.where(pick, iters_all, 0))
-            q_sub = lin % Q_SUB
-            bh = row // NQ
-            qblk = row % NQ
-            b = bh // H
-            h = bh % H
-            if VAR_Q:
-                qs_ptr = QStarts + b * stride_qsb + h * stride_qsh
-                blk_start = tl.load(qs_ptr + qblk * stride_qsk)
-                blk_end = tl.minimum(tl.load(qs_ptr + (qblk + 1) * stride_qsk), LQ)
-            else:
-                blk_start = (qblk * BLOCK_Q).to(tl.int32)
-                blk_end = tl.minimum(blk_start + BLOCK_Q, LQ)
-            m_start = blk_start + (q_sub * BLOCK_M).to(tl.int32)
-            m_end = tl.minimum(blk_end, m_start + BLOCK_M)
-            offs_m = m_start + offs_r
-            q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
-                        mask=(offs_m < m_end)[:, None] & d_ok[None, :], other=0.0)
-            m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-            l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-            acc = tl.zeros([BLOCK_M, DV_TILE], dtype=tl.float32)
-            kv_limit = LK + pid * 0
-            if HAS_VALID:
-                kv_limit = tl.minimum(tl.load(ValidLen + b * stride_vl), LK)
-        real = count > 0
-        t = tl.where(real, local, 0)
-        kb = tl.load(KvIdx + b * stride_ib + h * stride_ih + qblk * stride_im + (t // kv_sub) * stride_ik)
-        if VAR_KV:
-            ks_ptr = KvStarts + b * stride_ksb + h * stride_ksh
-            kv_start = tl.load(ks_ptr + kb * stride_ksk)
-            kv_end = tl.minimum(tl.load(ks_ptr + (kb + 1) * stride_ksk), kv_limit)
-        else:
-            kv_start = kb * BLOCK_KV
-            kv_end = tl.minimum(kv_start + BLOCK_KV, kv_limit)
-        kv_end = tl.where(real, kv_end, kv_start)  # an empty tile: no key is valid
-        offs_n = kv_start + (t % kv_sub) * BLOCK_N + offs_n0
-        n_ok = offs_n < kv_end
-        k = tl.load(K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        if IEEE:
-            qk = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            qk = tl.dot(q, tl.trans(k))
-        if MASK_KV:
-            qk = tl.where(n_ok[None, :], qk, float("-inf"))
-        elif RAGGED_TAIL:
-            if (kb == last_kb) | (count == 0):  # only the sequence's short last block (and empty tiles) mask
-                qk = tl.where(n_ok[None, :], qk, float("-inf"))
-        else:
-            if count == 0:
-                qk = tl.where(n_ok[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that have seen only masked keys
-        alpha = tl.math.exp2(m_i - m_ref)
-        p = tl.math.exp2(qk * qk_scale - m_ref[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_dv[None, :],
-                    mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
-        if IEEE:
-            acc = tl.dot(p.to(v.dtype), v, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(p.to(v.dtype), v, acc)
-        m_i = m_new
-        local += 1
-        if local == n_iter:
-            empty = l_i == 0.0
-            l_safe = tl.where(empty, 1.0, l_i)
-            offs_m = m_start + offs_r
-            m_ok = offs_m < m_end
-            o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :]
-            tl.store(o_ptrs, (acc / l_safe[:, None]).to(Out.dtype.element_ty), mask=m_ok[:, None] & dv_ok[None, :])
-            lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
-            tl.store(Lse + b * stride_lb + h * stride_lh + offs_m, lse, mask=m_ok)
-            slot_i += 1
-            local = pid * 0
-
-
 def _autotune_configs():
     # Eight configs span num_warps 4/8, num_stages 2/3/4 and 64/128-key tiles; each costs a compile (seconds) on the
     # first call per key, so the list stays short. BLOCK_N is clamped to the layout's key tile by the pruner.
@@ -454,16 +306,6 @@ def _prune_configs(configs, named_args, **kwargs):
     # triton's own rather than an empty config list.
     fitting = [c for over, _, c in kept if not over]
     return fitting or [min(kept, key=lambda x: x[1])[2]]
-
-
-@lru_cache(maxsize=None)
-def _build_persistent(interpret: bool):
-    return triton.jit(_attn_fwd_persistent)
-
-
-@lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 _INNER_JIT = None
@@ -607,9 +449,6 @@ def _forward(q, k, v, kv_indices, kv_counts, q_block_starts, kv_block_starts, kv
         meta["num_warps"] = DEFAULT_CONFIG["num_warps"] or (4 if block_m <= 64 else 8)
         meta["num_stages"] = stages
 
-    if os.environ.get("DIT_SPARSE_TRITON_PERSISTENT", "0") == "1" and not meta["WARP_SPEC"] and not use_tma:
-        return _forward_persistent(q, k, v, out, lse, kv_indices, kv_counts, q_block_starts, kv_block_starts,
-                                   kv_valid_len, order, meta, nq, q_sub, bsz, heads, lq, lk, scale, dummy, vl_stride)
     grid = (nq * q_sub, bsz * heads)
     try:
         _kernel(interpret, autotune)[grid](
@@ -640,50 +479,6 @@ def _forward(q, k, v, kv_indices, kv_counts, q_block_starts, kv_block_starts, kv
             f"DIT_SPARSE_TRITON_WS=1: Triton {triton.__version__} could not build the warp-specialised key loop "
             f"({type(err).__name__}: {str(err)[:200]}); unset DIT_SPARSE_TRITON_WS (Triton 3.6 and 3.9 fail on sm90)"
         ) from err
-    return out, lse
-
-
-def _forward_persistent(q, k, v, out, lse, kv_indices, kv_counts, q_block_starts, kv_block_starts, kv_valid_len,
-                        order, meta, nq, q_sub, bsz, heads, lq, lk, scale, dummy, vl_stride):
-    """`_attn_fwd_persistent` (``DIT_SPARSE_TRITON_PERSISTENT=1``, an experiment): one program per SM (four under the
-    interpreter), each walking every grid-th tile of the program order; one fixed launch config (the autotuner's usual
-    pick: 128-key tiles, 8 warps, 3 stages where they fit)."""
-    interpret = _interpreting()
-    n_tiles = nq * q_sub * bsz * heads
-    if order is None:
-        order = torch.arange(nq * bsz * heads, device=q.device, dtype=torch.int32)
-    programs = min(n_tiles, 4 if interpret else _sm_count(q.device.index if q.device.index is not None
-                                                          else torch.cuda.current_device()))
-    tile_kv = _tile(meta["BLOCK_KV"])
-    block_n = min(DEFAULT_CONFIG["BLOCK_N"] or (tile_kv if interpret or meta["D_TILE"] <= 128 else 64), tile_kv)
-    stages = DEFAULT_CONFIG["NUM_STAGES"]
-    if not interpret:
-        while stages > 1 and _smem_bytes(meta["BLOCK_M"], block_n, meta["D_TILE"], meta["DV_TILE"], q.element_size(),
-                                         stages) > _max_smem(q.device):
-            stages -= 1
-    args = {key: meta[key] for key in ("HEAD_DIM", "HEAD_DIM_V", "D_TILE", "DV_TILE", "BLOCK_Q", "BLOCK_KV", "BLOCK_M",
-                                        "Q_SUB", "VAR_Q", "VAR_KV", "HAS_VALID", "MASK_KV", "IEEE", "RAGGED_TAIL")}
-    _build_persistent(interpret)[(programs,)](
-        q, k, v, out, lse, kv_indices, kv_counts,
-        dummy if q_block_starts is None else q_block_starts,
-        dummy if kv_block_starts is None else kv_block_starts,
-        dummy if kv_valid_len is None else kv_valid_len,
-        order,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        lse.stride(0), lse.stride(1),
-        *_strides(kv_indices, 4),
-        *_strides(kv_counts, 3),
-        *_strides(q_block_starts, 3),
-        *_strides(kv_block_starts, 3),
-        vl_stride,
-        heads, nq, lq, lk, float(scale) * _LOG2E, n_tiles,
-        BLOCK_N=block_n, NUM_STAGES=stages, MAX_T=_next_pow2(-(-n_tiles // programs)),
-        num_warps=DEFAULT_CONFIG["num_warps"] or (4 if meta["BLOCK_M"] <= 64 else 8), num_stages=stages,
-        **args,
-    )
     return out, lse
 
 
