@@ -52,7 +52,9 @@ mass. Joint clusters fix it (1.99 there); on tiny's captured attention both beat
 
 k-means is warm-started from the previous step's centroids, kept in the per-(layer, CFG branch) ``cache``:
 ``kmeans_iters`` iterations on the first call of a run (from evenly strided tokens, deterministic),
-``warm_iters`` afterwards.
+``warm_iters`` afterwards. A joint plan with cluster pieces and the pooled estimate leaves out k-means' last update and
+takes the clusters' means from the [q, k] sums of their pieces, which the block means read anyway
+(`_joint_pooled_mass`, ``FUSED_CLUSTER_SUMS``): the same clusters and layouts, one pass over q and k fewer per plan.
 """
 
 from __future__ import annotations
