@@ -337,8 +337,17 @@ def update_centroids(
     sums = torch.zeros(n, k, d, device=x32.device, dtype=torch.float32)
     sums.scatter_add_(1, labels.unsqueeze(-1).expand(-1, -1, d), x32)
     counts = cluster_counts(labels, k)
+    return cluster_means(sums, counts, centroids), counts
+
+
+def cluster_means(sums: torch.Tensor, counts: torch.Tensor, previous: torch.Tensor,
+                  centre: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The k-means update: every cluster's mean from its sum (float32 [N, K, D]) and size ([N, K]), plus ``centre``
+    ([N, D], where the sums are of centred points); an empty cluster keeps its ``previous`` centroid [N, K, D]."""
     means = sums / counts.clamp(min=1).unsqueeze(-1)
-    return torch.where(counts.unsqueeze(-1) > 0, means, centroids), counts
+    if centre is not None:
+        means = means + centre.unsqueeze(1)
+    return torch.where(counts.unsqueeze(-1) > 0, means, previous)
 
 
 def cluster_counts(labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -421,8 +430,7 @@ def batched_kmeans(
             else:
                 labels, sums, counts = _triton_step(points, mean, centroids, True)
             if iters > 0:
-                means = sums / counts.clamp(min=1).unsqueeze(-1) + mean.unsqueeze(1)
-                centroids = torch.where(counts.unsqueeze(-1) > 0, means, centroids)
+                centroids = cluster_means(sums, counts, centroids, mean)
         return labels, centroids, counts
     xc = _joined(parts).float() - mean.unsqueeze(1)
     centred = centroids - mean.unsqueeze(1)
@@ -445,6 +453,6 @@ def inertia(x: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor) -> t
 
 
 __all__ = [
-    "assign_clusters", "batched_kmeans", "cluster_counts", "cluster_order", "inertia", "segment_sums", "strided_init",
-    "update_centroids",
+    "assign_clusters", "batched_kmeans", "cluster_counts", "cluster_means", "cluster_order", "inertia", "segment_sums",
+    "strided_init", "update_centroids",
 ]

@@ -427,9 +427,9 @@ class SemanticPattern(Pattern):
         if cache[f"{which}_iters"] == 0:
             return
         prev = cache[f"{which}_centroids"]
-        sums = sums.view(prev.shape)
-        counts = counts.view(*prev.shape[:-1], 1)
-        cache[f"{which}_centroids"] = torch.where(counts > 0, sums / counts.clamp(min=1), centroids.view(prev.shape))
+        k, d = prev.shape[-2:]
+        means = kmeans.cluster_means(sums.view(-1, k, d), counts.reshape(-1, k), centroids.reshape(-1, k, d))
+        cache[f"{which}_centroids"] = means.view(prev.shape)
 
     def _fuses_cluster_means(self) -> bool:
         """Whether a joint plan takes its clusters' means from the pieces' sums (`_joint_pooled_mass`): with cluster
