@@ -19,7 +19,8 @@ Each variant runs at densities 1.0 / 0.25 / 0.10 of random layouts (the diagonal
 blocks per program gives its fixed cost per program and its rate per key block. The library kernel runs the same
 layouts in the same process. Every variant's output is checked against the library kernel's.
 
-    python bench/probe_triton_loop.py OUT.json [LENGTH,HEADS]      (default 32768,12: Wan-1.3B 480p, batch 1)
+    python bench/probe_triton_loop.py OUT.json [LENGTH,HEADS] [DENSITIES]
+        (default 32768,12: Wan-1.3B 480p, batch 1; densities 1.0,0.25,0.1; PROBE_VARIANTS=a,b picks variants)
 
 Runs without Diffusers (torch + triton only). Under TRITON_INTERPRET=1 on a CPU it runs a small smoke shape in
 float16.
@@ -43,10 +44,19 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _offset(idx_ptr, t, INDEXED: tl.constexpr, SUB: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Token offset of the loop's t-th key tile: listed block t // SUB, slice t % SUB (or tile t, contiguous)."""
+    if INDEXED:
+        return tl.load(idx_ptr + t // SUB) * 128 + (t % SUB) * BLOCK_N
+    else:
+        return t * BLOCK_N
+
+
+@triton.jit
 def _probe_fwd(
     Q, K, V, Out, Idx, Cnt, L, NQ, KMAX, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, INDEXED: tl.constexpr, TMA: tl.constexpr,
-    WS: tl.constexpr, PIPE_QK: tl.constexpr, STAGES: tl.constexpr,
+    WS: tl.constexpr, PIPE_QK: tl.constexpr, STAGES: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     BLOCK_M: tl.constexpr = 128
     SUB: tl.constexpr = 128 // BLOCK_N
@@ -71,20 +81,18 @@ def _probe_fwd(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     if PIPE_QK:
-        # Block 0's scores before the loop; each iteration issues block t + 1's QK^T first (the last iteration
-        # recomputes the last block's and drops it), then the softmax and PV of block t.
-        if INDEXED:
-            n_cur = tl.load(idx_ptr) * 128
-        else:
-            n_cur = 0
+        # Block 0's scores before the loop; each iteration issues tile t + 1's QK^T first (the last iteration
+        # recomputes the last tile's and drops it), then the softmax and PV of tile t. PREFETCH: tile t + 2's
+        # offset is read one iteration before its K load needs it.
+        n_cur = _offset(idx_ptr, 0, INDEXED, SUB, BLOCK_N)
+        n_next = _offset(idx_ptr, tl.minimum(1, count - 1), INDEXED, SUB, BLOCK_N)
         k = tl.load(K + base + (n_cur + offs_n)[:, None] * HEAD_DIM + offs_d[None, :])
         qk = tl.dot(q, tl.trans(k))
         for t in tl.range(0, count, num_stages=STAGES):
-            tn = tl.minimum(t + 1, count - 1)
-            if INDEXED:
-                n_next = tl.load(idx_ptr + tn // SUB) * 128 + (tn % SUB) * BLOCK_N
+            if PREFETCH:
+                n_after = _offset(idx_ptr, tl.minimum(t + 2, count - 1), INDEXED, SUB, BLOCK_N)
             else:
-                n_next = tn * BLOCK_N
+                n_next = _offset(idx_ptr, tl.minimum(t + 1, count - 1), INDEXED, SUB, BLOCK_N)
             k_next = tl.load(K + base + (n_next + offs_n)[:, None] * HEAD_DIM + offs_d[None, :])
             qk_next = tl.dot(q, tl.trans(k_next))
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
@@ -97,12 +105,18 @@ def _probe_fwd(
             m_i = m_new
             qk = qk_next
             n_cur = n_next
+            if PREFETCH:
+                n_next = n_after
     else:
+        # PREFETCH: tile t + 1's offset is read in iteration t (a loop-carried scalar) instead of at the top of
+        # iteration t + 1, where the K load's address waits for it.
+        n_pre = _offset(idx_ptr, 0, INDEXED, SUB, BLOCK_N)
         for t in tl.range(0, count, num_stages=STAGES, warp_specialize=WS):
-            if INDEXED:
-                n0 = tl.load(idx_ptr + t // SUB) * 128 + (t % SUB) * BLOCK_N
+            if PREFETCH:
+                n0 = n_pre
+                n_pre = _offset(idx_ptr, tl.minimum(t + 1, count - 1), INDEXED, SUB, BLOCK_N)
             else:
-                n0 = t * BLOCK_N
+                n0 = _offset(idx_ptr, t, INDEXED, SUB, BLOCK_N)
             if TMA:
                 k = k_desc.load([n0.to(tl.int32), 0])
             else:
@@ -123,35 +137,73 @@ def _probe_fwd(
     tl.store(Out + base + offs_m[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty))
 
 
-# name: (INDEXED, TMA, WS, PIPE_QK, BLOCK_N, num_warps, STAGES)
+def _variant(indexed=True, tma=False, ws=False, pipe_qk=False, block_n=128, warps=8, stages=3, prefetch=False):
+    return dict(INDEXED=indexed, TMA=tma, WS=ws, PIPE_QK=pipe_qk, BLOCK_N=block_n, num_warps=warps, STAGES=stages,
+                PREFETCH=prefetch)
+
+
 VARIANTS = {
-    "indexed": (True, False, False, False, 128, 8, 3),
-    "contiguous": (False, False, False, False, 128, 8, 3),
-    "indexed-tma": (True, True, False, False, 128, 8, 3),
-    "pipe_qk": (True, False, False, True, 128, 8, 2),
-    "pipe_qk-s3": (True, False, False, True, 128, 8, 3),
-    "pipe_qk-n64": (True, False, False, True, 64, 8, 3),
-    "pipe_qk-contiguous": (False, False, False, True, 128, 8, 2),
-    "contiguous-ws-w4": (False, False, True, False, 128, 4, 3),
-    "contiguous-ws-w8": (False, False, True, False, 128, 8, 3),
-    "contiguous-tma-ws-w4": (False, True, True, False, 128, 4, 3),
-    "contiguous-tma-ws-w8": (False, True, True, False, 128, 8, 3),
-    "indexed-ws-w8": (True, False, True, False, 128, 8, 3),
-    "indexed-tma-ws-w8": (True, True, True, False, 128, 8, 3),
+    "indexed": _variant(),
+    "contiguous": _variant(indexed=False),
+    "indexed-tma": _variant(tma=True),
+    "indexed-prefetch": _variant(prefetch=True),
+    "indexed-prefetch-s2": _variant(prefetch=True, stages=2),
+    "indexed-n64-prefetch": _variant(prefetch=True, block_n=64),
+    "pipe_qk": _variant(pipe_qk=True, stages=2),
+    "pipe_qk-s3": _variant(pipe_qk=True),  # 3 stages of 128-key tiles and the extra K tile: over shared memory
+    "pipe_qk-n64": _variant(pipe_qk=True, block_n=64),
+    "pipe_qk-n64-s4": _variant(pipe_qk=True, block_n=64, stages=4),
+    "pipe_qk-n64-prefetch": _variant(pipe_qk=True, block_n=64, prefetch=True),
+    "pipe_qk-prefetch": _variant(pipe_qk=True, stages=2, prefetch=True),
+    "pipe_qk-contiguous": _variant(indexed=False, pipe_qk=True, stages=2),
+    "contiguous-ws-w4": _variant(indexed=False, ws=True, warps=4),
+    "contiguous-ws-w8": _variant(indexed=False, ws=True),
+    "contiguous-tma-ws-w4": _variant(indexed=False, tma=True, ws=True, warps=4),
+    "contiguous-tma-ws-w8": _variant(indexed=False, tma=True, ws=True),
+    "indexed-ws-w8": _variant(ws=True),
+    "indexed-tma-ws-w8": _variant(tma=True, ws=True),
+    "indexed-prefetch-ws-w8": _variant(ws=True, prefetch=True),
 }
 
 
 def probe(q, k, v, idx, cnt, scale, variant):
-    indexed, tma, ws, pipe_qk, block_n, warps, stages = VARIANTS[variant]
+    meta = VARIANTS[variant]
     h, length, dim = q.shape
     nq = length // BLOCK
     out = torch.empty_like(q)
-    if tma:
+    if meta["TMA"]:
         tbs._ensure_tma_allocator()
-    _probe_fwd[(nq, h)](q, k, v, out, idx, cnt, length, nq, idx.shape[-1], scale * _LOG2E,
-                        HEAD_DIM=dim, BLOCK_N=block_n, INDEXED=indexed, TMA=tma, WS=ws, PIPE_QK=pipe_qk,
-                        STAGES=stages, num_warps=warps)
+    _probe_fwd[(nq, h)](q, k, v, out, idx, cnt, length, nq, idx.shape[-1], scale * _LOG2E, HEAD_DIM=dim, **meta)
     return out
+
+
+def main_kernel_ms(fn, name: str) -> float:
+    """CUDA time of the kernels whose name contains ``name`` in one call of ``fn`` (the profiler's), after a call
+    outside it."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            fn()
+        torch.cuda.synchronize()
+    return sum(getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0)
+               for e in prof.key_averages() if name in e.key) / 5e3
+
+
+def back_to_back_ms(fn, calls: int = 10) -> float:
+    """Milliseconds per call over ``calls`` calls queued back to back (the CPU's launch cost hides behind the GPU's
+    work, as in a pipeline), median of 5."""
+    fn()
+    times = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return sorted(times)[2]
 
 
 def fit(points):
@@ -180,7 +232,7 @@ def main():
     nq = length // BLOCK
     sms = torch.cuda.get_device_properties(0).multi_processor_count if cuda else 1
     row = {"length": length, "heads": heads, "head_dim": dim, "dtype": str(dtype), "sms": sms}
-    densities = [1.0, 0.25, 0.1]
+    densities = [float(x) for x in (sys.argv[3] if len(sys.argv) > 3 else "1.0,0.25,0.1").split(",")]
     layouts = {}
     for d in densities:
         lay = random_layout(1, heads, length, d, BLOCK, device)
@@ -192,11 +244,20 @@ def main():
     flops_dense = 4.0 * length * length * heads * dim
     programs = heads * nq
 
-    def timed(fn, dens, blocks):
-        ms = time_cuda(fn, reps=20)["median_ms"] if cuda else float("nan")
-        waves = programs / sms
-        return {"ms": ms, "effective_tflops": flops_dense * dens / ms / 1e9, "density": dens,
-                "us_per_program": ms * 1e3 / waves, "blocks_per_program": blocks}
+    def timed(fn, dens, blocks, kernel_name):
+        """Three clocks: one call from an idle GPU (what the kernel benchmark reports: the launch's host cost
+        included), calls queued back to back, and the main kernel's own CUDA time; TFLOP/s and µs per program
+        (a wave of one program per SM) from the kernel's time."""
+        if not cuda:
+            return {"density": dens, "blocks_per_program": blocks}
+        single = time_cuda(fn, reps=20)["median_ms"]
+        queued = back_to_back_ms(fn)
+        kernel = main_kernel_ms(fn, kernel_name)
+        flops = flops_dense * dens / 1e9
+        return {"single_ms": single, "back_to_back_ms": queued, "kernel_ms": kernel,
+                "tflops_single": flops / single, "tflops_back_to_back": flops / queued,
+                "effective_tflops": flops / kernel, "density": dens,
+                "us_per_program": kernel * 1e3 / (programs / sms), "blocks_per_program": blocks}
 
     qb, kb, vb = (t.unsqueeze(0) for t in (q, k, v))
     os.environ["DIT_SPARSE_TRITON_AUTOTUNE"] = "1"
@@ -205,12 +266,24 @@ def main():
     for d, (lay, idx, cnt, dens) in layouts.items():
         reference[d] = block_sparse_attention(qb, kb, vb, lay, backend="triton")[0]
         entry[str(d)] = timed(lambda lay=lay: block_sparse_attention(qb, kb, vb, lay, backend="triton"),
-                              float(lay.density()), float(lay.kv_counts.float().mean()))
-    entry["fit"] = fit([(e["blocks_per_program"], e["us_per_program"]) for e in entry.values()])
+                              float(lay.density()), float(lay.kv_counts.float().mean()), "_attn_fwd")
+    if cuda:
+        entry["fit"] = fit([(e["blocks_per_program"], e["us_per_program"]) for e in entry.values()])
     row["library_kernel"] = entry
     print("library_kernel", json.dumps(entry), flush=True)
-    for variant in VARIANTS:
-        indexed = VARIANTS[variant][0]
+    # Diffusers hands the processor (B, L, H, D) tensors: the library kernel reads them through strides.
+    qs, ks, vs = (t.transpose(0, 1).contiguous().transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+    entry = {}
+    for d, (lay, idx, cnt, dens) in layouts.items():
+        entry[str(d)] = timed(lambda lay=lay: block_sparse_attention(qs, ks, vs, lay, backend="triton"),
+                              float(lay.density()), float(lay.kv_counts.float().mean()), "_attn_fwd")
+    if cuda:
+        entry["fit"] = fit([(e["blocks_per_program"], e["us_per_program"]) for e in entry.values()])
+    row["library_kernel_strided"] = entry
+    print("library_kernel_strided", json.dumps(entry), flush=True)
+    chosen = os.environ.get("PROBE_VARIANTS")
+    for variant in chosen.split(",") if chosen else VARIANTS:
+        indexed = VARIANTS[variant]["INDEXED"]
         entry = {}
         try:
             for d, (lay, idx, cnt, dens) in layouts.items():
@@ -222,9 +295,10 @@ def main():
                 if not torch.isfinite(got).all():
                     raise RuntimeError("non-finite output")
                 entry[str(d)] = timed(lambda idx=idx, cnt=cnt: probe(q, k, v, idx, cnt, scale, variant), dens,
-                                      float(cnt.float().mean()))
-            entry["fit"] = fit([(e["blocks_per_program"], e["us_per_program"])
-                                for key, e in entry.items() if isinstance(e, dict)])
+                                      float(cnt.float().mean()), "_probe_fwd")
+            if cuda:
+                entry["fit"] = fit([(e["blocks_per_program"], e["us_per_program"])
+                                    for key, e in entry.items() if isinstance(e, dict)])
         except Exception as err:  # a variant Triton cannot build here is a result too
             entry["error"] = repr(err)[:400]
         row[variant] = entry
