@@ -57,6 +57,7 @@ def _probe_fwd(
     Q, K, V, Out, Idx, Cnt, L, NQ, KMAX, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, INDEXED: tl.constexpr, TMA: tl.constexpr,
     WS: tl.constexpr, PIPE_QK: tl.constexpr, STAGES: tl.constexpr, PREFETCH: tl.constexpr,
+    VEC_INDEX: tl.constexpr,
 ):
     BLOCK_M: tl.constexpr = 128
     SUB: tl.constexpr = 128 // BLOCK_N
@@ -112,15 +113,23 @@ def _probe_fwd(
         # iteration t + 1, where the K load's address waits for it.
         n_pre = _offset(idx_ptr, 0, INDEXED, SUB, BLOCK_N)
         for t in tl.range(0, count, num_stages=STAGES, warp_specialize=WS):
-            if PREFETCH:
+            if VEC_INDEX:
+                # The block id read as a BLOCK_N vector (every row the same address): a tensor load, which the
+                # pipeliner can issue as an async copy stages ahead, where a scalar load is a synchronous one.
+                kb_rows = tl.load(idx_ptr + t // SUB + offs_n * 0)
+                rows = kb_rows * 128 + (t % SUB) * BLOCK_N + offs_n
+                n0 = 0  # unused
+            elif PREFETCH:
                 n0 = n_pre
                 n_pre = _offset(idx_ptr, tl.minimum(t + 1, count - 1), INDEXED, SUB, BLOCK_N)
+                rows = n0 + offs_n
             else:
                 n0 = _offset(idx_ptr, t, INDEXED, SUB, BLOCK_N)
+                rows = n0 + offs_n
             if TMA:
                 k = k_desc.load([n0.to(tl.int32), 0])
             else:
-                k = tl.load(K + base + (n0 + offs_n)[:, None] * HEAD_DIM + offs_d[None, :])
+                k = tl.load(K + base + rows[:, None] * HEAD_DIM + offs_d[None, :])
             qk = tl.dot(q, tl.trans(k))
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             alpha = tl.math.exp2(m_i - m_new)
@@ -130,16 +139,17 @@ def _probe_fwd(
             if TMA:
                 v = v_desc.load([n0.to(tl.int32), 0])
             else:
-                v = tl.load(V + base + (n0 + offs_n)[:, None] * HEAD_DIM + offs_d[None, :])
+                v = tl.load(V + base + rows[:, None] * HEAD_DIM + offs_d[None, :])
             acc = tl.dot(p.to(v.dtype), v, acc)
             m_i = m_new
     out = acc / l_i[:, None]
     tl.store(Out + base + offs_m[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty))
 
 
-def _variant(indexed=True, tma=False, ws=False, pipe_qk=False, block_n=128, warps=8, stages=3, prefetch=False):
+def _variant(indexed=True, tma=False, ws=False, pipe_qk=False, block_n=128, warps=8, stages=3, prefetch=False,
+             vec_index=False):
     return dict(INDEXED=indexed, TMA=tma, WS=ws, PIPE_QK=pipe_qk, BLOCK_N=block_n, num_warps=warps, STAGES=stages,
-                PREFETCH=prefetch)
+                PREFETCH=prefetch, VEC_INDEX=vec_index)
 
 
 VARIANTS = {
@@ -163,6 +173,12 @@ VARIANTS = {
     "indexed-ws-w8": _variant(ws=True),
     "indexed-tma-ws-w8": _variant(tma=True, ws=True),
     "indexed-prefetch-ws-w8": _variant(ws=True, prefetch=True),
+    "indexed-vec": _variant(vec_index=True),
+    "indexed-vec-s2": _variant(vec_index=True, stages=2),
+    "indexed-vec-n64": _variant(vec_index=True, block_n=64),
+    "indexed-vec-n64-s4": _variant(vec_index=True, block_n=64, stages=4),
+    "indexed-n64-s4": _variant(block_n=64, stages=4),
+    "indexed-vec-ws-w8": _variant(vec_index=True, ws=True),
 }
 
 
@@ -254,7 +270,8 @@ def main():
         queued = back_to_back_ms(fn)
         kernel = main_kernel_ms(fn, kernel_name)
         flops = flops_dense * dens / 1e9
-        return {"single_ms": single, "back_to_back_ms": queued, "kernel_ms": kernel,
+        config = getattr(tbs._build_kernel(False, True), "best_config", None) if kernel_name == "_attn_fwd" else None
+        return {"config": str(config), "single_ms": single, "back_to_back_ms": queued, "kernel_ms": kernel,
                 "tflops_single": flops / single, "tflops_back_to_back": flops / queued,
                 "effective_tflops": flops / kernel, "density": dens,
                 "us_per_program": kernel * 1e3 / (programs / sms), "blocks_per_program": blocks}
