@@ -9,7 +9,7 @@ import sys
 import torch
 
 import dit_sparse as ds
-from dit_sparse.eval.bench import VIDEO_SHAPES, _video_qkv
+from dit_sparse.eval.bench import VIDEO_SHAPES, _video_qkv, kernel_cuda_ms
 from dit_sparse.patterns import make_pattern
 from dit_sparse.pipelines.presets import PRESETS
 from dit_sparse.schedule import BoundedCache, PlanCache
@@ -40,9 +40,4 @@ def record(out: dict, path: str, shape: str, row: dict) -> None:
 
 def kernel_ms(fn) -> float:
     """The CUDA time of ``fn``'s kernels, the profiler's sum (after one call outside it)."""
-    fn()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return sum(getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0)
-               for e in prof.key_averages()) / 1e3
+    return kernel_cuda_ms(fn)

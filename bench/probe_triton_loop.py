@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 from probe_io import start  # bench/, next to this script
 
-from dit_sparse.eval.bench import random_layout, time_cuda
+from dit_sparse.eval.bench import kernel_cuda_ms, queued_cuda_ms, random_layout, time_cuda
 from dit_sparse.kernels import block_sparse_attention
 from dit_sparse.kernels import triton_block_sparse as tbs
 
@@ -193,35 +193,6 @@ def probe(q, k, v, idx, cnt, scale, variant):
     return out
 
 
-def main_kernel_ms(fn, name: str) -> float:
-    """CUDA time of the kernels whose name contains ``name`` in one call of ``fn`` (the profiler's), after a call
-    outside it."""
-    fn()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(5):
-            fn()
-        torch.cuda.synchronize()
-    return sum(getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0)
-               for e in prof.key_averages() if name in e.key) / 5e3
-
-
-def back_to_back_ms(fn, calls: int = 10) -> float:
-    """Milliseconds per call over ``calls`` calls queued back to back (the CPU's launch cost hides behind the GPU's
-    work, as in a pipeline), median of 5."""
-    fn()
-    times = []
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / calls)
-    return sorted(times)[2]
-
-
 def fit(points):
     """Least squares ms = fixed + per_block * blocks over (blocks per program, µs per program) points."""
     n = len(points)
@@ -267,8 +238,8 @@ def main():
         if not cuda:
             return {"density": dens, "blocks_per_program": blocks}
         single = time_cuda(fn, reps=20)["median_ms"]
-        queued = back_to_back_ms(fn)
-        kernel = main_kernel_ms(fn, kernel_name)
+        queued = queued_cuda_ms(fn, single)
+        kernel = kernel_cuda_ms(fn, calls=5, name=kernel_name)
         flops = flops_dense * dens / 1e9
         config = getattr(tbs._build_kernel(False, True), "best_config", None) if kernel_name == "_attn_fwd" else None
         return {"config": str(config), "single_ms": single, "back_to_back_ms": queued, "kernel_ms": kernel,

@@ -84,6 +84,12 @@ def _kernel_runs(results: List[dict], kind: str) -> List[dict]:
     return _latest([r for r in runs if len(r.get("results", {})) == widest], kind)
 
 
+def _opt(entry: dict, key: str, digits: int = 0) -> str:
+    """``entry[key]`` with ``digits`` decimals, or "—" where the run did not measure it."""
+    value = entry.get(key)
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
 def kernel_table(results: List[dict], kind: str = "kernel") -> str:
     """The newest ``kind`` run ("kernel": random layouts per density, the newest of the widest sweeps; "kernel-tile":
     the tile pattern and a random layout of its density, rows named by their layout)."""
@@ -92,22 +98,26 @@ def kernel_table(results: List[dict], kind: str = "kernel") -> str:
         dev = r.get("env", {}).get("device", "?")
         lines.append(f"Device: {dev}, commit `{r.get('commit', '?')[:10]}`, block {r.get('block_size')}, "
                      f"{r.get('selection', '')}; `{r.get('command', '')}`\n")
-        lines.append("| shape | engine | density | time (ms) | effective TFLOP/s | × dense cuDNN time | max err |")
-        lines.append("|---|---|---|---|---|---|---|")
+        # Runs since session 24 also have the kernels' own CUDA time and calls queued back to back (a single call
+        # from an idle GPU also holds its host path); older runs show "—" there.
+        lines.append("| shape | engine | density | time (ms) | effective TFLOP/s | kernel time (ms) "
+                     "| effective TFLOP/s, kernel time | effective TFLOP/s, queued | × dense cuDNN time | max err |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for shape, e in r["results"].items():
             dense = e["dense"]
             dense_ms = dense.get("cudnn_sdpa", {}).get("median_ms") or dense.get("sdpa", {}).get("median_ms")
             for name, t in e["dense"].items():
                 if "median_ms" in t:
                     lines.append(f"| {shape} ({e['tokens']}×{e['heads']}) | {name} (dense) | 1.00 | "
-                                 f"{t['median_ms']:.2f} | {t['tflops']:.0f} | 1.00 | — |")
+                                 f"{t['median_ms']:.2f} | {t['tflops']:.0f} | {_opt(t, 'kernel_ms', 2)} | "
+                                 f"{_opt(t, 'kernel_tflops')} | {_opt(t, 'queued_tflops')} | 1.00 | — |")
             for backend, rows in e["sparse"].items():
                 if "unavailable" in rows:
-                    lines.append(f"| {shape} | {backend} | — | unavailable: {rows['unavailable']} | | | |")
+                    lines.append(f"| {shape} | {backend} | — | unavailable: {rows['unavailable']} | | | | | | |")
                     continue
                 for d, t in rows.items():
                     if "median_ms" not in t:
-                        lines.append(f"| {shape} | {backend} | {d} | error: {t.get('error', '')[:80]} | | | |")
+                        lines.append(f"| {shape} | {backend} | {d} | error: {t.get('error', '')[:80]} | | | | | | |")
                         continue
                     ratio = t["median_ms"] / dense_ms if dense_ms else None
                     err = t["max_abs_err_vs_reference"]
@@ -116,7 +126,9 @@ def kernel_table(results: List[dict], kind: str = "kernel") -> str:
                     name = d[: d.rfind("-")] if d.startswith("random-") else d
                     density = f"{t['density']:.2f}" if kind == "kernel" else f"{name} {t['density']:.3f}"
                     lines.append(f"| {shape} | {backend} | {density} | {t['median_ms']:.2f} | "
-                                 f"{t['effective_tflops']:.0f} | {_fmt(ratio)} | {err:.1e} |")
+                                 f"{t['effective_tflops']:.0f} | {_opt(t, 'kernel_ms', 2)} | "
+                                 f"{_opt(t, 'effective_kernel_tflops')} | {_opt(t, 'effective_queued_tflops')} | "
+                                 f"{_fmt(ratio)} | {err:.1e} |")
         lines.append("")
     return "\n".join(lines) if lines else "_no kernel results yet_"
 

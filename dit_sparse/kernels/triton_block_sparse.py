@@ -385,13 +385,33 @@ def _program_order(kv_counts: torch.Tensor, b: int, h: int, mode: str) -> Option
     return (within + base).reshape(-1).to(torch.int32)
 
 
-def _forward(q, k, v, kv_indices, kv_counts, q_block_starts, kv_block_starts, kv_valid_len, block_q, block_kv, scale):
+_ORDER_UNSET = object()
+
+
+def _order_mode() -> str:
+    return os.environ.get("DIT_SPARSE_TRITON_ORDER", "head").strip().lower()
+
+
+def _memo_order(layout: BlockLayout, bsz: int, heads: int) -> Optional[torch.Tensor]:
+    """The program order of ``layout``, computed once while the layout lives (a layout serves many calls: every
+    layer for radial, every call until the next refresh for the content-aware patterns) instead of an argsort and
+    four more small kernels per call."""
+    key = ("triton_order", _order_mode(), bsz, heads)
+    if key not in layout.memo:
+        layout.memo[key] = _program_order(layout.kv_counts.to(torch.int32), bsz, heads, key[1])
+    return layout.memo[key]
+
+
+def _forward(q, k, v, kv_indices, kv_counts, q_block_starts, kv_block_starts, kv_valid_len, block_q, block_kv, scale,
+             order=_ORDER_UNSET):
     bsz, heads, lq, d = q.shape
     lk, dv = k.shape[2], v.shape[-1]
     nq = kv_indices.shape[2]
     device = q.device
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    out = torch.empty(bsz, heads, lq, dv, device=device, dtype=q.dtype)
+    # The output in (B, L, H, D) memory, as FlashAttention-4 returns it and Diffusers' processors reshape it: their
+    # (B, L, H * D) view is then free instead of a copy (the kernel writes through strides either way).
+    out = torch.empty(bsz, lq, heads, dv, device=device, dtype=q.dtype).transpose(1, 2)
     lse = torch.empty(bsz, heads, lq, device=device, dtype=torch.float32)
 
     d_tile, dv_tile = max(_next_pow2(d), _MIN_TILE), max(_next_pow2(dv), _MIN_TILE)
@@ -410,7 +430,8 @@ def _forward(q, k, v, kv_indices, kv_counts, q_block_starts, kv_block_starts, kv
 
     kv_indices, kv_counts = i32(kv_indices), i32(kv_counts)
     q_block_starts, kv_block_starts, kv_valid_len = i32(q_block_starts), i32(kv_block_starts), i32(kv_valid_len)
-    order = _program_order(kv_counts, bsz, heads, os.environ.get("DIT_SPARSE_TRITON_ORDER", "head").strip().lower())
+    if order is _ORDER_UNSET:
+        order = _program_order(kv_counts, bsz, heads, _order_mode())
 
     interpret = _interpreting()
     use_tma = os.environ.get("DIT_SPARSE_TRITON_TMA", "0") == "1"
@@ -507,7 +528,7 @@ def _triton_block_sparse_fwd_fake(
     q, k, v, kv_indices, kv_counts, q_block_starts, kv_block_starts, kv_valid_len, block_q, block_kv, scale
 ):
     b, h, lq, _ = q.shape
-    return q.new_empty(b, h, lq, v.shape[-1]), q.new_empty(b, h, lq, dtype=torch.float32)
+    return q.new_empty(b, lq, h, v.shape[-1]).transpose(1, 2), q.new_empty(b, h, lq, dtype=torch.float32)
 
 
 @lru_cache(maxsize=None)
@@ -554,7 +575,7 @@ def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout, 
     if torch.compiler.is_compiling():
         out, lse = torch.ops.dit_sparse.triton_block_sparse_fwd(*args)
     else:
-        out, lse = _forward(*args)
+        out, lse = _forward(*args, order=_memo_order(layout, q.shape[0], q.shape[1]))
     return (out, lse) if return_lse else out
 
 

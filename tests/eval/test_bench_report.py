@@ -243,7 +243,11 @@ SAMPLE_KERNEL = {
         "tokens": 32760, "heads": 12, "head_dim": 128,
         "dense": {"cudnn_sdpa": {"median_ms": 10.8, "tflops": 610.0}},
         "sparse": {"triton": {"0.25": {"median_ms": 3.0, "density": 0.25, "effective_tflops": 550.0,
-                                       "max_abs_err_vs_reference": 0.004}},
+                                       "max_abs_err_vs_reference": 0.004},
+                              # A newer run's row: the kernels' own time and the queued calls' rate as well.
+                              "0.1": {"median_ms": 2.0, "density": 0.1, "effective_tflops": 330.0,
+                                      "kernel_ms": 1.46, "effective_kernel_tflops": 452.0,
+                                      "effective_queued_tflops": 445.0, "max_abs_err_vs_reference": 0.004}},
                    "fa4": {"unavailable": "not installed"}},
     }},
 }
@@ -267,7 +271,8 @@ def test_report_renders_tables_plots_and_readme(tmp_path):
     report.update_readme(str(readme), str(res), str(docs))
     text = readme.read_text()
     assert "old" not in text and "tail" in text
-    assert "| wan1.3b-480p | triton | 0.25 | 3.00 | 550 | 0.28 | 4.0e-03 |" in text
+    assert "| wan1.3b-480p | triton | 0.25 | 3.00 | 550 | — | — | — | 0.28 | 4.0e-03 |" in text
+    assert "| wan1.3b-480p | triton | 0.10 | 2.00 | 330 | 1.46 | 452 | 445 | 0.19 | 4.0e-03 |" in text
     assert "| radial | 8.00 | 1.50 | 2.00 | 1.60 | 0.30 | triton | 30.0 |" in text
     assert (docs / "kernel_speed.png").stat().st_size > 1000
     assert (docs / "e2e_speedup.png").stat().st_size > 1000

@@ -220,6 +220,33 @@ def test_program_order_sorts_longest_first():
     assert counts.expand(2, 1, 5).reshape(-1)[glob.long()].tolist() == [3, 3, 3, 3, 2, 2, 1, 1, 0, 0]
 
 
+def test_program_order_is_computed_once_per_layout_and_mode(monkeypatch):
+    # The order is an argsort of the layout's counts: kept in the layout's memo, per order mode and (batch, heads).
+    calls = []
+    real = tbs._program_order
+    monkeypatch.setattr(tbs, "_program_order", lambda *a: calls.append(a[1:]) or real(*a))
+    q, k, v = _qkv(300, 300, 64, torch.float16)
+    mask = _random_block_mask(B, H, 5, 5, density=0.4, seed=7)
+    layout = BlockLayout.from_block_mask(mask, 64, 64, 300, 300)
+    first = block_sparse_attention(q, k, v, layout, backend="triton")
+    again = block_sparse_attention(q, k, v, layout, backend="triton")
+    assert calls == [(B, H, "head")]
+    torch.testing.assert_close(first, again, atol=0, rtol=0)
+    monkeypatch.setenv("DIT_SPARSE_TRITON_ORDER", "global")
+    block_sparse_attention(q, k, v, layout, backend="triton")
+    assert calls == [(B, H, "head"), (B, H, "global")]
+    _check(q, k, v, mask, layout, expect_empty=(0, H - 1, torch.arange(64, 128)))
+
+
+def test_output_is_in_diffusers_token_major_memory():
+    # (B, H, L, D) view of (B, L, H, D) memory, as FlashAttention-4 returns it: the processors' (B, L, H * D) reshape
+    # is then a view, not a copy.
+    q, k, v = _qkv(300, 300, 64, torch.float16)
+    layout = BlockLayout.from_block_mask(_random_block_mask(B, H, 5, 5), 64, 64, 300, 300)
+    out = block_sparse_attention(q, k, v, layout, backend="triton")
+    assert out.shape == (B, H, 300, 64) and out.transpose(1, 2).is_contiguous()
+
+
 def test_tma_path(monkeypatch):
     monkeypatch.setenv("DIT_SPARSE_TRITON_TMA", "1")
     lq, lk, blk = 257, 300, 64
