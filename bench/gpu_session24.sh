@@ -31,3 +31,13 @@ qual)
     --out $OUT/quality-small-768p-wan-presets.json 2>&1 | grep -vE "^ *$|Warning|warn" | tail -9
   ;;
 esac
+# Part three (no Diffusers): the library kernel on Diffusers' (B, L, H, D) memory against head-major memory, and with
+# K / V copied to head-major inside the call, each tuned for itself, at both probe shapes.
+case "${1:-}" in
+layouts)
+  PROBE_VARIANTS=indexed timeout 250 python3 bench/probe_triton_loop.py $OUT/probe-triton-loop-layouts.json \
+    32768,12 1.0,0.25,0.1 2>&1 | grep -E "^[a-z_0-9-]+ [{]" | cut -c1-200
+  PROBE_VARIANTS=indexed timeout 300 python3 bench/probe_triton_loop.py $OUT/probe-triton-loop-layouts-hunyuan.json \
+    119040,24 0.25,0.1 2>&1 | grep -E "^[a-z_0-9-]+ [{]" | cut -c1-200
+  ;;
+esac
