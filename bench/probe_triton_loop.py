@@ -53,6 +53,15 @@ def _offset(idx_ptr, t, INDEXED: tl.constexpr, SUB: tl.constexpr, BLOCK_N: tl.co
 
 
 @triton.jit
+def _softmax_step(qk, m_i, l_i, acc, qk_scale):
+    """One online-softmax update (the library kernel's, without masks): probabilities, new max, sum, rescaled acc."""
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+    return p, m_new, l_i * alpha + tl.sum(p, 1), acc * alpha[:, None]
+
+
+@triton.jit
 def _probe_fwd(
     Q, K, V, Out, Idx, Cnt, L, NQ, KMAX, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, INDEXED: tl.constexpr, TMA: tl.constexpr,
@@ -96,11 +105,7 @@ def _probe_fwd(
                 n_next = _offset(idx_ptr, tl.minimum(t + 1, count - 1), INDEXED, SUB, BLOCK_N)
             k_next = tl.load(K + base + (n_next + offs_n)[:, None] * HEAD_DIM + offs_d[None, :])
             qk_next = tl.dot(q, tl.trans(k_next))
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-            alpha = tl.math.exp2(m_i - m_new)
-            p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
+            p, m_new, l_i, acc = _softmax_step(qk, m_i, l_i, acc, qk_scale)
             v = tl.load(V + base + (n_cur + offs_n)[:, None] * HEAD_DIM + offs_d[None, :])
             acc = tl.dot(p.to(v.dtype), v, acc)
             m_i = m_new
@@ -131,11 +136,7 @@ def _probe_fwd(
             else:
                 k = tl.load(K + base + rows[:, None] * HEAD_DIM + offs_d[None, :])
             qk = tl.dot(q, tl.trans(k))
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-            alpha = tl.math.exp2(m_i - m_new)
-            p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
+            p, m_new, l_i, acc = _softmax_step(qk, m_i, l_i, acc, qk_scale)
             if TMA:
                 v = v_desc.load([n0.to(tl.int32), 0])
             else:

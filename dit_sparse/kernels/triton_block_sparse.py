@@ -17,8 +17,10 @@ Knobs (environment variables, read per call):
                                    measured on H200).
     DIT_SPARSE_TRITON_WS=1         warp-specialise the main key loop (``tl.range(..., warp_specialize=True)``: loads
                                    and compute in separate warps). Off by default: Triton 3.6 and 3.9 fail to
-                                   compile it on sm90 (``PassManager::run failed``, with or without TMA);
-                                   ``bench/probe_triton_ws.sh`` measures it under another Triton.
+                                   compile this kernel with it on sm90 (``PassManager::run failed``, with or without
+                                   TMA); a plain key loop does build with 8 warps there and runs no faster
+                                   (``bench/probe_triton_loop.py``); ``bench/probe_triton_ws.sh`` measures it under
+                                   another Triton.
     DIT_SPARSE_PERSISTENT_CACHE=0  do not keep autotuning results on disk (Triton's ``cache_results``, in Triton's
                                    cache directory): by default a new process reuses them instead of re-tuning.
 """
