@@ -126,31 +126,49 @@ def queued_cuda_ms(fn: Callable[[], object], single_ms: float, budget_ms: float 
     return times[len(times) // 2]
 
 
+def _profiled_kernels(fn: Callable[[], object], calls: int):
+    """``fn`` run ``calls`` times under the profiler: ([(name, self µs, count)] of what ran — kernels on CUDA, host
+    operators without it —, wall seconds). The one profiling loop of `kernel_cuda_ms` and `step_kernel_profile`."""
+    import time
+
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        wall = time.perf_counter() - t0
+    events = []
+    for e in prof.key_averages():
+        us = e.self_device_time_total if cuda else e.self_cpu_time_total
+        if us > 0:
+            events.append((e.key, us, e.count))
+    return events, wall
+
+
 def kernel_cuda_ms(fn: Callable[[], object], calls: int = 1, name: Optional[str] = None) -> float:
     """The CUDA time of ``fn``'s kernels per call (the profiler's sum over ``calls`` calls, after one call outside
     it); with ``name``, only kernels whose name contains it."""
     fn()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-    total = sum(getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0)
-                for e in prof.key_averages() if name is None or name in e.key)
-    return total / 1e3 / calls
+    events, _ = _profiled_kernels(fn, calls)
+    return sum(us for key, us, _ in events if name is None or name in key) / 1e3 / calls
 
 
-def three_clocks(fn: Callable[[], object], flops: float, reps: int = 7) -> Dict[str, float]:
+def three_clocks(fn: Callable[[], object], flops: float, reps: int = 7, prefix: str = "") -> Dict[str, float]:
     """`time_cuda`'s single calls, plus on CUDA the queued time and the kernels' own time, each with its TFLOP/s
-    for ``flops`` per call: ``tflops`` (single calls, what the tables used to give alone), ``queued_tflops``,
-    ``kernel_tflops``."""
+    for ``flops`` per call: ``{prefix}tflops`` (single calls, what the tables used to give alone),
+    ``{prefix}queued_tflops``, ``{prefix}kernel_tflops``."""
     t = time_cuda(fn, reps=reps)
-    t["tflops"] = flops / t["median_ms"] / 1e9
+    t[f"{prefix}tflops"] = flops / t["median_ms"] / 1e9
     if torch.cuda.is_available():
         t["queued_ms"] = queued_cuda_ms(fn, t["median_ms"])
         t["kernel_ms"] = kernel_cuda_ms(fn, calls=max(1, min(5, int(round(40.0 / max(t["median_ms"], 1e-3))))))
-        t["queued_tflops"] = flops / t["queued_ms"] / 1e9
-        t["kernel_tflops"] = flops / t["kernel_ms"] / 1e9
+        t[f"{prefix}queued_tflops"] = flops / t["queued_ms"] / 1e9
+        t[f"{prefix}kernel_tflops"] = flops / t["kernel_ms"] / 1e9
     return t
 
 
@@ -339,15 +357,11 @@ def bench_kernel(args) -> dict:
                 try:
                     out = block_sparse_attention(q, k, v, layout, backend=backend)
                     err = sampled_reference_error(q, k, v, layout, out)
-                    t = three_clocks(lambda: block_sparse_attention(q, k, v, layout, backend=backend),
-                                     flops_dense * real_d, reps=args.reps)
-                    t["density"] = real_d
                     # Effective: the dense FLOPs times the density (the work the layout asks for). The single-call
-                    # time is the historical column; kernel_tflops is the GPU's own time (the target's measure).
-                    t["effective_tflops"] = t.pop("tflops")
-                    for clock in ("queued", "kernel"):
-                        if f"{clock}_tflops" in t:
-                            t[f"effective_{clock}_tflops"] = t.pop(f"{clock}_tflops")
+                    # time is the historical column; the kernel time is the GPU's own (the target's measure).
+                    t = three_clocks(lambda: block_sparse_attention(q, k, v, layout, backend=backend),
+                                     flops_dense * real_d, reps=args.reps, prefix="effective_")
+                    t["density"] = real_d
                     if layout.is_variable:
                         t.update(_piece_stats(layout))
                     t["max_abs_err_vs_reference"] = err
@@ -1300,28 +1314,12 @@ def step_kernel_profile(step, steps: int, top: int = 25) -> dict:
     """GPU time per step by kernel over ``steps`` steps (one refresh cycle, so planning's share is in it): where a
     sparse step's time goes against the yardstick's. ``busy_ms`` is the GPU's kernel time per step; what the step
     takes beyond it is time the GPU waited for the host. Without CUDA, the host's time by operator."""
-    import time
-
-    from torch.profiler import ProfilerActivity, profile
-
-    cuda = torch.cuda.is_available()
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-
-    def self_us(e) -> float:
-        return e.self_device_time_total if cuda else e.self_cpu_time_total
-
-    sync()
-    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
-        wall = time.perf_counter() - t0
-    events = sorted((e for e in prof.key_averages() if self_us(e) > 0), key=lambda e: -self_us(e))
-    return {"steps": steps, "device": "cuda" if cuda else "cpu",
-            "busy_ms": sum(self_us(e) for e in events) / 1e3 / steps, "wall_ms_profiled": 1e3 * wall / steps,
-            "kernels": [{"name": e.key[:160], "ms": self_us(e) / 1e3 / steps, "calls": e.count / steps}
-                        for e in events[:top]]}
+    events, wall = _profiled_kernels(step, steps)
+    events.sort(key=lambda e: -e[1])
+    return {"steps": steps, "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "busy_ms": sum(us for _, us, _ in events) / 1e3 / steps, "wall_ms_profiled": 1e3 * wall / steps,
+            "kernels": [{"name": key[:160], "ms": us / 1e3 / steps, "calls": count / steps}
+                        for key, us, count in events[:top]]}
 
 
 def bench_step(args) -> dict:

@@ -247,7 +247,8 @@ def _select_blocks(q, k, q_perm, kv_perm, q_counts, k_counts, block: int, fixed_
     if cluster_sums and (fixed_blocks or not diagonal or estimate == "blocks"):
         raise ValueError("cluster_sums needs joint clusters (diagonal) cut into pieces and the pooled estimate")
     if cluster_sums:
-        mass, sums = _joint_pooled_mass(q, k, q_perm, q_starts, q_cluster, kv_starts, q_counts.shape[1], scale)
+        mass, sums = _joint_pooled_mass(q, k, q_perm, q_starts, q_cluster, kv_starts, k_sizes, q_counts.shape[1],
+                                        scale)
     elif estimate == "blocks":
         q_sorted = q.gather(1, q_perm.unsqueeze(-1).expand(-1, -1, d))
         k_sorted = k.gather(1, kv_perm.unsqueeze(-1).expand(-1, -1, d))
@@ -265,14 +266,15 @@ def _select_blocks(q, k, q_perm, kv_perm, q_counts, k_counts, block: int, fixed_
     return selection, q_starts, kv_starts, sums
 
 
-def _joint_pooled_mass(q, k, order, q_starts, q_cluster, kv_starts, clusters: int, scale: float):
+def _joint_pooled_mass(q, k, order, q_starts, q_cluster, kv_starts, k_sizes, clusters: int, scale: float):
     """The pooled estimate of joint clusters from one pass over q and k, and the clusters' sums with it.
 
     Queries and keys share ``order`` and the key pieces nest in the query pieces (the same pieces, or each query
     piece cut into r key pieces, `split_pieces`), so one [q, k] sum per key piece gives the key pieces' means, r of
     them summed the query pieces' means, and the query pieces' sums added per cluster (``q_cluster`` [N, Pq]; padding
     pieces are empty) every cluster's [q, k] sum: the k-means update that `batched_kmeans` with ``update_last=False``
-    leaves out. Returns the mass [N, Pq, Pk] (as `pooled_block_mass`) and the sums float32 [N, K, 2 D]."""
+    leaves out. ``k_sizes`` [N, Pk]: the key pieces' sizes (float). Returns the mass [N, Pq, Pk] (as
+    `pooled_block_mass`) and the sums float32 [N, K, 2 D]."""
     n, _, d = q.shape
     pq, pk = q_starts.shape[1] - 1, kv_starts.shape[1] - 1
     if pk % pq:
@@ -280,7 +282,6 @@ def _joint_pooled_mass(q, k, order, q_starts, q_cluster, kv_starts, clusters: in
     fine = block_sums((q, k), kv_starts, 1, order=order)  # [N, Pk, 2 D]
     coarse = fine.view(n, pq, pk // pq, 2 * d).sum(2)  # the query pieces' sums
     q_sizes = (q_starts[:, 1:] - q_starts[:, :-1]).float()
-    k_sizes = (kv_starts[:, 1:] - kv_starts[:, :-1]).float()
     q_means = coarse[..., :d] / q_sizes.clamp(min=1).unsqueeze(-1)
     k_means = fine[..., d:] / k_sizes.clamp(min=1).unsqueeze(-1)
     mass = pooled_mass(q_means, k_means, k_sizes, scale, kmeans._compute_dtype(k))
